@@ -1,0 +1,762 @@
+"""
+The configuration contract: C{xrelay.toml} read with C{tomllib} into attrs classes.
+
+Every mistake is found here, before anything listens, and reported as one
+L{ConfigError} that names the file, the key and what to write instead: people install
+xrelay in a hurry and must be able to fix their file from one line of output.  Relative
+paths are resolved against the folder of the configuration file.  Secret files are
+checked for readability here, but their contents are never kept on these objects nor
+shown in any message.
+
+This module must not import the reactor or C{twisted.mail}: the twistd plugin and the
+C{xrelay} command load configurations before a reactor is chosen.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import socket
+import tomllib
+from typing import Any, Iterable, TypeVar
+
+import attrs
+
+from xrelay.addresses import InvalidPattern, SenderPattern
+from xrelay.passwords import InvalidPasswordHash, parse_password_hash
+
+#: Where the configuration is looked for when neither C{--config} nor
+#: C{$XRELAY_CONFIG} names one.
+DEFAULT_CONFIG_PATH = "/etc/xrelay/xrelay.toml"
+ENVIRONMENT_VARIABLE = "XRELAY_CONFIG"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+#: The pattern that allows every sender: the accounts' own C{senders} still decide which
+#: senders can be delivered at all.
+ANY_SENDER = (SenderPattern.parse("*"),)
+
+
+class ConfigError(Exception):
+    """
+    A mistake in the configuration, phrased for the person who wrote the file.
+
+    C{str()} is the one line to print: C{"<file>: <key>: <problem>; <what to write>"}.
+    """
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(path, key, problem)
+        self.path = path
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        where = f"{self.path}: {self.key}" if self.key else self.path
+        return f"{where}: {self.problem}"
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One listening endpoint.
+
+    @ivar endpoint: a Twisted server endpoint description (C{tcp:25}, C{ssl:465:...},
+        C{haproxy:tcp:2525}, C{tcp6:25:interface=\\:\\:1}).
+    @ivar implicit_tls: TLS from the first byte (port 465 style) using the server
+        certificate; STARTTLS is then not offered.
+    @ivar pass_through: answer the end of DATA only once the upstream has answered, with
+        its code and text.
+    """
+
+    endpoint: str
+    implicit_tls: bool = False
+    pass_through: bool = False
+
+
+@attrs.frozen
+class ServerConfig:
+    listen: tuple[ListenerConfig, ...] = (ListenerConfig("tcp:2525:interface=127.0.0.1"),)
+    hostname: str = attrs.field(factory=socket.getfqdn)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_tls_for_auth: bool = True
+    max_message_size: int = 36700160
+    max_recipients: int = 500
+    state_dir: str = "/var/lib/xrelay"
+    #: Longest command or data line accepted (RFC 5321 requires 1000 with the CRLF).
+    max_line_length: int = 4096
+    #: Seconds a client may stay silent in any state before it is disconnected.
+    idle_timeout: int = 300
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+    #: Failed AUTH attempts allowed on one connection before 421 and disconnect.
+    max_auth_failures: int = 3
+    #: Seconds to wait for transactions in flight at shutdown.
+    shutdown_timeout: int = 30
+
+    @property
+    def has_tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+@attrs.frozen
+class RelayConfig:
+    #: Clients in these networks may relay without SMTP AUTH.  Loopback only by
+    #: default: a relay must never be open because nobody wrote this key.
+    allow_networks: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    #: Envelope senders that clients admitted by network may use.
+    senders: tuple[SenderPattern, ...] = ANY_SENDER
+    #: Account used for senders that match no account's C{senders}; none by default,
+    #: so that such senders are refused at MAIL FROM.
+    default_account: str | None = None
+
+
+@attrs.frozen
+class UserConfig:
+    name: str
+    password_hash: str = attrs.field(repr=lambda _: "'<hash>'")
+    senders: tuple[SenderPattern, ...] = ANY_SENDER
+
+
+PROVIDERS = ("microsoft", "google")
+FLOWS = ("client_credentials", "device_code", "auth_code", "refresh_token")
+TRANSPORTS = ("smtp", "graph")
+
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+GOOGLE_AUTHORITY = "https://oauth2.googleapis.com"
+GRAPH_URL = "https://graph.microsoft.com/v1.0"
+SMTP_HOSTS = {"microsoft": "smtp.office365.com", "google": "smtp.gmail.com"}
+
+
+@attrs.frozen
+class AccountConfig:
+    """
+    One upstream identity: whose token xrelay uses, and for which envelope senders.
+    """
+
+    name: str
+    provider: str
+    user: str
+    flow: str
+    senders: tuple[SenderPattern, ...]
+    tenant: str | None = None
+    client_id: str | None = None
+    #: Paths only: secrets are read when needed, never kept on config objects.
+    client_secret_file: str | None = None
+    certificate_file: str | None = None
+    certificate_key_file: str | None = None
+    refresh_token_file: str | None = None
+    transport: str = "smtp"
+    messages_per_minute: int = 30
+    recipients_per_day: int = 10000
+    max_connections: int = 3
+    authority: str = MICROSOFT_AUTHORITY
+    smtp_host: str = "smtp.office365.com"
+    smtp_port: int = 587
+    #: TLS from the first byte (port 465) instead of STARTTLS.
+    smtp_implicit_tls: bool = False
+    graph_url: str = GRAPH_URL
+    ca_file: str | None = None
+    #: Rewrite the envelope sender and From: to C{user}, keeping the original sender in
+    #: Reply-To: the way to send without Send As permission.
+    rewrite_from: bool = False
+    #: Messages sent over one upstream connection before it is replaced.
+    messages_per_connection: int = 100
+    #: Seconds an idle upstream connection is kept open for reuse.
+    idle_timeout: int = 60
+
+    @property
+    def msal_authority(self) -> str:
+        return f"{self.authority.rstrip('/')}/{self.tenant}"
+
+
+@attrs.frozen
+class DeliveryConfig:
+    first_retry: int = 60
+    max_retry_interval: int = 3600
+    max_age: int = 432000
+    #: Copies of every bounce go here too: devices rarely read their mail.
+    bounce_to: str | None = None
+
+
+@attrs.frozen
+class AdminConfig:
+    listen: str = "tcp:8025:interface=127.0.0.1"
+    password_hash: str = attrs.field(default="", repr=lambda _: "'<hash>'")
+    #: The address browsers use to reach the admin page, for the OAuth redirect URI.
+    public_url: str | None = None
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole, validated configuration.
+
+    @ivar path: the file it was read from, or C{None} for the sandbox default.
+    @ivar sandbox_dir: set for the embedded sandbox default: the relay then starts the
+        sandbox providers in this folder and routes everything to them.
+    """
+
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    relay: RelayConfig = attrs.field(factory=RelayConfig)
+    users: tuple[UserConfig, ...] = ()
+    accounts: tuple[AccountConfig, ...] = ()
+    delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
+    admin: AdminConfig | None = None
+    path: str | None = None
+    sandbox_dir: str | None = None
+
+    def account(self, name: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+
+def find_config_path(explicit: str | None) -> tuple[str | None, bool]:
+    """
+    Which configuration file to use: C{--config}, else C{$XRELAY_CONFIG}, else
+    L{DEFAULT_CONFIG_PATH}.
+
+    @return: the path (or C{None}: use the sandbox default) and whether it was named
+        explicitly (a named file that does not exist is an error; the default path that
+        does not exist means "sandbox").
+    """
+    if explicit:
+        return explicit, True
+    env = os.environ.get(ENVIRONMENT_VARIABLE)
+    if env:
+        return env, True
+    if os.path.exists(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH, True
+    return None, False
+
+
+def sandbox_default(directory: str | None = None) -> Config:
+    """
+    The configuration used when none exists: listen on 127.0.0.1:2525, accept from
+    loopback, deliver to the embedded sandbox providers, state under C{./xrelay-sandbox}.
+    """
+    directory = os.path.abspath(directory or "xrelay-sandbox")
+    return Config(
+        server=ServerConfig(
+            hostname="localhost", state_dir=os.path.join(directory, "state")
+        ),
+        sandbox_dir=directory,
+    )
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """
+    Find and load the configuration as DESIGN.md says, or the sandbox default.
+
+    @raise ConfigError: for any mistake, including a named file that does not exist.
+    """
+    path, named = find_config_path(explicit)
+    if path is None:
+        return sandbox_default()
+    return read_config(path)
+
+
+def read_config(path: str) -> Config:
+    """
+    Read and validate one configuration file.
+
+    @raise ConfigError: for the first mistake found.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            path, "", "no such file; pass --config FILE or set XRELAY_CONFIG"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            path, "", "cannot read the file (permission denied); make it readable by "
+            "the user xrelay runs as"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(path, "", "is a folder; name the xrelay.toml file in it") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not valid TOML: the file is not UTF-8") from None
+    return _Reader(path).config(raw)
+
+
+# ---------------------------------------------------------------------------
+# Validation.  One small reader per section; every check raises ConfigError naming
+# the dotted key (accounts."main".tenant) so the message points at the line to fix.
+
+
+@attrs.define
+class _Reader:
+    path: str
+
+    @property
+    def base(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    # -- generic checks -----------------------------------------------------
+
+    def table(self, raw: Any, key: str) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"must be a table ([{key}]), not {_kind(raw)}")
+        return raw
+
+    def known_keys(self, raw: dict[str, Any], prefix: str, allowed: Iterable[str],
+                   hints: dict[str, str] | None = None) -> None:
+        allowed = list(allowed)
+        for key in raw:
+            if key in allowed:
+                continue
+            name = f"{prefix}.{key}" if prefix else key
+            if hints and key in hints:
+                raise self.fail(name, hints[key])
+            close = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f'; did you mean "{close[0]}"?' if close else (
+                f"; the keys here are: {', '.join(allowed)}"
+            )
+            raise self.fail(name, f"unknown key{suggestion}")
+
+    def get(self, raw: dict[str, Any], key: str, name: str, kind: type[T],
+            default: T | None = None, required: bool = False) -> T | None:
+        if key not in raw:
+            if required:
+                raise self.fail(name, f"is required; add {key} = {_example(kind)}")
+            return default
+        value = raw[key]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise self.fail(
+                name, f"must be {_kind_name(kind)}, not {_kind(value)}; "
+                f"write {key} = {_example(kind)}"
+            )
+        return value
+
+    def non_negative(self, raw: dict[str, Any], key: str, name: str, default: int,
+                     minimum: int = 0) -> int:
+        value = self.get(raw, key, name, int, default)
+        assert value is not None
+        if value < minimum:
+            raise self.fail(name, f"must be at least {minimum}, not {value}")
+        return value
+
+    def string_list(self, raw: dict[str, Any], key: str, name: str) -> list[str] | None:
+        if key not in raw:
+            return None
+        value = raw[key]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(name, f'must be a list of strings, e.g. {key} = ["..."]')
+        return value
+
+    def file(self, raw: dict[str, Any], key: str, name: str, secret: bool = False,
+             required: bool = False) -> str | None:
+        value = self.get(raw, key, name, str, None, required)
+        if value is None:
+            return None
+        full = os.path.join(self.base, os.path.expanduser(value))
+        try:
+            with open(full, "rb") as f:
+                if secret and not f.read().strip():
+                    raise self.fail(name, f"{full} is empty; put the secret in it")
+        except FileNotFoundError:
+            raise self.fail(name, f"{full} does not exist; create it or fix the path "
+                            "(relative paths start at the configuration file's folder)"
+                            ) from None
+        except PermissionError:
+            raise self.fail(name, f"{full} is not readable by this user; "
+                            f"chmod/chown it so xrelay can read it") from None
+        except IsADirectoryError:
+            raise self.fail(name, f"{full} is a folder; name a file") from None
+        return full
+
+    def patterns(self, raw: dict[str, Any], key: str, name: str
+                 ) -> tuple[SenderPattern, ...] | None:
+        texts = self.string_list(raw, key, name)
+        if texts is None:
+            return None
+        result = []
+        for i, text in enumerate(texts):
+            try:
+                result.append(SenderPattern.parse(text))
+            except InvalidPattern as e:
+                raise self.fail(f"{name}[{i}]", str(e)) from None
+        return tuple(result)
+
+    def endpoint(self, description: str, name: str) -> None:
+        """Parse a server endpoint description without listening."""
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(_NoReactor(), description)
+        except Exception as e:  # the parser raises ValueError, KeyError, SSL errors...
+            detail = str(e) or type(e).__name__
+            raise self.fail(
+                name, f"{description!r} is not a valid endpoint description ({detail}); "
+                'write e.g. "tcp:2525:interface=127.0.0.1" or "tcp6:25:interface=\\\\:\\\\:1"'
+            ) from None
+
+    def hash(self, raw: dict[str, Any], key: str, name: str, required: bool = True
+             ) -> str:
+        value = self.get(raw, key, name, str, "", required)
+        assert value is not None
+        if not value and not required:
+            return value
+        try:
+            parse_password_hash(value)
+        except InvalidPasswordHash:
+            raise self.fail(
+                name, "is not a password hash (was a plaintext password pasted here?); "
+                "run `xrelay hash-password` and paste its output"
+            ) from None
+        return value
+
+    # -- sections -------------------------------------------------------------
+
+    def config(self, raw: dict[str, Any]) -> Config:
+        self.known_keys(raw, "", ["server", "relay", "users", "accounts", "delivery",
+                                  "admin"])
+        server = self.server(self.table(raw.get("server", {}), "server"))
+        relay = self.relay(self.table(raw.get("relay", {}), "relay"))
+        users = self.users(raw.get("users", []))
+        accounts = self.accounts(raw.get("accounts", []))
+        delivery = self.delivery(self.table(raw.get("delivery", {}), "delivery"))
+        admin = self.admin(self.table(raw["admin"], "admin")) if "admin" in raw else None
+        names = [a.name for a in accounts]
+        if relay.default_account is not None and relay.default_account not in names:
+            raise self.fail("relay.default_account",
+                            f"no account is named {relay.default_account!r}; "
+                            f"the accounts are: {', '.join(names) or 'none'}")
+        if not accounts:
+            raise self.fail("accounts", "no [[accounts]] table; add one upstream mailbox "
+                            "(see the README) so that xrelay can deliver")
+        if users and not server.has_tls and server.require_tls_for_auth:
+            raise self.fail(
+                "server.tls_cert", "[[users]] need SMTP AUTH, which requires TLS by "
+                "default; set tls_cert and tls_key, or (on a trusted network only) "
+                "require_tls_for_auth = false")
+        return Config(server=server, relay=relay, users=users, accounts=accounts,
+                      delivery=delivery, admin=admin, path=os.path.abspath(self.path))
+
+    def server(self, raw: dict[str, Any]) -> ServerConfig:
+        keys = [f.name for f in attrs.fields(ServerConfig)]
+        self.known_keys(raw, "server", keys)
+        defaults = ServerConfig()
+        listeners = self.listeners(raw)
+        tls_cert = self.file(raw, "tls_cert", "server.tls_cert")
+        tls_key = self.file(raw, "tls_key", "server.tls_key", secret=True)
+        if (tls_cert is None) != (tls_key is None):
+            missing = "tls_key" if tls_key is None else "tls_cert"
+            raise self.fail(f"server.{missing}", "tls_cert and tls_key go together; "
+                            f"add {missing} = \"...\"")
+        if tls_cert is not None and tls_key is not None:
+            self.check_tls_pair(tls_cert, tls_key)
+        if tls_cert is None:
+            for i, listener in enumerate(listeners):
+                if listener.implicit_tls:
+                    raise self.fail(f"server.listen[{i}]", "implicit_tls needs "
+                                    "server.tls_cert and server.tls_key")
+        state_dir = self.get(raw, "state_dir", "server.state_dir", str,
+                             os.environ.get("STATE_DIRECTORY") or defaults.state_dir)
+        assert state_dir is not None
+        return ServerConfig(
+            listen=tuple(listeners),
+            hostname=self.get(raw, "hostname", "server.hostname", str,
+                              defaults.hostname) or defaults.hostname,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            require_tls_for_auth=bool(self.get(raw, "require_tls_for_auth",
+                                               "server.require_tls_for_auth", bool, True)),
+            max_message_size=self.non_negative(raw, "max_message_size",
+                                               "server.max_message_size",
+                                               defaults.max_message_size, 1024),
+            max_recipients=self.non_negative(raw, "max_recipients",
+                                             "server.max_recipients",
+                                             defaults.max_recipients, 1),
+            state_dir=os.path.join(self.base, os.path.expanduser(state_dir)),
+            max_line_length=self.non_negative(raw, "max_line_length",
+                                              "server.max_line_length",
+                                              defaults.max_line_length, 1000),
+            idle_timeout=self.non_negative(raw, "idle_timeout", "server.idle_timeout",
+                                           defaults.idle_timeout, 1),
+            max_connections=self.non_negative(raw, "max_connections",
+                                              "server.max_connections",
+                                              defaults.max_connections, 1),
+            max_connections_per_client=self.non_negative(
+                raw, "max_connections_per_client", "server.max_connections_per_client",
+                defaults.max_connections_per_client, 1),
+            max_auth_failures=self.non_negative(raw, "max_auth_failures",
+                                                "server.max_auth_failures",
+                                                defaults.max_auth_failures, 1),
+            shutdown_timeout=self.non_negative(raw, "shutdown_timeout",
+                                               "server.shutdown_timeout",
+                                               defaults.shutdown_timeout),
+        )
+
+    def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
+        if "listen" not in raw:
+            return list(ServerConfig().listen)
+        value = raw["listen"]
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise self.fail("server.listen", 'must be a list of endpoint descriptions, '
+                            'e.g. listen = ["tcp:25"]')
+        listeners = []
+        for i, item in enumerate(value):
+            name = f"server.listen[{i}]"
+            if isinstance(item, str):
+                item = {"endpoint": item}
+            if not isinstance(item, dict):
+                raise self.fail(name, "must be an endpoint description string or a table "
+                                '{ endpoint = "tcp:465", implicit_tls = true }')
+            self.known_keys(item, name, ["endpoint", "implicit_tls", "pass_through"])
+            endpoint = self.get(item, "endpoint", f"{name}.endpoint", str, required=True)
+            assert endpoint is not None
+            self.endpoint(endpoint, name)
+            listeners.append(ListenerConfig(
+                endpoint=endpoint,
+                implicit_tls=bool(self.get(item, "implicit_tls", f"{name}.implicit_tls",
+                                           bool, False)),
+                pass_through=bool(self.get(item, "pass_through", f"{name}.pass_through",
+                                           bool, False)),
+            ))
+        return listeners
+
+    def check_tls_pair(self, cert: str, key: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            with open(cert, "rb") as f:
+                x509.load_pem_x509_certificates(f.read())
+        except ValueError:
+            raise self.fail("server.tls_cert", f"{cert} holds no PEM certificate") from None
+        try:
+            with open(key, "rb") as f:
+                load_pem_private_key(f.read(), password=None)
+        except (ValueError, TypeError):
+            raise self.fail("server.tls_key", f"{key} holds no unencrypted PEM private "
+                            "key") from None
+
+    def relay(self, raw: dict[str, Any]) -> RelayConfig:
+        self.known_keys(raw, "relay", ["allow_networks", "senders", "default_account"])
+        defaults = RelayConfig()
+        networks = defaults.allow_networks
+        texts = self.string_list(raw, "allow_networks", "relay.allow_networks")
+        if texts is not None:
+            parsed = []
+            for i, text in enumerate(texts):
+                try:
+                    parsed.append(ipaddress.ip_network(text, strict=True))
+                except ValueError as e:
+                    raise self.fail(
+                        f"relay.allow_networks[{i}]",
+                        f"{text!r} is not a network in CIDR form ({e}); write e.g. "
+                        '"192.168.10.0/24" or "2001:db8::/64"') from None
+            networks = tuple(parsed)
+        return RelayConfig(
+            allow_networks=networks,
+            senders=self.patterns(raw, "senders", "relay.senders") or defaults.senders,
+            default_account=self.get(raw, "default_account", "relay.default_account", str),
+        )
+
+    def array_of_tables(self, raw: Any, key: str) -> list[dict[str, Any]]:
+        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+            raise self.fail(key, f"must be written as [[{key}]] tables")
+        return raw
+
+    def users(self, raw: Any) -> tuple[UserConfig, ...]:
+        users = []
+        seen: set[str] = set()
+        for i, table in enumerate(self.array_of_tables(raw, "users")):
+            prefix = f"users[{i}]"
+            self.known_keys(table, prefix, ["name", "password_hash", "senders"], hints={
+                "password": "plaintext passwords are not accepted; run `xrelay "
+                "hash-password` and write password_hash = \"<its output>\" instead"})
+            name = self.get(table, "name", f"{prefix}.name", str, required=True)
+            assert name is not None
+            if name in seen:
+                raise self.fail(f"{prefix}.name", f"user {name!r} is defined twice")
+            seen.add(name)
+            prefix = f'users."{name}"'
+            users.append(UserConfig(
+                name=name,
+                password_hash=self.hash(table, "password_hash", f"{prefix}.password_hash"),
+                senders=self.patterns(table, "senders", f"{prefix}.senders") or ANY_SENDER,
+            ))
+        return tuple(users)
+
+    def accounts(self, raw: Any) -> tuple[AccountConfig, ...]:
+        accounts = []
+        seen: set[str] = set()
+        for i, table in enumerate(self.array_of_tables(raw, "accounts")):
+            name = self.get(table, "name", f"accounts[{i}].name", str, required=True)
+            assert name is not None
+            if name in seen:
+                raise self.fail(f"accounts[{i}].name", f"account {name!r} is defined twice")
+            seen.add(name)
+            accounts.append(self.account(table, name))
+        return tuple(accounts)
+
+    def account(self, raw: dict[str, Any], name: str) -> AccountConfig:
+        prefix = f'accounts."{name}"'
+        keys = [f.name for f in attrs.fields(AccountConfig)]
+        self.known_keys(raw, prefix, keys, hints={
+            "client_secret": "secrets do not go in the configuration file; put the "
+            "secret in a file readable only by xrelay and write "
+            "client_secret_file = \"secret.txt\"",
+            "refresh_token": "write the refresh token into a file and set "
+            "refresh_token_file = \"...\"",
+            "password": "Exchange Online and Gmail need OAuth 2.0, not a password; choose "
+            "a flow (client_credentials, device_code, auth_code, refresh_token)"})
+        k = lambda key: f"{prefix}.{key}"  # noqa: E731
+        provider = self.choice(raw, "provider", k("provider"), PROVIDERS, "microsoft")
+        flow = self.choice(raw, "flow", k("flow"), FLOWS,
+                           "refresh_token" if provider == "google" else "client_credentials")
+        user = self.get(raw, "user", k("user"), str, required=True)
+        assert user is not None
+        if "@" not in user:
+            raise self.fail(k("user"), f"{user!r} is not a mailbox address; write the "
+                            'mailbox xrelay signs in as, e.g. user = "relay@example.com"')
+        transport = self.choice(raw, "transport", k("transport"), TRANSPORTS, "smtp")
+        if provider == "google" and transport == "graph":
+            raise self.fail(k("transport"), 'Graph is Microsoft only; write transport = "smtp"')
+        if provider == "google" and flow != "refresh_token":
+            raise self.fail(k("flow"), 'Google accounts use flow = "refresh_token"')
+        senders = self.patterns(raw, "senders", k("senders"))
+        if senders is None:
+            senders = (SenderPattern.parse(user),)
+        tenant = self.get(raw, "tenant", k("tenant"), str)
+        client_id = self.get(raw, "client_id", k("client_id"), str)
+        if provider == "microsoft" and not tenant:
+            raise self.fail(k("tenant"), 'is required for Microsoft accounts; write '
+                            'tenant = "contoso.onmicrosoft.com" (or the tenant id)')
+        if not client_id:
+            raise self.fail(k("client_id"), "is required; write the application (client) "
+                            "id of your app registration")
+        secret = self.file(raw, "client_secret_file", k("client_secret_file"), secret=True)
+        cert = self.file(raw, "certificate_file", k("certificate_file"))
+        cert_key = self.file(raw, "certificate_key_file", k("certificate_key_file"),
+                             secret=True)
+        refresh = self.file(raw, "refresh_token_file", k("refresh_token_file"), secret=True)
+        if (cert is None) != (cert_key is None):
+            raise self.fail(k("certificate_key_file" if cert_key is None
+                              else "certificate_file"),
+                            "certificate_file and certificate_key_file go together")
+        if flow == "client_credentials" and secret is None and cert is None:
+            raise self.fail(k("client_secret_file"), "client_credentials needs "
+                            "client_secret_file = \"...\" or certificate_file and "
+                            "certificate_key_file")
+        if provider == "google" and secret is None:
+            raise self.fail(k("client_secret_file"), "Google's token endpoint needs the "
+                            "OAuth client secret; write client_secret_file = \"...\"")
+        default_authority = GOOGLE_AUTHORITY if provider == "google" else MICROSOFT_AUTHORITY
+        authority = self.url(raw, "authority", k("authority"), default_authority)
+        graph_url = self.url(raw, "graph_url", k("graph_url"), GRAPH_URL)
+        smtp_port = self.non_negative(raw, "smtp_port", k("smtp_port"), 587, 1)
+        if smtp_port > 65535:
+            raise self.fail(k("smtp_port"), f"{smtp_port} is not a TCP port")
+        implicit = self.get(raw, "smtp_implicit_tls", k("smtp_implicit_tls"), bool,
+                            smtp_port == 465)
+        default_rate = 30 if provider == "microsoft" else 0
+        return AccountConfig(
+            name=name, provider=provider, user=user, flow=flow, senders=senders,
+            tenant=tenant, client_id=client_id, client_secret_file=secret,
+            certificate_file=cert, certificate_key_file=cert_key,
+            refresh_token_file=refresh, transport=transport,
+            messages_per_minute=self.non_negative(raw, "messages_per_minute",
+                                                  k("messages_per_minute"), default_rate),
+            recipients_per_day=self.non_negative(
+                raw, "recipients_per_day", k("recipients_per_day"),
+                10000 if provider == "microsoft" else 0),
+            max_connections=self.non_negative(raw, "max_connections",
+                                              k("max_connections"), 3, 1),
+            authority=authority,
+            smtp_host=self.get(raw, "smtp_host", k("smtp_host"), str,
+                               SMTP_HOSTS[provider]) or SMTP_HOSTS[provider],
+            smtp_port=smtp_port, smtp_implicit_tls=bool(implicit), graph_url=graph_url,
+            ca_file=self.file(raw, "ca_file", k("ca_file")),
+            rewrite_from=bool(self.get(raw, "rewrite_from", k("rewrite_from"), bool, False)),
+            messages_per_connection=self.non_negative(
+                raw, "messages_per_connection", k("messages_per_connection"), 100, 1),
+            idle_timeout=self.non_negative(raw, "idle_timeout", k("idle_timeout"), 60, 1),
+        )
+
+    def choice(self, raw: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
+               default: str) -> str:
+        value = self.get(raw, key, name, str, default)
+        if value not in choices:
+            raise self.fail(name, f"{value!r} is not one of: {', '.join(choices)}")
+        assert value is not None
+        return value
+
+    def url(self, raw: dict[str, Any], key: str, name: str, default: str) -> str:
+        value = self.get(raw, key, name, str, default)
+        assert value is not None
+        if not value.startswith("https://"):
+            raise self.fail(name, f"{value!r} must be an https:// URL; tokens are never "
+                            "sent over plain HTTP")
+        return value.rstrip("/")
+
+    def delivery(self, raw: dict[str, Any]) -> DeliveryConfig:
+        self.known_keys(raw, "delivery", [f.name for f in attrs.fields(DeliveryConfig)])
+        d = DeliveryConfig()
+        bounce_to = self.get(raw, "bounce_to", "delivery.bounce_to", str)
+        if bounce_to is not None and "@" not in bounce_to:
+            raise self.fail("delivery.bounce_to", f"{bounce_to!r} is not an address")
+        return DeliveryConfig(
+            first_retry=self.non_negative(raw, "first_retry", "delivery.first_retry",
+                                          d.first_retry, 1),
+            max_retry_interval=self.non_negative(raw, "max_retry_interval",
+                                                 "delivery.max_retry_interval",
+                                                 d.max_retry_interval, 1),
+            max_age=self.non_negative(raw, "max_age", "delivery.max_age", d.max_age, 1),
+            bounce_to=bounce_to,
+        )
+
+    def admin(self, raw: dict[str, Any]) -> AdminConfig:
+        self.known_keys(raw, "admin", ["listen", "password_hash", "public_url"], hints={
+            "password": "plaintext passwords are not accepted; run `xrelay hash-password`"
+            " and write password_hash = \"<its output>\" instead"})
+        listen = self.get(raw, "listen", "admin.listen", str, AdminConfig().listen)
+        assert listen is not None
+        self.endpoint(listen, "admin.listen")
+        public_url = self.get(raw, "public_url", "admin.public_url", str)
+        return AdminConfig(
+            listen=listen,
+            password_hash=self.hash(raw, "password_hash", "admin.password_hash"),
+            public_url=public_url.rstrip("/") if public_url else None,
+        )
+
+
+class _NoReactor:
+    """
+    Stands in for the reactor while endpoint descriptions are parsed: parsing must not
+    install a reactor (twistd may not have chosen one yet), and nothing listens here.
+    """
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", int: "a whole number", str: "a string",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+def _example(kind: type) -> str:
+    return {bool: "true", int: "30", str: '"..."', list: '["..."]'}.get(kind, "...")

@@ -1,0 +1,35 @@
+"""
+Routing: which upstream account carries a message, decided by its envelope sender.
+
+The first account whose C{senders} patterns match wins; then C{relay.default_account};
+otherwise the sender cannot be relayed and the inbound side refuses it at MAIL FROM.
+Pure functions over the configuration: no I/O.
+"""
+
+from __future__ import annotations
+
+from xrelay.addresses import matches_any
+from xrelay.config import AccountConfig, Config
+
+
+def route_sender(config: Config, sender: str) -> AccountConfig | None:
+    """
+    The account for this envelope sender, or C{None} when no account may send as it.
+
+    The null sender (C{""}, a bounce from a device) goes through the first account (or
+    the default one): bounces must still be deliverable.
+    """
+    if sender:
+        for account in config.accounts:
+            if matches_any(account.senders, sender):
+                return account
+    if config.relay.default_account is not None:
+        return config.account(config.relay.default_account)
+    if not sender and config.accounts:
+        return config.accounts[0]
+    return None
+
+
+def sendable_senders(config: Config) -> list[str]:
+    """The sender patterns this relay can deliver, for the text of a refusal."""
+    return [p.text for account in config.accounts for p in account.senders]
