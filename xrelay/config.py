@@ -760,3 +760,21 @@ def _kind_name(kind: type) -> str:
 
 def _example(kind: type) -> str:
     return {bool: "true", int: "30", str: '"..."', list: '["..."]'}.get(kind, "...")
+
+
+def account_from_table(table: dict[str, Any], source: str) -> AccountConfig:
+    """
+    Validate one C{[[accounts]]} table that did not come from a file (the embedded
+    sandbox's account, an embedding program's).  Paths must be absolute.
+
+    @param source: what to name in error messages in place of a file.
+    """
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(source, "accounts.name", "is required")
+    return _Reader(source).account(table, name)
+
+
+def with_accounts(config: Config, accounts: tuple[AccountConfig, ...]) -> Config:
+    """The same configuration with other accounts (the sandbox default's)."""
+    return attrs.evolve(config, accounts=accounts)

@@ -1,0 +1,186 @@
+"""
+The C{xrelay} command: what an administrator runs beside the daemon.
+
+Each subcommand finds the configuration as the daemon does (C{--config FILE}, else
+C{$XRELAY_CONFIG}, else C{/etc/xrelay/xrelay.toml}) and exits with a status a script can
+rely on: 0 success, 1 a problem the message names (configuration, sign-in, queue), 2 a
+usage mistake.  Nothing here prints a secret: secrets are masked in C{check-config}, and
+C{hash-password} never echoes the password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import Callable, Sequence
+
+import attrs
+
+from xrelay import __version__
+from xrelay.config import Config, ConfigError, load_config, read_config
+from xrelay.passwords import hash_password
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+#: Registered subcommands: name -> (function to add arguments, function to run).
+Command = Callable[[argparse.Namespace], int]
+_commands: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]] = {}
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]
+            = lambda p: None) -> Callable[[Command], Command]:
+    """Register a subcommand; other modules add theirs the same way."""
+
+    def register(run: Command) -> Command:
+        _commands[name] = (help, arguments, run)
+        return run
+
+    return register
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """The configuration named by C{--config} or found the usual way."""
+    return load_config(args.config)
+
+
+# -- check-config ----------------------------------------------------------------
+
+
+def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", help="the file to check (default: --config, "
+                        "$XRELAY_CONFIG, /etc/xrelay/xrelay.toml)")
+
+
+@command("check-config", "validate a configuration file and print the effective "
+         "settings, secrets masked", _check_config_arguments)
+def check_config(args: argparse.Namespace) -> int:
+    config = read_config(args.file) if args.file else config_from(args)
+    print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
+    for line in describe(config):
+        print(line)
+    return EXIT_OK
+
+
+def describe(config: Config) -> list[str]:
+    """
+    The effective settings as TOML-like lines.  Password hashes are masked; secret
+    files are shown by path only (their contents are never read here).
+    """
+    lines = ["[server]"]
+    server = attrs.asdict(config.server, recurse=False)
+    server["listen"] = [attrs.asdict(listener) for listener in config.server.listen]
+    lines += [_setting(k, v) for k, v in server.items()]
+    lines += ["", "[relay]",
+              f"allow_networks = {_toml([str(n) for n in config.relay.allow_networks])}",
+              f"senders = {_toml([p.text for p in config.relay.senders])}",
+              _setting("default_account", config.relay.default_account)]
+    for user in config.users:
+        lines += ["", "[[users]]", f"name = {_toml(user.name)}",
+                  'password_hash = "<masked>"',
+                  f"senders = {_toml([p.text for p in user.senders])}"]
+    for account in config.accounts:
+        lines += ["", "[[accounts]]"]
+        for key, value in attrs.asdict(account, recurse=False).items():
+            if key == "senders":
+                value = [p.text for p in value]
+            lines.append(_setting(key, value))
+    lines += ["", "[delivery]"]
+    lines += [_setting(k, v) for k, v in attrs.asdict(config.delivery).items()]
+    if config.admin is not None:
+        lines += ["", "[admin]", f"listen = {_toml(config.admin.listen)}",
+                  'password_hash = "<masked>"',
+                  _setting("public_url", config.admin.public_url)]
+    return lines
+
+
+def _setting(key: str, value: object) -> str:
+    if value is None:
+        return f"# {key} is not set"
+    return f"{key} = {_toml(value)}"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+# -- hash-password ----------------------------------------------------------------
+
+
+@command("hash-password", "print a password hash for [[users]] or [admin]; reads the "
+         "password from standard input when it is not a terminal")
+def hash_password_command(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("xrelay: the two passwords differ; nothing printed", file=sys.stderr)
+            return EXIT_PROBLEM
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("xrelay: empty password; nothing printed", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(hash_password(password))
+    return EXIT_OK
+
+
+# -- entry point ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
+    parser = argparse.ArgumentParser(
+        prog="xrelay",
+        description="Administer the xrelay SMTP relay (the daemon runs as `twistd xrelay`).",
+    )
+    parser.add_argument("--version", action="version", version=f"xrelay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help, arguments, run) in sorted(_commands.items()):
+        child = sub.add_parser(name, help=help, description=help)
+        child.add_argument("--config", "-c", metavar="FILE", help="configuration file "
+                           "(default: $XRELAY_CONFIG, then /etc/xrelay/xrelay.toml)")
+        arguments(child)
+        child.set_defaults(run=run)
+    return parser
+
+
+def _load_command_modules() -> None:
+    """Import the modules that register more subcommands (operations, sign-in)."""
+    import importlib
+
+    for module in ("xrelay.operations.commands",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module and not module.startswith(str(e.name)):
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as e:
+        print(f"xrelay: {e}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return EXIT_PROBLEM
+    except BrokenPipeError:
+        # `xrelay queue list | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""
+The one place where xrelay's stages are wired together.
+
+L{makeService} is used by C{twistd xrelay}, by C{xrelay.tac} and by programs that embed
+xrelay; none of them builds the stages itself.  The order matters: the spool recovers
+before anything else starts, tokens and delivery start before the listeners accept
+mail, and on stop the listeners close first (MultiService stops its children in
+reverse order).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from xrelay.config import (
+    Config,
+    ConfigError,
+    account_from_table,
+    read_config,
+    with_accounts,
+)
+
+log = Logger(namespace="xrelay")
+
+
+class RecoveringSpoolService(Service):
+    """Recovers the spool (crash leftovers) before any other stage starts."""
+
+    def __init__(self, spool: Any) -> None:
+        self.spool = spool
+
+    def startService(self) -> None:
+        self.spool.recover()
+        Service.startService(self)
+
+
+class RelayService(MultiService):
+    """
+    The whole relay: the running stages, reachable by name for embedding programs, the
+    admin page and tests.
+    """
+
+    config: Config
+    spool: Any
+    tokens: Any
+    delivery: Any
+    inbound: Any
+    sandbox: Any = None
+    admin: Any = None
+
+    def reload(self) -> bool:
+        """
+        Re-read the configuration file (SIGHUP): users, networks and accounts change
+        for new connections and deliveries, the queue and live connections stay.  A bad
+        new file is refused with a log line, and the old configuration kept.
+        """
+        if self.config.path is None:
+            log.info("xrelay: reload asked, but the sandbox default has no file to re-read")
+            return False
+        try:
+            new = read_config(self.config.path)
+        except ConfigError as e:
+            log.error("xrelay: configuration not reloaded, keeping the old one: {error}",
+                      error=str(e))
+            return False
+        if new.server.state_dir != self.config.server.state_dir:
+            log.warn("xrelay: server.state_dir changes only at restart; keeping {old}",
+                     old=self.config.server.state_dir)
+            new = attrs.evolve(new, server=attrs.evolve(
+                new.server, state_dir=self.config.server.state_dir))
+        self.config = new
+        for stage in (self.tokens, self.delivery, self.inbound):
+            stage.reconfigure(new)
+        log.info("xrelay: configuration reloaded from {path}", path=new.path)
+        return True
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        if self.config.path is not None and hasattr(signal, "SIGHUP"):
+            from twisted.internet import reactor
+
+            def on_hup(signum: int, frame: Any) -> None:
+                reactor.callFromThread(self.reload)
+
+            signal.signal(signal.SIGHUP, on_hup)
+
+
+def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
+    """
+    Start the embedded sandbox providers and route every sender through its account.
+    Binding happens here, synchronously, so that the account's ports are known before
+    the other stages are built.
+    """
+    from twisted.python.filepath import FilePath
+
+    from xrelay.sandbox import Sandbox, SandboxService
+
+    assert config.sandbox_dir is not None
+    os.makedirs(config.sandbox_dir, mode=0o700, exist_ok=True)
+    sandbox = Sandbox(FilePath(config.sandbox_dir), reactor=reactor)
+    sandbox.start()
+    account = account_from_table(dict(sandbox.default_account()), "sandbox")
+    return with_accounts(config, (account,)), sandbox, SandboxService(sandbox)
+
+
+def makeService(config: Config, reactor: Any = None) -> RelayService:
+    """
+    Build the relay for this configuration.
+
+    @param reactor: the reactor to use; the global one by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.inbound import InboundService
+    from xrelay.spool import Spool
+    from xrelay.tokens import TokenService
+    from xrelay.transport import transport_for
+
+    top = RelayService()
+    top.setName("xrelay")
+    if config.sandbox_dir is not None:
+        config, top.sandbox, sandbox_service = _start_sandbox(config, reactor)
+        sandbox_service.setServiceParent(top)
+
+    os.makedirs(config.server.state_dir, mode=0o700, exist_ok=True)
+    top.config = config
+    top.spool = Spool(os.path.join(config.server.state_dir, "spool"), reactor=reactor)
+    RecoveringSpoolService(top.spool).setServiceParent(top)
+
+    top.tokens = TokenService(config, reactor=reactor)
+    top.tokens.setServiceParent(top)
+
+    transports = {
+        account.name: transport_for(account, top.tokens.sources[account.name],
+                                    reactor=reactor)
+        for account in config.accounts
+    }
+    top.delivery = DeliveryEngine(config, top.spool, transports, reactor=reactor)
+    top.delivery.setServiceParent(top)
+    top.tokens.on_signed_in(top.delivery.resume_account)
+
+    top.inbound = InboundService(config, top.spool, top.delivery, reactor=reactor)
+    top.inbound.setServiceParent(top)
+
+    if config.admin is not None:
+        from xrelay.admin import AdminService
+
+        top.admin = AdminService(config, top, reactor=reactor)
+        top.admin.setServiceParent(top)
+
+    if top.sandbox is not None:
+        _announce_sandbox(config, top.sandbox)
+    return top
+
+
+def _announce_sandbox(config: Config, sandbox: Any) -> None:
+    listen = config.server.listen[0].endpoint
+    log.info(
+        "xrelay: running on the embedded sandbox default ({listen}); nothing leaves this "
+        "machine.  Send a test message with:\n"
+        "    swaks --server 127.0.0.1:2525 --from printer@example.com --to client@example.net\n"
+        "and find it as an .eml file under {mailbox}",
+        listen=listen,
+        mailbox=os.path.join(config.sandbox_dir or "", "mailbox"),
+    )
