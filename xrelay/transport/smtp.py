@@ -1,0 +1,501 @@
+"""
+The upstream ESMTP client: one connection to Exchange Online or Gmail, made secure
+(STARTTLS or implicit TLS, certificate and host name verified), authenticated with SASL
+XOAUTH2, then carrying any number of mail transactions.
+
+The wire protocol (L{ClientProtocol}: lines, replies, TLS) is separate from the
+conversation (L{UpstreamConnection}: which command when, what a reply means), and every
+wait has a timeout that names the step it was waiting for.  Written for xrelay rather than
+on C{twisted.mail.smtp.ESMTPClient}, whose data sender mis-stuffs lines at chunk
+boundaries and whose debug mode logs the AUTH line.
+
+This module must never write the AUTH line (which carries the token) anywhere but to the
+TLS connection: not to a log, an exception, a reply text or a transcript.  It decides
+nothing about retries or connection reuse; that is L{xrelay.transport.pool}'s job.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from xrelay.envelope import FailureKind, Outcome, OutboundMessage, RecipientResult, Reply
+from xrelay.envelope import DeliveryResult
+from xrelay.transport.classify import failure_of, outcome_of
+from xrelay.transport.data import DataInterrupted, DataSender
+
+log = Logger()
+
+
+@attrs.frozen
+class Timeouts:
+    """
+    Seconds to wait at each step; the reply waits follow RFC 5321 4.5.3.2, shortened
+    where a healthy Exchange Online or Gmail answers in well under a second.
+    """
+
+    connect: float = 30
+    tls: float = 30
+    greeting: float = 120
+    command: float = 300
+    data_start: float = 120
+    #: Longest time the upstream may take to accept the next chunk of data.
+    data_block: float = 180
+    data_end: float = 600
+    quit: float = 10
+
+
+class ConnectionTrouble(Exception):
+    """
+    The connection is unusable: it failed, dropped, timed out, or the upstream broke
+    the protocol.  The text names the step and never contains a secret.
+    """
+
+    def __init__(self, step: str, why: str) -> None:
+        super().__init__(step, why)
+        self.step = step
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"{self.why} during {self.step}"
+
+
+class _Dropped(Exception):
+    """The connection was lost while a reply was awaited."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def describe_loss(reason: Failure) -> str:
+    """A short, secret-free text for why a connection ended."""
+    if reason.check(SSL.Error):
+        errors = reason.value.args[0] if reason.value.args else None
+        texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
+        return f"TLS failed ({'; '.join(texts) or reason.getErrorMessage()})"
+    if reason.check(ConnectionDone):
+        return "the upstream closed the connection"
+    if reason.check(ConnectionLost):
+        return "the connection was lost"
+    return reason.getErrorMessage() or reason.type.__name__
+
+
+def parse_capabilities(ehlo: Reply) -> dict[str, str]:
+    """EHLO keywords (upper case) to their parameters: C{{"SIZE": "157286400"}}."""
+    capabilities = {}
+    for line in ehlo.text.split("\n")[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            capabilities[keyword.upper()] = params.strip()
+    return capabilities
+
+
+def xoauth2_response(user: str, token: str) -> bytes:
+    """The initial client response of SASL XOAUTH2, base64-encoded."""
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+
+
+@implementer(IHandshakeListener)
+class ClientProtocol(LineOnlyReceiver):
+    """
+    SMTP replies in, command lines out.  Each command (or L{expect} for the greeting
+    and the end of data) queues a Deferred that the next complete reply fires, in
+    order, which is all PIPELINING needs.
+    """
+
+    delimiter = b"\r\n"
+    #: RFC 5321 allows 512 octets per reply line; be generous, not unbounded.
+    MAX_LENGTH = 8192
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[Reply]] = []
+        self._lines: list[str] = []
+        self.handshake: Deferred[None] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self.unsolicited: Reply | None = None
+        self.connected_ = False
+        self.on_lost: Callable[[], None] = lambda: None
+
+    def connectionMade(self) -> None:
+        self.connected_ = True
+
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(None)
+
+    def expect(self) -> Deferred[Reply]:
+        d: Deferred[Reply] = Deferred()
+        if not self.connected_:
+            d.errback(_Dropped("the connection was already closed"))
+        else:
+            self._waiting.append(d)
+        return d
+
+    def command(self, line: bytes) -> Deferred[Reply]:
+        """Send one command line; fires with its reply.  Never logs the line."""
+        d = self.expect()
+        if self.connected_:
+            self.transport.write(line + b"\r\n")
+        return d
+
+    def commands(self, lines: list[bytes]) -> list[Deferred[Reply]]:
+        """Pipelined commands (RFC 2920): one write, replies in order."""
+        waits = [self.expect() for _ in lines]
+        if self.connected_:
+            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        return waits
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        code, separator = text[:3], text[3:4]
+        if not (code.isdigit() and separator in (" ", "-", "")):
+            self._violation(f"the upstream sent a malformed reply line {text[:80]!r}")
+            return
+        self._lines.append(text[4:])
+        if separator == "-":
+            return
+        reply = Reply(int(code), "\n".join(self._lines))
+        self._lines = []
+        while self._waiting:
+            d = self._waiting.pop(0)
+            if not d.called:  # a wait that timed out is skipped
+                d.callback(reply)
+                return
+        self.unsolicited = reply
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._violation(f"the upstream sent a reply line longer than {self.MAX_LENGTH}")
+
+    def _violation(self, why: str) -> None:
+        self._fail_waiting(_Dropped(why))
+        self.abort()
+
+    def abort(self) -> None:
+        if self.connected_ and self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.connected_ = False
+        self._fail_waiting(_Dropped(describe_loss(reason)))
+        if not self.handshake.called:
+            self.handshake.errback(_Dropped(describe_loss(reason)))
+            self.handshake.addErrback(lambda _: None)
+        self.lost.callback(None)
+        self.on_lost()
+
+    def _fail_waiting(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.errback(error)
+
+
+@attrs.define(eq=False)
+class UpstreamConnection:
+    """
+    One secure, authenticated (once L{authenticate} succeeded) upstream connection.
+
+    The states are: connected → greeted → secured (EHLO after TLS) → authenticated →
+    (transaction → ready)* → closed.  L{open_connection} takes it to "secured"; the pool
+    decides the rest.
+    """
+
+    protocol: ClientProtocol
+    clock: IReactorTime
+    timeouts: Timeouts
+    where: str
+    capabilities: dict[str, str] = attrs.field(factory=dict)
+    messages_sent: int = 0
+    broken: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.protocol.connected_ and not self.broken
+
+    async def wait(self, d: Deferred[Any], step: str, seconds: float) -> Any:
+        """Wait for C{d}; on timeout or loss the connection is dead and the step named."""
+        d.addTimeout(seconds, self.clock)
+        try:
+            return await d
+        except defer.TimeoutError:
+            self.broken = True
+            self.protocol.abort()
+            raise ConnectionTrouble(step, f"timed out after {seconds:g}s") from None
+        except _Dropped as e:
+            self.broken = True
+            raise ConnectionTrouble(step, e.why) from None
+
+    async def command(self, line: bytes, step: str) -> Reply:
+        reply: Reply = await self.wait(
+            self.protocol.command(line), step, self.timeouts.command
+        )
+        if reply.code == 421:
+            self.broken = True  # the upstream is closing this connection
+        return reply
+
+    async def ehlo(self, name: str) -> None:
+        reply = await self.command(b"EHLO " + name.encode("ascii", "replace"), "EHLO")
+        if reply.code != 250:
+            raise _Refused(reply, "EHLO")
+        self.capabilities = parse_capabilities(reply)
+
+    async def starttls(self, creator: IOpenSSLClientConnectionCreator, name: str) -> None:
+        if "STARTTLS" not in self.capabilities:
+            self.broken = True
+            raise ConnectionTrouble(
+                "STARTTLS",
+                "the upstream does not offer STARTTLS; xrelay never sends a token "
+                "without TLS",
+            )
+        reply = await self.command(b"STARTTLS", "STARTTLS")
+        if reply.code != 220:
+            raise _Refused(reply, "STARTTLS")
+        self.protocol.transport.startTLS(creator)
+        await self.wait(self.protocol.handshake, "TLS handshake", self.timeouts.tls)
+        await self.ehlo(name)
+
+    async def authenticate(self, user: str, token: str) -> Reply:
+        """
+        SASL XOAUTH2 with an initial response.  Gmail answers a bad token with C{334}
+        and a base64 JSON error; the empty line we send then gets the final reply.
+        """
+        step = "AUTH XOAUTH2"
+        reply = await self.command(b"AUTH XOAUTH2 " + xoauth2_response(user, token), step)
+        if reply.code == 334:
+            reply = await self.command(b"", step)
+        return reply
+
+    async def reset(self) -> bool:
+        """RSET before reusing an idle connection: also proves it is still alive."""
+        if not self.open:
+            return False
+        try:
+            reply = await self.command(b"RSET", "RSET")
+        except ConnectionTrouble:
+            return False
+        return reply.code == 250
+
+    async def quit(self) -> None:
+        """Say goodbye politely, but never wait long for it."""
+        if self.protocol.connected_:
+            self.broken = True
+            try:
+                await self.wait(self.protocol.command(b"QUIT"), "QUIT", self.timeouts.quit)
+            except ConnectionTrouble:
+                pass
+            self.protocol.transport.loseConnection()
+
+    async def send_message(self, message: OutboundMessage) -> DeliveryResult:
+        """
+        One mail transaction.  Raises L{ConnectionTrouble} when the connection failed
+        under it (the caller reports that for all recipients); every reply, good or
+        bad, becomes part of the result.
+        """
+        refusal = self._unsendable(message)
+        if refusal is not None:
+            return refusal
+        try:
+            data = open(message.data_path, "rb")
+        except OSError as e:
+            reply = Reply(451, f"4.3.0 xrelay cannot read the spooled message: {e.strerror}")
+            return DeliveryResult.for_all(message.recipients, Outcome.TEMPORARY, reply)
+        with data:
+            return await self._transaction(message, data)
+
+    def _unsendable(self, message: OutboundMessage) -> DeliveryResult | None:
+        """Refusals decided from the upstream's EHLO before anything is sent."""
+        limit = self.capabilities.get("SIZE", "")
+        if limit.isdigit() and int(limit) > 0 and message.size > int(limit):
+            reply = Reply(
+                552,
+                f"5.3.4 Message size {message.size} exceeds the upstream's limit of "
+                f"{limit} bytes ({self.where})",
+            )
+            return DeliveryResult.for_all(
+                message.recipients, Outcome.PERMANENT, reply, FailureKind.TOO_BIG,
+                f"The upstream {self.where} accepts at most {limit} bytes per message.",
+            )
+        if _needs_smtputf8(message) and "SMTPUTF8" not in self.capabilities:
+            reply = Reply(
+                553,
+                "5.6.7 The message needs SMTPUTF8 (internationalized addresses) but the "
+                f"upstream {self.where} does not support it",
+            )
+            return DeliveryResult.for_all(message.recipients, Outcome.PERMANENT, reply)
+        return None
+
+    def _mail_from(self, message: OutboundMessage) -> bytes:
+        params = []
+        if "SIZE" in self.capabilities:
+            params.append(f"SIZE={message.size}")
+        if message.body_8bitmime and "8BITMIME" in self.capabilities:
+            params.append("BODY=8BITMIME")
+        if _needs_smtputf8(message):
+            params.append("SMTPUTF8")
+        line = " ".join([f"MAIL FROM:<{message.sender}>", *params])
+        return line.encode("utf-8")
+
+    async def _transaction(self, message: OutboundMessage, data: Any) -> DeliveryResult:
+        mail = self._mail_from(message)
+        rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
+        if "PIPELINING" in self.capabilities:
+            waits = self.protocol.commands([mail, *rcpts])
+            mail_reply = await self.wait(waits[0], "MAIL FROM", self.timeouts.command)
+            rcpt_replies = [
+                await self.wait(w, "RCPT TO", self.timeouts.command) for w in waits[1:]
+            ]
+        else:
+            mail_reply = await self.command(mail, "MAIL FROM")
+            rcpt_replies = []
+            if mail_reply.code == 250:
+                for line in rcpts:
+                    rcpt_replies.append(await self.command(line, "RCPT TO"))
+        if mail_reply.code // 100 != 2:
+            return _whole(message, mail_reply)
+        accepted = [r for r, reply in zip(message.recipients, rcpt_replies) if reply.code // 100 == 2]
+        refused = tuple(
+            RecipientResult(r, outcome_of(reply), reply)
+            for r, reply in zip(message.recipients, rcpt_replies)
+            if reply.code // 100 != 2
+        )
+        if not accepted:
+            return DeliveryResult(refused, failure_of(refused[0].reply))
+        reply = await self.command(b"DATA", "DATA")
+        if reply.code != 354:
+            return _whole(message, reply, accepted, refused)
+        reply = await self._stream(data)
+        self.messages_sent += 1
+        return _whole(message, reply, accepted, refused)
+
+    async def _stream(self, data: Any) -> Reply:
+        """
+        Send the data and wait for the reply to the final dot.  The data timeout is
+        for progress: it fires when the upstream stops taking data for that long.
+        """
+        final = self.protocol.expect()
+        stalled: list[bool] = []
+
+        def stall() -> None:
+            stalled.append(True)
+            self.broken = True
+            self.protocol.abort()
+
+        watchdog = self.clock.callLater(self.timeouts.data_block, stall)
+
+        def progress() -> None:
+            if watchdog.active():
+                watchdog.reset(self.timeouts.data_block)
+
+        step = "end of data"
+        try:
+            await DataSender(data, self.protocol.transport, progress).start()
+        except DataInterrupted:
+            step = "message data"
+        except OSError as e:
+            self.broken = True
+            self.protocol.abort()
+            final.addErrback(lambda _: None)
+            raise ConnectionTrouble(
+                "message data", f"reading the spooled message failed ({e.strerror})"
+            ) from None
+        finally:
+            if watchdog.active():
+                watchdog.cancel()
+        if stalled:
+            final.addErrback(lambda _: None)
+            raise ConnectionTrouble(
+                "message data",
+                f"timed out after {self.timeouts.data_block:g}s without progress",
+            )
+        return await self.wait(final, step, self.timeouts.data_end)
+
+
+def _needs_smtputf8(message: OutboundMessage) -> bool:
+    return message.smtputf8 or not all(
+        address.isascii() for address in (message.sender, *message.recipients)
+    )
+
+
+def _whole(
+    message: OutboundMessage,
+    reply: Reply,
+    recipients: list[str] | None = None,
+    refused: tuple[RecipientResult, ...] = (),
+) -> DeliveryResult:
+    """One reply for every (accepted) recipient, plus those refused at RCPT."""
+    applies = message.recipients if recipients is None else recipients
+    results = tuple(RecipientResult(r, outcome_of(reply), reply) for r in applies)
+    failure = failure_of(reply) if reply.code // 100 != 2 else FailureKind.NONE
+    return DeliveryResult(results + refused, failure)
+
+
+class _Refused(Exception):
+    """The upstream refused a step of setting up the connection (EHLO, STARTTLS)."""
+
+    def __init__(self, reply: Reply, step: str) -> None:
+        super().__init__(reply, step)
+        self.reply = reply
+        self.step = step
+
+
+async def open_connection(
+    reactor: Any,
+    host: str,
+    port: int,
+    implicit_tls: bool,
+    tls: IOpenSSLClientConnectionCreator,
+    helo_name: str,
+    timeouts: Timeouts,
+) -> UpstreamConnection:
+    """
+    Connect, (TLS,) greeting, EHLO, STARTTLS, EHLO: a connection ready for AUTH.
+
+    @raise ConnectionTrouble: anything went wrong; nothing was sent but EHLO/STARTTLS.
+    @raise _Refused: the upstream refused EHLO or STARTTLS.
+    """
+    where = f"{host}:{port}"
+    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=timeouts.connect)
+    if implicit_tls:
+        endpoint = wrapClientTLS(tls, endpoint)
+    connecting = endpoint.connect(Factory.forProtocol(ClientProtocol))
+    connecting.addTimeout(timeouts.connect + 1, reactor)
+    try:
+        protocol: ClientProtocol = await connecting
+    except defer.TimeoutError:
+        raise ConnectionTrouble("connect", f"timed out after {timeouts.connect:g}s") from None
+    except Exception as e:
+        raise ConnectionTrouble("connect", str(e) or type(e).__name__) from None
+    connection = UpstreamConnection(protocol, reactor, timeouts, where)
+    try:
+        if implicit_tls:
+            await connection.wait(protocol.handshake, "TLS handshake", timeouts.tls)
+        greeting = await connection.wait(protocol.expect(), "greeting", timeouts.greeting)
+        if greeting.code != 220:
+            raise _Refused(greeting, "greeting")
+        await connection.ehlo(helo_name)
+        if not implicit_tls:
+            await connection.starttls(tls, helo_name)
+    except BaseException:
+        connection.broken = True
+        protocol.abort()
+        raise
+    return connection
