@@ -99,14 +99,25 @@ def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
     """
     from twisted.python.filepath import FilePath
 
-    from xrelay.sandbox import Sandbox, SandboxService
+    from xrelay.sandbox import Sandbox
 
     assert config.sandbox_dir is not None
     os.makedirs(config.sandbox_dir, mode=0o700, exist_ok=True)
     sandbox = Sandbox(FilePath(config.sandbox_dir), reactor=reactor)
     sandbox.start()
     account = account_from_table(dict(sandbox.default_account()), "sandbox")
-    return with_accounts(config, (account,)), sandbox, SandboxService(sandbox)
+    return with_accounts(config, (account,)), sandbox, _StartedSandboxService(sandbox)
+
+
+class _StartedSandboxService(Service):
+    """Stops the embedded sandbox, which L{_start_sandbox} already bound."""
+
+    def __init__(self, sandbox: Any) -> None:
+        self.sandbox = sandbox
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        return self.sandbox.stop()
 
 
 def makeService(config: Config, reactor: Any = None) -> RelayService:
