@@ -1,0 +1,377 @@
+"""
+Microsoft identity platform grants, done by msal: client credentials (secret or
+certificate), and delegated tokens (device code, authorization code with PKCE, or a
+refresh token supplied by the operator) kept alive with msal's refresh tokens.
+
+msal blocks (its constructor fetches the OpenID configuration), so every function here
+that touches msal is run by the caller in the token service's own thread pool, never on
+the reactor thread.  msal's token cache is kept in the account's encrypted cache file and
+written whenever msal changed it, so a rotated refresh token survives a crash.
+
+Nothing here may log or raise a token, a refresh token, a client secret, a private key or
+an authorization/device code; error texts are the platform's C{error} and the first line
+of its C{error_description}.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import attrs
+import msal
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from xrelay.config import AccountConfig
+from xrelay.tokens.cache import AccountCache
+from xrelay.tokens.errors import GrantRefused, GrantUnavailable, SignInFailed
+from xrelay.tokens.source import GrantResult, ITokenGrant
+from xrelay.tokens.status import TokenStatus
+from xrelay.tokens.trust import TrustedSession
+
+# msal can log request details, PII and, at DEBUG, token responses: keep it quiet
+# whatever the embedding program configured for the root logger.
+logging.getLogger("msal").setLevel(logging.WARNING)
+
+SMTP_APP_SCOPE = "https://outlook.office365.com/.default"
+GRAPH_APP_SCOPE = "https://graph.microsoft.com/.default"
+SMTP_DELEGATED_SCOPE = "https://outlook.office.com/SMTP.Send"
+GRAPH_DELEGATED_SCOPE = "https://graph.microsoft.com/Mail.Send"
+
+#: OAuth errors after which asking again cannot help: a person must act.
+PERMANENT_ERRORS = frozenset({
+    "invalid_grant", "interaction_required", "consent_required", "login_required",
+    "invalid_client", "unauthorized_client", "invalid_scope", "access_denied",
+    "invalid_resource", "expired_token", "authorization_declined", "bad_verification_code",
+})
+
+RunBlocking = Callable[..., "Deferred[Any]"]
+
+
+def scopes_for(account: AccountConfig) -> list[str]:
+    """The scopes to request; msal adds C{offline_access} (and rejects it if given)."""
+    graph = account.transport == "graph"
+    if account.flow == "client_credentials":
+        return [GRAPH_APP_SCOPE if graph else SMTP_APP_SCOPE]
+    return [GRAPH_DELEGATED_SCOPE if graph else SMTP_DELEGATED_SCOPE]
+
+
+def sign_in_hint(account: AccountConfig) -> str:
+    """What to tell the operator when the account's credentials are refused."""
+    if account.flow == "client_credentials":
+        what = (f"the client secret in {account.client_secret_file}"
+                if account.client_secret_file else
+                f"the certificate in {account.certificate_file}")
+        return (f"check the app registration {account.client_id} and {what} "
+                "(it may have expired); then restart or reload xrelay")
+    if account.flow == "refresh_token" and account.refresh_token_file:
+        return (f"run `xrelay login {account.name}` (or use Sign in on the admin page), "
+                f"or put a new refresh token in {account.refresh_token_file}")
+    return f"run `xrelay login {account.name}` or use Sign in on the admin page"
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The platform's error in one line: C{invalid_grant: AADSTS50173: ...}."""
+    error = str(result.get("error", "error"))
+    description = str(result.get("error_description") or "").strip().splitlines()
+    return f"{error}: {description[0]}" if description else error
+
+
+def _client_credential(account: AccountConfig) -> Any:
+    if account.client_secret_file:
+        with open(account.client_secret_file, encoding="utf-8") as f:
+            return f.read().strip()
+    if account.certificate_file and account.certificate_key_file:
+        with open(account.certificate_file, "rb") as f:
+            certificate = x509.load_pem_x509_certificate(f.read())
+        with open(account.certificate_key_file, encoding="utf-8") as f:
+            key = f.read()
+        return {"private_key": key,
+                "thumbprint": certificate.fingerprint(hashes.SHA1()).hex()}  # noqa: S303
+    return None
+
+
+def build_application(account: AccountConfig, bundle: str,
+                      cache: msal.SerializableTokenCache,
+                      public: bool = False) -> msal.ClientApplication:
+    """
+    An msal application for the account (blocking: network discovery).  A confidential
+    client when the account has a secret or certificate, unless C{public} (device code
+    needs a public client).
+    """
+    options: dict[str, Any] = dict(
+        client_id=account.client_id,
+        authority=account.msal_authority,
+        token_cache=cache,
+        http_client=TrustedSession(bundle),
+        enable_pii_log=False,
+    )
+    if account.authority.rstrip("/") != "https://login.microsoftonline.com":
+        options["instance_discovery"] = False
+    credential = None if public else _client_credential(account)
+    if credential is not None:
+        return msal.ConfidentialClientApplication(client_credential=credential, **options)
+    return msal.PublicClientApplication(**options)
+
+
+def _signed_in_as(result: dict[str, Any]) -> str | None:
+    claims = result.get("id_token_claims") or {}
+    name = claims.get("preferred_username") or claims.get("upn") or claims.get("email")
+    return str(name) if name else None
+
+
+@attrs.frozen
+class DeviceCodePrompt:
+    """
+    What to show a person who signs in with a device code: open C{verification_uri},
+    type C{user_code}.  C{flow} is msal's state (it holds the device code: never shown).
+    """
+
+    account: str
+    verification_uri: str
+    user_code: str
+    message: str
+    expires_at: float
+    flow: dict[str, Any] = attrs.field(repr=False, eq=False)
+
+
+@implementer(ITokenGrant)
+@attrs.define(eq=False)
+class MicrosoftGrant:
+    """
+    The msal side of one Microsoft account.  Its blocking methods (C{_fetch} and the
+    sign-in steps) run in the token thread pool through C{run}; a lock makes them one at
+    a time for this account, and the cache file's lock keeps another process out while
+    msal's cache is read, used and written back.
+    """
+
+    account: AccountConfig
+    cache: AccountCache
+    bundle: str
+    run: RunBlocking
+    _msal_cache: msal.SerializableTokenCache = attrs.field(
+        init=False, factory=msal.SerializableTokenCache, repr=False)
+    _meta: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
+    _app: msal.ClientApplication | None = attrs.field(init=False, default=None, repr=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _loaded: bool = attrs.field(init=False, default=False)
+
+    @property
+    def hint(self) -> str:
+        return sign_in_hint(self.account)
+
+    # -- ITokenGrant ----------------------------------------------------------
+
+    def fetch(self, force: bool) -> Deferred[GrantResult]:
+        return self.run(self._fetch, force)
+
+    def credentials_changed(self) -> bool:
+        if self.cache.changed():
+            return True
+        return self._refresh_token_file_signature() not in (None, self._meta.get("rt_file"))
+
+    def record(self, status: TokenStatus) -> Deferred[None]:
+        return self.run(self._record, status)
+
+    # -- blocking work, in the token thread pool ------------------------------
+
+    def _load(self) -> None:
+        """Re-read the cache file if it is new to us (another process signed in)."""
+        if self._loaded and not self.cache.changed():
+            return
+        data = self.cache.read()
+        self._msal_cache = msal.SerializableTokenCache()
+        if data.get("msal"):
+            self._msal_cache.deserialize(data["msal"])
+        self._meta = dict(data.get("meta") or {})
+        self._app = None  # bound to the old cache object
+        self._loaded = True
+
+    def _save(self, force: bool = False) -> None:
+        if force or self._msal_cache.has_state_changed:
+            self.cache.write({"msal": self._msal_cache.serialize(), "meta": self._meta})
+            self._msal_cache.has_state_changed = False
+
+    def _application(self) -> msal.ClientApplication:
+        if self._app is None:
+            try:
+                self._app = build_application(self.account, self.bundle, self._msal_cache)
+            except (ValueError, requests.RequestException, msal.exceptions.MsalError) as e:
+                # discovery failed: the OpenID configuration could not be fetched
+                raise GrantUnavailable(f"cannot reach {self.account.msal_authority} "
+                                       f"({type(e).__name__})") from None
+        return self._app
+
+    def _refresh_token_file_signature(self) -> list[int] | None:
+        path = self.account.refresh_token_file
+        if self.account.flow == "client_credentials" or not path:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+    def _fetch(self, force: bool) -> GrantResult:
+        with self._lock, self.cache.locked():
+            self._load()
+            app = self._application()
+            try:
+                result = self._acquire(app, force)
+            except (requests.RequestException, msal.exceptions.MsalError) as e:
+                raise GrantUnavailable(f"token request to {self.account.msal_authority} "
+                                       f"failed ({type(e).__name__})") from None
+            finally:
+                self._save()
+        return self._interpret(result)
+
+    def _acquire(self, app: msal.ClientApplication, force: bool) -> dict[str, Any] | None:
+        scopes = scopes_for(self.account)
+        if self.account.flow == "client_credentials":
+            assert isinstance(app, msal.ConfidentialClientApplication)
+            if force:
+                app.remove_tokens_for_client()
+            return app.acquire_token_for_client(scopes)
+        signature = self._refresh_token_file_signature()
+        if signature is not None and signature != self._meta.get("rt_file"):
+            # the operator supplied a (new) refresh token: msal keeps it from now on
+            assert self.account.refresh_token_file is not None
+            with open(self.account.refresh_token_file, encoding="utf-8") as f:
+                refresh_token = f.read().strip()
+            self._meta["rt_file"] = signature
+            self._msal_cache.has_state_changed = True
+            return app.acquire_token_by_refresh_token(refresh_token, scopes)
+        accounts = app.get_accounts(username=self.account.user)
+        if not accounts:
+            return None
+        return app.acquire_token_silent_with_error(scopes, accounts[0], force_refresh=force)
+
+    def _interpret(self, result: dict[str, Any] | None) -> GrantResult:
+        if result is None:
+            raise GrantRefused(f"no sign-in for {self.account.user} is stored")
+        if "access_token" in result:
+            return GrantResult(result["access_token"], float(result.get("expires_in", 3599)))
+        reason = describe(result)
+        if result.get("error") in PERMANENT_ERRORS:
+            raise GrantRefused(reason)
+        raise GrantUnavailable(reason)
+
+    def _record(self, status: TokenStatus) -> None:
+        with self._lock, self.cache.locked():
+            self._load()
+            self._meta.update(state=status.state, last_refresh=status.last_refresh,
+                              last_error=status.last_error, hint=status.hint,
+                              expires_at=status.expires_at, recorded=time.time())
+            self._save(force=True)
+
+    # -- interactive sign-in (blocking) ---------------------------------------
+
+    def _fresh_application(self, public: bool) -> tuple[msal.ClientApplication,
+                                                        msal.SerializableTokenCache]:
+        cache = msal.SerializableTokenCache()
+        try:
+            return build_application(self.account, self.bundle, cache, public), cache
+        except (ValueError, requests.RequestException, msal.exceptions.MsalError) as e:
+            raise SignInFailed(self.account.name, f"cannot reach "
+                               f"{self.account.msal_authority} ({type(e).__name__})") from None
+
+    def initiate_device_code(self) -> DeviceCodePrompt:
+        app, _ = self._fresh_application(public=True)
+        assert isinstance(app, msal.PublicClientApplication)
+        try:
+            flow = app.initiate_device_flow(scopes=scopes_for(self.account))
+        except (requests.RequestException, msal.exceptions.MsalError) as e:
+            raise SignInFailed(self.account.name, f"device code request failed "
+                               f"({type(e).__name__})") from None
+        if "user_code" not in flow:
+            raise SignInFailed(self.account.name, describe(flow))
+        flow["_xrelay_app"] = app
+        return DeviceCodePrompt(
+            account=self.account.name,
+            verification_uri=str(flow.get("verification_uri", "")),
+            user_code=str(flow["user_code"]),
+            message=str(flow.get("message", "")),
+            expires_at=float(flow.get("expires_at", time.time() + 900)),
+            flow=flow,
+        )
+
+    def complete_device_code(self, prompt: DeviceCodePrompt) -> GrantResult:
+        flow = prompt.flow
+        app = flow["_xrelay_app"]
+        try:
+            result = app.acquire_token_by_device_flow(
+                {k: v for k, v in flow.items() if k != "_xrelay_app"},
+                exit_condition=lambda f: flow.get("cancelled") or
+                f.get("expires_at", 0) < time.time())
+        except (requests.RequestException, msal.exceptions.MsalError) as e:
+            raise SignInFailed(self.account.name, f"polling for the device code sign-in "
+                               f"failed ({type(e).__name__})") from None
+        if flow.get("cancelled"):
+            raise SignInFailed(self.account.name, "cancelled")
+        return self._adopt(app, result)
+
+    def initiate_auth_code(self, redirect_uri: str) -> tuple[str, dict[str, Any]]:
+        app, _ = self._fresh_application(public=False)
+        try:
+            flow = app.initiate_auth_code_flow(scopes_for(self.account),
+                                               redirect_uri=redirect_uri,
+                                               login_hint=self.account.user)
+        except (requests.RequestException, msal.exceptions.MsalError, ValueError) as e:
+            raise SignInFailed(self.account.name, f"cannot start the sign-in "
+                               f"({type(e).__name__})") from None
+        return flow["auth_uri"], flow
+
+    def complete_auth_code(self, flow: dict[str, Any], params: dict[str, str]) -> GrantResult:
+        app, _ = self._fresh_application(public=False)
+        try:
+            result = app.acquire_token_by_auth_code_flow(flow, params)
+        except ValueError:  # msal: state mismatch, or a reply to another flow
+            raise SignInFailed(self.account.name, "the sign-in reply does not belong to "
+                               "this sign-in (state mismatch); start again") from None
+        except (requests.RequestException, msal.exceptions.MsalError) as e:
+            raise SignInFailed(self.account.name, f"redeeming the code failed "
+                               f"({type(e).__name__})") from None
+        return self._adopt(app, result)
+
+    def _adopt(self, app: msal.ClientApplication, result: dict[str, Any]) -> GrantResult:
+        """Keep a successful sign-in: its cache replaces the account's cache file."""
+        if "access_token" not in result:
+            raise SignInFailed(self.account.name, describe(result))
+        who = _signed_in_as(result)
+        if who is not None and who.lower() != self.account.user.lower():
+            raise SignInFailed(self.account.name, f"signed in as {who}, but the account "
+                               f"is configured for {self.account.user}; sign in as "
+                               f"{self.account.user}")
+        with self._lock, self.cache.locked():
+            self._msal_cache = app.token_cache
+            self._meta = {"rt_file": self._refresh_token_file_signature(),
+                          "state": "ok", "last_refresh": time.time(),
+                          "expires_at": time.time() + float(result.get("expires_in", 0))}
+            self._app = None
+            self._save(force=True)
+            self._loaded = True
+        return GrantResult(result["access_token"], float(result.get("expires_in", 3599)))
+
+
+def stored_expiry(data: dict[str, Any], account: AccountConfig) -> tuple[float | None, bool]:
+    """
+    From a decrypted cache file: the latest access token expiry and whether a refresh
+    token is stored (for C{xrelay accounts}, which runs without the daemon).
+    """
+    import json
+    try:
+        cache = json.loads(data.get("msal") or "{}")
+    except ValueError:
+        return None, False
+    expiries = [float(at.get("expires_on", 0)) for at in
+                (cache.get("AccessToken") or {}).values()]
+    return (max(expiries) if expiries else None), bool(cache.get("RefreshToken"))
+
+

@@ -1,0 +1,271 @@
+"""
+The token service: one token source per configured account, their thread pool, and the
+sign-in entry points used by C{xrelay login} and the admin page.
+
+L{TokenService} is a Twisted service.  msal calls run in its own thread pool (never the
+reactor thread, nor the reactor's shared pool that the spool and password hashing use).
+Sources that need sign-in look at the cache files every few seconds, so that a sign-in
+done by C{xrelay login} in another process resumes delivery without a restart; listeners
+registered with L{TokenService.on_signed_in} are told.
+
+It must never log or expose a token or secret, and never block the reactor thread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from xrelay.config import AccountConfig, Config
+from xrelay.tokens.cache import AccountCache, load_key
+from xrelay.tokens.errors import SignInFailed
+from xrelay.tokens.google import GoogleGrant
+from xrelay.tokens.microsoft import DeviceCodePrompt, MicrosoftGrant, stored_expiry
+from xrelay.tokens.source import GrantResult, RefreshingTokenSource
+from xrelay.tokens.status import TokenStatus
+from xrelay.tokens.trust import trust_bundle
+
+log = Logger(namespace="xrelay.tokens")
+
+#: Seconds between looks at the cache files of accounts that need sign-in.
+SIGN_IN_POLL_INTERVAL = 5.0
+#: Threads for msal: a device code sign-in occupies one while it waits.
+MAX_THREADS = 8
+
+
+class TokenService(Service):
+    """
+    Token sources for all accounts of a configuration.
+
+    @ivar sources: account name -> L{RefreshingTokenSource} (an L{ITokenSource}).
+    """
+
+    name = "tokens"
+
+    def __init__(self, config: Config, reactor: Any = None,
+                 clock: IReactorTime | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.config = config
+        self.pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+        self._listeners: list[Callable[[str], None]] = []
+        self._poll: LoopingCall | None = None
+        self._key: bytes | None = None
+        self.sources: dict[str, RefreshingTokenSource] = {}
+        for account in config.accounts:
+            self.sources[account.name] = self._source(account)
+
+    # -- wiring ---------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> str:
+        return self.config.server.state_dir
+
+    def _cache_key(self) -> bytes:
+        if self._key is None:
+            self._key = load_key(self.state_dir)
+        return self._key
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Run C{f} in the token thread pool (started on first use)."""
+        if not self.pool.started:
+            self.pool.start()
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+    def _source(self, account: AccountConfig) -> RefreshingTokenSource:
+        cache = AccountCache.open(self.state_dir, account.name, self._cache_key())
+        bundle = trust_bundle(self.state_dir, account.ca_file)
+        grant: MicrosoftGrant | GoogleGrant
+        if account.provider == "google":
+            grant = GoogleGrant(account, cache, bundle, self.run_blocking, self.reactor)
+        else:
+            grant = MicrosoftGrant(account, cache, bundle, self.run_blocking)
+        return RefreshingTokenSource(account.name, grant, self.clock,
+                                     on_usable=self._announce, provider=account.provider,
+                                     flow=account.flow)
+
+    def on_signed_in(self, listener: Callable[[str], None]) -> None:
+        """
+        Call C{listener(account_name)} whenever an account becomes usable again (signed
+        in after needing sign-in, or the identity platform is back): the delivery engine
+        retries that account's queued mail.
+        """
+        self._listeners.append(listener)
+
+    def _announce(self, account: str) -> None:
+        log.info("Account {account} has a token again; its queued mail can go",
+                 account=account)
+        for listener in list(self._listeners):
+            try:
+                listener(account)
+            except Exception:
+                log.failure("A sign-in listener failed for account {account}",
+                            account=account)
+
+    # -- service --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.pool.started:
+            self.pool.start()
+        for source in self.sources.values():
+            source.start()
+        self._poll = LoopingCall(self._check_sign_ins)
+        self._poll.clock = self.clock
+        self._poll.start(SIGN_IN_POLL_INTERVAL, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        for source in self.sources.values():
+            source.stop()
+        # stopping joins the threads; a device code wait ends at its next poll
+        return self.run_stop()
+
+    def run_stop(self) -> Deferred[None]:
+        if not self.pool.started:
+            return succeed(None)
+        pool = self.pool
+        self.pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), pool.stop)
+
+    def _check_sign_ins(self) -> None:
+        for source in self.sources.values():
+            source.check_signed_in()
+
+    def reconfigure(self, config: Config) -> None:
+        """
+        Take a new configuration: accounts that are new or changed get a new source,
+        unchanged ones keep theirs (and their token), removed ones stop.
+        """
+        old = {a.name: a for a in self.config.accounts}
+        self.config = config
+        sources: dict[str, RefreshingTokenSource] = {}
+        for account in config.accounts:
+            if old.get(account.name) == account and account.name in self.sources:
+                sources[account.name] = self.sources[account.name]
+                continue
+            sources[account.name] = self._source(account)
+            if self.running:
+                sources[account.name].start()
+        for name, source in self.sources.items():
+            if sources.get(name) is not source:
+                source.stop()
+        self.sources = sources
+
+    # -- status ---------------------------------------------------------------
+
+    def status(self) -> dict[str, TokenStatus]:
+        return {name: source.status() for name, source in self.sources.items()}
+
+    # -- sign-in --------------------------------------------------------------
+
+    def _microsoft(self, account: str) -> tuple[RefreshingTokenSource, MicrosoftGrant]:
+        source = self.sources.get(account)
+        if source is None:
+            raise SignInFailed(account, "no such account in the configuration")
+        if not isinstance(source.grant, MicrosoftGrant) or \
+                self.config.account(account).flow == "client_credentials":
+            raise SignInFailed(account, "this account does not sign in interactively "
+                               "(Google refresh token or client credentials)")
+        return source, source.grant
+
+    def _adopted(self, result: GrantResult, source: RefreshingTokenSource) -> TokenStatus:
+        source.signed_in(result)
+        return source.status()
+
+    def start_device_code(self, account: str) -> Deferred[DeviceCodePrompt]:
+        """
+        Begin a device code sign-in: fires with what to show the person (URL and code).
+        Then call L{finish_device_code} to wait for them.
+        """
+        try:
+            _, grant = self._microsoft(account)
+        except SignInFailed as e:
+            return _failed(e)
+        return self.run_blocking(grant.initiate_device_code)
+
+    def finish_device_code(self, prompt: DeviceCodePrompt) -> Deferred[TokenStatus]:
+        """
+        Wait until the person has signed in (or the code expired: L{SignInFailed}); the
+        tokens are then stored and the account resumes.  Cancelling the Deferred stops
+        the waiting at msal's next poll.
+        """
+        try:
+            source, grant = self._microsoft(prompt.account)
+        except SignInFailed as e:
+            return _failed(e)
+        d = self.run_blocking(grant.complete_device_code, prompt)
+        d.addCallback(self._adopted, source)
+
+        def cancel(d2: Deferred[Any]) -> None:
+            prompt.flow["cancelled"] = True
+        outer: Deferred[TokenStatus] = Deferred(cancel)
+        d.chainDeferred(outer)
+        return outer
+
+    def start_auth_code(self, account: str, redirect_uri: str
+                        ) -> Deferred[tuple[str, dict[str, Any]]]:
+        """
+        Begin a browser sign-in (authorization code with PKCE): fires with the URL to
+        send the browser to and the flow state to keep (server side) until it returns.
+        """
+        try:
+            _, grant = self._microsoft(account)
+        except SignInFailed as e:
+            return _failed(e)
+        return self.run_blocking(grant.initiate_auth_code, redirect_uri)
+
+    def finish_auth_code(self, account: str, flow: dict[str, Any],
+                         query_params: dict[str, str]) -> Deferred[TokenStatus]:
+        """Redeem the browser's return (the redirect's query parameters)."""
+        try:
+            source, grant = self._microsoft(account)
+        except SignInFailed as e:
+            return _failed(e)
+        d = self.run_blocking(grant.complete_auth_code, flow, query_params)
+        return d.addCallback(self._adopted, source)
+
+
+def _failed(e: Exception) -> Deferred[Any]:
+    from twisted.internet.defer import fail
+    return fail(e)
+
+
+def stored_status(config: Config) -> list[TokenStatus]:
+    """
+    Every account's status as last recorded in the cache files, without network or
+    reactor: for C{xrelay accounts} / C{xrelay status}, which run beside the daemon.
+    """
+    key = load_key(config.server.state_dir)
+    now = time.time()
+    statuses = []
+    for account in config.accounts:
+        cache = AccountCache.open(config.server.state_dir, account.name, key)
+        data = cache.read()
+        meta = data.get("meta") or {}
+        expires_at, has_refresh = stored_expiry(data, account)
+        expires_at = meta.get("expires_at") or expires_at
+        state = meta.get("state")
+        if state is None:
+            state = "no token" if not data else ("ok" if has_refresh else "no token")
+        elif state == "ok" and expires_at is not None and expires_at < now:
+            state = "no token"  # the daemon is not running, or has not refreshed yet
+        statuses.append(TokenStatus(
+            account=account.name, state=state, expires_at=expires_at,
+            last_refresh=meta.get("last_refresh"), last_error=meta.get("last_error"),
+            hint=meta.get("hint"), provider=account.provider, flow=account.flow))
+    return statuses
