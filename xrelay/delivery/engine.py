@@ -1,0 +1,467 @@
+"""
+The delivery engine: takes committed spool entries to their upstream account, within
+the account's limits, and decides what each result means for the entry.
+
+For every attempt: queued/deferred -> active -> (delivered: removed | deferred with the
+next attempt time | failed and bounced).  Per recipient: delivered ones leave the entry,
+temporary ones are retried with back-off, permanent ones are bounced (one DSN per attempt
+listing them, spooled like any message and sent through the same account, never to the
+null sender, never for a bounce, copies to C{[delivery] bounce_to}).  A token problem
+(needs sign-in, refused token) defers and never bounces.  A message queued longer than
+C{max_age} is bounced.
+
+This module never talks SMTP or HTTP itself (transports do) and never decides policy for
+the inbound side; it must never lose an entry: an entry leaves the spool only after its
+last recipient was delivered or reported in a bounce.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from typing import Any, Callable, Mapping
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from xrelay.config import AccountConfig, Config
+from xrelay.delivery.bounce import (SEND_AS_HELP, FailedRecipient, build_bounce,
+                                    read_original_headers)
+from xrelay.delivery.retry import RetryPolicy
+from xrelay.delivery.rewrite import rewrite_from
+from xrelay.delivery.scheduler import FairQueue
+from xrelay.envelope import (DeliveryResult, Envelope, FailureKind, OutboundMessage,
+                             Outcome, RecipientResult, Reply)
+from xrelay.interfaces import IDelivery, ITransport
+from xrelay.routing import route_sender
+from xrelay.spool import (ACTIVE, DEFERRED, FAILED, QUEUED, Spool, SpoolEntry,
+                          UnknownEntry)
+
+log = Logger()
+
+#: Failures that mean "our credentials", never "this message": defer, never bounce.
+_TOKEN_TROUBLE = (FailureKind.NEEDS_SIGN_IN, FailureKind.AUTHENTICATION)
+
+NO_ACCOUNT = Reply(451, "4.3.5 No upstream account can send as this sender; add it to "
+                   "an account's senders in xrelay.toml")
+INTERNAL_ERROR = Reply(451, "4.3.0 Internal error while delivering; will retry")
+NO_RESULT = Reply(451, "4.3.0 The upstream gave no result for this recipient")
+SHUTTING_DOWN = Reply(421, "4.3.2 The relay is shutting down; the message is queued")
+
+
+@attrs.frozen
+class OutcomeRecord:
+    """One attempt's outcome, for the admin page and metrics."""
+
+    entry_id: str
+    sender: str
+    account: str
+    at: float
+    #: "delivered", "deferred", "failed" (or "partial": some delivered, rest deferred).
+    outcome: str
+    delivered: int
+    deferred: int
+    failed: int
+    reply: str
+
+
+@attrs.frozen
+class EngineStatus:
+    counts: dict[str, int]
+    oldest_age: float | None
+    in_flight: dict[str, int]
+    paused_until: dict[str, float]
+    recent: tuple[OutcomeRecord, ...]
+    totals: dict[str, int]
+
+
+@implementer(IDelivery)
+class DeliveryEngine(Service):
+    """
+    @param transports: account name -> the transport that delivers through it.  The
+        engine does not close them: whoever made them does.
+    @param clock: the time source and scheduler (a L{task.Clock} in tests); the reactor
+        by default.
+    @param random: for the retry jitter (tests pin it).
+    """
+
+    name = "delivery"
+
+    def __init__(self, config: Config, spool: Spool, transports: Mapping[str, ITransport],
+                 reactor: Any = None, clock: Any = None,
+                 random: Callable[[], float] | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.spool = spool
+        self.clock = clock if clock is not None else reactor
+        self._random = random
+        self.transports: dict[str, ITransport] = dict(transports)
+        self.queue = FairQueue()
+        self.recent: collections.deque[OutcomeRecord] = collections.deque(maxlen=100)
+        self.totals = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
+        self._in_flight: dict[str, Deferred[DeliveryResult]] = {}
+        self._timer: Any = None
+        self._stopping = False
+        self.reconfigure(config)
+
+    # -- configuration -------------------------------------------------------------
+
+    def reconfigure(self, config: Config,
+                    transports: Mapping[str, ITransport] | None = None) -> None:
+        """Take a reloaded configuration; limits already used stay counted."""
+        self.config = config
+        self.policy = RetryPolicy.from_config(config.delivery, self._random)
+        if transports is not None:
+            self.transports = dict(transports)
+        for account in config.accounts:
+            self.queue.pace(account.name).update(account)
+        if self.running:
+            self._pump()
+
+    def _account(self, entry: SpoolEntry) -> AccountConfig | None:
+        names = {a.name for a in self.config.accounts}
+        if entry.account in names:
+            return self.config.account(entry.account)
+        return route_sender(self.config, entry.sender)
+
+    def _key(self, entry: SpoolEntry) -> str:
+        account = self._account(entry)
+        return account.name if account else ""
+
+    # -- service -------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self.spool.recover()
+        for state in (QUEUED, DEFERRED):
+            for entry in self.spool.entries(state):
+                self._enqueue(entry, entry.next_attempt if state == DEFERRED else 0.0)
+        log.info("delivery started with {count} messages waiting", count=len(self.queue))
+        self._pump()
+
+    def stopService(self) -> "Deferred[None]":
+        """
+        Start nothing new; wait (at most C{server.shutdown_timeout}) for attempts in
+        flight.  Whatever is still active is back in the queue at the next start.
+        """
+        super().stopService()
+        self._stopping = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        waiting = list(self._in_flight.values())
+        if not waiting:
+            return defer.succeed(None)
+        done: Deferred[None] = Deferred()
+        all_done = defer.DeferredList([_shadow(d) for d in waiting])
+        timeout = self.clock.callLater(self.config.server.shutdown_timeout,
+                                       lambda: done.called or done.callback(None))
+
+        def finished(_: object) -> None:
+            if timeout.active():
+                timeout.cancel()
+            if not done.called:
+                done.callback(None)
+        all_done.addCallback(finished)
+        return done
+
+    # -- IDelivery -----------------------------------------------------------------
+
+    def submitted(self, entry_id: str) -> None:
+        if not self.running or self._stopping:
+            return  # it is on disk: the next start picks it up
+        try:
+            entry = self.spool.get(entry_id)
+        except UnknownEntry:
+            log.warn("submitted entry {entry_id} is not in the spool", entry_id=entry_id)
+            return
+        self._enqueue(entry, 0.0)
+        self._pump()
+
+    def deliver_now(self, entry_id: str) -> "Deferred[DeliveryResult]":
+        """
+        Pass-through: attempt at once, ahead of the account's pacing (a device is waiting
+        for the answer), though it counts against the limits like any attempt.
+        """
+        if entry_id in self._in_flight:
+            return _shadow(self._in_flight[entry_id])
+        try:
+            entry = self.spool.get(entry_id)
+        except UnknownEntry:
+            return defer.succeed(DeliveryResult((), detail="already delivered"))
+        if not self.running or self._stopping:
+            return defer.succeed(DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
+                                                        SHUTTING_DOWN))
+        self.queue.discard(entry_id)
+        key = self._key(entry)
+        self.queue.pace(key).start(self.clock.seconds(), len(entry.recipients))
+        return _shadow(self._start(entry_id, key))
+
+    def resume_account(self, name: str) -> None:
+        """
+        The account works again (an operator signed in, the token endpoint is back):
+        its deferred messages are due now.
+        """
+        pace = self.queue.pace(name)
+        pace.paused_until = 0.0
+        moved = self.queue.make_due(name, self.clock.seconds())
+        log.info("account {account} resumed; {count} messages due now", account=name,
+                 count=moved)
+        self._pump()
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _enqueue(self, entry: SpoolEntry, due: float) -> None:
+        if entry.entry_id in self._in_flight:
+            return
+        self.queue.add(entry.entry_id, self._key(entry), due, max(len(entry.recipients), 1))
+
+    def _pump(self) -> None:
+        if not self.running or self._stopping:
+            return
+        now = self.clock.seconds()
+        for entry_id, account in self.queue.take(now):
+            self._start(entry_id, account)
+        wake = self.queue.next_wake(now)
+        if self._timer is not None and self._timer.active():
+            if wake is not None and self._timer.getTime() <= wake:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if wake is not None:
+            self._timer = self.clock.callLater(max(wake - now, 0.0), self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _start(self, entry_id: str, account: str) -> "Deferred[DeliveryResult]":
+        d = defer.ensureDeferred(self._attempt(entry_id))
+        self._in_flight[entry_id] = d
+
+        def done(result: Any) -> Any:
+            del self._in_flight[entry_id]
+            self.queue.pace(account).finish()
+            self._pump()
+            return result
+        d.addBoth(done)
+        return d
+
+    # -- one attempt ---------------------------------------------------------------
+
+    async def _attempt(self, entry_id: str) -> DeliveryResult:
+        try:
+            entry = self.spool.get(entry_id)
+        except UnknownEntry:
+            return DeliveryResult((), detail="no longer in the spool")
+        try:
+            entry = await self.spool.move(entry, ACTIVE)
+            account = self._account(entry)
+            transport = self.transports.get(account.name) if account else None
+            if account is None or transport is None:
+                result = DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
+                                                NO_ACCOUNT)
+            else:
+                result = await self._send(entry, account, transport)
+            await self._settle(entry, account, result)
+            return result
+        except Exception:
+            # The entry stays on disk (active: requeued at the next start); try again
+            # later in this run too.
+            log.failure("delivery of {entry_id} failed unexpectedly", entry_id=entry_id)
+            self.queue.add(entry_id, self._key(entry),
+                           self.clock.seconds() + self.policy.delay(1), 1)
+            return DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
+                                          INTERNAL_ERROR)
+
+    async def _send(self, entry: SpoolEntry, account: AccountConfig,
+                    transport: ITransport) -> DeliveryResult:
+        sender, data_path, size = entry.sender, entry.data_path, entry.size
+        scratch = None
+        if account.rewrite_from and entry.bounce_of is None:
+            scratch = self.spool.scratch_path(entry.entry_id, "rewritten.eml")
+            size = rewrite_from(entry.data_path, scratch, account.user, entry.sender)
+            sender, data_path = account.user, scratch
+        message = OutboundMessage(entry.entry_id, sender, entry.recipients, data_path, size,
+                                  entry.smtputf8, entry.body_8bitmime)
+        try:
+            return await transport.deliver(message)
+        except Exception:
+            log.failure("transport for {account} failed on {entry_id}",
+                        account=account.name, entry_id=entry.entry_id)
+            return DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
+                                          INTERNAL_ERROR)
+        finally:
+            if scratch is not None:
+                try:
+                    os.unlink(scratch)
+                except FileNotFoundError:
+                    pass
+
+    async def _settle(self, entry: SpoolEntry, account: AccountConfig | None,
+                      result: DeliveryResult) -> None:
+        now = self.clock.seconds()
+        by_recipient = {r.recipient: r for r in result.recipients}
+        delivered: list[RecipientResult] = []
+        temporary: list[RecipientResult] = []
+        permanent: list[FailedRecipient] = []
+        for recipient in entry.recipients:
+            r = by_recipient.get(recipient) or RecipientResult(recipient, Outcome.TEMPORARY,
+                                                               NO_RESULT)
+            outcome = r.outcome
+            if result.failure in _TOKEN_TROUBLE and outcome is not Outcome.DELIVERED:
+                outcome = Outcome.TEMPORARY
+            elif result.failure is FailureKind.SEND_AS_DENIED and outcome is not Outcome.DELIVERED:
+                outcome = Outcome.PERMANENT
+            if outcome is Outcome.DELIVERED:
+                delivered.append(r)
+            elif outcome is Outcome.TEMPORARY:
+                temporary.append(r)
+            else:
+                permanent.append(FailedRecipient(recipient, r.reply))
+        if temporary and self.policy.expired(entry.received_at, now):
+            permanent += [FailedRecipient(r.recipient, r.reply, expired=True)
+                          for r in temporary]
+            temporary = []
+
+        key = account.name if account else ""
+        pace = self.queue.pace(key)
+        attempts = entry.attempts + 1
+        delay = self.policy.delay(attempts, result.retry_after)
+        if result.failure is FailureKind.THROTTLED or result.retry_after is not None:
+            pace.throttle(now + (result.retry_after or self.policy.first_retry))
+        if result.failure in _TOKEN_TROUBLE:
+            # Nothing of this account can go until the token works: hold all of it.
+            pace.throttle(now + delay)
+
+        problem = [r.reply for r in temporary] + [f.reply for f in permanent]
+        last_reply = problem[0] if problem else (delivered[0].reply if delivered
+                                                 else entry.last_reply)
+        if permanent:
+            await self._bounce(entry, account, result, permanent, now)
+        failed_recipients = entry.failed_recipients + tuple(
+            (f.recipient, f.reply) for f in permanent)
+        changes = dict(attempts=attempts, last_attempt=now, last_reply=last_reply,
+                       failed_recipients=failed_recipients)
+        if temporary:
+            next_attempt = now + delay
+            entry = await self.spool.move(
+                entry, DEFERRED, recipients=tuple(r.recipient for r in temporary),
+                next_attempt=next_attempt, **changes)
+            self.queue.add(entry.entry_id, key, next_attempt, len(temporary))
+            outcome = "partial" if delivered else "deferred"
+            self.totals["deferred"] += 1
+        elif failed_recipients:
+            await self.spool.move(entry, FAILED, recipients=(), **changes)
+            outcome = "failed"
+            self.totals["failed"] += 1
+        else:
+            await self.spool.remove(entry)
+            outcome = "delivered"
+            self.totals["delivered"] += 1
+        record = OutcomeRecord(entry.entry_id, entry.sender, key, now, outcome,
+                               len(delivered), len(temporary), len(permanent),
+                               str(last_reply) if last_reply else "")
+        self.recent.append(record)
+        log.info(
+            "{entry_id} from <{sender}> via {account}: {outcome} ({delivered} delivered, "
+            "{deferred} deferred, {failed} failed; {recipient_count} recipients); "
+            "upstream: {upstream_reply}",
+            entry_id=entry.entry_id, sender=entry.sender, account=key or "(none)",
+            outcome=outcome, delivered=len(delivered), deferred=len(temporary),
+            failed=len(permanent), recipient_count=len(entry.recipients),
+            upstream_reply=record.reply, failure=result.failure.value,
+            attempts=attempts)
+
+    async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
+                      result: DeliveryResult, failed: list[FailedRecipient],
+                      now: float) -> None:
+        """Spool a DSN for these recipients, unless bouncing is wrong or impossible."""
+        if entry.bounce_of is not None or not entry.sender:
+            log.warn("{entry_id}: not bouncing a bounce or a null-sender message",
+                     entry_id=entry.entry_id)
+            return
+        if account is None:
+            log.error("{entry_id}: cannot bounce to <{sender}>: no account can send it",
+                      entry_id=entry.entry_id, sender=entry.sender)
+            return
+        explanation = result.detail
+        if result.failure is FailureKind.SEND_AS_DENIED:
+            help_text = SEND_AS_HELP.format(user=account.user, sender=entry.sender,
+                                            account=account.name)
+            explanation = f"{explanation}\n\n{help_text}" if explanation else help_text
+        to = [entry.sender]
+        bounce_to = self.config.delivery.bounce_to
+        if bounce_to and bounce_to.lower() != entry.sender.lower():
+            to.append(bounce_to)
+        data = build_bounce(
+            reporting_mta=self.config.server.hostname,
+            from_address=account.user,
+            to=to,
+            original_sender=entry.sender,
+            original_headers=read_original_headers(entry.data_path),
+            failed=failed,
+            remote_mta=account.smtp_host if account.transport == "smtp" else None,
+            arrival_date=entry.received_at,
+            now=now,
+            explanation=explanation,
+        )
+        # Sent as the account's own mailbox: the one sender it may always use (Exchange
+        # refuses other senders, the null one included, without Send As).
+        envelope = Envelope(sender=account.user, recipients=tuple(to),
+                            account=account.name, received_at=now)
+        try:
+            incoming = self.spool.incoming(envelope, bounce_of=entry.entry_id)
+            incoming.write(data)
+            bounce_id = await incoming.commit()
+        except Exception:
+            log.failure("{entry_id}: could not spool the bounce to <{sender}>",
+                        entry_id=entry.entry_id, sender=entry.sender)
+            return
+        self.totals["bounces"] += 1
+        log.info("{entry_id}: bounce {bounce_id} to {to} for {count} recipients",
+                 entry_id=entry.entry_id, bounce_id=bounce_id, to=", ".join(to),
+                 count=len(failed))
+        self.submitted(bounce_id)
+
+    # -- what operators see --------------------------------------------------------
+
+    def status(self) -> EngineStatus:
+        now = self.clock.seconds()
+        oldest = math.inf
+        for state in (QUEUED, ACTIVE, DEFERRED):
+            for entry in self.spool.entries(state):
+                oldest = min(oldest, entry.received_at)
+                break  # ids sort by arrival: the first is the oldest
+        return EngineStatus(
+            counts=self.spool.counts(),
+            oldest_age=None if oldest == math.inf else max(now - oldest, 0.0),
+            in_flight={n: p.in_flight for n, p in self.queue.paces.items() if p.in_flight},
+            paused_until={n: p.paused_until for n, p in self.queue.paces.items()
+                          if p.paused_until > now},
+            recent=tuple(self.recent),
+            totals=dict(self.totals),
+        )
+
+
+def _shadow(d: "Deferred[Any]") -> "Deferred[Any]":
+    """A Deferred that fires with C{d}'s result without taking it from C{d}."""
+    shadow: Deferred[Any] = Deferred()
+
+    def copy(result: Any) -> Any:
+        if isinstance(result, Failure):
+            shadow.errback(result)
+        else:
+            shadow.callback(result)
+        return result
+    d.addBoth(copy)
+    return shadow

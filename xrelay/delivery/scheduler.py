@@ -1,0 +1,183 @@
+"""
+Which spooled message may start now: per-account sending limits and fairness.
+
+Exchange Online allows about 30 messages a minute and 10,000 recipients a day per
+mailbox and throttles (or blocks) a mailbox that goes faster, so a burst of 5,000
+invoices must be I{spread}: each account starts messages at most every
+C{60 / messages_per_minute} seconds, keeps at most C{max_connections} attempts in flight,
+counts recipients over a sliding day, and pauses when the upstream says "slow down".
+Accounts take turns, so one account's burst never starves another's mail.
+
+Pure bookkeeping over times it is given (no clock, no reactor, no I/O): the engine asks
+and acts.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import math
+
+import attrs
+
+from xrelay.config import AccountConfig
+
+DAY = 86400.0
+
+
+@attrs.define
+class AccountPace:
+    """
+    The sending limits of one account and what it has used of them.
+    """
+
+    name: str
+    messages_per_minute: int = 0
+    recipients_per_day: int = 0
+    max_connections: int = 3
+    in_flight: int = 0
+    #: Earliest start of the next message (even pacing).
+    next_slot: float = 0.0
+    #: The upstream asked us to wait until then (throttling, Retry-After).
+    paused_until: float = 0.0
+    #: (start time, recipients) of messages started in the last day.
+    _day: collections.deque[tuple[float, int]] = attrs.field(factory=collections.deque)
+
+    @classmethod
+    def from_config(cls, account: AccountConfig) -> "AccountPace":
+        return cls(account.name, account.messages_per_minute, account.recipients_per_day,
+                   account.max_connections)
+
+    def update(self, account: AccountConfig) -> None:
+        """New limits from a reloaded configuration; what was used stays counted."""
+        self.messages_per_minute = account.messages_per_minute
+        self.recipients_per_day = account.recipients_per_day
+        self.max_connections = account.max_connections
+
+    def recipients_today(self, now: float) -> int:
+        while self._day and self._day[0][0] <= now - DAY:
+            self._day.popleft()
+        return sum(n for _, n in self._day)
+
+    def ready_at(self, now: float, recipients: int) -> float:
+        """
+        The earliest time a message with this many recipients may start;
+        C{math.inf} while all connections are busy (a finishing attempt wakes us).
+        """
+        if self.in_flight >= self.max_connections:
+            return math.inf
+        at = max(now, self.next_slot, self.paused_until)
+        if self.recipients_per_day:
+            used = self.recipients_today(now)
+            if used and used + recipients > self.recipients_per_day:
+                # Wait until enough of the day's recipients have aged out.
+                for started, n in self._day:
+                    used -= n
+                    if used + recipients <= self.recipients_per_day or not used:
+                        at = max(at, started + DAY)
+                        break
+        return at
+
+    def start(self, now: float, recipients: int) -> None:
+        self.in_flight += 1
+        if self.messages_per_minute:
+            self.next_slot = max(now, self.next_slot) + 60.0 / self.messages_per_minute
+        self._day.append((now, recipients))
+
+    def finish(self) -> None:
+        self.in_flight = max(self.in_flight - 1, 0)
+
+    def throttle(self, until: float) -> None:
+        """The upstream asked us to slow down: start nothing before C{until}."""
+        self.paused_until = max(self.paused_until, until)
+
+
+@attrs.define
+class FairQueue:
+    """
+    Entries waiting to be sent, per account, each with the time it becomes due.
+
+    L{take} hands out startable entries round-robin over the accounts, so a full queue of
+    one account never delays another's.
+    """
+
+    paces: dict[str, AccountPace] = attrs.field(factory=dict)
+    _heaps: dict[str, list[tuple[float, str, int]]] = attrs.field(factory=dict)
+    #: entry id -> (due, account) of its one live heap item; older items are stale.
+    _where: dict[str, tuple[float, str]] = attrs.field(factory=dict)
+    _turn: "itertools.count[int]" = attrs.field(factory=itertools.count)
+
+    def pace(self, account: str) -> AccountPace:
+        if account not in self.paces:
+            # Unknown (unroutable) entries: no limits, they only get deferred.
+            self.paces[account] = AccountPace(account, max_connections=1_000_000)
+        return self.paces[account]
+
+    def add(self, entry_id: str, account: str, due: float, recipients: int) -> None:
+        self._where[entry_id] = (due, account)
+        heapq.heappush(self._heaps.setdefault(account, []), (due, entry_id, recipients))
+
+    def discard(self, entry_id: str) -> None:
+        self._where.pop(entry_id, None)
+
+    def __contains__(self, entry_id: str) -> bool:
+        return entry_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def make_due(self, account: str, now: float) -> int:
+        """Everything waiting for this account becomes due now (it works again)."""
+        moved = 0
+        for due, entry_id, recipients in list(self._heaps.get(account, ())):
+            if self._where.get(entry_id) == (due, account) and due > now:
+                self.add(entry_id, account, now, recipients)
+                moved += 1
+        return moved
+
+    def _top(self, account: str) -> tuple[float, str, int] | None:
+        heap = self._heaps.get(account)
+        while heap:
+            due, entry_id, recipients = heap[0]
+            if self._where.get(entry_id) == (due, account):
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def take(self, now: float) -> list[tuple[str, str]]:
+        """
+        Start every entry that may start now: C{(entry_id, account)} pairs, one account
+        at a time in turn.
+        """
+        started: list[tuple[str, str]] = []
+        accounts = sorted(self._heaps)
+        if not accounts:
+            return started
+        offset = next(self._turn) % len(accounts)
+        accounts = accounts[offset:] + accounts[:offset]
+        progress = True
+        while progress:
+            progress = False
+            for account in accounts:
+                top = self._top(account)
+                if top is None or top[0] > now:
+                    continue
+                pace = self.pace(account)
+                if pace.ready_at(now, top[2]) > now:
+                    continue
+                heapq.heappop(self._heaps[account])
+                del self._where[top[1]]
+                pace.start(now, top[2])
+                started.append((top[1], account))
+                progress = True
+        return started
+
+    def next_wake(self, now: float) -> float | None:
+        """When L{take} may next have something to start (C{None}: only on events)."""
+        best = math.inf
+        for account in self._heaps:
+            top = self._top(account)
+            if top is not None:
+                best = min(best, max(top[0], self.pace(account).ready_at(now, top[2])))
+        return None if best == math.inf else best
