@@ -81,6 +81,8 @@ class SMTPTransport:
     reactor: Any
     helo_name: str = attrs.field(factory=socket.gethostname)
     timeouts: Timeouts = attrs.field(factory=Timeouts)
+    #: Runs the idle timers; the reactor unless a test passes a C{task.Clock}.
+    clock: Any = None
     _idle: list[tuple[UpstreamConnection, Any]] = attrs.field(factory=list)
     _slots: DeferredSemaphore = attrs.field(init=False)
     _open: set[UpstreamConnection] = attrs.field(factory=set)
@@ -88,6 +90,8 @@ class SMTPTransport:
 
     def __attrs_post_init__(self) -> None:
         self._slots = DeferredSemaphore(max(1, self.account.max_connections))
+        if self.clock is None:
+            self.clock = self.reactor
 
     @property
     def where(self) -> str:
@@ -161,6 +165,7 @@ class SMTPTransport:
                 timer.cancel()
             if await connection.reset():
                 return connection
+            connection.protocol.abort()
             self._discard(connection)
         return await self._connect()
 
@@ -174,7 +179,7 @@ class SMTPTransport:
             ensureDeferred(connection.quit())
             self._discard(connection)
             return
-        timer = self.reactor.callLater(self.account.idle_timeout, self._expire, connection)
+        timer = self.clock.callLater(self.account.idle_timeout, self._expire, connection)
         self._idle.append((connection, timer))
 
     def _expire(self, connection: UpstreamConnection) -> None:
@@ -184,7 +189,6 @@ class SMTPTransport:
 
     def _discard(self, connection: UpstreamConnection) -> None:
         self._open.discard(connection)
-        connection.protocol.abort() if connection.broken else None
 
     def _lost(self, connection: UpstreamConnection) -> None:
         """An idle connection closed by the upstream (its idle timeout, a 421)."""

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import attrs
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -88,6 +89,8 @@ class _Dropped(Exception):
 
 def describe_loss(reason: Failure) -> str:
     """A short, secret-free text for why a connection ended."""
+    if reason.check(VerificationError):
+        return "TLS failed (the upstream's certificate is not valid for the host name)"
     if reason.check(SSL.Error):
         errors = reason.value.args[0] if reason.value.args else None
         texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
@@ -360,9 +363,17 @@ class UpstreamConnection:
         if "PIPELINING" in self.capabilities:
             waits = self.protocol.commands([mail, *rcpts])
             mail_reply = await self.wait(waits[0], "MAIL FROM", self.timeouts.command)
-            rcpt_replies = [
-                await self.wait(w, "RCPT TO", self.timeouts.command) for w in waits[1:]
-            ]
+            if mail_reply.code == 421:
+                self.broken = True
+            rcpt_replies = []
+            for w in waits[1:]:
+                try:
+                    rcpt_replies.append(await self.wait(w, "RCPT TO", self.timeouts.command))
+                except ConnectionTrouble:
+                    if mail_reply.code // 100 == 2:
+                        raise
+                    # The refusal of MAIL (421 and a close) is the news, not the close.
+                    break
         else:
             mail_reply = await self.command(mail, "MAIL FROM")
             rcpt_replies = []
