@@ -1,0 +1,16 @@
+"""
+The relay's front door: a hardened ESMTP listener that accepts mail from the LAN and
+streams it into the spool.
+
+Public API: L{InboundService} (what C{makeService} wires), L{SpoolFull}.  The pieces:
+L{xrelay.inbound.lines} (bounded line splitting, the SMTP smuggling rules),
+L{xrelay.inbound.protocol} (the SMTP conversation), L{xrelay.inbound.auth} (PLAIN/LOGIN
+against C{[[users]]}), L{xrelay.inbound.received} (the C{Received:} header),
+L{xrelay.inbound.factory} and L{xrelay.inbound.service} (listeners and caps),
+L{xrelay.inbound.testing} (test doubles for the spool and delivery seams).
+"""
+
+from xrelay.inbound.errors import SpoolFull
+from xrelay.inbound.service import InboundService, server_tls_options
+
+__all__ = ["InboundService", "SpoolFull", "server_tls_options"]

@@ -1,0 +1,125 @@
+"""
+Splitting the client's byte stream into SMTP lines, with a hard bound on memory, and
+turning DATA lines into what the spool stores.
+
+This is where SMTP smuggling is defeated, so the rules are written down here:
+
+ - A line is everything up to a LF.  It is "CRLF-terminated" only when the LF is
+   preceded by a CR; a bare LF also ends a line (legacy devices send them), but is
+   remembered as bare.
+ - The end of DATA is exactly C{CRLF "." CRLF}: a line that is a single dot, ended by
+   CRLF, after a line that was itself ended by CRLF (or right after the DATA command).
+   C{"\\n.\\n"}, C{"\\r.\\n"}, C{"\\n.\\r\\n"}, C{"\\r.\\r\\n"} and friends are message
+   content, never the end.
+ - Inside DATA every bare LF and every bare CR is normalised to CRLF (Postfix's
+   C{smtpd_forbid_bare_newline = normalize}, extended to bare CR).  We normalise
+   rather than reject because the printers and scanners this relay serves do send bare
+   LFs, and a rejected scan is a support call; normalising is safe because afterwards
+   the spool holds only CRLF-terminated lines, so the transport's dot-stuffing (which
+   works on CRLF lines) stuffs every dot line, and no upstream can find an
+   end-of-data sequence inside a message.
+ - Dot-stuffing is removed only from the client's real lines (RFC 5321 4.5.2); a lone
+   dot that did not end DATA is kept as content.
+ - A line longer than the limit is never buffered: its bytes are dropped as they
+   arrive and the line is reported as over-long when its LF finally comes, so that the
+   caller stays in the same state (a long DATA line never spills into command mode).
+
+This module must never hold more than one line limit's worth of a line in memory, and
+never produce spool bytes containing a CR or LF that is not part of a CRLF.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["Line", "LineBuffer", "data_line_bytes"]
+
+
+@attrs.frozen
+class Line:
+    """
+    One line from the client.
+
+    @ivar content: the bytes before the terminator (bare CRs inside kept); empty for an
+        over-long line, whose bytes were dropped.
+    @ivar crlf: ended by CRLF rather than a bare LF.
+    @ivar overlong: longer than the limit (terminator included).
+    """
+
+    content: bytes
+    crlf: bool
+    overlong: bool = False
+
+
+class LineBuffer:
+    """
+    A bounded line splitter: C{feed} bytes, then take complete lines with C{next}.
+
+    @param max_length: longest line accepted, terminator included (RFC 5321 counts the
+        CRLF in its 1000).
+    """
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._buffer = b""
+        self._position = 0
+        self._discarding = False
+        self._last_dropped = b""
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet returned as lines."""
+        return len(self._buffer) - self._position
+
+    def feed(self, data: bytes) -> None:
+        if self._position:
+            self._buffer = self._buffer[self._position:]
+            self._position = 0
+        self._buffer += data
+
+    def clear(self) -> int:
+        """Forget everything not yet returned (after STARTTLS); how many bytes that was."""
+        dropped = self.pending
+        self._buffer = b""
+        self._position = 0
+        self._discarding = False
+        return dropped
+
+    def next(self) -> Line | None:
+        """The next complete line, or C{None} until more bytes arrive."""
+        start = self._position
+        end = self._buffer.find(b"\n", start)
+        if end < 0:
+            if len(self._buffer) - start > self.max_length:
+                # Drop the partial line now rather than hold it: only whether it ended
+                # in CR matters once its LF comes.
+                self._discarding = True
+                self._last_dropped = self._buffer[-1:]
+                self._buffer = b""
+                self._position = 0
+            return None
+        raw = self._buffer[start:end]
+        self._position = end + 1
+        if self._discarding:
+            self._discarding = False
+            crlf = raw.endswith(b"\r") or (not raw and self._last_dropped == b"\r")
+            return Line(b"", crlf, overlong=True)
+        crlf = raw.endswith(b"\r")
+        if crlf:
+            raw = raw[:-1]
+        if len(raw) + 2 > self.max_length:
+            return Line(b"", crlf, overlong=True)
+        return Line(raw, crlf)
+
+
+def data_line_bytes(line: Line) -> bytes:
+    """
+    What the spool stores for one (not over-long, not end-of-data) DATA line: dot-
+    stuffing removed, bare CRs turned into line breaks, CRLF at the end of every piece.
+    """
+    content = line.content
+    if content[:1] == b"." and len(content) > 1:
+        content = content[1:]
+    if b"\r" in content:
+        return b"".join(piece + b"\r\n" for piece in content.split(b"\r"))
+    return content + b"\r\n"
