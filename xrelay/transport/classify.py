@@ -16,7 +16,7 @@ from xrelay.envelope import FailureKind, Outcome, Reply
 #: Replies meaning "slow down", not "this message is bad": deferring (not bouncing) is
 #: the only correct answer, even for the 5xx quota replies Gmail and Exchange send.
 _THROTTLING = re.compile(
-    r"rate|too many|try again later|throttl|quota|limit exceeded|exceeded the|"
+    r"rate|too many (?:connections|messages|sessions|concurrent)|try again later|throttl|quota|limit exceeded|exceeded the|"
     r"server busy|SubmissionQuotaExceeded|thread limit",
     re.IGNORECASE,
 )
