@@ -19,7 +19,9 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair, TLSVersion
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,17 +48,13 @@ def server_tls_options(config: Config) -> CertificateOptions | None:
     if config.server.tls_cert is None or config.server.tls_key is None:
         return None
     with open(config.server.tls_cert, "rb") as f:
-        chain_pem = f.read()
+        certificates = x509.load_pem_x509_certificates(f.read())
     with open(config.server.tls_key, "rb") as f:
-        key_pem = f.read()
-    marker = b"-----END CERTIFICATE-----"
-    blocks = [b + marker for b in chain_pem.split(marker) if b.strip()]
-    certificates = [Certificate.loadPEM(b) for b in blocks]
-    key = KeyPair.load(key_pem, 1)  # FILETYPE_PEM
+        key = load_pem_private_key(f.read(), password=None)
     return CertificateOptions(
-        privateKey=key.original,
-        certificate=certificates[0].original,
-        extraCertChain=[c.original for c in certificates[1:]],
+        privateKey=key,
+        certificate=certificates[0],
+        extraCertChain=certificates[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
 
