@@ -174,3 +174,24 @@ def test_connection_lost_before_end_of_data_reply(tmp_path: Any) -> None:
     error = []
     d.addErrback(error.append)
     assert str(error[0].value) == "the connection was lost during end of data"
+
+
+@pytest.mark.parametrize("recipient", ["b@example.net>\r\nRCPT TO:<evil@example.net",
+                                       "b@example.net\nDATA", "a b@example.net"])
+def test_address_that_could_inject_commands_is_refused(tmp_path: Any, recipient: str) -> None:
+    conn, transport, _ = connection()
+    result = ensureDeferred(conn.send_message(message(tmp_path, recipients=(recipient,)))).result
+    assert [r.outcome for r in result.recipients] == [Outcome.PERMANENT]
+    assert result.recipients[0].reply.code == 501
+    assert transport.value() == b""
+
+
+def test_no_starttls_offered_means_no_token_is_sent() -> None:
+    conn, transport, _ = connection("PIPELINING AUTH XOAUTH2")
+    d = ensureDeferred(conn.starttls(None, "me"))  # type: ignore[arg-type]
+    error = []
+    d.addErrback(error.append)
+    assert str(error[0].value) == (
+        "the upstream does not offer STARTTLS; xrelay never sends a token without TLS "
+        "during STARTTLS")
+    assert transport.value() == b""

@@ -389,3 +389,30 @@ def account_for_plain(port: int) -> Any:
 
     return AccountConfig("plain", "microsoft", "relay@example.com", "client_credentials",
                          (SenderPattern.parse("*"),), smtp_host="127.0.0.1", smtp_port=port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicit_tls(sandbox: Sandbox, tmp_path: Any) -> None:
+    """Port 465 style: TLS from the first byte, verified, and no STARTTLS."""
+    from xrelay.sandbox.exchange import ExchangeFactory
+
+    class ImplicitTLSFactory(ExchangeFactory):
+        def buildProtocol(self, addr: object) -> Any:
+            protocol = super().buildProtocol(addr)
+            protocol.tls = True  # the listener below is TLS already
+            return protocol
+
+    port = reactor.listenSSL(0, ImplicitTLSFactory(sandbox.exchange),
+                             sandbox.server_certificate.server_options(),
+                             interface="127.0.0.1")
+    try:
+        account = account_for(sandbox, smtp_port=port.getHost().port, smtp_implicit_tls=True)
+        transport = transport_for(account, tokens_for(sandbox), reactor)
+        result = await transport.deliver(message_file(tmp_path, simple_message()))
+        await transport.close()
+    finally:
+        await port.stopListening()
+    assert [r.outcome for r in result.recipients] == [Outcome.DELIVERED]
+    [transcript] = sandbox.exchange.transcripts
+    assert "STARTTLS" not in transcript.commands and transcript.auth_count == 1
+    assert len(sandbox.mailbox.messages) == 1

@@ -32,7 +32,7 @@ from xrelay.transport.smtp import (
     ConnectionTrouble,
     Timeouts,
     UpstreamConnection,
-    _Refused,
+    UpstreamRefused,
     open_connection,
 )
 from xrelay.transport.tls import client_tls
@@ -219,8 +219,13 @@ class SMTPTransport:
                 self._open.add(connection)
                 return connection
             await connection.quit()
-            if reply.code < 500:
-                raise _AttemptFailed(reply, failure_of(reply) or FailureKind.CONNECTION,
+            if reply.code != 535:
+                # Not a verdict on the token (454 temporary failure, 504 mechanism not
+                # offered): a fresh token would not help.
+                kind = FailureKind.AUTHENTICATION if reply.code >= 500 else (
+                    failure_of(reply) if failure_of(reply) is not FailureKind.NONE
+                    else FailureKind.CONNECTION)
+                raise _AttemptFailed(reply, kind,
                                      f"The upstream {self.where} refused AUTH: {reply}")
             self.tokens.token_rejected(token)
             log.warn(
@@ -258,7 +263,7 @@ class SMTPTransport:
         except ConnectionTrouble as trouble:
             reply = trouble_reply(self.where, trouble)
             raise _AttemptFailed(reply, FailureKind.CONNECTION, str(reply)) from None
-        except _Refused as refused:
+        except UpstreamRefused as refused:
             raise _AttemptFailed(
                 refused.reply, failure_of(refused.reply) or FailureKind.CONNECTION,
                 f"The upstream {self.where} refused {refused.step}: {refused.reply}",

@@ -17,6 +17,7 @@ nothing about retries or connection reuse; that is L{xrelay.transport.pool}'s jo
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, Callable
 
 import attrs
@@ -258,7 +259,7 @@ class UpstreamConnection:
     async def ehlo(self, name: str) -> None:
         reply = await self.command(b"EHLO " + name.encode("ascii", "replace"), "EHLO")
         if reply.code != 250:
-            raise _Refused(reply, "EHLO")
+            raise UpstreamRefused(reply, "EHLO")
         self.capabilities = parse_capabilities(reply)
 
     async def starttls(self, creator: IOpenSSLClientConnectionCreator, name: str) -> None:
@@ -271,7 +272,7 @@ class UpstreamConnection:
             )
         reply = await self.command(b"STARTTLS", "STARTTLS")
         if reply.code != 220:
-            raise _Refused(reply, "STARTTLS")
+            raise UpstreamRefused(reply, "STARTTLS")
         self.protocol.transport.startTLS(creator)
         await self.wait(self.protocol.handshake, "TLS handshake", self.timeouts.tls)
         await self.ehlo(name)
@@ -325,7 +326,14 @@ class UpstreamConnection:
             return await self._transaction(message, data)
 
     def _unsendable(self, message: OutboundMessage) -> DeliveryResult | None:
-        """Refusals decided from the upstream's EHLO before anything is sent."""
+        """Refusals decided before anything is sent: from the upstream's EHLO, and
+        addresses that could smuggle commands (the inbound side should never let
+        them through; this is the last line)."""
+        for address in (message.sender, *message.recipients):
+            if _UNSAFE_ADDRESS.search(address):
+                reply = Reply(501, f"5.1.3 Address {address!r} contains characters that "
+                                   "cannot be sent in an SMTP command")
+                return DeliveryResult.for_all(message.recipients, Outcome.PERMANENT, reply)
         limit = self.capabilities.get("SIZE", "")
         if limit.isdigit() and int(limit) > 0 and message.size > int(limit):
             reply = Reply(
@@ -440,6 +448,10 @@ class UpstreamConnection:
         return await self.wait(final, step, self.timeouts.data_end)
 
 
+#: Control characters, spaces and angle brackets end or break an SMTP command line.
+_UNSAFE_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+
+
 def _needs_smtputf8(message: OutboundMessage) -> bool:
     return message.smtputf8 or not all(
         address.isascii() for address in (message.sender, *message.recipients)
@@ -459,7 +471,7 @@ def _whole(
     return DeliveryResult(results + refused, failure)
 
 
-class _Refused(Exception):
+class UpstreamRefused(Exception):
     """The upstream refused a step of setting up the connection (EHLO, STARTTLS)."""
 
     def __init__(self, reply: Reply, step: str) -> None:
@@ -481,7 +493,7 @@ async def open_connection(
     Connect, (TLS,) greeting, EHLO, STARTTLS, EHLO: a connection ready for AUTH.
 
     @raise ConnectionTrouble: anything went wrong; nothing was sent but EHLO/STARTTLS.
-    @raise _Refused: the upstream refused EHLO or STARTTLS.
+    @raise UpstreamRefused: the upstream refused EHLO or STARTTLS.
     """
     where = f"{host}:{port}"
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=timeouts.connect)
@@ -501,7 +513,7 @@ async def open_connection(
             await connection.wait(protocol.handshake, "TLS handshake", timeouts.tls)
         greeting = await connection.wait(protocol.expect(), "greeting", timeouts.greeting)
         if greeting.code != 220:
-            raise _Refused(greeting, "greeting")
+            raise UpstreamRefused(greeting, "greeting")
         await connection.ehlo(helo_name)
         if not implicit_tls:
             await connection.starttls(tls, helo_name)
