@@ -345,23 +345,23 @@ async def test_size_limit_from_ehlo_fails_before_sending(sandbox: Sandbox, tmp_p
 
 @pytest_twisted.ensureDeferred
 async def test_needs_sign_in_defers_without_connecting(sandbox: Sandbox, tmp_path: Any) -> None:
-    class NeedsSignIn(Exception):
-        """Stands in for xrelay.tokens.NeedsSignIn (matched by name)."""
+    from xrelay.tokens.errors import NeedsSignIn, TokenUnavailable
 
-    class TokenUnavailable(Exception):
-        pass
-
-    tokens = ScriptedTokenSource([NeedsSignIn("device code sign-in required"),
-                                  TokenUnavailable("token endpoint answered 503")])
+    tokens = ScriptedTokenSource([
+        NeedsSignIn("sandbox", "run `xrelay login sandbox`", "invalid_grant"),
+        TokenUnavailable("sandbox", "token endpoint answered 503", retry_at=reactor.seconds() + 30),
+    ])
     transport = transport_for(account_for(sandbox), tokens, reactor)
     result = await transport.deliver(message_file(tmp_path, simple_message()))
     assert result.failure is FailureKind.NEEDS_SIGN_IN
     assert [r.outcome for r in result.recipients] == [Outcome.TEMPORARY]
-    assert "needs an operator to sign in again" in result.detail
+    assert result.recipients[0].reply.text == (
+        "4.7.0 account 'sandbox' needs sign-in (invalid_grant): run `xrelay login sandbox`")
     result = await transport.deliver(message_file(tmp_path, simple_message()))
     assert result.failure is FailureKind.CONNECTION
     assert result.recipients[0].reply.text == (
-        "4.7.0 No access token for account sandbox: token endpoint answered 503")
+        "4.7.0 no token for account 'sandbox' right now: token endpoint answered 503")
+    assert result.retry_after is not None and 0 < result.retry_after <= 30
     assert sandbox.exchange.transcripts == []
 
 

@@ -30,7 +30,7 @@ from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, Outcome, Reply
 from xrelay.interfaces import ITokenSource, ITransport
 from xrelay.transport.classify import send_as_detail
-from xrelay.transport.pool import token_failure_kind
+from xrelay.transport.pool import token_failure
 from xrelay.transport.tls import https_policy
 
 log = Logger()
@@ -147,9 +147,9 @@ class GraphTransport:
             try:
                 token: str = await self.tokens.access_token()
             except Exception as e:
-                kind = token_failure_kind(e)
-                text = f"4.7.0 No access token for account {self.account.name}: {e}"
-                return self._all(message, Outcome.TEMPORARY, Reply(451, text), kind, text[6:])
+                failed = token_failure(e, self.account.name, self.reactor.seconds())
+                return self._all(message, Outcome.TEMPORARY, failed.reply, failed.failure,
+                                 failed.detail, failed.retry_after)
             try:
                 response = await self._http.post(
                     self.url, data=body, timeout=self.timeout,

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, Outcome, Reply
 from xrelay.interfaces import ITokenSource, ITransport
+from xrelay.tokens.errors import NeedsSignIn, TokenUnavailable
 from xrelay.transport.classify import (
     authentication_detail,
     failure_of,
@@ -44,8 +45,10 @@ class _AttemptFailed(Exception):
     """The attempt failed before a transaction could start: same result for everyone."""
 
     def __init__(self, reply: Reply, failure: FailureKind, detail: str = "",
-                 outcome: Outcome = Outcome.TEMPORARY) -> None:
+                 outcome: Outcome = Outcome.TEMPORARY,
+                 retry_after: float | None = None) -> None:
         super().__init__(reply, failure)
+        self.retry_after = retry_after
         self.reply = reply
         self.failure = failure
         self.detail = detail
@@ -54,12 +57,22 @@ class _AttemptFailed(Exception):
 
 def token_failure_kind(error: BaseException) -> FailureKind:
     """
-    L{FailureKind.NEEDS_SIGN_IN} for C{xrelay.tokens.NeedsSignIn}, else CONNECTION.
-    Matched by class name so this works whichever module defines the exception.
+    L{FailureKind.NEEDS_SIGN_IN} for L{NeedsSignIn} (an operator must act; never a
+    bounce), L{FailureKind.CONNECTION} for L{TokenUnavailable} or anything else.
     """
-    if any(cls.__name__ == "NeedsSignIn" for cls in type(error).__mro__):
+    if isinstance(error, NeedsSignIn):
         return FailureKind.NEEDS_SIGN_IN
     return FailureKind.CONNECTION
+
+
+def token_failure(error: BaseException, account: str, now: float) -> "_AttemptFailed":
+    """The result of not getting a token: deferred, with the token service's words."""
+    kind = token_failure_kind(error)
+    text = f"4.7.0 {error}" if isinstance(error, (NeedsSignIn, TokenUnavailable)) else (
+        f"4.7.0 No access token for account {account}: {error}")
+    retry_at = getattr(error, "retry_at", None)
+    retry_after = max(0.0, retry_at - now) if isinstance(retry_at, (int, float)) else None
+    return _AttemptFailed(Reply(451, text), kind, text[6:], retry_after=retry_after)
 
 
 def trouble_reply(where: str, trouble: ConnectionTrouble) -> Reply:
@@ -133,7 +146,7 @@ class SMTPTransport:
         except _AttemptFailed as failed:
             result = DeliveryResult.for_all(
                 message.recipients, failed.outcome, failed.reply, failed.failure,
-                failed.detail,
+                failed.detail, failed.retry_after,
             )
         except Exception:
             # A bug, not an upstream condition: keep the message and say so.
@@ -243,13 +256,7 @@ class SMTPTransport:
         try:
             token: str = await self.tokens.access_token()
         except Exception as e:
-            kind = token_failure_kind(e)
-            if kind is FailureKind.NEEDS_SIGN_IN:
-                text = (f"4.7.0 Account {self.account.name} needs an operator to sign in "
-                        f"again: {e}")
-            else:
-                text = f"4.7.0 No access token for account {self.account.name}: {e}"
-            raise _AttemptFailed(Reply(451, text), kind, text[6:]) from None
+            raise token_failure(e, self.account.name, self.reactor.seconds()) from None
         return token
 
     async def _secure_connection(self) -> UpstreamConnection:
