@@ -231,3 +231,21 @@ def inline(f: Any, *args: Any) -> "Deferred[Any]":
 
 def certificates(tmp_path: Any) -> Certificates:
     return Certificates.make(os.fspath(tmp_path))
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Wait (on the real reactor) until C{condition()} is true."""
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("condition never became true")
+        await deferLater(global_reactor, 0.01, lambda: None)
+        waited += 0.01
+
+
+def only_connection(running: Running) -> Any:
+    """The one live server-side protocol of this service."""
+    [protocol] = list(running.service.live)
+    return protocol
