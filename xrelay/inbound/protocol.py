@@ -29,6 +29,7 @@ log a password, an AUTH response line or a token.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import time
@@ -190,7 +191,7 @@ class ESMTPServer(Protocol):
     def begin(self) -> None:
         """Admit the client (connection caps) and greet it."""
         peer = self.transport.getPeer()
-        self.client_address = getattr(peer, "host", "") or str(peer)
+        self.client_address = canonical_address(getattr(peer, "host", "") or str(peer))
         refusal = self.factory.connections.admit(self.client_address, self.config)
         if refusal is not None:
             log.warn("inbound connection from {client} refused: {reply}",
@@ -878,6 +879,21 @@ class ESMTPServer(Protocol):
                      message=transaction.id, client=self.client_address, why=why)
             transaction.message.abort()
             transaction.message = None
+
+
+def canonical_address(host: str) -> str:
+    """
+    One spelling per client address (PROXY v2 gives IPv6 uncompressed; a dual-stack
+    socket gives IPv4 clients as ::ffff:a.b.c.d), so that caps, logs and the
+    C{Received:} header agree.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def defer_later(clock: Any, delay: float, value: Any) -> "Deferred[Any]":
