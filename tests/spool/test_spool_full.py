@@ -11,6 +11,7 @@ import os
 import subprocess
 
 import pytest
+import pytest_twisted
 
 from xrelay.envelope import Envelope
 from xrelay.spool import Spool, SpoolFull, run_inline
@@ -98,3 +99,77 @@ def test_quota_when_creating(tmp_path, monkeypatch) -> None:
         spool.incoming(ENVELOPE)
     monkeypatch.setattr(os, "open", real_open)
     assert _leftovers(spool) == []
+
+
+def _send(port: int, data: bytes) -> tuple[int, bytes]:
+    """One message with smtplib; the final reply code and text."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        try:
+            client.sendmail("scanner@example.com", ["a@example.org"], data)
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code, e.smtp_error
+        return 250, b""
+
+
+def _wait_for_port(port: int) -> None:
+    import socket
+    import time
+
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest_twisted.inlineCallbacks
+def test_smtp_client_gets_452_and_relay_recovers(small_filesystem):
+    """The whole inbound path on a full disk: 452 4.3.1, nothing left, then 250 again."""
+    from twisted.internet import reactor, threads
+
+    from tests.conftest import free_port
+    from tests.delivery.delivery_harness import account
+    from xrelay.config import Config, ListenerConfig, ServerConfig
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.delivery.testing import ScriptedTransport
+    from xrelay.inbound import InboundService
+
+    port = free_port()
+    config = Config(server=ServerConfig(
+        listen=(ListenerConfig(f"tcp:{port}:interface=127.0.0.1"),),
+        hostname="relay.test", state_dir=str(small_filesystem)), accounts=(account(),))
+    spool = Spool(str(small_filesystem / "spool"), reactor=reactor)
+    transport = ScriptedTransport()
+    engine = DeliveryEngine(config, spool, {"main": transport}, reactor=reactor)
+    inbound = InboundService(config, spool, engine, reactor=reactor)
+    engine.startService()
+    inbound.startService()
+    try:
+        yield threads.deferToThread(_wait_for_port, port)
+        filler = small_filesystem / "filler"
+        with open(filler, "wb") as f:
+            try:
+                f.write(b"\0" * 1024 * 1024)
+            except OSError:
+                pass
+        big = b"Subject: big scan\r\n\r\n" + (b"z" * 998 + b"\r\n") * 600
+        code, text = yield threads.deferToThread(_send, port, big)
+        assert (code, text) == (452, b"4.3.1 Insufficient system storage")
+        assert _leftovers(spool) == []
+        assert transport.sent == []
+
+        os.unlink(filler)  # space returns; nobody restarts anything
+        code, _ = yield threads.deferToThread(_send, port, big)
+        assert code == 250
+        for _ in range(100):
+            if transport.sent:
+                break
+            yield threads.deferToThread(lambda: __import__("time").sleep(0.05))
+        assert transport.sent[0].data.endswith(big)
+    finally:
+        yield inbound.stopService()
+        yield engine.stopService()
