@@ -1,0 +1,100 @@
+"""
+SMTP smuggling end to end: raw bytes into the listener, the real spool on disk, the
+real SMTP transport (dot-stuffing, STARTTLS, XOAUTH2) into the sandbox's Exchange
+Online stand-in.  Exchange receives exactly one message, with the smuggled "commands"
+as text of its body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from tests.inbound.harness import connect, ehlo, make_config, until
+from xrelay.addresses import SenderPattern
+from xrelay.config import AccountConfig
+from xrelay.envelope import DeliveryResult, OutboundMessage
+from xrelay.interfaces import IDelivery
+from xrelay.spool import Spool
+
+sandbox_module = pytest.importorskip("xrelay.sandbox")
+
+
+@implementer(IDelivery)
+@attrs.define
+class SendAtOnce:
+    """Just enough of a delivery engine: send each submitted entry once, now."""
+
+    spool: Spool
+    transport: Any
+    results: list[DeliveryResult] = attrs.field(factory=list)
+
+    def submitted(self, entry_id: str) -> None:
+        entry = self.spool.get(entry_id)
+        message = OutboundMessage(entry.entry_id, entry.sender, entry.recipients,
+                                  entry.data_path, entry.size)
+        self.transport.deliver(message).addCallback(self.results.append)
+
+    def deliver_now(self, entry_id: str) -> "defer.Deferred[DeliveryResult]":
+        raise NotImplementedError
+
+
+@pytest.fixture
+def sandbox(tmp_path: Any) -> Any:
+    sb = sandbox_module.Sandbox(FilePath(str(tmp_path / "sandbox")), reactor=reactor)
+    sb.start()
+    yield sb
+    pytest_twisted.blockon(sb.stop())
+
+
+@pytest.mark.parametrize("variant", [b"\n.\n", b"\r.\r\n", b"\n.\r\n", b"\r\n.\r"])
+@pytest_twisted.ensureDeferred
+async def test_exchange_sees_one_message(relay, sandbox, tmp_path, variant):
+    from xrelay.transport import transport_for
+    from xrelay.transport.testing import ClientCredentialsTokenSource
+
+    raw = sandbox.default_account()
+    account = AccountConfig(
+        name="main", provider="microsoft", user=raw["user"], flow="client_credentials",
+        senders=(SenderPattern.parse("*"),), tenant=raw["tenant"],
+        client_id=raw["client_id"], client_secret_file=raw["client_secret_file"],
+        authority=raw["authority"], smtp_host=raw["smtp_host"],
+        smtp_port=raw["smtp_port"], ca_file=raw["ca_file"])
+    with open(raw["client_secret_file"]) as f:
+        secret = f.read().strip()
+    tokens = ClientCredentialsTokenSource(
+        f"{sandbox.authority}/{raw['tenant']}/oauth2/v2.0/token", raw["client_id"],
+        secret, "https://outlook.office365.com/.default", sandbox.ca_file, reactor)
+    transport = transport_for(account, tokens, reactor=reactor, helo_name="relay.test")
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    delivery = SendAtOnce(spool, transport)
+    r = await relay(make_config(accounts=(account,)), spool=spool, delivery=delivery)
+    try:
+        client = await connect(r.port)
+        await ehlo(client)
+        await client.command(b"MAIL FROM:<scanner@example.com>")
+        await client.command(b"RCPT TO:<alice@example.net>")
+        await client.command(b"DATA")
+        client.send(b"Subject: scan\r\n\r\nhello" + variant +
+                    b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\n"
+                    b"DATA\r\nSubject: smuggled\r\n\r\npay this\r\n.\r\n")
+        [reply] = await client.read(1)
+        assert reply.startswith("250 2.0.0 Ok: queued as ")
+        await until(lambda: delivery.results, timeout=20)
+        assert [r.reply.code for r in delivery.results[0].recipients] == [250]
+        messages = sandbox.mailbox.messages
+        assert len(messages) == 1
+        [message] = messages
+        assert message.mail_from == "scanner@example.com"
+        assert tuple(message.rcpt_to) == ("alice@example.net",)
+        assert b"MAIL FROM:<ceo@example.com>\r\n" in message.data
+        assert b"pay this\r\n" in message.data
+        assert not sandbox.mailbox.for_recipient("victim@example.net")
+    finally:
+        await transport.close()
