@@ -19,7 +19,6 @@ from tests.inbound.harness import (
     ehlo,
     inline,
     make_config,
-    only_connection,
     plain,
     until,
 )

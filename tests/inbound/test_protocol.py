@@ -250,3 +250,18 @@ def test_pass_through_answers_with_the_upstream_reply(relay):
     yield client.command(b"RCPT TO:<b@example.org>")
     yield client.command(b"DATA")
     assert (yield client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: delivered as entry2"
+
+
+@pytest_twisted.inlineCallbacks
+def test_unexpected_spool_errors_give_451_not_a_traceback(relay):
+    spool = MemorySpool(fail_commit=RuntimeError("disk on fire"))
+    r = yield relay(make_config(), spool=spool)
+    client = yield connect(r.port)
+    yield ehlo(client)
+    yield client.command(b"MAIL FROM:<a@example.com>")
+    yield client.command(b"RCPT TO:<b@example.org>")
+    yield client.command(b"DATA")
+    assert (yield client.command(b"hi\r\n.\r\n")) == (
+        "451 4.3.0 Local error in processing, try again later")
+    assert len(spool.aborted) == 1 and r.delivery.submissions == []
+    assert (yield client.command(b"NOOP")) == "250 2.0.0 Ok"

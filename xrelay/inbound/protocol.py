@@ -306,11 +306,21 @@ class ESMTPServer(Protocol):
                 if line is None:
                     break
                 handled = True
-                if self.state != DATA:
-                    self._restart_timer()
-                    d = self._dispatch(line)
-                else:
-                    d = self._data_line(line)
+                try:
+                    if self.state != DATA:
+                        self._restart_timer()
+                        d = self._dispatch(line)
+                    else:
+                        d = self._data_line(line)
+                except Exception:
+                    # A bug must cost the client one reply, not the connection; the
+                    # line itself is not logged (it may be an AUTH response).
+                    log.failure("inbound: error handling a line from {client}",
+                                client=self.client_address)
+                    d = None
+                    if self.state != DATA and self.state != CLOSED:
+                        self.reply(451, "4.3.0", "Local error in processing, try again "
+                                   "later")
                 if d is not None:
                     self._wait(d)
             if self.state == DATA and self.transaction is not None:
@@ -873,7 +883,7 @@ class ESMTPServer(Protocol):
     def _drop_transaction(self, why: str) -> None:
         transaction, self.transaction = self.transaction, None
         if self.state == DATA:
-            self.state = COMMAND if self.state != CLOSED else CLOSED
+            self.state = COMMAND
         if transaction is not None and transaction.message is not None:
             log.info("inbound message {message} from {client} abandoned: {why}",
                      message=transaction.id, client=self.client_address, why=why)
