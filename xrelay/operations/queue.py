@@ -1,0 +1,159 @@
+"""
+What an operator may do to queued mail: list, show, retry, delete, bounce.
+
+One implementation for the admin page, the control channel (the daemon answering the
+C{xrelay queue} command) and the C{xrelay} command working on a stopped daemon's spool.
+With a running delivery engine, an entry is first taken out of the engine's schedule
+and only then changed on disk, and an entry being delivered right now is never touched:
+the operator is told to try again in a moment.  Without an engine the caller must hold
+the spool lock (L{xrelay.operations.control.SpoolLock}).
+
+This module decides what is allowed and says why not in words for the operator; it
+never deletes message data except through the spool.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from xrelay.config import Config
+from xrelay.envelope import DeliveryResult, Reply
+from xrelay.spool import ACTIVE, DEFERRED, FAILED, QUEUED, SpoolEntry, UnknownEntry
+
+__all__ = ["QueueOperations", "QueueProblem", "OPERATOR_BOUNCE"]
+
+#: The reply a bounce made by an operator reports for each recipient.
+OPERATOR_BOUNCE = Reply(554, "5.3.0 Returned to the sender by the relay's operator")
+
+
+class QueueProblem(Exception):
+    """An operation that cannot be done, phrased for the operator."""
+
+
+class _StillClock:
+    """The time for an engine that only builds bounces (no scheduling happens)."""
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+@attrs.define
+class QueueOperations:
+    """
+    @param spool: the spool.
+    @param delivery: the running L{DeliveryEngine}, or C{None} when the daemon is down.
+    @param config: the configuration (accounts, for bounces made without a daemon).
+    """
+
+    spool: Any
+    config: Config
+    delivery: Any = None
+
+    def entries(self, state: str | None = None) -> list[SpoolEntry]:
+        return list(self.spool.entries(state))
+
+    def get(self, entry_id: str) -> SpoolEntry:
+        try:
+            return self.spool.get(entry_id)
+        except UnknownEntry:
+            raise QueueProblem(f"no entry {entry_id} in the queue (delivered, removed, "
+                               "or a mistyped id; see `xrelay queue list`)") from None
+
+    def headers(self, entry_id: str, limit: int = 64 * 1024) -> str:
+        """The message's header section, for C{show} (never the whole body)."""
+        entry = self.get(entry_id)
+        with open(entry.data_path, "rb") as f:
+            head = f.read(limit)
+        end = head.find(b"\r\n\r\n")
+        return head[: end if end >= 0 else len(head)].decode("utf-8", "replace").replace(
+            "\r\n", "\n")
+
+    def _hold(self, entry: SpoolEntry, doing: str) -> None:
+        """Take the entry out of the engine's schedule, unless it is being sent now."""
+        if entry.state == ACTIVE:
+            raise QueueProblem(f"{entry.entry_id} is being delivered right now; "
+                               f"cannot {doing} it; try again in a moment")
+        if self.delivery is not None:
+            self.delivery.queue.discard(entry.entry_id)
+
+    async def retry(self, entry_id: str) -> SpoolEntry:
+        """Make a waiting entry due now."""
+        entry = self.get(entry_id)
+        if entry.state == FAILED:
+            raise QueueProblem(f"{entry_id} has failed for good and was bounced; "
+                               "it cannot be retried")
+        self._hold(entry, "retry")
+        if entry.state == DEFERRED:
+            entry = await self.spool.move(entry, QUEUED, next_attempt=0.0)
+        if self.delivery is not None:
+            self.delivery.submitted(entry_id)
+        return entry
+
+    async def retry_all(self) -> int:
+        """Every queued and deferred entry due now; returns how many."""
+        count = 0
+        for entry in self.entries(DEFERRED) + self.entries(QUEUED):
+            try:
+                await self.retry(entry.entry_id)
+            except QueueProblem:
+                continue  # delivered or started meanwhile: nothing to retry
+            count += 1
+        return count
+
+    async def delete(self, entry_id: str) -> SpoolEntry:
+        """Remove the entry and its data without telling anyone."""
+        entry = self.get(entry_id)
+        self._hold(entry, "delete")
+        await self.spool.remove(entry)
+        return entry
+
+    async def bounce(self, entry_id: str) -> SpoolEntry:
+        """
+        Give up on the entry: a bounce (DSN) to its sender for every recipient still
+        waiting, and the entry kept under C{failed/} for inspection.
+        """
+        entry = self.get(entry_id)
+        if entry.state == FAILED:
+            raise QueueProblem(f"{entry_id} has already failed and been bounced")
+        self._hold(entry, "bounce")
+        engine = self.delivery if self.delivery is not None else self._bounce_engine()
+        from xrelay.delivery.bounce import FailedRecipient
+
+        account = engine._account(entry)
+        failed = [FailedRecipient(r, OPERATOR_BOUNCE) for r in entry.recipients]
+        await engine._bounce(entry, account,
+                             DeliveryResult((), detail="The relay's operator returned "
+                                            "this message."), failed, time.time())
+        return await self.spool.move(
+            entry, FAILED, recipients=(), last_reply=OPERATOR_BOUNCE,
+            failed_recipients=entry.failed_recipients + tuple(
+                (r, OPERATOR_BOUNCE) for r in entry.recipients))
+
+    def _bounce_engine(self) -> Any:
+        """An engine that is never started: only its bounce writing is used."""
+        from xrelay.delivery import DeliveryEngine
+
+        return DeliveryEngine(self.config, self.spool, {}, reactor=object(),
+                              clock=_StillClock())
+
+
+def describe_entry(entry: SpoolEntry) -> dict[str, Any]:
+    """An entry as plain data for the control channel and C{--json} output."""
+    return {
+        "id": entry.entry_id,
+        "state": entry.state,
+        "sender": entry.sender,
+        "recipients": list(entry.recipients),
+        "account": entry.account,
+        "size": entry.size,
+        "received_at": entry.received_at,
+        "attempts": entry.attempts,
+        "next_attempt": entry.next_attempt,
+        "last_reply": str(entry.last_reply) if entry.last_reply else None,
+        "failed_recipients": [[r, str(reply)] for r, reply in entry.failed_recipients],
+        "client_address": entry.client_address,
+        "bounce_of": entry.bounce_of,
+    }
