@@ -111,6 +111,23 @@ async def test_haproxy_listener_without_header_is_closed_without_greeting(relay)
 
 
 @pytest_twisted.ensureDeferred
+async def test_connections_waiting_for_their_proxy_header_count_against_the_cap(relay):
+    r = await relay(make_config(max_connections=2, listen=(
+        ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),)))
+    silent = [await connect(r.port, greeting=False) for _ in range(2)]
+    await until(lambda: r.service.connections.awaiting_header == 2)
+    third = await connect(r.port, greeting=False)
+    assert (await third.read(1)) == [
+        "421 4.7.0 relay.test Too many connections, try again later"]
+    await third.wait_closed()
+    silent[0].transport.loseConnection()
+    await until(lambda: r.service.connections.awaiting_header == 1)
+    fourth = await connect(r.port, prefix=b"PROXY TCP4 192.0.2.9 10.0.0.1 1 25\r\n")
+    assert fourth.greeting == "220 relay.test ESMTP xrelay ready"
+    assert (r.service.connections.total, r.service.connections.awaiting_header) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
 async def test_reconfigure_changes_new_connections_only(relay):
     r = await relay(make_config(require_tls_for_auth=False, allow_networks=NOWHERE),
                     run_blocking=inline)

@@ -32,14 +32,25 @@ class ConnectionCounter:
 
     total: int = 0
     per_client: dict[str, int] = attrs.field(factory=dict)
+    #: Connections on C{haproxy:} listeners whose PROXY header has not come yet: their
+    #: client address is unknown, but they still count against C{max_connections}, so
+    #: that silent connections cannot crowd the relay out.
+    awaiting_header: int = 0
+
+    def full(self, config: Config) -> Refusal | None:
+        """Whether one more connection of unknown address would exceed the total cap."""
+        if self.total + self.awaiting_header >= config.server.max_connections:
+            return Refusal(421, "4.7.0", f"{config.server.hostname} Too many "
+                           "connections, try again later")
+        return None
 
     def admit(self, address: str, config: Config) -> Refusal | None:
         """Count the connection in, or say why not (and leave the counts unchanged)."""
         server = config.server
         hostname = server.hostname
-        if self.total >= server.max_connections:
-            return Refusal(421, "4.7.0", f"{hostname} Too many connections, try again "
-                           "later")
+        full = self.full(config)
+        if full is not None:
+            return full
         if self.per_client.get(address, 0) >= server.max_connections_per_client:
             return Refusal(421, "4.7.0", f"{hostname} Too many connections from your "
                            "address, try again later")

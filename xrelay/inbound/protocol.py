@@ -173,6 +173,7 @@ class ESMTPServer(Protocol):
         self._paused = False
         self._timer: Any = None
         self._shutting_down = False
+        self._awaiting_header = False
 
     # -- connection life -----------------------------------------------------------
 
@@ -181,10 +182,26 @@ class ESMTPServer(Protocol):
         self._restart_timer()
         if self.state != PROXY:
             self.begin()
+            return
+        refusal = self.factory.connections.full(self.config)
+        if refusal is not None:
+            log.warn("inbound connection on {listener} refused before its PROXY header: "
+                     "{reply}", listener=self.factory.listener.endpoint, reply=str(refusal))
+            self.refuse(refusal)
+            self.close()
+            return
+        self.factory.connections.awaiting_header += 1
+        self._awaiting_header = True
+
+    def _header_wait_over(self) -> None:
+        if self._awaiting_header:
+            self._awaiting_header = False
+            self.factory.connections.awaiting_header -= 1
 
     def proxy_header_received(self) -> None:
         """The PROXY header was read: the client's real address is known now."""
         if self.state == PROXY:
+            self._header_wait_over()
             self.state = COMMAND
             self.begin()
 
@@ -209,6 +226,7 @@ class ESMTPServer(Protocol):
         self.state = CLOSED
         self._cancel_timer()
         self.factory.live.discard(self)
+        self._header_wait_over()
         if self.admitted:
             self.factory.connections.release(self.client_address)
             self.admitted = False
@@ -855,9 +873,9 @@ class ESMTPServer(Protocol):
                  account=transaction.account.name, count=len(transaction.recipients),
                  size=transaction.received)
         if not self.factory.listener.pass_through:
-            self.factory.delivery.submitted(entry_id)
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
+            self._submit(entry_id)
             return None
         d = defer.maybeDeferred(self.factory.delivery.deliver_now, entry_id)
 
@@ -874,11 +892,23 @@ class ESMTPServer(Protocol):
             log.failure("inbound message {message} entry {entry}: pass-through delivery "
                         "failed; left queued", failure, message=transaction.id,
                         entry=entry_id)
-            self.factory.delivery.submitted(entry_id)
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
+            self._submit(entry_id)
 
         return d.addCallbacks(answered, failed)
+
+    def _submit(self, entry_id: str) -> None:
+        """
+        Wake the delivery engine.  The message is already durable and acknowledged, so
+        a failure here must not turn into an error reply (the client would send the
+        message again); the spool's own scan finds the entry anyway.
+        """
+        try:
+            self.factory.delivery.submitted(entry_id)
+        except Exception:
+            log.failure("inbound: delivery.submitted({entry}) failed; the entry stays "
+                        "queued", entry=entry_id)
 
     def _drop_transaction(self, why: str) -> None:
         transaction, self.transaction = self.transaction, None
