@@ -265,3 +265,50 @@ def test_unexpected_spool_errors_give_451_not_a_traceback(relay):
         "451 4.3.0 Local error in processing, try again later")
     assert len(spool.aborted) == 1 and r.delivery.submissions == []
     assert (yield client.command(b"NOOP")) == "250 2.0.0 Ok"
+
+
+def test_pass_through_reply_rules():
+    from xrelay.inbound.protocol import pass_through_reply
+
+    ok = RecipientResult("a@example.org", Outcome.DELIVERED, Reply(250, "2.6.0 Queued"))
+    later = RecipientResult("b@example.org", Outcome.TEMPORARY,
+                            Reply(451, "4.7.500 Server busy. Please try again later"))
+    assert pass_through_reply(DeliveryResult((ok,)), "e1") == (
+        250, "2.0.0", "Ok: delivered as e1")
+    assert pass_through_reply(DeliveryResult((later,)), "e1") == (
+        451, "4.7.500", "Server busy. Please try again later")
+    # Some delivered: a 4xx/5xx would make the device resend to those too.
+    assert pass_through_reply(DeliveryResult((ok, later)), "e1") == (
+        250, "2.0.0", "Ok: queued as e1; delivered to 1 of 2, upstream said 451 4.7.500 "
+        "Server busy. Please try again later")
+    bare = RecipientResult("c@example.org", Outcome.PERMANENT, Reply(550, "No such user"))
+    assert pass_through_reply(DeliveryResult((bare,)), "e1") == (550, "", "No such user")
+
+
+@pytest_twisted.inlineCallbacks
+def test_pass_through_delivery_error_leaves_the_message_queued(relay):
+    delivery = RecordingDelivery(result=RuntimeError("engine stopped"))
+    config = make_config(listen=(ListenerConfig("tcp:0:interface=127.0.0.1",
+                                                pass_through=True),))
+    r = yield relay(config, delivery=delivery)
+    client = yield connect(r.port)
+    yield ehlo(client)
+    yield client.command(b"MAIL FROM:<a@example.com>")
+    yield client.command(b"RCPT TO:<b@example.org>")
+    yield client.command(b"DATA")
+    assert (yield client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert delivery.passed_through == ["entry1"] and delivery.submissions == ["entry1"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_eight_bit_body_stored_byte_for_byte(relay):
+    r = yield relay(make_config())
+    client = yield connect(r.port)
+    yield ehlo(client)
+    yield client.command(b"MAIL FROM:<a@example.com> BODY=8BITMIME")
+    yield client.command(b"RCPT TO:<b@example.org>")
+    yield client.command(b"DATA")
+    body = b"caf\xc3\xa9 \xe9\xff\x80 latin-1 and raw\r\n\tindented\r\n"
+    assert (yield client.command(body + b".\r\n")).startswith("250 2.0.0")
+    [(envelope, data)] = r.spool.messages()
+    assert envelope.body_8bitmime and data.endswith(b"\r\n" + body)
