@@ -1,0 +1,89 @@
+"""
+Admin page sessions: who has signed in, and the CSRF token of each session.
+
+A session is a random identifier in an C{HttpOnly}, C{SameSite=Strict} cookie that maps
+to a server-side record; nothing about the session is kept in the browser.  Every
+visitor gets a session (so the sign-in form itself carries a CSRF token); signing in
+replaces the identifier, so an identifier planted before sign-in is worthless after it.
+
+Times come from the C{clock} given (a reactor or L{task.Clock}), never from the wall
+clock directly, so expiry is tested without waiting.  This module never sees or stores a
+password.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+import attrs
+
+__all__ = ["Session", "SessionStore", "COOKIE_NAME"]
+
+COOKIE_NAME = "xrelay_admin"
+
+#: An idle session ends after this many seconds; any session after MAX_AGE.
+IDLE_TIMEOUT = 30 * 60.0
+MAX_AGE = 12 * 3600.0
+#: More sessions than this (mostly anonymous visitors) and the oldest are dropped.
+MAX_SESSIONS = 1000
+
+
+@attrs.define
+class Session:
+    identifier: str = attrs.field(repr=False)
+    csrf_token: str = attrs.field(repr=False)
+    created: float
+    last_seen: float
+    authenticated: bool = False
+    #: A short message shown once on the next page (e.g. "entry retried").
+    notice: str | None = None
+
+    def csrf_matches(self, candidate: str | None) -> bool:
+        """Constant-time comparison with the session's token."""
+        if not candidate:
+            return False
+        return hmac.compare_digest(candidate.encode("utf-8", "replace"),
+                                   self.csrf_token.encode("ascii"))
+
+
+@attrs.define
+class SessionStore:
+    clock: Any
+    _sessions: dict[str, Session] = attrs.field(factory=dict, repr=False)
+
+    def get(self, identifier: str | None) -> Session | None:
+        """The live session with this identifier, touched; None if unknown or expired."""
+        if not identifier:
+            return None
+        session = self._sessions.get(identifier)
+        if session is None:
+            return None
+        now = self.clock.seconds()
+        if now - session.last_seen > IDLE_TIMEOUT or now - session.created > MAX_AGE:
+            del self._sessions[identifier]
+            return None
+        session.last_seen = now
+        return session
+
+    def new(self) -> Session:
+        now = self.clock.seconds()
+        if len(self._sessions) >= MAX_SESSIONS:
+            for identifier in sorted(self._sessions,
+                                     key=lambda i: self._sessions[i].last_seen
+                                     )[: len(self._sessions) - MAX_SESSIONS + 1]:
+                del self._sessions[identifier]
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now)
+        self._sessions[session.identifier] = session
+        return session
+
+    def authenticate(self, session: Session) -> Session:
+        """Signed in: the same visitor continues under a new identifier and token."""
+        self._sessions.pop(session.identifier, None)
+        fresh = self.new()
+        fresh.authenticated = True
+        return fresh
+
+    def end(self, session: Session) -> None:
+        self._sessions.pop(session.identifier, None)

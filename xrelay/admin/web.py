@@ -1,0 +1,388 @@
+"""
+The admin web site: routing, sign-in, CSRF checks and security headers.
+
+Policy lives here, once, for every page: every response carries the security headers;
+every page but the sign-in form, the stylesheet, C{/metrics} and the identity platform's
+return needs a signed-in session; every POST needs the session's CSRF token.  A refused
+request gets a short page and a log line with the client's address, never a traceback.
+
+The browser sign-in for delegated accounts (authorization code with PKCE) is started by
+a POST (so that no other site can start one) and finished at C{/signin/callback}, which
+the identity platform redirects to.  That redirect is a cross-site navigation, on which
+browsers do not send C{SameSite=Strict} cookies; the callback is therefore authorised by
+the flow's unguessable C{state} (issued to a signed-in session moments before, single
+use, short-lived), not by the cookie.
+
+This module never logs a password, a session id, a CSRF token, a code or a token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.template import flattenString
+
+from xrelay.admin import pages
+from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore
+from xrelay.operations.queue import QueueOperations, QueueProblem
+
+__all__ = ["AdminSite", "security_headers"]
+
+log = Logger(namespace="xrelay.admin")
+
+#: Seconds a started browser sign-in may take before its state is forgotten.
+SIGN_IN_TIMEOUT = 15 * 60.0
+#: Longest form body read (the forms are tiny).
+MAX_FORM = 16 * 1024
+
+
+def security_headers(form_targets: list[str]) -> dict[bytes, bytes]:
+    """
+    The headers on every response.  C{form-action} lists the identity platforms too:
+    the sign-in form's redirect goes there, and browsers apply C{form-action} to it.
+    """
+    targets = " ".join(["'self'", *form_targets])
+    return {
+        b"content-security-policy": (
+            "default-src 'none'; style-src 'self'; img-src 'self'; "
+            f"form-action {targets}; frame-ancestors 'none'; base-uri 'none'"
+        ).encode("ascii"),
+        b"x-frame-options": b"DENY",
+        b"x-content-type-options": b"nosniff",
+        b"referrer-policy": b"no-referrer",
+        b"cache-control": b"no-store",
+        b"cross-origin-opener-policy": b"same-origin",
+    }
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Refused(Exception):
+    """A request answered with an error page: status, text for the person."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
+class AdminSite(Resource):
+    """
+    The whole admin site as one leaf resource.
+
+    @param relay: the running relay (C{config}, C{spool}, C{delivery}, C{tokens}).
+    @param metrics: the relay's L{RelayMetrics}, served at C{/metrics}.
+    @param reactor: for the clock and the thread pool (password checks).
+    @param verify: checks a password against the configured hash (blocking; run in a
+        thread).
+    """
+
+    isLeaf = True
+
+    def __init__(self, relay: Any, metrics: Any, reactor: Any,
+                 verify: Callable[[str, str], bool] | None = None) -> None:
+        super().__init__()
+        from xrelay.passwords import verify_password
+
+        self.relay = relay
+        self.metrics = metrics
+        self.reactor = reactor
+        self.verify = verify or verify_password
+        self.sessions = SessionStore(reactor)
+        #: state -> (account, msal flow, started at): browser sign-ins under way.
+        self.pending: dict[str, tuple[str, dict[str, Any], float]] = {}
+
+    @property
+    def config(self) -> Any:
+        return self.relay.config
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def render(self, request: Any) -> Any:
+        form_targets = sorted({_origin(a.authority) for a in self.config.accounts
+                               if a.provider == "microsoft" and a.flow != "client_credentials"})
+        for name, value in security_headers(form_targets).items():
+            request.setHeader(name, value)
+        d = defer.ensureDeferred(self._dispatch(request))
+        d.addErrback(self._crashed, request)
+        return NOT_DONE_YET
+
+    def _crashed(self, failure: Any, request: Any) -> None:
+        log.failure("admin: {method} {path} failed", failure=failure,
+                    method=_text(request.method), path=_text(request.path))
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(b"Internal error; the relay's log has the details.\n")
+            request.finish()
+
+    async def _dispatch(self, request: Any) -> None:
+        method, path = _text(request.method), _text(request.path)
+        routes: dict[tuple[str, str], Callable[[Any], Awaitable[Any]]] = {
+            ("GET", "/style.css"): self.style,
+            ("GET", "/metrics"): self.metrics_page,
+            ("GET", "/login"): self.login_form,
+            ("POST", "/login"): self.login,
+            ("GET", "/signin/callback"): self.sign_in_callback,
+        }
+        authenticated: dict[tuple[str, str], Callable[[Any, Session], Awaitable[Any]]] = {
+            ("GET", "/"): self.status_page,
+            ("GET", "/queue"): self.queue_page,
+            ("POST", "/logout"): self.logout,
+            ("POST", "/queue/retry"): self.queue_retry,
+            ("POST", "/queue/delete"): self.queue_delete,
+            ("POST", "/queue/retry-all"): self.queue_retry_all,
+            ("POST", "/signin"): self.sign_in_start,
+        }
+        try:
+            if (method, path) in routes:
+                body = await routes[method, path](request)
+            elif (method, path) in authenticated:
+                session = self._session(request)
+                if session is None or not session.authenticated:
+                    if method == "GET":
+                        return self._redirect(request, "/login")
+                    log.warn("admin: unauthenticated {method} {path} from {client} refused",
+                             method=method, path=path, client=_client(request))
+                    raise Refused(403, "Sign in first.")
+                if method == "POST":
+                    self._check_csrf(request, session, path)
+                body = await authenticated[method, path](request, session)
+            elif any(p == path for _, p in list(routes) + list(authenticated)):
+                raise Refused(405, "Method not allowed.")
+            else:
+                raise Refused(404, "No such page.")
+        except Refused as e:
+            request.setResponseCode(e.code)
+            body = await self._html(pages.Page("refused", pages.message_body(e.text)))
+        if body is None or request.finished:
+            return
+        if isinstance(body, tuple):
+            content_type, body = body
+        else:
+            content_type = b"text/html; charset=utf-8"
+        request.setHeader(b"content-type", content_type)
+        request.write(body)
+        request.finish()
+
+    async def _html(self, element: Any) -> bytes:
+        return b"<!DOCTYPE html>\n" + await flattenString(None, element)
+
+    def _redirect(self, request: Any, location: str) -> None:
+        request.setResponseCode(303)
+        request.setHeader(b"location", location.encode("utf-8"))
+        request.finish()
+
+    def _session(self, request: Any) -> Session | None:
+        cookie = request.getCookie(COOKIE_NAME.encode("ascii"))
+        return self.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
+
+    def _session_or_new(self, request: Any) -> Session:
+        session = self._session(request)
+        if session is None:
+            session = self.sessions.new()
+            self._set_cookie(request, session)
+        return session
+
+    def _set_cookie(self, request: Any, session: Session) -> None:
+        secure = bool(request.isSecure() or (self.config.admin.public_url or "")
+                      .startswith("https://"))
+        request.addCookie(COOKIE_NAME.encode("ascii"), session.identifier.encode("ascii"),
+                          path=b"/", httpOnly=True, sameSite="strict", secure=secure)
+
+    def _form(self, request: Any, name: str) -> str | None:
+        values = request.args.get(name.encode("ascii"))
+        if not values:
+            return None
+        return values[0].decode("utf-8", "replace")
+
+    def _check_csrf(self, request: Any, session: Session, path: str) -> None:
+        if not session.csrf_matches(self._form(request, "csrf_token")):
+            log.warn("admin: POST {path} from {client} refused: CSRF token missing or "
+                     "wrong", path=path, client=_client(request))
+            raise Refused(403, "This form has expired or did not come from this page; "
+                          "reload the page and try again.")
+
+    # -- public pages --------------------------------------------------------------
+
+    async def style(self, request: Any) -> tuple[bytes, bytes]:
+        return b"text/css; charset=utf-8", pages.STYLE
+
+    async def metrics_page(self, request: Any) -> tuple[bytes, bytes]:
+        from xrelay.operations.metrics import CONTENT_TYPE
+
+        return CONTENT_TYPE.encode("ascii"), self.metrics.exposition()
+
+    async def login_form(self, request: Any, error: str | None = None) -> bytes:
+        session = self._session_or_new(request)
+        if session.authenticated and error is None:
+            self._redirect(request, "/")
+            return b""
+        return await self._html(pages.Page("sign in", pages.login_body(session.csrf_token,
+                                                                       error)))
+
+    async def login(self, request: Any) -> bytes | None:
+        session = self._session(request)
+        if session is None:
+            # No session cookie: the form did not come from our page (or it expired).
+            log.warn("admin: sign-in from {client} without a session refused",
+                     client=_client(request))
+            request.setResponseCode(403)
+            return await self.login_form(request, "Your session expired; try again.")
+        self._check_csrf(request, session, "/login")
+        password = self._form(request, "password") or ""
+        expected = self.config.admin.password_hash
+        ok = False
+        if expected and password:
+            ok = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         self.verify, password, expected)
+        if not ok:
+            log.warn("admin: wrong password from {client}", client=_client(request))
+            request.setResponseCode(403)
+            return await self.login_form(request, "Wrong password.")
+        fresh = self.sessions.authenticate(session)
+        self._set_cookie(request, fresh)
+        log.info("admin: signed in from {client}", client=_client(request))
+        self._redirect(request, "/")
+        return None
+
+    # -- signed-in pages -------------------------------------------------------------
+
+    async def logout(self, request: Any, session: Session) -> None:
+        self.sessions.end(session)
+        request.addCookie(COOKIE_NAME.encode("ascii"), b"", path=b"/", max_age="0",
+                          httpOnly=True, sameSite="strict")
+        self._redirect(request, "/login")
+
+    def can_sign_in(self, account: Any) -> bool:
+        return account.provider == "microsoft" and account.flow in ("auth_code",
+                                                                    "device_code")
+
+    async def status_page(self, request: Any, session: Session) -> bytes:
+        statuses = self.relay.tokens.status()
+        accounts = [(a, statuses.get(a.name)) for a in self.config.accounts]
+        engine = self.relay.delivery.status()
+        notice, session.notice = session.notice, None
+        return await self._html(pages.Page("status", pages.status_body(
+            accounts, engine.counts, engine.oldest_age, engine.recent, session.csrf_token,
+            self.can_sign_in), csrf=session.csrf_token, notice=notice))
+
+    def _queue(self) -> QueueOperations:
+        return QueueOperations(self.relay.spool, self.config, self.relay.delivery)
+
+    async def queue_page(self, request: Any, session: Session) -> bytes:
+        notice, session.notice = session.notice, None
+        return await self._html(pages.Page("queue", pages.queue_body(
+            self._queue().entries(), session.csrf_token), csrf=session.csrf_token,
+            notice=notice))
+
+    async def _queue_action(self, request: Any, session: Session, action: str) -> None:
+        entry_id = self._form(request, "id") or ""
+        try:
+            if action == "retry":
+                await self._queue().retry(entry_id)
+                session.notice = f"{entry_id} is due now."
+            else:
+                entry = await self._queue().delete(entry_id)
+                session.notice = f"{entry_id} deleted."
+                log.info("{entry_id} from <{sender}> deleted by the operator on the admin "
+                         "page", entry_id=entry_id, sender=entry.sender)
+        except QueueProblem as e:
+            session.notice = str(e)
+        self._redirect(request, "/queue")
+
+    async def queue_retry(self, request: Any, session: Session) -> None:
+        await self._queue_action(request, session, "retry")
+
+    async def queue_delete(self, request: Any, session: Session) -> None:
+        await self._queue_action(request, session, "delete")
+
+    async def queue_retry_all(self, request: Any, session: Session) -> None:
+        count = await self._queue().retry_all()
+        session.notice = f"{count} entries are due now."
+        self._redirect(request, "/queue")
+
+    # -- browser sign-in ---------------------------------------------------------------
+
+    def _redirect_uri(self, request: Any) -> str:
+        base = self.config.admin.public_url
+        if not base:
+            host = (request.getHeader(b"host") or b"localhost").decode("ascii", "replace")
+            base = f"{'https' if request.isSecure() else 'http'}://{host}"
+        return f"{base}/signin/callback"
+
+    async def sign_in_start(self, request: Any, session: Session) -> None:
+        name = self._form(request, "account") or ""
+        try:
+            account = self.config.account(name)
+        except KeyError:
+            raise Refused(404, "No such account.") from None
+        if not self.can_sign_in(account):
+            raise Refused(400, f"Account {name} does not sign in in the browser.")
+        from xrelay.tokens import SignInFailed
+
+        try:
+            url, flow = await self.relay.tokens.start_auth_code(
+                name, self._redirect_uri(request))
+        except SignInFailed as e:
+            session.notice = str(e)
+            return self._redirect(request, "/")
+        now = self.reactor.seconds()
+        self.pending = {s: p for s, p in self.pending.items()
+                        if now - p[2] < SIGN_IN_TIMEOUT}
+        state = flow.get("state") or secrets.token_urlsafe(16)
+        self.pending[state] = (name, flow, now)
+        log.info("admin: browser sign-in for account {account} started from {client}",
+                 account=name, client=_client(request))
+        self._redirect(request, url)
+
+    async def sign_in_callback(self, request: Any) -> bytes:
+        params = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                  for k, v in request.args.items() if v}
+        state = params.get("state", "")
+        pending = self.pending.pop(state, None)
+        if pending is None or self.reactor.seconds() - pending[2] > SIGN_IN_TIMEOUT:
+            log.warn("admin: sign-in return from {client} with an unknown or expired "
+                     "state refused", client=_client(request))
+            raise Refused(400, "This sign-in is unknown or has expired; start it again "
+                          "from the status page.")
+        name, flow, _ = pending
+        if "error" in params:
+            text = params.get("error_description") or params["error"]
+            log.warn("admin: browser sign-in for account {account} declined: {error}",
+                     account=name, error=text[:300])
+            raise Refused(400, f"Sign-in for {name} did not complete: {text[:300]}")
+        from xrelay.tokens import SignInFailed
+
+        try:
+            status = await self.relay.tokens.finish_auth_code(name, flow, params)
+        except SignInFailed as e:
+            log.warn("admin: browser sign-in for account {account} failed: {error}",
+                     account=name, error=str(e))
+            raise Refused(400, str(e)) from None
+        log.info("admin: account {account} signed in in the browser; token {state}",
+                 account=name, state=status.state)
+        return await self._html(pages.Page(
+            "signed in", pages.message_body(f"Account {name} is signed in ({status.state})."
+                                            " Its queued mail is on its way.",
+                                            "/", "Continue to the status page"),
+            refresh_to="/"))
+
+
+def _text(value: bytes | None) -> str:
+    return (value or b"").decode("utf-8", "replace")
+
+
+def _client(request: Any) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", str(address))
