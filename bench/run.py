@@ -112,7 +112,7 @@ class Processes:
     def start_relay(self, account: dict[str, Any], port: int, name: str) -> subprocess.Popen[bytes]:
         state = self.workdir / f"state-{name}"
         account = dict(account, messages_per_minute=0, recipients_per_day=0,
-                       max_connections=8)
+                       max_connections=3)  # Exchange Online allows 3 per mailbox
         lines = ["[server]", f'listen = ["tcp:{port}:interface=127.0.0.1"]',
                  'hostname = "bench.test"', f'state_dir = "{state}"',
                  "max_message_size = 200000000", "max_connections = 2000",
@@ -323,8 +323,11 @@ def main() -> None:
 
     try:
         react(go)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    except SystemExit as e:
+        if e.code:
+            print(f"bench: kept {workdir} for inspection")
+            raise
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

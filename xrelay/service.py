@@ -19,6 +19,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from xrelay.config import (
+    AccountConfig,
     Config,
     ConfigError,
     account_from_table,
@@ -40,6 +41,21 @@ class RecoveringSpoolService(Service):
         Service.startService(self)
 
 
+class _TransportsClosing(Service):
+    """Closes the upstream connections at stop."""
+
+    def __init__(self, relay: "RelayService") -> None:
+        self.relay = relay
+
+    def stopService(self) -> Any:
+        from twisted.internet.defer import gatherResults, maybeDeferred
+
+        Service.stopService(self)
+        return gatherResults(
+            [maybeDeferred(t.close) for t in self.relay.transports.values()],
+            consumeErrors=True)
+
+
 class RelayService(MultiService):
     """
     The whole relay: the running stages, reachable by name for embedding programs, the
@@ -51,8 +67,16 @@ class RelayService(MultiService):
     tokens: Any
     delivery: Any
     inbound: Any
+    transports: dict[str, Any]
     sandbox: Any = None
     admin: Any = None
+    reactor: Any = None
+
+    def _transport_for(self, account: AccountConfig) -> Any:
+        from xrelay.transport import transport_for
+
+        return transport_for(account, self.tokens.sources[account.name],
+                             reactor=self.reactor, helo_name=self.config.server.hostname)
 
     def reload(self) -> bool:
         """
@@ -74,9 +98,23 @@ class RelayService(MultiService):
                      old=self.config.server.state_dir)
             new = attrs.evolve(new, server=attrs.evolve(
                 new.server, state_dir=self.config.server.state_dir))
+        old_accounts = {a.name: a for a in self.config.accounts}
         self.config = new
-        for stage in (self.tokens, self.delivery, self.inbound):
-            stage.reconfigure(new)
+        self.tokens.reconfigure(new)
+        transports: dict[str, Any] = {}
+        for account in new.accounts:
+            kept = self.transports.get(account.name)
+            if kept is not None and old_accounts.get(account.name) == account:
+                transports[account.name] = kept
+            else:
+                transports[account.name] = self._transport_for(account)
+        retired = [t for name, t in self.transports.items()
+                   if transports.get(name) is not t]
+        self.transports = transports
+        self.delivery.reconfigure(new, transports)
+        self.inbound.reconfigure(new)
+        for transport in retired:
+            transport.close()
         log.info("xrelay: configuration reloaded from {path}", path=new.path)
         return True
 
@@ -135,10 +173,10 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
     from xrelay.inbound import InboundService
     from xrelay.spool import Spool
     from xrelay.tokens import TokenService
-    from xrelay.transport import transport_for
 
     top = RelayService()
     top.setName("xrelay")
+    top.reactor = reactor
     if config.sandbox_dir is not None:
         config, top.sandbox, sandbox_service = _start_sandbox(config, reactor)
         sandbox_service.setServiceParent(top)
@@ -151,12 +189,12 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
     top.tokens = TokenService(config, reactor=reactor)
     top.tokens.setServiceParent(top)
 
-    transports = {
-        account.name: transport_for(account, top.tokens.sources[account.name],
-                                    reactor=reactor)
-        for account in config.accounts
-    }
-    top.delivery = DeliveryEngine(config, top.spool, transports, reactor=reactor)
+    top.transports = {account.name: top._transport_for(account)
+                      for account in config.accounts}
+    # Listed before the engine, so stopped after it: in-flight attempts finish on
+    # their connections, then the idle connections are closed.
+    _TransportsClosing(top).setServiceParent(top)
+    top.delivery = DeliveryEngine(config, top.spool, top.transports, reactor=reactor)
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 
