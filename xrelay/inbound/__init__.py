@@ -4,8 +4,10 @@ streams it into the spool.
 
 Public API: L{InboundService} (what C{makeService} wires), L{SpoolFull}.  The pieces:
 L{xrelay.inbound.lines} (bounded line splitting, the SMTP smuggling rules),
-L{xrelay.inbound.protocol} (the SMTP conversation), L{xrelay.inbound.auth} (PLAIN/LOGIN
-against C{[[users]]}), L{xrelay.inbound.received} (the C{Received:} header),
+L{xrelay.inbound.protocol} (the SMTP conversation: connection, line loop, session
+commands), L{xrelay.inbound.smtpauth} (the AUTH command), L{xrelay.inbound.transaction}
+(MAIL, RCPT, DATA and the hand-off to the spool), L{xrelay.inbound.auth} (SASL PLAIN/LOGIN
+decoding and the password check against C{[[users]]}), L{xrelay.inbound.received} (the C{Received:} header),
 L{xrelay.inbound.factory} and L{xrelay.inbound.service} (listeners and caps),
 L{xrelay.inbound.testing} (test doubles for the spool and delivery seams).
 """

@@ -31,44 +31,33 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import secrets
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
-import attrs
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from xrelay.config import AccountConfig, Config, UserConfig
-from xrelay.envelope import DeliveryResult, Envelope, Outcome
-from xrelay.inbound.auth import (
-    LOGIN_PASSWORD_PROMPT,
-    LOGIN_USERNAME_PROMPT,
-    MECHANISMS,
-    MalformedResponse,
-    decode_response,
-    decode_text,
-    parse_plain,
+from xrelay.config import Config, UserConfig
+from xrelay.inbound.auth import MECHANISMS
+from xrelay.inbound.lines import Line, LineBuffer
+from xrelay.inbound.smtpauth import AuthCommands
+from xrelay.inbound.states import (
+    AUTH_LOGIN_PASSWORD,
+    AUTH_LOGIN_USER,
+    AUTH_PLAIN,
+    CLOSED,
+    COMMAND,
+    DATA,
+    PROXY,
 )
-from xrelay.inbound.errors import SpoolFull
-from xrelay.inbound.lines import Line, LineBuffer, data_line_bytes
-from xrelay.inbound.received import protocol_keyword, received_header
-from xrelay.interfaces import IIncomingMessage
-from xrelay.policy import (
-    Refusal,
-    address_refusal,
-    recipient_limit_refusal,
-    relay_refusal,
-    sender_refusal,
-)
+from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
+from xrelay.policy import Refusal
 
 if TYPE_CHECKING:
     from xrelay.inbound.factory import InboundFactory
 
-__all__ = ["ESMTPServer", "pass_through_reply"]
+__all__ = ["ESMTPServer", "pass_through_reply", "canonical_address"]
 
 log = Logger()
 
@@ -79,71 +68,15 @@ MAX_ERRORS = 10
 #: Bytes buffered while waiting for an asynchronous decision before reading pauses.
 PAUSE_BUFFER = 256 * 1024
 
-#: Spool writes are gathered up to this many bytes (one packet's worth of lines).
-WRITE_BATCH = 64 * 1024
-
-_MAIL = re.compile(r"^FROM:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re.S)
-_RCPT = re.compile(r"^TO:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re.S)
 _HELO_NAME = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
-# The states of one connection.  PROXY: waiting for the PROXY header; COMMAND: reading
-# commands; AUTH_*: reading a SASL response; DATA: reading message lines; CLOSED.
-PROXY, COMMAND, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASSWORD, DATA, CLOSED = (
-    "proxy", "command", "auth-plain", "auth-login-user", "auth-login-password", "data",
-    "closed",
-)
 
-
-@attrs.define
-class Transaction:
-    """One mail transaction, from MAIL FROM to the end of DATA or RSET."""
-
-    sender: str
-    account: AccountConfig
-    size: int | None = None
-    smtputf8: bool = False
-    body_8bitmime: bool = False
-    recipients: list[str] = attrs.field(factory=list)
-    id: str = attrs.field(factory=lambda: secrets.token_hex(6))
-    # While DATA is read:
-    message: IIncomingMessage | None = None
-    received: int = 0
-    pending: list[bytes] = attrs.field(factory=list)
-    pending_size: int = 0
-    #: Why the message will be refused at the end of DATA, once it is known.
-    refusal: tuple[int, str, str] | None = None
-    previous_crlf: bool = True
-    bare_line_ends: int = 0
-
-
-def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
+class ESMTPServer(AuthCommands, MailCommands, Protocol):
     """
-    The end-of-DATA reply of a pass-through listener, from the upstream's result.
-
-    All delivered: 250.  Otherwise the first failed recipient's upstream reply, code and
-    text verbatim (C{554 5.2.252 SendAsDenied; ...}) when nothing was delivered.  When
-    some recipients were delivered, a 5xx would make the device send the message again
-    to those too, so the reply is 250 with the failures named (the spool retries or
-    bounces the rest).
-    """
-    failed = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
-    if not failed:
-        return 250, "2.0.0", f"Ok: delivered as {entry_id}"
-    delivered = len(result.recipients) - len(failed)
-    if delivered:
-        first = failed[0].reply
-        return 250, "2.0.0", (f"Ok: queued as {entry_id}; delivered to {delivered} of "
-                              f"{len(result.recipients)}, upstream said {first}")
-    reply = failed[0].reply
-    enhanced = reply.enhanced or ""
-    text = reply.text[len(enhanced):].lstrip() if enhanced else reply.text
-    return reply.code, enhanced, text
-
-
-class ESMTPServer(Protocol):
-    """
-    One client connection.  Built by L{xrelay.inbound.factory.InboundFactory}, whose
+    One client connection: the connection's life, the line loop, replies, timers and
+    the session commands; AUTH is in L{AuthCommands}, the mail transaction in
+    L{MailCommands}.  Built by L{xrelay.inbound.factory.InboundFactory}, whose
     configuration snapshot it keeps for its whole life (a reload changes new
     connections only).
     """
@@ -504,422 +437,6 @@ class ESMTPServer(Protocol):
         self.helo, self.esmtp, self.user = None, False, None
         self._drop_transaction("STARTTLS")
 
-    # -- AUTH --------------------------------------------------------------------
-
-    def do_AUTH(self, argument: str) -> "Deferred[Any] | None":
-        if not self.config.users:
-            self.error(502, "5.5.1", "AUTH not available")
-            return None
-        if self.config.server.require_tls_for_auth and not self.tls:
-            self.error(530, "5.7.0", "Must issue a STARTTLS command first")
-            return None
-        if self.helo is None:
-            self.error(503, "5.5.1", "Send EHLO first")
-            return None
-        if self.user is not None:
-            self.error(503, "5.5.1", "Already authenticated")
-            return None
-        if self.transaction is not None:
-            self.error(503, "5.5.1", "AUTH not permitted during a mail transaction")
-            return None
-        if self.factory.auth_failures.blocked(self.client_address, self.clock.seconds()):
-            log.warn("inbound client {client}: AUTH refused, too many failures from this "
-                     "address", client=self.client_address)
-            self.reply(421, "4.7.0", "Too many failed authentication attempts")
-            self.close()
-            return None
-        mechanism, _, initial = argument.partition(" ")
-        mechanism, initial = mechanism.upper(), initial.strip(" ")
-        if not mechanism:
-            self.error(501, "5.5.2", "Syntax: AUTH mechanism [initial-response]")
-            return None
-        if mechanism not in MECHANISMS:
-            self.error(504, "5.5.4", "Unrecognised authentication mechanism; use "
-                       + " or ".join(MECHANISMS))
-            return None
-        if mechanism == "PLAIN":
-            if not initial:
-                self.state = AUTH_PLAIN
-                self.write_lines(334, [""])
-                return None
-            return self._plain(initial)
-        if initial:
-            try:
-                self._login_name = decode_text(decode_response(initial))
-            except MalformedResponse:
-                self.error(501, "5.5.2", "Cannot decode AUTH response")
-                return None
-            self.state = AUTH_LOGIN_PASSWORD
-            self.write_lines(334, [LOGIN_PASSWORD_PROMPT])
-            return None
-        self.state = AUTH_LOGIN_USER
-        self.write_lines(334, [LOGIN_USERNAME_PROMPT])
-        return None
-
-    def _auth_response(self, line: Line) -> "Deferred[Any] | None":
-        """A SASL response line.  Never logged: it carries the password."""
-        state, self.state = self.state, COMMAND
-        if line.overlong:
-            self.error(500, "5.5.2", "Line too long")
-            return None
-        try:
-            text = line.content.decode("ascii").strip()
-        except UnicodeDecodeError:
-            self.error(501, "5.5.2", "Cannot decode AUTH response")
-            return None
-        if text == "*":
-            self.error(501, "5.7.0", "Authentication cancelled")
-            return None
-        if state == AUTH_PLAIN:
-            return self._plain(text)
-        try:
-            value = decode_text(decode_response(text))
-        except MalformedResponse:
-            self.error(501, "5.5.2", "Cannot decode AUTH response")
-            return None
-        if state == AUTH_LOGIN_USER:
-            self._login_name = value
-            self.state = AUTH_LOGIN_PASSWORD
-            self.write_lines(334, [LOGIN_PASSWORD_PROMPT])
-            return None
-        name, self._login_name = self._login_name, ""
-        return self._check(name, value, "LOGIN")
-
-    def _plain(self, text: str) -> "Deferred[Any] | None":
-        try:
-            name, password = parse_plain(decode_response(text))
-        except MalformedResponse:
-            self.error(501, "5.5.2", "Cannot decode AUTH response")
-            return None
-        return self._check(name, password, "PLAIN")
-
-    def _check(self, name: str, password: str, mechanism: str) -> "Deferred[Any]":
-        failures = self.factory.auth_failures
-        delay = failures.delay(self.client_address, self.clock.seconds())
-        d = self.checker.check(name, password)
-        if delay:
-            # The back-off: an address that keeps failing waits longer for every answer
-            # (right or wrong, so the wait itself tells nothing).
-            d.addCallback(lambda user: defer_later(self.clock, delay, user))
-        return d.addCallback(self._checked, mechanism)
-
-    def _checked(self, user: UserConfig | None, mechanism: str) -> None:
-        if self.state == CLOSED:
-            return
-        if user is not None:
-            self.factory.auth_failures.succeeded(self.client_address)
-            self.user = user
-            log.info("inbound client {client} authenticated as {user} ({mechanism})",
-                     client=self.client_address, user=user.name, mechanism=mechanism)
-            self.reply(235, "2.7.0", "Authentication successful")
-            return
-        self.factory.auth_failures.failed(self.client_address, self.clock.seconds())
-        self.auth_failures += 1
-        log.warn("inbound client {client}: authentication failed ({mechanism}), "
-                 "{count} on this connection", client=self.client_address,
-                 mechanism=mechanism, count=self.auth_failures)
-        if self.auth_failures >= self.config.server.max_auth_failures:
-            self.reply(421, "4.7.0", "Too many failed authentication attempts")
-            self.close()
-            return
-        self.reply(535, "5.7.8", "Authentication credentials invalid")
-
-    # -- the mail transaction ----------------------------------------------------
-
-    def do_MAIL(self, argument: str) -> None:
-        if self.helo is None:
-            self.error(503, "5.5.1", "Send EHLO/HELO first")
-            return
-        if self.transaction is not None:
-            self.error(503, "5.5.1", "Nested MAIL command")
-            return
-        match = _MAIL.match(argument)
-        if match is None:
-            self.error(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
-            return
-        sender = match.group(1) if match.group(1) is not None else match.group(2)
-        size, smtputf8, body_8bit = None, False, False
-        for parameter in (match.group(3) or "").split():
-            key, _, value = parameter.partition("=")
-            key = key.upper()
-            if key == "SIZE" and value.isdigit() and len(value) < 20 and self.esmtp:
-                size = int(value)
-            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME") and self.esmtp:
-                body_8bit = value.upper() == "8BITMIME"
-            elif key == "SMTPUTF8" and not value and self.esmtp:
-                smtputf8 = True
-            elif key == "AUTH" and self.esmtp:
-                pass  # RFC 4954 5: the original submitter; nothing to do with it
-            else:
-                self.error(555, "5.5.4", f"MAIL FROM parameter {key} not recognised")
-                return
-        if size is not None and size > self.config.server.max_message_size:
-            self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size "
-                       f"of {self.config.server.max_message_size} bytes")
-            return
-        refusal = relay_refusal(self.config, self.client_address, self.user,
-                                self._starttls_available())
-        if refusal is not None:
-            log.warn("inbound client {client}: relaying denied for sender {sender}",
-                     client=self.client_address, sender=sender)
-            self.refuse(refusal)
-            return
-        if sender:
-            refusal = address_refusal(sender, "sender")
-            if refusal is not None:
-                log.info("inbound client {client}: sender refused: {reply}",
-                         client=self.client_address, reply=str(refusal))
-                self.refuse(refusal)
-                return
-        refusal, account = sender_refusal(self.config, self.client_address, self.user,
-                                          sender)
-        if refusal is not None or account is None:
-            log.warn("inbound client {client} user {user}: sender {sender} refused: "
-                     "{reply}", client=self.client_address, sender=sender,
-                     user=self.user.name if self.user else None, reply=str(refusal))
-            assert refusal is not None
-            self.refuse(refusal)
-            return
-        self.transaction = Transaction(sender, account, size, smtputf8, body_8bit)
-        self.reply(250, "2.1.0", "Ok")
-
-    def do_RCPT(self, argument: str) -> None:
-        transaction = self.transaction
-        if transaction is None:
-            self.error(503, "5.5.1", "Need MAIL command first")
-            return
-        match = _RCPT.match(argument)
-        if match is None:
-            self.error(501, "5.5.4", "Syntax: RCPT TO:<address>")
-            return
-        if match.group(3):
-            self.error(555, "5.5.4", "RCPT TO parameters not recognised")
-            return
-        recipient = match.group(1) if match.group(1) is not None else match.group(2)
-        # Checked again here although MAIL did: a recipient must never be accepted from
-        # a client that may not relay, whatever happened to the session in between.
-        refusal = relay_refusal(self.config, self.client_address, self.user,
-                                self._starttls_available())
-        if refusal is None:
-            refusal = address_refusal(recipient, "recipient")
-        if refusal is None and recipient.lower() not in (
-            r.lower() for r in transaction.recipients
-        ):
-            refusal = recipient_limit_refusal(self.config, len(transaction.recipients))
-        if refusal is not None:
-            log.info("inbound client {client}: recipient refused: {reply}",
-                     client=self.client_address, reply=str(refusal))
-            self.refuse(refusal)
-            return
-        if recipient.lower() not in (r.lower() for r in transaction.recipients):
-            transaction.recipients.append(recipient)
-        self.reply(250, "2.1.5", "Ok")
-
-    def do_DATA(self, argument: str) -> None:
-        transaction = self.transaction
-        if transaction is None:
-            self.error(503, "5.5.1", "Need MAIL command first")
-            return
-        if not transaction.recipients:
-            self.error(554, "5.5.1", "No valid recipients")
-            return
-        if argument:
-            self.error(501, "5.5.4", "Syntax: DATA")
-            return
-        envelope = Envelope(
-            sender=transaction.sender,
-            recipients=tuple(transaction.recipients),
-            client_address=self.client_address,
-            client_helo=self.helo or "",
-            authenticated_user=self.user.name if self.user else None,
-            account=transaction.account.name,
-            received_at=time.time(),
-            smtputf8=transaction.smtputf8,
-            body_8bitmime=transaction.body_8bitmime,
-        )
-        try:
-            transaction.message = self.factory.spool.incoming(envelope)
-        except SpoolFull:
-            log.warn("inbound message {message} from {client}: spool full",
-                     message=transaction.id, client=self.client_address)
-            self._drop_transaction("spool full")
-            self.reply(452, "4.3.1", "Insufficient system storage")
-            return
-        except Exception:
-            log.failure("inbound message {message}: cannot start spool entry",
-                        message=transaction.id)
-            self._drop_transaction("spool error")
-            self.reply(451, "4.3.0", "Local error in processing, try again later")
-            return
-        self.state = DATA
-        self.reply(354, "", "End data with <CR><LF>.<CR><LF>")
-        header = received_header(
-            helo=self.helo or "", client_address=self.client_address,
-            hostname=self.config.server.hostname,
-            keyword=protocol_keyword(self.esmtp, self.tls, self.user is not None,
-                                     transaction.smtputf8),
-            transaction_id=transaction.id, when=envelope.received_at)
-        transaction.pending.append(header)
-        transaction.pending_size += len(header)
-
-    # -- DATA --------------------------------------------------------------------
-
-    def _data_line(self, line: Line) -> "Deferred[Any] | None":
-        transaction = self.transaction
-        assert transaction is not None
-        previous_crlf, transaction.previous_crlf = transaction.previous_crlf, line.crlf
-        if line.overlong:
-            self._refuse_message(552, "5.6.0", "Message refused: a line is longer than "
-                                 f"{self.config.server.max_line_length} bytes")
-            return None
-        if line.crlf and previous_crlf and line.content == b".":
-            return self._end_of_data()
-        if not line.crlf or b"\r" in line.content:
-            transaction.bare_line_ends += 1
-        if transaction.refusal is not None:
-            return None  # reading to the end of the message, keeping nothing
-        data = data_line_bytes(line)
-        transaction.received += len(data)
-        if transaction.received > self.config.server.max_message_size:
-            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
-                                 f"{self.config.server.max_message_size} bytes")
-            return None
-        transaction.pending.append(data)
-        transaction.pending_size += len(data)
-        if transaction.pending_size >= WRITE_BATCH:
-            self._flush()
-        return None
-
-    def _flush(self) -> None:
-        """Hand the gathered lines to the spool."""
-        transaction = self.transaction
-        if transaction is None or transaction.message is None or not transaction.pending:
-            return
-        chunk = b"".join(transaction.pending)
-        transaction.pending.clear()
-        transaction.pending_size = 0
-        try:
-            transaction.message.write(chunk)
-        except SpoolFull:
-            log.warn("inbound message {message} from {client}: spool full while "
-                     "receiving", message=transaction.id, client=self.client_address)
-            self._refuse_message(452, "4.3.1", "Insufficient system storage")
-        except Exception:
-            log.failure("inbound message {message}: spool write failed",
-                        message=transaction.id)
-            self._refuse_message(451, "4.3.0", "Local error in processing, try again "
-                                 "later")
-
-    def _refuse_message(self, code: int, enhanced: str, text: str) -> None:
-        """Keep reading until the real end of DATA, then refuse; store nothing more."""
-        transaction = self.transaction
-        assert transaction is not None
-        if transaction.refusal is None:
-            transaction.refusal = (code, enhanced, text)
-            transaction.pending.clear()
-            transaction.pending_size = 0
-            if transaction.message is not None:
-                transaction.message.abort()
-                transaction.message = None
-
-    def _end_of_data(self) -> "Deferred[Any] | None":
-        transaction = self.transaction
-        assert transaction is not None
-        self._flush()
-        self.state = COMMAND
-        self.transaction = None
-        if transaction.bare_line_ends:
-            log.info("inbound message {message} from {client}: {count} bare CR/LF line "
-                     "ends normalised to CRLF", message=transaction.id,
-                     client=self.client_address, count=transaction.bare_line_ends)
-        if transaction.refusal is not None or transaction.message is None:
-            code, enhanced, text = transaction.refusal or (
-                451, "4.3.0", "Local error in processing, try again later")
-            log.warn("inbound message {message} from {client} sender {sender} refused: "
-                     "{code} {enhanced} {text}", message=transaction.id,
-                     client=self.client_address, sender=transaction.sender, code=code,
-                     enhanced=enhanced, text=text)
-            self.reply(code, enhanced, text)
-            return None
-        message = transaction.message
-        transaction.message = None
-        d = defer.maybeDeferred(message.commit)
-        d.addCallbacks(self._committed, self._commit_failed,
-                       callbackArgs=(transaction,), errbackArgs=(transaction, message))
-        return d
-
-    def _commit_failed(self, failure: Failure, transaction: Transaction,
-                       message: IIncomingMessage) -> None:
-        try:
-            message.abort()
-        except Exception:
-            pass  # a failed commit has already removed what it could
-        if failure.check(SpoolFull):
-            log.warn("inbound message {message} from {client}: spool full at commit",
-                     message=transaction.id, client=self.client_address)
-            code, enhanced, text = 452, "4.3.1", "Insufficient system storage"
-        else:
-            log.failure("inbound message {message}: commit failed", failure,
-                        message=transaction.id)
-            code, enhanced, text = 451, "4.3.0", "Local error in processing, try again later"
-        if self.state != CLOSED:
-            self.reply(code, enhanced, text)
-
-    def _committed(self, entry_id: str, transaction: Transaction) -> "Deferred[Any] | None":
-        log.info("inbound message {message} queued as {entry} from {client} sender "
-                 "{sender} user {user} account {account} recipients {count} size {size}",
-                 message=transaction.id, entry=entry_id, client=self.client_address,
-                 sender=transaction.sender, user=self.user.name if self.user else None,
-                 account=transaction.account.name, count=len(transaction.recipients),
-                 size=transaction.received)
-        if not self.factory.listener.pass_through:
-            if self.state != CLOSED:
-                self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
-            self._submit(entry_id)
-            return None
-        d = defer.maybeDeferred(self.factory.delivery.deliver_now, entry_id)
-
-        def answered(result: DeliveryResult) -> None:
-            code, enhanced, text = pass_through_reply(result, entry_id)
-            log.info("inbound message {message} entry {entry} pass-through upstream "
-                     "reply: {code} {enhanced} {text}", message=transaction.id,
-                     entry=entry_id, code=code, enhanced=enhanced, text=text)
-            if self.state != CLOSED:
-                self.reply(code, enhanced, text)
-
-        def failed(failure: Failure) -> None:
-            # The entry is safely queued; the delivery engine retries it as usual.
-            log.failure("inbound message {message} entry {entry}: pass-through delivery "
-                        "failed; left queued", failure, message=transaction.id,
-                        entry=entry_id)
-            if self.state != CLOSED:
-                self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
-            self._submit(entry_id)
-
-        return d.addCallbacks(answered, failed)
-
-    def _submit(self, entry_id: str) -> None:
-        """
-        Wake the delivery engine.  The message is already durable and acknowledged, so
-        a failure here must not turn into an error reply (the client would send the
-        message again); the spool's own scan finds the entry anyway.
-        """
-        try:
-            self.factory.delivery.submitted(entry_id)
-        except Exception:
-            log.failure("inbound: delivery.submitted({entry}) failed; the entry stays "
-                        "queued", entry=entry_id)
-
-    def _drop_transaction(self, why: str) -> None:
-        transaction, self.transaction = self.transaction, None
-        if self.state == DATA:
-            self.state = COMMAND
-        if transaction is not None and transaction.message is not None:
-            log.info("inbound message {message} from {client} abandoned: {why}",
-                     message=transaction.id, client=self.client_address, why=why)
-            transaction.message.abort()
-            transaction.message = None
-
 
 def canonical_address(host: str) -> str:
     """
@@ -934,10 +451,3 @@ def canonical_address(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
-
-
-def defer_later(clock: Any, delay: float, value: Any) -> "Deferred[Any]":
-    """Fire with C{value} after C{delay} seconds of C{clock}."""
-    d: Deferred[Any] = Deferred()
-    clock.callLater(delay, d.callback, value)
-    return d

@@ -1,0 +1,174 @@
+"""
+The AUTH command and the SASL exchange of the inbound protocol (a mixin of
+L{xrelay.inbound.protocol.ESMTPServer}): TLS first, caps and back-off on failures, one
+uniform reply for a wrong user and a wrong password.
+
+This module must never log, echo or keep a SASL response line or a password, and must
+never say whether a user name exists.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from xrelay.config import UserConfig
+from xrelay.inbound.auth import (
+    LOGIN_PASSWORD_PROMPT,
+    LOGIN_USERNAME_PROMPT,
+    MECHANISMS,
+    MalformedResponse,
+    decode_response,
+    decode_text,
+    parse_plain,
+)
+from xrelay.inbound.lines import Line
+from xrelay.inbound.states import (
+    AUTH_LOGIN_PASSWORD,
+    AUTH_LOGIN_USER,
+    AUTH_PLAIN,
+    CLOSED,
+    COMMAND,
+)
+
+if TYPE_CHECKING:
+    from xrelay.inbound.protocol import ESMTPServer
+
+    _Base = ESMTPServer
+else:
+    _Base = object
+
+__all__ = ["AuthCommands"]
+
+log = Logger()
+
+
+class AuthCommands(_Base):
+    """C{AUTH PLAIN} and C{AUTH LOGIN}, for L{ESMTPServer}."""
+
+    def do_AUTH(self, argument: str) -> "Deferred[Any] | None":
+        if not self.config.users:
+            self.error(502, "5.5.1", "AUTH not available")
+            return None
+        if self.config.server.require_tls_for_auth and not self.tls:
+            self.error(530, "5.7.0", "Must issue a STARTTLS command first")
+            return None
+        if self.helo is None:
+            self.error(503, "5.5.1", "Send EHLO first")
+            return None
+        if self.user is not None:
+            self.error(503, "5.5.1", "Already authenticated")
+            return None
+        if self.transaction is not None:
+            self.error(503, "5.5.1", "AUTH not permitted during a mail transaction")
+            return None
+        if self.factory.auth_failures.blocked(self.client_address, self.clock.seconds()):
+            log.warn("inbound client {client}: AUTH refused, too many failures from this "
+                     "address", client=self.client_address)
+            self.reply(421, "4.7.0", "Too many failed authentication attempts")
+            self.close()
+            return None
+        mechanism, _, initial = argument.partition(" ")
+        mechanism, initial = mechanism.upper(), initial.strip(" ")
+        if not mechanism:
+            self.error(501, "5.5.2", "Syntax: AUTH mechanism [initial-response]")
+            return None
+        if mechanism not in MECHANISMS:
+            self.error(504, "5.5.4", "Unrecognised authentication mechanism; use "
+                       + " or ".join(MECHANISMS))
+            return None
+        if mechanism == "PLAIN":
+            if not initial:
+                self.state = AUTH_PLAIN
+                self.write_lines(334, [""])
+                return None
+            return self._plain(initial)
+        if initial:
+            try:
+                self._login_name = decode_text(decode_response(initial))
+            except MalformedResponse:
+                self.error(501, "5.5.2", "Cannot decode AUTH response")
+                return None
+            self.state = AUTH_LOGIN_PASSWORD
+            self.write_lines(334, [LOGIN_PASSWORD_PROMPT])
+            return None
+        self.state = AUTH_LOGIN_USER
+        self.write_lines(334, [LOGIN_USERNAME_PROMPT])
+        return None
+
+    def _auth_response(self, line: Line) -> "Deferred[Any] | None":
+        """A SASL response line.  Never logged: it carries the password."""
+        state, self.state = self.state, COMMAND
+        if line.overlong:
+            self.error(500, "5.5.2", "Line too long")
+            return None
+        try:
+            text = line.content.decode("ascii").strip()
+        except UnicodeDecodeError:
+            self.error(501, "5.5.2", "Cannot decode AUTH response")
+            return None
+        if text == "*":
+            self.error(501, "5.7.0", "Authentication cancelled")
+            return None
+        if state == AUTH_PLAIN:
+            return self._plain(text)
+        try:
+            value = decode_text(decode_response(text))
+        except MalformedResponse:
+            self.error(501, "5.5.2", "Cannot decode AUTH response")
+            return None
+        if state == AUTH_LOGIN_USER:
+            self._login_name = value
+            self.state = AUTH_LOGIN_PASSWORD
+            self.write_lines(334, [LOGIN_PASSWORD_PROMPT])
+            return None
+        name, self._login_name = self._login_name, ""
+        return self._check(name, value, "LOGIN")
+
+    def _plain(self, text: str) -> "Deferred[Any] | None":
+        try:
+            name, password = parse_plain(decode_response(text))
+        except MalformedResponse:
+            self.error(501, "5.5.2", "Cannot decode AUTH response")
+            return None
+        return self._check(name, password, "PLAIN")
+
+    def _check(self, name: str, password: str, mechanism: str) -> "Deferred[Any]":
+        failures = self.factory.auth_failures
+        delay = failures.delay(self.client_address, self.clock.seconds())
+        d = self.checker.check(name, password)
+        if delay:
+            # The back-off: an address that keeps failing waits longer for every answer
+            # (right or wrong, so the wait itself tells nothing).
+            d.addCallback(lambda user: defer_later(self.clock, delay, user))
+        return d.addCallback(self._checked, mechanism)
+
+    def _checked(self, user: UserConfig | None, mechanism: str) -> None:
+        if self.state == CLOSED:
+            return
+        if user is not None:
+            self.factory.auth_failures.succeeded(self.client_address)
+            self.user = user
+            log.info("inbound client {client} authenticated as {user} ({mechanism})",
+                     client=self.client_address, user=user.name, mechanism=mechanism)
+            self.reply(235, "2.7.0", "Authentication successful")
+            return
+        self.factory.auth_failures.failed(self.client_address, self.clock.seconds())
+        self.auth_failures += 1
+        log.warn("inbound client {client}: authentication failed ({mechanism}), "
+                 "{count} on this connection", client=self.client_address,
+                 mechanism=mechanism, count=self.auth_failures)
+        if self.auth_failures >= self.config.server.max_auth_failures:
+            self.reply(421, "4.7.0", "Too many failed authentication attempts")
+            self.close()
+            return
+        self.reply(535, "5.7.8", "Authentication credentials invalid")
+
+
+def defer_later(clock: Any, delay: float, value: Any) -> "Deferred[Any]":
+    """Fire with C{value} after C{delay} seconds of C{clock}."""
+    d: Deferred[Any] = Deferred()
+    clock.callLater(delay, d.callback, value)
+    return d

@@ -1,0 +1,400 @@
+"""
+The mail transaction of the inbound protocol (a mixin of
+L{xrelay.inbound.protocol.ESMTPServer}): MAIL, RCPT and DATA, the message streamed to
+the spool, and the reply at the end of DATA (after the commit, or the upstream's own in
+pass-through mode).
+
+This module must never answer 250 before the spool's commit fired, never keep more of
+a message in memory than one packet's lines, and never let a refused message leave
+anything in the spool.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.logger import Logger
+
+from xrelay.config import AccountConfig
+from xrelay.envelope import DeliveryResult, Envelope, Outcome
+from xrelay.inbound.errors import SpoolFull
+from xrelay.inbound.lines import Line, data_line_bytes
+from xrelay.inbound.received import protocol_keyword, received_header
+from xrelay.inbound.states import CLOSED, COMMAND, DATA
+from xrelay.interfaces import IIncomingMessage
+from xrelay.policy import (
+    address_refusal,
+    recipient_limit_refusal,
+    relay_refusal,
+    sender_refusal,
+)
+
+if TYPE_CHECKING:
+    from xrelay.inbound.protocol import ESMTPServer
+
+    _Base = ESMTPServer
+else:
+    _Base = object
+
+__all__ = ["MailCommands", "Transaction", "pass_through_reply"]
+
+log = Logger()
+
+#: Spool writes are gathered up to this many bytes (one packet's worth of lines).
+WRITE_BATCH = 64 * 1024
+
+_MAIL = re.compile(r"^FROM:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re.S)
+_RCPT = re.compile(r"^TO:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re.S)
+
+
+@attrs.define
+class Transaction:
+    """One mail transaction, from MAIL FROM to the end of DATA or RSET."""
+
+    sender: str
+    account: AccountConfig
+    size: int | None = None
+    smtputf8: bool = False
+    body_8bitmime: bool = False
+    recipients: list[str] = attrs.field(factory=list)
+    id: str = attrs.field(factory=lambda: secrets.token_hex(6))
+    # While DATA is read:
+    message: IIncomingMessage | None = None
+    received: int = 0
+    pending: list[bytes] = attrs.field(factory=list)
+    pending_size: int = 0
+    #: Why the message will be refused at the end of DATA, once it is known.
+    refusal: tuple[int, str, str] | None = None
+    previous_crlf: bool = True
+    bare_line_ends: int = 0
+
+
+def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
+    """
+    The end-of-DATA reply of a pass-through listener, from the upstream's result.
+
+    All delivered: 250.  Otherwise the first failed recipient's upstream reply, code and
+    text verbatim (C{554 5.2.252 SendAsDenied; ...}) when nothing was delivered.  When
+    some recipients were delivered, a 5xx would make the device send the message again
+    to those too, so the reply is 250 with the failures named (the spool retries or
+    bounces the rest).
+    """
+    failed = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
+    if not failed:
+        return 250, "2.0.0", f"Ok: delivered as {entry_id}"
+    delivered = len(result.recipients) - len(failed)
+    if delivered:
+        first = failed[0].reply
+        return 250, "2.0.0", (f"Ok: queued as {entry_id}; delivered to {delivered} of "
+                              f"{len(result.recipients)}, upstream said {first}")
+    reply = failed[0].reply
+    enhanced = reply.enhanced or ""
+    text = reply.text[len(enhanced):].lstrip() if enhanced else reply.text
+    return reply.code, enhanced, text
+
+
+class MailCommands(_Base):
+    """MAIL, RCPT and DATA, for L{ESMTPServer}."""
+
+    def do_MAIL(self, argument: str) -> None:
+        if self.helo is None:
+            self.error(503, "5.5.1", "Send EHLO/HELO first")
+            return
+        if self.transaction is not None:
+            self.error(503, "5.5.1", "Nested MAIL command")
+            return
+        match = _MAIL.match(argument)
+        if match is None:
+            self.error(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
+            return
+        sender = match.group(1) if match.group(1) is not None else match.group(2)
+        size, smtputf8, body_8bit = None, False, False
+        for parameter in (match.group(3) or "").split():
+            key, _, value = parameter.partition("=")
+            key = key.upper()
+            if key == "SIZE" and value.isdigit() and len(value) < 20 and self.esmtp:
+                size = int(value)
+            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME") and self.esmtp:
+                body_8bit = value.upper() == "8BITMIME"
+            elif key == "SMTPUTF8" and not value and self.esmtp:
+                smtputf8 = True
+            elif key == "AUTH" and self.esmtp:
+                pass  # RFC 4954 5: the original submitter; nothing to do with it
+            else:
+                self.error(555, "5.5.4", f"MAIL FROM parameter {key} not recognised")
+                return
+        if size is not None and size > self.config.server.max_message_size:
+            self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size "
+                       f"of {self.config.server.max_message_size} bytes")
+            return
+        refusal = relay_refusal(self.config, self.client_address, self.user,
+                                self._starttls_available())
+        if refusal is not None:
+            log.warn("inbound client {client}: relaying denied for sender {sender}",
+                     client=self.client_address, sender=sender)
+            self.refuse(refusal)
+            return
+        if sender:
+            refusal = address_refusal(sender, "sender")
+            if refusal is not None:
+                log.info("inbound client {client}: sender refused: {reply}",
+                         client=self.client_address, reply=str(refusal))
+                self.refuse(refusal)
+                return
+        refusal, account = sender_refusal(self.config, self.client_address, self.user,
+                                          sender)
+        if refusal is not None or account is None:
+            log.warn("inbound client {client} user {user}: sender {sender} refused: "
+                     "{reply}", client=self.client_address, sender=sender,
+                     user=self.user.name if self.user else None, reply=str(refusal))
+            assert refusal is not None
+            self.refuse(refusal)
+            return
+        self.transaction = Transaction(sender, account, size, smtputf8, body_8bit)
+        self.reply(250, "2.1.0", "Ok")
+
+    def do_RCPT(self, argument: str) -> None:
+        transaction = self.transaction
+        if transaction is None:
+            self.error(503, "5.5.1", "Need MAIL command first")
+            return
+        match = _RCPT.match(argument)
+        if match is None:
+            self.error(501, "5.5.4", "Syntax: RCPT TO:<address>")
+            return
+        if match.group(3):
+            self.error(555, "5.5.4", "RCPT TO parameters not recognised")
+            return
+        recipient = match.group(1) if match.group(1) is not None else match.group(2)
+        # Checked again here although MAIL did: a recipient must never be accepted from
+        # a client that may not relay, whatever happened to the session in between.
+        refusal = relay_refusal(self.config, self.client_address, self.user,
+                                self._starttls_available())
+        if refusal is None:
+            refusal = address_refusal(recipient, "recipient")
+        if refusal is None and recipient.lower() not in (
+            r.lower() for r in transaction.recipients
+        ):
+            refusal = recipient_limit_refusal(self.config, len(transaction.recipients))
+        if refusal is not None:
+            log.info("inbound client {client}: recipient refused: {reply}",
+                     client=self.client_address, reply=str(refusal))
+            self.refuse(refusal)
+            return
+        if recipient.lower() not in (r.lower() for r in transaction.recipients):
+            transaction.recipients.append(recipient)
+        self.reply(250, "2.1.5", "Ok")
+
+    def do_DATA(self, argument: str) -> None:
+        transaction = self.transaction
+        if transaction is None:
+            self.error(503, "5.5.1", "Need MAIL command first")
+            return
+        if not transaction.recipients:
+            self.error(554, "5.5.1", "No valid recipients")
+            return
+        if argument:
+            self.error(501, "5.5.4", "Syntax: DATA")
+            return
+        envelope = Envelope(
+            sender=transaction.sender,
+            recipients=tuple(transaction.recipients),
+            client_address=self.client_address,
+            client_helo=self.helo or "",
+            authenticated_user=self.user.name if self.user else None,
+            account=transaction.account.name,
+            received_at=time.time(),
+            smtputf8=transaction.smtputf8,
+            body_8bitmime=transaction.body_8bitmime,
+        )
+        try:
+            transaction.message = self.factory.spool.incoming(envelope)
+        except SpoolFull:
+            log.warn("inbound message {message} from {client}: spool full",
+                     message=transaction.id, client=self.client_address)
+            self._drop_transaction("spool full")
+            self.reply(452, "4.3.1", "Insufficient system storage")
+            return
+        except Exception:
+            log.failure("inbound message {message}: cannot start spool entry",
+                        message=transaction.id)
+            self._drop_transaction("spool error")
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            return
+        self.state = DATA
+        self.reply(354, "", "End data with <CR><LF>.<CR><LF>")
+        header = received_header(
+            helo=self.helo or "", client_address=self.client_address,
+            hostname=self.config.server.hostname,
+            keyword=protocol_keyword(self.esmtp, self.tls, self.user is not None,
+                                     transaction.smtputf8),
+            transaction_id=transaction.id, when=envelope.received_at)
+        transaction.pending.append(header)
+        transaction.pending_size += len(header)
+
+    # -- DATA --------------------------------------------------------------------
+
+    def _data_line(self, line: Line) -> "Deferred[Any] | None":
+        transaction = self.transaction
+        assert transaction is not None
+        previous_crlf, transaction.previous_crlf = transaction.previous_crlf, line.crlf
+        if line.overlong:
+            self._refuse_message(552, "5.6.0", "Message refused: a line is longer than "
+                                 f"{self.config.server.max_line_length} bytes")
+            return None
+        if line.crlf and previous_crlf and line.content == b".":
+            return self._end_of_data()
+        if not line.crlf or b"\r" in line.content:
+            transaction.bare_line_ends += 1
+        if transaction.refusal is not None:
+            return None  # reading to the end of the message, keeping nothing
+        data = data_line_bytes(line)
+        transaction.received += len(data)
+        if transaction.received > self.config.server.max_message_size:
+            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
+                                 f"{self.config.server.max_message_size} bytes")
+            return None
+        transaction.pending.append(data)
+        transaction.pending_size += len(data)
+        if transaction.pending_size >= WRITE_BATCH:
+            self._flush()
+        return None
+
+    def _flush(self) -> None:
+        """Hand the gathered lines to the spool."""
+        transaction = self.transaction
+        if transaction is None or transaction.message is None or not transaction.pending:
+            return
+        chunk = b"".join(transaction.pending)
+        transaction.pending.clear()
+        transaction.pending_size = 0
+        try:
+            transaction.message.write(chunk)
+        except SpoolFull:
+            log.warn("inbound message {message} from {client}: spool full while "
+                     "receiving", message=transaction.id, client=self.client_address)
+            self._refuse_message(452, "4.3.1", "Insufficient system storage")
+        except Exception:
+            log.failure("inbound message {message}: spool write failed",
+                        message=transaction.id)
+            self._refuse_message(451, "4.3.0", "Local error in processing, try again "
+                                 "later")
+
+    def _refuse_message(self, code: int, enhanced: str, text: str) -> None:
+        """Keep reading until the real end of DATA, then refuse; store nothing more."""
+        transaction = self.transaction
+        assert transaction is not None
+        if transaction.refusal is None:
+            transaction.refusal = (code, enhanced, text)
+            transaction.pending.clear()
+            transaction.pending_size = 0
+            if transaction.message is not None:
+                transaction.message.abort()
+                transaction.message = None
+
+    def _end_of_data(self) -> "Deferred[Any] | None":
+        transaction = self.transaction
+        assert transaction is not None
+        self._flush()
+        self.state = COMMAND
+        self.transaction = None
+        if transaction.bare_line_ends:
+            log.info("inbound message {message} from {client}: {count} bare CR/LF line "
+                     "ends normalised to CRLF", message=transaction.id,
+                     client=self.client_address, count=transaction.bare_line_ends)
+        if transaction.refusal is not None or transaction.message is None:
+            code, enhanced, text = transaction.refusal or (
+                451, "4.3.0", "Local error in processing, try again later")
+            log.warn("inbound message {message} from {client} sender {sender} refused: "
+                     "{code} {enhanced} {text}", message=transaction.id,
+                     client=self.client_address, sender=transaction.sender, code=code,
+                     enhanced=enhanced, text=text)
+            self.reply(code, enhanced, text)
+            return None
+        message = transaction.message
+        transaction.message = None
+        d = defer.maybeDeferred(message.commit)
+        d.addCallbacks(self._committed, self._commit_failed,
+                       callbackArgs=(transaction,), errbackArgs=(transaction, message))
+        return d
+
+    def _commit_failed(self, failure: Failure, transaction: Transaction,
+                       message: IIncomingMessage) -> None:
+        try:
+            message.abort()
+        except Exception:
+            pass  # a failed commit has already removed what it could
+        if failure.check(SpoolFull):
+            log.warn("inbound message {message} from {client}: spool full at commit",
+                     message=transaction.id, client=self.client_address)
+            code, enhanced, text = 452, "4.3.1", "Insufficient system storage"
+        else:
+            log.failure("inbound message {message}: commit failed", failure,
+                        message=transaction.id)
+            code, enhanced, text = 451, "4.3.0", "Local error in processing, try again later"
+        if self.state != CLOSED:
+            self.reply(code, enhanced, text)
+
+    def _committed(self, entry_id: str, transaction: Transaction) -> "Deferred[Any] | None":
+        log.info("inbound message {message} queued as {entry} from {client} sender "
+                 "{sender} user {user} account {account} recipients {count} size {size}",
+                 message=transaction.id, entry=entry_id, client=self.client_address,
+                 sender=transaction.sender, user=self.user.name if self.user else None,
+                 account=transaction.account.name, count=len(transaction.recipients),
+                 size=transaction.received)
+        if not self.factory.listener.pass_through:
+            if self.state != CLOSED:
+                self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
+            self._submit(entry_id)
+            return None
+        d = defer.maybeDeferred(self.factory.delivery.deliver_now, entry_id)
+
+        def answered(result: DeliveryResult) -> None:
+            code, enhanced, text = pass_through_reply(result, entry_id)
+            log.info("inbound message {message} entry {entry} pass-through upstream "
+                     "reply: {code} {enhanced} {text}", message=transaction.id,
+                     entry=entry_id, code=code, enhanced=enhanced, text=text)
+            if self.state != CLOSED:
+                self.reply(code, enhanced, text)
+
+        def failed(failure: Failure) -> None:
+            # The entry is safely queued; the delivery engine retries it as usual.
+            log.failure("inbound message {message} entry {entry}: pass-through delivery "
+                        "failed; left queued", failure, message=transaction.id,
+                        entry=entry_id)
+            if self.state != CLOSED:
+                self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
+            self._submit(entry_id)
+
+        return d.addCallbacks(answered, failed)
+
+    def _submit(self, entry_id: str) -> None:
+        """
+        Wake the delivery engine.  The message is already durable and acknowledged, so
+        a failure here must not turn into an error reply (the client would send the
+        message again); the spool's own scan finds the entry anyway.
+        """
+        try:
+            self.factory.delivery.submitted(entry_id)
+        except Exception:
+            log.failure("inbound: delivery.submitted({entry}) failed; the entry stays "
+                        "queued", entry=entry_id)
+
+    def _drop_transaction(self, why: str) -> None:
+        transaction, self.transaction = self.transaction, None
+        if self.state == DATA:
+            self.state = COMMAND
+        if transaction is not None and transaction.message is not None:
+            log.info("inbound message {message} from {client} abandoned: {why}",
+                     message=transaction.id, client=self.client_address, why=why)
+            transaction.message.abort()
+            transaction.message = None
+
+
