@@ -222,6 +222,10 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
     def error(self, code: int, enhanced: str, text: str) -> None:
         """A protocol error: counted, and too many of them end the connection."""
         self.errors += 1
+        # The reply, never the offending line: it may carry an AUTH response.
+        log.info("inbound client {client} in state {state}: {code} {enhanced} {text}",
+                 client=self.client_address, state=self.state, code=code,
+                 enhanced=enhanced, text=text)
         if self.errors >= MAX_ERRORS:
             log.warn("inbound client {client}: too many errors, closing",
                      client=self.client_address)
