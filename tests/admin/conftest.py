@@ -65,7 +65,7 @@ def free_port() -> int:
 
 def write_config(world: RelayWorld, delegated: bool = False, extra: str = "") -> None:
     sb = world.sandbox
-    accounts = account_toml(dict(sb.default_account(), senders=["*@sandbox.example"]))
+    accounts = account_toml(dict(sb.default_account(), senders=["printer@sandbox.example", "*@example.com"]))
     if delegated:
         secret = world.tmp / "boss-secret.txt"
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,0 +1,150 @@
+"""
+The browser sign-in, in real headless Chromium driven by Selenium: sign in to the admin
+page, see a delegated account in "needs sign-in", click Sign in, sign in on the sandbox
+identity platform's page, land back, see the account "ok", and see the message that
+waited for it delivered.  Screenshots go to tests/artifacts/.
+
+The sandbox's TLS certificate is trusted by its public key hash
+(--ignore-certificate-errors-spki-list), not by turning certificate checks off.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from twisted.internet.threads import deferToThread
+
+from tests.admin.conftest import ADMIN_PASSWORD, BOSS, BOSS_PASSWORD, start_relay
+from tests.admin.test_web import smtp_send, until
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+    "chromium-driver)")
+
+
+def spki_hash(cert_file: str) -> str:
+    with open(cert_file, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def make_driver(tmp: Path, spki: str) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,900",
+                 f"--user-data-dir={tmp / 'chromium-profile'}",
+                 f"--ignore-certificate-errors-spki-list={spki}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_in_with_microsoft_in_the_browser(world) -> None:
+    relay = start_relay(world)
+    sandbox = world.sandbox
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # Mail for the delegated account waits: it has never signed in.
+    await smtp_send(world.smtp_port, BOSS, ["customer@example.net"])
+    await until(lambda: relay.tokens.status()["boss"].state == "needs sign-in")
+    await until(lambda: relay.spool.counts()["deferred"] == 1)
+    assert not [m for m in sandbox.mailbox.messages if m.mail_from == BOSS]
+
+    driver = await deferToThread(make_driver, world.tmp,
+                                 spki_hash(sandbox.server_certificate.cert_file))
+    try:
+        async def run(f: Callable[[], Any]) -> Any:
+            return await deferToThread(f)
+
+        def shot(name: str) -> None:
+            driver.save_screenshot(str(ARTIFACTS / f"browser-signin-{name}.png"))
+
+        def text_of(element_id: str) -> str:
+            from selenium.webdriver.common.by import By
+
+            return driver.find_element(By.ID, element_id).text
+
+        def wait_for(element_id: str) -> None:
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support import expected_conditions
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            WebDriverWait(driver, 30).until(
+                expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+        def click(element_id: str) -> None:
+            from selenium.webdriver.common.by import By
+
+            driver.find_element(By.ID, element_id).click()
+
+        def type_into(element_id: str, text: str) -> None:
+            from selenium.webdriver.common.by import By
+
+            element = driver.find_element(By.ID, element_id)
+            element.clear()
+            element.send_keys(text)
+
+        await run(lambda: driver.get(world.admin_url + "/"))
+        assert (await run(lambda: driver.current_url)).endswith("/login")
+        await run(lambda: type_into("password", ADMIN_PASSWORD))
+        await run(lambda: shot("1-admin-login"))
+        await run(lambda: click("signin"))
+        await run(lambda: wait_for("accounts"))
+        assert await run(lambda: text_of("state-boss")) == "needs sign-in"
+        assert await run(lambda: text_of("state-sandbox")) == "ok"
+        await run(lambda: shot("2-needs-sign-in"))
+
+        await run(lambda: click("signin-boss"))
+        await run(lambda: wait_for("accept"))
+        url = await run(lambda: driver.current_url)
+        assert url.startswith(sandbox.authority + "/")
+        assert "/oauth2/v2.0/authorize" in url and "code_challenge=" in url
+        await run(lambda: type_into("username", BOSS))
+        await run(lambda: type_into("password", BOSS_PASSWORD))
+        await run(lambda: shot("3-identity-platform"))
+        await run(lambda: click("accept"))
+
+        # Back on the admin page: the callback, then (same-site) the status page.
+        await run(lambda: wait_for("accounts"))
+        await run(lambda: shot("4-signed-in"))
+        assert await run(lambda: text_of("state-boss")) == "ok"
+        assert relay.tokens.status()["boss"].state == "ok"
+
+        # The waiting message goes out now, through the account's own token.
+        await until(lambda: [m for m in sandbox.mailbox.messages if m.mail_from == BOSS])
+        delivered = [m for m in sandbox.mailbox.messages if m.mail_from == BOSS]
+        assert delivered[0].rcpt_to == ["customer@example.net"] or \
+            list(delivered[0].rcpt_to) == ["customer@example.net"]
+        await until(lambda: relay.spool.counts()["deferred"] == 0)
+        await run(lambda: driver.get(world.admin_url + "/"))
+        page = await run(lambda: driver.page_source)
+        assert "delivered" in await run(lambda: text_of("recent"))
+        assert "2.6.0" in page or "250" in page
+        await run(lambda: shot("5-delivered"))
+    except BaseException:
+        await deferToThread(driver.save_screenshot, str(ARTIFACTS / "browser-signin-failed.png"))
+        raise
+    finally:
+        await deferToThread(driver.quit)
+    assert os.path.exists(ARTIFACTS / "browser-signin-5-delivered.png")
