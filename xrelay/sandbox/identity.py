@@ -790,9 +790,10 @@ class IdentityPlatform:
             raise TokenError("invalid_client", 50027, "JWT token is invalid or malformed.", 401)
         chosen = None
         for cert in app.certificates:
-            if header.get("x5t#S256") == webtoken.b64url_encode(cert.fingerprint(hashes.SHA256())) or header.get(
-                "x5t"
-            ) == webtoken.b64url_encode(cert.fingerprint(hashes.SHA1())):
+            # msal sends the thumbprints base64url with padding; Azure AD accepts both.
+            if str(header.get("x5t#S256", "")).rstrip("=") == webtoken.b64url_encode(cert.fingerprint(hashes.SHA256())) or str(
+                header.get("x5t", "")
+            ).rstrip("=") == webtoken.b64url_encode(cert.fingerprint(hashes.SHA1())):
                 chosen = cert
                 break
         if chosen is None:

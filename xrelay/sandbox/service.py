@@ -14,9 +14,10 @@ import os
 from typing import Any
 
 import attrs
+from zope.interface import implementer
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolNegotiationFactory
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.filepath import FilePath
 
@@ -31,8 +32,16 @@ DEFAULT_TENANT = "sandbox.onmicrosoft.com"
 DEFAULT_MAILBOX = "relay@sandbox.example"
 
 
+@implementer(IProtocolNegotiationFactory)
 class _TrackingFactory(WrappingFactory):
-    """Remembers open HTTPS connections so that L{Sandbox.stop} can close them."""
+    """
+    Remembers open HTTPS connections so that L{Sandbox.stop} can close them.  Passes
+    on the Site's ALPN protocols: without them the TLS layer fails clients that offer
+    ALPN (requests, msal) with an internal-error alert.
+    """
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
 
     def __init__(self, wrapped: Any) -> None:
         super().__init__(wrapped)
