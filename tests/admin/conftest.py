@@ -63,7 +63,8 @@ def free_port() -> int:
     return free()
 
 
-def write_config(world: RelayWorld, delegated: bool = False, extra: str = "") -> None:
+def write_config(world: RelayWorld, delegated: bool = False, extra: str = "",
+                 first_retry: int = 1) -> None:
     sb = world.sandbox
     accounts = account_toml(dict(sb.default_account(), senders=["printer@sandbox.example", "*@example.com"]))
     if delegated:
@@ -85,8 +86,8 @@ hostname = "relay.test"
 state_dir = {toml_value(str(world.state_dir))}
 
 [delivery]
-first_retry = 1
-max_retry_interval = 2
+first_retry = {first_retry}
+max_retry_interval = {max(first_retry * 2, 2)}
 
 {accounts}
 [admin]
