@@ -64,7 +64,7 @@ def free_port() -> int:
 
 
 def write_config(world: RelayWorld, delegated: bool = False, extra: str = "",
-                 first_retry: int = 1) -> None:
+                 first_retry: int = 1, server_extra: str = "", sections: str = "") -> None:
     sb = world.sandbox
     accounts = account_toml(dict(sb.default_account(), senders=["printer@sandbox.example", "*@example.com"]))
     if delegated:
@@ -84,12 +84,14 @@ def write_config(world: RelayWorld, delegated: bool = False, extra: str = "",
 listen = ["tcp:{world.smtp_port}:interface=127.0.0.1"]
 hostname = "relay.test"
 state_dir = {toml_value(str(world.state_dir))}
+{server_extra}
 
 [delivery]
 first_retry = {first_retry}
 max_retry_interval = {max(first_retry * 2, 2)}
 
 {accounts}
+{sections}
 [admin]
 listen = "tcp:{world.admin_port}:interface=127.0.0.1"
 password_hash = "{ADMIN_HASH}"
