@@ -21,7 +21,7 @@ from typing import Iterable
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import ssl
 from twisted.python.filepath import FilePath
@@ -40,7 +40,10 @@ def _write_private(path: FilePath, data: bytes) -> None:
     os.chmod(path.path, 0o600)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -146,19 +149,28 @@ class CertificateAuthority:
         basename: str | None = None,
         days: int = 825,
         not_before: datetime.datetime | None = None,
+        key_type: str = "rsa",
     ) -> IssuedCertificate:
         """
         Issue a server (and client) certificate for C{names} (DNS names or IP
         addresses), written as C{<basename>.pem}, C{<basename>.key} (0600) and
         C{<basename>-chain.pem}.  Give a name that is not the one a client dials to
         make the certificate a client must refuse; give C{not_before}/C{days} in the
-        past to make an expired one.
+        past to make an expired one.  C{key_type} is C{"rsa"} (2048 bits; what Entra ID
+        requires of an app's client-assertion certificate and what msal signs with) or
+        C{"ec"} (P-256; quicker, fine for TLS).
         """
         names = tuple(names)
         if not names:
             raise ValueError("a certificate needs at least one name")
         basename = basename or names[0].replace(":", "_")
-        key = ec.generate_private_key(ec.SECP256R1())
+        key: PrivateKey
+        if key_type == "rsa":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif key_type == "ec":
+            key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
         start = not_before or (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1))
         cert = (
             x509.CertificateBuilder()

@@ -29,7 +29,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
-from twisted.python import log
 
 from .identity import OUTLOOK_RESOURCES, IdentityPlatform
 from .mailbox import Mailbox

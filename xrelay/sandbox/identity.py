@@ -16,7 +16,6 @@ and outcome.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import hashlib
 import json

@@ -23,6 +23,7 @@ from twisted.python.filepath import FilePath
 
 from .ca import SERVER_NAMES, CertificateAuthority, IssuedCertificate
 from .exchange import ExchangeServer
+from .google import GoogleIdentity
 from .graph import GraphMail
 from .identity import App, IdentityPlatform
 from .mailbox import Mailbox
@@ -102,7 +103,7 @@ class Sandbox:
         if not self.directory.exists():
             self.directory.makedirs()
         self.ca = CertificateAuthority.create(self.directory.child("tls"))
-        self.server_certificate = self.ca.issue(SERVER_NAMES, "server")
+        self.server_certificate = self.ca.issue(SERVER_NAMES, "server", key_type="ec")
         self.identity = IdentityPlatform()
         self.mailbox = Mailbox(self.directory.child("mailbox"))
         options = self.server_certificate.server_options()
@@ -171,14 +172,25 @@ class Sandbox:
         return f"{self.google_authority}/token"
 
     @property
+    def google(self) -> GoogleIdentity:
+        """Google's token side (clients, refresh tokens): the same as C{identity.google}."""
+        return self.identity.google
+
+    @property
     def graph_url(self) -> str:
         return f"{self.identity.base_url}/v1.0"
 
     # -- helpers for tests -----------------------------------------------------------
 
-    def issue_certificate(self, names: tuple[str, ...] = SERVER_NAMES, basename: str | None = None) -> IssuedCertificate:
-        """A certificate from the sandbox CA, e.g. for the relay's own STARTTLS listener."""
-        return self.ca.issue(names, basename)
+    def issue_certificate(
+        self, names: tuple[str, ...] = SERVER_NAMES, basename: str | None = None, key_type: str = "rsa"
+    ) -> IssuedCertificate:
+        """
+        A certificate from the sandbox CA: for the relay's own STARTTLS listener, for a
+        test that a client refuses a wrong name, or as an app's client-assertion
+        certificate (register its C{cert_pem} with C{identity.register_app}).
+        """
+        return self.ca.issue(names, basename, key_type=key_type)
 
     def issued_secrets(self) -> set[str]:
         """Every secret known to the sandbox (see L{IdentityPlatform.issued_secrets})."""
