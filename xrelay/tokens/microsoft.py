@@ -225,6 +225,9 @@ class MicrosoftGrant:
             app = self._application()
             try:
                 result = self._acquire(app, force)
+            except msal.exceptions.MsalServiceError as e:  # 5xx: "HTTP Error: 503"
+                raise GrantUnavailable(f"token request to {self.account.msal_authority} "
+                                       f"failed ({e})") from None
             except (requests.RequestException, msal.exceptions.MsalError) as e:
                 raise GrantUnavailable(f"token request to {self.account.msal_authority} "
                                        f"failed ({type(e).__name__})") from None

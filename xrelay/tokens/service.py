@@ -62,6 +62,8 @@ class TokenService(Service):
         self._listeners: list[Callable[[str], None]] = []
         self._poll: LoopingCall | None = None
         self._key: bytes | None = None
+        self._shutdown_trigger: Any = None
+        self._device_codes: set[DeviceCodePrompt] = set()
         self.sources: dict[str, RefreshingTokenSource] = {}
         for account in config.accounts:
             self.sources[account.name] = self._source(account)
@@ -77,10 +79,26 @@ class TokenService(Service):
             self._key = load_key(self.state_dir)
         return self._key
 
-    def run_blocking(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """Run C{f} in the token thread pool (started on first use)."""
+    def _start_pool(self) -> None:
         if not self.pool.started:
             self.pool.start()
+            # like the reactor's own pool: never keep the process alive at exit
+            self._shutdown_trigger = self.reactor.addSystemEventTrigger(
+                "during", "shutdown", self._stop_pool_now)
+
+    def _stop_pool_now(self) -> None:
+        self._shutdown_trigger = None
+        self._cancel_device_codes()
+        if self.pool.started:
+            self.pool.stop()
+
+    def _cancel_device_codes(self) -> None:
+        for prompt in list(self._device_codes):
+            prompt.flow["cancelled"] = True
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Run C{f} in the token thread pool (started on first use)."""
+        self._start_pool()
         return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
 
     def _source(self, account: AccountConfig) -> RefreshingTokenSource:
@@ -117,8 +135,7 @@ class TokenService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if not self.pool.started:
-            self.pool.start()
+        self._start_pool()
         for source in self.sources.values():
             source.start()
         self._poll = LoopingCall(self._check_sign_ins)
@@ -136,6 +153,11 @@ class TokenService(Service):
         return self.run_stop()
 
     def run_stop(self) -> Deferred[None]:
+        """Stop the thread pool (joined in another thread: never blocks the reactor)."""
+        self._cancel_device_codes()
+        if self._shutdown_trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
         if not self.pool.started:
             return succeed(None)
         pool = self.pool
@@ -208,8 +230,14 @@ class TokenService(Service):
             source, grant = self._microsoft(prompt.account)
         except SignInFailed as e:
             return _failed(e)
+        self._device_codes.add(prompt)
         d = self.run_blocking(grant.complete_device_code, prompt)
         d.addCallback(self._adopted, source)
+
+        def done(result: Any) -> Any:
+            self._device_codes.discard(prompt)
+            return result
+        d.addBoth(done)
 
         def cancel(d2: Deferred[Any]) -> None:
             prompt.flow["cancelled"] = True

@@ -175,7 +175,9 @@ class RefreshingTokenSource:
             return waiter
         now = self.clock.seconds()
         before = self.lifecycle.state(now)
-        force = self._force_next or before in (TokenState.EXPIRING, TokenState.FRESH)
+        # once this process has held a token, msal's cache cannot hold a better one:
+        # ask the platform (msal would judge expiry by its own clock)
+        force = self._force_next or self.lifecycle.token is not None
         self.lifecycle.begin_refresh(now)
         log.debug("Refreshing the token of account {account} (was {state})",
                   account=self.account_name, state=before.value)
@@ -195,8 +197,7 @@ class RefreshingTokenSource:
         log.info("New access token for account {account}, valid for {lifetime:.0f}s",
                  account=self.account_name, lifetime=result.expires_in)
         self._schedule(token.refresh_at)
-        self._record()
-        self._release(token)
+        self._record().addCallback(lambda _: self._release(token))
         if not was_usable:
             self._announce_usable()
 
@@ -205,11 +206,12 @@ class RefreshingTokenSource:
         if failure.check(GrantRefused):
             reason = failure.value.reason
             self.lifecycle.refused(reason, self.grant.hint, now)
+            self._force_next = False  # a new sign-in brings its own fresh token
             log.error("Account {account} needs sign-in: {error}. Its mail waits in the "
                       "queue; to resume, {hint}", account=self.account_name,
                       error=reason, hint=self.grant.hint)
-            self._record()
-            self._release(self._needs_sign_in())
+            outcome = self._needs_sign_in()
+            self._record().addCallback(lambda _: self._release(outcome))
             return
         if failure.check(GrantUnavailable):
             reason = failure.value.reason
@@ -221,12 +223,13 @@ class RefreshingTokenSource:
         log.warn("No token for account {account}: {error}; retrying in {delay:.0f}s",
                  account=self.account_name, error=reason, delay=retry_at - now)
         usable = self.lifecycle.usable_token(now)
+        outcome: Token | Exception
         if usable is not None:
             self._schedule(retry_at)
-            self._release(usable)
+            outcome = usable
         else:
-            self._release(TokenUnavailable(self.account_name, reason, retry_at))
-        self._record()
+            outcome = TokenUnavailable(self.account_name, reason, retry_at)
+        self._record().addCallback(lambda _: self._release(outcome))
 
     def _release(self, outcome: Token | Exception) -> None:
         waiters, self._waiters = self._waiters, []
@@ -260,13 +263,15 @@ class RefreshingTokenSource:
             log.failure("A listener failed on account {account} becoming usable",
                         account=self.account_name)
 
-    def _record(self) -> None:
+    def _record(self) -> Deferred[None]:
+        """Store the status beside the credentials (for `xrelay accounts`); never fails."""
         def ignore(failure: Failure) -> None:
             log.failure("Could not store the token status of account {account}",
                         failure, account=self.account_name)
         try:
-            self.grant.record(self.status()).addErrback(ignore)
+            return self.grant.record(self.status()).addErrback(ignore)
         except Exception:
             ignore(Failure())
+            return succeed(None)
 
 
