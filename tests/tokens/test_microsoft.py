@@ -409,3 +409,43 @@ def test_stored_status_for_the_command(sandbox: Sandbox, tmp_path: Path, service
     assert statuses["main"].expires_at == pytest.approx(time.time() + 3599, abs=30)
     assert statuses["main"].last_refresh == pytest.approx(time.time(), abs=30)
     assert statuses["other"].state == "no token"
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_ends_a_device_code_wait(sandbox: Sandbox, tmp_path: Path, services: Make):
+    sandbox.identity.device_code_interval = 1
+    service = services(config_for(tmp_path / "state", delegated_account(sandbox, tmp_path)))
+    prompt = yield service.start_device_code("main")
+    done = service.finish_device_code(prompt)
+    yield service.stopService()  # returns once the pool's threads are joined
+    with pytest.raises(SignInFailed) as e:
+        yield done
+    assert "cancelled" in str(e.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_reconfigure_keeps_unchanged_sources(sandbox: Sandbox, tmp_path: Path,
+                                             services: Make):
+    state = tmp_path / "state"
+    main = app_only_account(sandbox)
+    service = services(config_for(state, main))
+    source = service.sources["main"]
+    token = yield source.access_token()
+    service.reconfigure(config_for(state, main, app_only_account(sandbox, name="more")))
+    assert service.sources["main"] is source
+    assert (yield service.sources["more"].access_token()) != token
+    service.reconfigure(config_for(state, attrs.evolve(main, transport="graph")))
+    assert set(service.sources) == {"main"}
+    graph = yield service.sources["main"].access_token()
+    assert sandbox.identity.check_access_token(graph).audience.rstrip("/") == \
+        "https://graph.microsoft.com"
+
+
+def test_sign_in_refused_for_app_only_accounts(sandbox: Sandbox, tmp_path: Path,
+                                               services: Make):
+    service = services(config_for(tmp_path / "state", app_only_account(sandbox)),
+                       start=False)
+    failure = []
+    service.start_device_code("main").addErrback(failure.append)
+    assert failure and failure[0].check(SignInFailed)
+    assert "does not sign in interactively" in str(failure[0].value)

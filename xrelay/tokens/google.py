@@ -18,10 +18,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import attrs
-import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.web.client import Agent, ResponseFailed
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from xrelay.config import AccountConfig
@@ -31,6 +32,8 @@ from xrelay.tokens.microsoft import RunBlocking
 from xrelay.tokens.source import GrantResult, ITokenGrant
 from xrelay.tokens.status import TokenStatus
 from xrelay.tokens.trust import REQUEST_TIMEOUT, https_policy
+
+log = Logger(namespace="xrelay.tokens.google")
 
 GMAIL_SCOPE = "https://mail.google.com/"
 PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client",
@@ -72,10 +75,10 @@ class GoogleGrant:
     def token_url(self) -> str:
         return f"{self.account.authority.rstrip('/')}/token"
 
-    def _client(self) -> treq.HTTPClient:
+    def _client(self) -> HTTPClient:
         if self._http is None:
             agent = Agent(self.reactor, contextFactory=https_policy(self.bundle))
-            self._http = treq.HTTPClient(agent)
+            self._http = HTTPClient(agent)
         return self._http
 
     def credentials_changed(self) -> bool:
@@ -138,6 +141,8 @@ class GoogleGrant:
             raise GrantUnavailable(f"cannot reach {self.token_url} "
                                    f"({type(e).__name__})") from None
         except Exception as e:  # e.g. treq's CancelledError on timeout
+            log.failure("Token request for account {account} failed",
+                        account=self.account.name)
             raise GrantUnavailable(f"token request to {self.token_url} failed "
                                    f"({type(e).__name__})") from None
         result = _json(raw)
