@@ -5,8 +5,6 @@ real encrypted cache files, one token service per simulated process.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -22,7 +20,6 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock, deferLater
 
 from xrelay.sandbox import Sandbox
-from xrelay.sandbox.webtoken import unverified
 from xrelay.tokens import (NeedsSignIn, SignInFailed, TokenService, TokenUnavailable,
                            stored_status)
 from xrelay.tokens.cache import KEY_ENVIRONMENT_VARIABLE

@@ -218,3 +218,12 @@ def test_repr_and_status_hold_no_token() -> None:
     assert "secret-token-value" not in repr(source)
     assert "secret-token-value" not in repr(source.status())
     assert "secret-token-value" not in repr(grant.recorded)
+
+
+def test_sources_provide_the_token_source_interface() -> None:
+    from zope.interface.verify import verifyObject
+
+    from xrelay.interfaces import ITokenSource
+    source, grant, _ = make(Clock())
+    assert verifyObject(ITokenSource, source)
+    assert verifyObject(ITokenGrant, grant)
