@@ -13,6 +13,7 @@ It must never log or expose a token or secret, and never block the reactor threa
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
@@ -41,6 +42,22 @@ SIGN_IN_POLL_INTERVAL = 5.0
 MAX_THREADS = 8
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
+def _token_pool() -> ThreadPool:
+    """
+    The dedicated pool for msal's blocking calls.  Its threads are daemon threads: a
+    program that embeds xrelay and exits without stopping the service (or a test run)
+    must not hang at interpreter exit waiting for an idle msal worker.  Nothing durable
+    depends on them finishing: cache writes are atomic renames.
+    """
+    pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+    pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+    return pool
+
+
 class TokenService(Service):
     """
     Token sources for all accounts of a configuration.
@@ -58,7 +75,7 @@ class TokenService(Service):
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.config = config
-        self.pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+        self.pool = _token_pool()
         self._listeners: list[Callable[[str], None]] = []
         self._poll: LoopingCall | None = None
         self._key: bytes | None = None
@@ -161,7 +178,7 @@ class TokenService(Service):
         if not self.pool.started:
             return succeed(None)
         pool = self.pool
-        self.pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+        self.pool = _token_pool()
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), pool.stop)
 
     def _check_sign_ins(self) -> None:
