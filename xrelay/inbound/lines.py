@@ -30,9 +30,22 @@ never produce spool bytes containing a CR or LF that is not part of a CRLF.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 __all__ = ["Line", "LineBuffer", "data_line_bytes"]
+
+
+def _not_plain(max_length: int) -> "re.Pattern[bytes]":
+    """
+    The first spot after which DATA lines stop being plain: a bare LF, a bare CR, or a
+    LF followed by a dot (stuffing, or the end of data) or by C{max_length} bytes
+    without a LF (an over-long line).  The bare LF comes first, so that a bare-LF line
+    followed by a dot line is seen as bare; anchoring the long run at a LF keeps the
+    search linear.
+    """
+    return re.compile(rb"(?<!\r)\n|\r(?!\n)|\n\.|\n[^\n]{%d}" % max_length)
 
 
 @attrs.frozen
@@ -65,6 +78,7 @@ class LineBuffer:
         self._position = 0
         self._discarding = False
         self._last_dropped = b""
+        self._not_plain = _not_plain(max_length)
 
     @property
     def pending(self) -> int:
@@ -84,6 +98,34 @@ class LineBuffer:
         self._position = 0
         self._discarding = False
         return dropped
+
+    def plain_lines(self) -> bytes:
+        """
+        As many complete lines as possible at once, as long as each is a plain DATA line:
+        ended by CRLF, with no other CR or LF, not starting with a dot, within the limit.
+        For such lines L{data_line_bytes} is the identity, so DATA can store them in one
+        piece instead of one Python call per line; the first line that is not plain (the
+        end of data among them) is left for L{next}, which applies every rule.  Empty when
+        the next line is not plain or not complete.
+        """
+        if self._discarding:
+            return b""
+        buffer, start = self._buffer, self._position
+        last = buffer.rfind(b"\n", start)
+        if (last < 0 or buffer[start:start + 1] == b"."
+                or buffer.find(b"\n", start) - start >= self.max_length):
+            return b""
+        problem = self._not_plain.search(buffer, start, last + 1)
+        if problem is None:
+            cut = last
+        elif problem.end() - problem.start() > 1:
+            cut = problem.start()  # the line ending there is plain; the next is not
+        else:
+            cut = buffer.rfind(b"\n", start, problem.start())
+            if cut < 0:
+                return b""
+        self._position = cut + 1
+        return buffer[start:cut + 1]
 
     def next(self) -> Line | None:
         """The next complete line, or C{None} until more bytes arrive."""

@@ -257,6 +257,17 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         handled = False
         try:
             while not self._busy and self.state not in (CLOSED, PROXY):
+                if self.state == DATA and self.transaction is not None:
+                    # The common case in DATA, a run of ordinary lines, in one piece.
+                    block = self.lines.plain_lines()
+                    if block:
+                        handled = True
+                        try:
+                            self._data_block(block)
+                        except Exception:
+                            log.failure("inbound: error storing data from {client}",
+                                        client=self.client_address)
+                        continue
                 line = self.lines.next()
                 if line is None:
                     break

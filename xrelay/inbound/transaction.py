@@ -267,6 +267,27 @@ class MailCommands(_Base):
             self._flush()
         return None
 
+    def _data_block(self, block: bytes) -> None:
+        """
+        Consecutive plain DATA lines (L{LineBuffer.plain_lines}): CRLF-terminated, none
+        stuffed, none a dot line, so stored exactly as received; what L{_data_line}
+        would do for each, at the cost of one call.
+        """
+        transaction = self.transaction
+        assert transaction is not None
+        transaction.previous_crlf = True
+        if transaction.refusal is not None:
+            return  # reading to the end of the message, keeping nothing
+        transaction.received += len(block)
+        if transaction.received > self.config.server.max_message_size:
+            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
+                                 f"{self.config.server.max_message_size} bytes")
+            return
+        transaction.pending.append(block)
+        transaction.pending_size += len(block)
+        if transaction.pending_size >= WRITE_BATCH:
+            self._flush()
+
     def _flush(self) -> None:
         """Hand the gathered lines to the spool."""
         transaction = self.transaction

@@ -31,6 +31,7 @@ from xrelay.transport.classify import (
 )
 from xrelay.transport.smtp import (
     ConnectionTrouble,
+    StaleConnection,
     Timeouts,
     UpstreamConnection,
     UpstreamRefused,
@@ -133,15 +134,23 @@ class SMTPTransport:
             message_id=message.entry_id, account=self.account.name, sender=message.sender
         )
         try:
-            connection = await self._checkout()
-            try:
-                result = await connection.send_message(message)
-            except ConnectionTrouble as trouble:
-                reply = trouble_reply(self.where, trouble)
-                result = DeliveryResult.for_all(
-                    message.recipients, Outcome.TEMPORARY, reply, FailureKind.CONNECTION,
-                    str(reply),
-                )
+            while True:
+                connection, reused = await self._checkout()
+                try:
+                    result = await connection.send_message(message, reset=reused)
+                except StaleConnection:
+                    # Closed while idle: nothing was sent that could deliver; try the
+                    # next idle connection or a new one.
+                    connection.protocol.abort()
+                    self._discard(connection)
+                    continue
+                except ConnectionTrouble as trouble:
+                    reply = trouble_reply(self.where, trouble)
+                    result = DeliveryResult.for_all(
+                        message.recipients, Outcome.TEMPORARY, reply,
+                        FailureKind.CONNECTION, str(reply),
+                    )
+                break
             self._checkin(connection)
         except _AttemptFailed as failed:
             result = DeliveryResult.for_all(
@@ -170,17 +179,19 @@ class SMTPTransport:
             )
         return result
 
-    async def _checkout(self) -> UpstreamConnection:
-        """An idle connection that still answers RSET, or a new authenticated one."""
+    async def _checkout(self) -> tuple[UpstreamConnection, bool]:
+        """
+        An idle connection (C{True}: reused, so the transaction begins with RSET, which
+        proves it still works), or a new authenticated one (C{False}).
+        """
         while self._idle:
             connection, timer = self._idle.pop()
             if timer.active():
                 timer.cancel()
-            if await connection.reset():
-                return connection
-            connection.protocol.abort()
+            if connection.open:
+                return connection, True
             self._discard(connection)
-        return await self._connect()
+        return await self._connect(), False
 
     def _checkin(self, connection: UpstreamConnection) -> None:
         """Keep a healthy connection for the next message, or let it go."""

@@ -308,11 +308,18 @@ class UpstreamConnection:
                 pass
             self.protocol.transport.loseConnection()
 
-    async def send_message(self, message: OutboundMessage) -> DeliveryResult:
+    async def send_message(self, message: OutboundMessage,
+                           reset: bool = False) -> DeliveryResult:
         """
         One mail transaction.  Raises L{ConnectionTrouble} when the connection failed
         under it (the caller reports that for all recipients); every reply, good or
         bad, becomes part of the result.
+
+        @param reset: a reused connection: begin with RSET, which also proves the
+            connection still works.  With PIPELINING it goes in the same write as MAIL
+            and RCPT, saving a round trip per message.
+        @raise StaleConnection: the RSET failed; nothing was sent on this connection
+            that could deliver the message, so it may go on another one.
         """
         refusal = self._unsendable(message)
         if refusal is not None:
@@ -323,7 +330,10 @@ class UpstreamConnection:
             reply = Reply(451, f"4.3.0 xrelay cannot read the spooled message: {e.strerror}")
             return DeliveryResult.for_all(message.recipients, Outcome.TEMPORARY, reply)
         with data:
-            return await self._transaction(message, data)
+            if reset and "PIPELINING" not in self.capabilities and not await self.reset():
+                raise StaleConnection()
+            return await self._transaction(message, data,
+                                           reset and "PIPELINING" in self.capabilities)
 
     def _unsendable(self, message: OutboundMessage) -> DeliveryResult | None:
         """Refusals decided before anything is sent: from the upstream's EHLO, and
@@ -365,11 +375,16 @@ class UpstreamConnection:
         line = " ".join([f"MAIL FROM:<{message.sender}>", *params])
         return line.encode("utf-8")
 
-    async def _transaction(self, message: OutboundMessage, data: Any) -> DeliveryResult:
+    async def _transaction(self, message: OutboundMessage, data: Any,
+                           reset: bool = False) -> DeliveryResult:
         mail = self._mail_from(message)
         rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
         if "PIPELINING" in self.capabilities:
-            waits = self.protocol.commands([mail, *rcpts])
+            waits = self.protocol.commands([b"RSET", mail, *rcpts] if reset
+                                           else [mail, *rcpts])
+            if reset:
+                await self._pipelined_reset(waits)
+                waits = waits[1:]
             mail_reply = await self.wait(waits[0], "MAIL FROM", self.timeouts.command)
             if mail_reply.code == 421:
                 self.broken = True
@@ -404,6 +419,30 @@ class UpstreamConnection:
         reply = await self._stream(data)
         self.messages_sent += 1
         return _whole(message, reply, accepted, refused)
+
+    async def _pipelined_reset(self, waits: list[Deferred[Reply]]) -> None:
+        """
+        The RSET at the head of a pipelined group.  If it failed, the MAIL and RCPT
+        behind it may still have been taken, so this connection is given up (DATA is
+        never sent on it) and L{StaleConnection} tells the pool to use another.
+        """
+        try:
+            reply = await self.command_reply(waits[0], "RSET")
+        except ConnectionTrouble:
+            reply = None
+        if reply is None or reply.code != 250:
+            self.broken = True
+            self.protocol.abort()
+            for w in waits[1:]:
+                w.addErrback(lambda _: None)
+            raise StaleConnection()
+
+    async def command_reply(self, d: Deferred[Reply], step: str) -> Reply:
+        """The reply to a command already sent (pipelined), as L{command} treats it."""
+        reply: Reply = await self.wait(d, step, self.timeouts.command)
+        if reply.code == 421:
+            self.broken = True
+        return reply
 
     async def _stream(self, data: Any) -> Reply:
         """
@@ -469,6 +508,13 @@ def _whole(
     results = tuple(RecipientResult(r, outcome_of(reply), reply) for r in applies)
     failure = failure_of(reply) if reply.code // 100 != 2 else FailureKind.NONE
     return DeliveryResult(results + refused, failure)
+
+
+class StaleConnection(Exception):
+    """
+    A reused connection failed its RSET: the upstream closed it while it was idle (or
+    it broke).  Nothing that could deliver a message was sent on it.
+    """
 
 
 class UpstreamRefused(Exception):
