@@ -247,3 +247,44 @@ async def test_metrics_after_a_known_sequence(world) -> None:
     assert s[("xrelay_token_state", (("account", "sandbox"), ("state", "ok")))] == 1
     assert s[("xrelay_token_state", (("account", "boss"), ("state", "ok")))] == 0
     await defer.succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_in_return_with_unknown_state_is_refused(world) -> None:
+    """The callback needs the state of a sign-in this page started; nothing else."""
+    relay = start_relay(world)
+    anonymous = Browser(world.admin_url)
+    response, body = await anonymous.request(
+        "GET", "/signin/callback?code=stolen&state=made-up")
+    assert response.code == 400
+    assert "This sign-in is unknown or has expired" in body
+    assert relay.tokens.status()["boss"].state != "ok"
+    # Starting one needs a signed-in session and the CSRF token.
+    response, _ = await anonymous.request("POST", "/signin", {"account": "boss"})
+    assert response.code == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_passwords_and_session_secrets_stay_out_of_the_log(world) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event) or "")
+        lines.append(repr({k: v for k, v in event.items() if k != "log_logger"}))
+    globalLogPublisher.addObserver(observe)
+    try:
+        start_relay(world)
+        browser = Browser(world.admin_url)
+        await browser.sign_in("wrong password xyz")
+        await browser.sign_in()
+        token = await browser.csrf("/")
+        await browser.request("POST", "/queue/retry", {"id": "x"})
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    text = "\n".join(lines)
+    assert "wrong password from 127.0.0.1" in text
+    assert "POST /queue/retry from 127.0.0.1 refused: CSRF token missing" in text
+    for secret in ("wrong password xyz", ADMIN_PASSWORD, browser.cookie, token):
+        assert secret and secret not in text

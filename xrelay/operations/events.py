@@ -91,13 +91,20 @@ class EventObserver:
         outcome = event["outcome"]
         failure = str(event.get("failure") or "none")
         if outcome == "delivered":
-            received = entry_received_at(str(event.get("entry_id", "")))
-            when = event.get("log_time") or time.time()
-            m.delivered(account, when - received if received is not None else None)
+            m.delivered(account, self._latency(event))
         elif outcome in ("deferred", "partial"):
             m.deferred(account, failure if failure != "none" else "temporary")
         elif outcome == "failed":
             m.bounced(account, failure if failure != "none" else "rejected")
+
+    @staticmethod
+    def _latency(event: dict[str, Any]) -> float | None:
+        """Seconds from acceptance to this outcome; None when it cannot be known."""
+        received = entry_received_at(str(event.get("entry_id", "")))
+        try:
+            return float(event.get("log_time") or time.time()) - received  # type: ignore[operator]
+        except (TypeError, ValueError):
+            return None
 
     def _tokens(self, event: dict[str, Any]) -> None:
         account = event.get("account")
