@@ -288,3 +288,21 @@ async def test_passwords_and_session_secrets_stay_out_of_the_log(world) -> None:
     assert "POST /queue/retry from 127.0.0.1 refused: CSRF token missing" in text
     for secret in ("wrong password xyz", ADMIN_PASSWORD, browser.cookie, token):
         assert secret and secret not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_guessing_is_cut_off(world) -> None:
+    relay = start_relay(world)
+    browser = Browser(world.admin_url)
+    for _ in range(5):
+        response = await browser.sign_in("guess")
+        assert response.code == 403
+    response = await browser.sign_in()  # even the right password, for now
+    assert response.code == 429
+    response, _ = await browser.request("GET", "/")
+    assert response.code == 303
+    # After the window, the right password works again.
+    site = relay.admin.site
+    site.failures = {c: [t - 301 for t in ts] for c, ts in site.failures.items()}
+    response = await browser.sign_in()
+    assert response.code == 303 and location(response) == "/"

@@ -39,8 +39,10 @@ log = Logger(namespace="xrelay.admin")
 
 #: Seconds a started browser sign-in may take before its state is forgotten.
 SIGN_IN_TIMEOUT = 15 * 60.0
-#: Longest form body read (the forms are tiny).
-MAX_FORM = 16 * 1024
+#: Wrong passwords allowed from one address within FAILURE_WINDOW seconds; then that
+#: address is refused until the window has passed (guessing is slow on purpose).
+MAX_FAILURES = 5
+FAILURE_WINDOW = 300.0
 
 
 def security_headers(form_targets: list[str]) -> dict[bytes, bytes]:
@@ -101,6 +103,8 @@ class AdminSite(Resource):
         self.sessions = SessionStore(reactor)
         #: state -> (account, msal flow, started at): browser sign-ins under way.
         self.pending: dict[str, tuple[str, dict[str, Any], float]] = {}
+        #: client address -> times of its recent wrong passwords.
+        self.failures: dict[str, list[float]] = {}
 
     @property
     def config(self) -> Any:
@@ -240,6 +244,17 @@ class AdminSite(Resource):
             request.setResponseCode(403)
             return await self.login_form(request, "Your session expired; try again.")
         self._check_csrf(request, session, "/login")
+        client, now = _client(request), self.reactor.seconds()
+        recent = [t for t in self.failures.get(client, ()) if now - t < FAILURE_WINDOW]
+        self.failures = {c: ts for c, ts in self.failures.items()
+                         if ts and now - ts[-1] < FAILURE_WINDOW}
+        if len(recent) >= MAX_FAILURES:
+            log.warn("admin: sign-in from {client} refused: {count} wrong passwords in "
+                     "the last {window:.0f}s", client=client, count=len(recent),
+                     window=FAILURE_WINDOW)
+            request.setResponseCode(429)
+            return await self.login_form(request, "Too many wrong passwords; wait a few "
+                                         "minutes and try again.")
         password = self._form(request, "password") or ""
         expected = self.config.admin.password_hash
         ok = False
@@ -247,7 +262,8 @@ class AdminSite(Resource):
             ok = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                          self.verify, password, expected)
         if not ok:
-            log.warn("admin: wrong password from {client}", client=_client(request))
+            self.failures[client] = recent + [now]
+            log.warn("admin: wrong password from {client}", client=client)
             request.setResponseCode(403)
             return await self.login_form(request, "Wrong password.")
         fresh = self.sessions.authenticate(session)
