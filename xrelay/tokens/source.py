@@ -14,6 +14,8 @@ the state and the platform's error text only.
 
 from __future__ import annotations
 
+import time
+
 from typing import Callable
 
 import attrs
@@ -131,8 +133,10 @@ class RefreshingTokenSource:
         token = Token(result.access_token, now + result.expires_in, now)
         self.lifecycle.signed_in(token, now)
         self._force_next = False
-        log.info("Account {account} signed in; token valid until {expires_at}",
-                 account=self.account_name, expires_at=token.expires_at)
+        log.info("Account {account} signed in; token valid until {until}",
+                 account=self.account_name, expires_at=token.expires_at,
+                 until=time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                     time.gmtime(token.expires_at)))
         self._schedule(token.refresh_at)
         self._record()
         if was is not TokenState.FRESH:
