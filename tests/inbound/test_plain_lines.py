@@ -75,11 +75,28 @@ def test_plain_lines_stop_before_the_first_line_that_needs_the_rules() -> None:
     assert lines.plain_lines() == b"three\r\n"
 
 
-def test_plain_lines_leave_bare_line_ends_long_lines_and_partial_lines() -> None:
-    for data, plain in [(b"a\r\nb\nc\r\n", b"a\r\n"), (b"a\r\nb\rc\r\n", b"a\r\n"),
-                        (b"a\r\n" + b"z" * 100 + b"\r\n", b"a\r\n"),
-                        (b"a\r\n.\r\nMAIL FROM:<x>\r\n", b"a\r\n"),
+def test_lines_with_bare_line_ends_or_too_long_go_one_by_one() -> None:
+    for data in [b"a\r\nb\nc\r\n", b"a\r\nb\rc\r\n", b"a\r\n" + b"z" * 100 + b"\r\n",
+                 b"\n", b"z" * 100 + b"\r\n"]:
+        lines = LineBuffer(100)
+        lines.feed(data)
+        assert lines.plain_lines() == b"", data
+        assert lines.next() is not None
+        assert lines.plain_lines() == b"", data  # not looked at again
+
+
+def test_plain_lines_stop_at_the_end_of_data_and_partial_lines() -> None:
+    for data, plain in [(b"a\r\n.\r\nMAIL FROM:<x>\r\n", b"a\r\n"),
                         (b"a\r\npartial", b"a\r\n"), (b"partial", b"")]:
         lines = LineBuffer(100)
         lines.feed(data)
         assert lines.plain_lines() == plain, data
+
+
+def test_a_new_packet_is_looked_at_again() -> None:
+    lines = LineBuffer(100)
+    lines.feed(b"bare\n")
+    assert lines.plain_lines() == b""
+    assert lines.next().crlf is False
+    lines.feed(b"plain\r\n")
+    assert lines.plain_lines() == b"plain\r\n"

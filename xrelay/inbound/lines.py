@@ -37,15 +37,9 @@ import attrs
 __all__ = ["Line", "LineBuffer", "data_line_bytes"]
 
 
-def _not_plain(max_length: int) -> "re.Pattern[bytes]":
-    """
-    The first spot after which DATA lines stop being plain: a bare LF, a bare CR, or a
-    LF followed by a dot (stuffing, or the end of data) or by C{max_length} bytes
-    without a LF (an over-long line).  The bare LF comes first, so that a bare-LF line
-    followed by a dot line is seen as bare; anchoring the long run at a LF keeps the
-    search linear.
-    """
-    return re.compile(rb"(?<!\r)\n|\r(?!\n)|\n\.|\n[^\n]{%d}" % max_length)
+def _long_line(max_length: int) -> "re.Pattern[bytes]":
+    """A line (after a LF) of at least C{max_length} bytes before its own LF."""
+    return re.compile(rb"\n[^\n]{%d}" % max_length)
 
 
 @attrs.frozen
@@ -78,7 +72,10 @@ class LineBuffer:
         self._position = 0
         self._discarding = False
         self._last_dropped = b""
-        self._not_plain = _not_plain(max_length)
+        self._long_line = _long_line(max_length)
+        #: Where the lines that L{plain_lines} found not plain end (a buffer position):
+        #: until L{next} has taken them, they are not looked at again.
+        self._not_plain_until = 0
 
     @property
     def pending(self) -> int:
@@ -88,6 +85,7 @@ class LineBuffer:
     def feed(self, data: bytes) -> None:
         if self._position:
             self._buffer = self._buffer[self._position:]
+            self._not_plain_until = max(self._not_plain_until - self._position, 0)
             self._position = 0
         self._buffer += data
 
@@ -97,6 +95,7 @@ class LineBuffer:
         self._buffer = b""
         self._position = 0
         self._discarding = False
+        self._not_plain_until = 0
         return dropped
 
     def plain_lines(self) -> bytes:
@@ -108,24 +107,25 @@ class LineBuffer:
         end of data among them) is left for L{next}, which applies every rule.  Empty when
         the next line is not plain or not complete.
         """
-        if self._discarding:
-            return b""
         buffer, start = self._buffer, self._position
-        last = buffer.rfind(b"\n", start)
-        if (last < 0 or buffer[start:start + 1] == b"."
-                or buffer.find(b"\n", start) - start >= self.max_length):
+        if self._discarding or start < self._not_plain_until:
             return b""
-        problem = self._not_plain.search(buffer, start, last + 1)
-        if problem is None:
-            cut = last
-        elif problem.end() - problem.start() > 1:
-            cut = problem.start()  # the line ending there is plain; the next is not
-        else:
-            cut = buffer.rfind(b"\n", start, problem.start())
-            if cut < 0:
-                return b""
-        self._position = cut + 1
-        return buffer[start:cut + 1]
+        last = buffer.rfind(b"\n", start)
+        if last < 0 or buffer[start:start + 1] == b".":
+            return b""
+        # Up to the first line that starts with a dot (stuffed, or the end of data).
+        dot = buffer.find(b"\n.", start, last)
+        end = dot + 1 if dot >= 0 else last + 1
+        crlf = buffer.count(b"\r\n", start, end)
+        if (buffer.count(b"\n", start, end) != crlf or buffer.count(b"\r", start, end) != crlf
+                or buffer.find(b"\n", start) - start >= self.max_length
+                or self._long_line.search(buffer, start, end) is not None):
+            # A bare CR or LF, or an over-long line, somewhere in there: those lines
+            # go one by one (rare, so no effort to find the exact spot).
+            self._not_plain_until = end
+            return b""
+        self._position = end
+        return buffer[start:end]
 
     def next(self) -> Line | None:
         """The next complete line, or C{None} until more bytes arrive."""
@@ -139,6 +139,7 @@ class LineBuffer:
                 self._last_dropped = self._buffer[-1:]
                 self._buffer = b""
                 self._position = 0
+                self._not_plain_until = 0
             return None
         raw = self._buffer[start:end]
         self._position = end + 1

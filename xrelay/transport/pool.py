@@ -101,6 +101,8 @@ class SMTPTransport:
     _slots: DeferredSemaphore = attrs.field(init=False)
     _open: set[UpstreamConnection] = attrs.field(factory=set)
     _closed: bool = False
+    #: Built once: loading the trust roots costs more than the rest of a connection.
+    _tls: Any = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = DeferredSemaphore(max(1, self.account.max_connections))
@@ -270,12 +272,17 @@ class SMTPTransport:
             raise token_failure(e, self.account.name, self.reactor.seconds()) from None
         return token
 
+    def _client_tls(self) -> Any:
+        if self._tls is None:
+            self._tls = client_tls(self.account.smtp_host, self.account.ca_file)
+        return self._tls
+
     async def _secure_connection(self) -> UpstreamConnection:
         try:
             return await open_connection(
                 self.reactor, self.account.smtp_host, self.account.smtp_port,
                 self.account.smtp_implicit_tls,
-                client_tls(self.account.smtp_host, self.account.ca_file),
+                self._client_tls(),
                 self.helo_name, self.timeouts,
             )
         except ConnectionTrouble as trouble:
