@@ -5,7 +5,9 @@ The delivery path in pieces, to see which one bounds the end-to-end rate:
    sandbox's Exchange (a process of its own, rate limit off) with C{max_connections}
    attempts in flight: the upstream conversation (connection reuse, pipelining, TLS);
  - spool: the state changes of one delivery (queued -> active, then removed) on a real
-   L{xrelay.spool.Spool}, with the same number in flight: the disk work per message.
+   L{xrelay.spool.Spool}, with the same number in flight: the disk work per message;
+ - engine: the L{xrelay.delivery.DeliveryEngine} draining a spool of C{messages} through
+   a fresh transport: both of the above plus the engine's own work.
 
     .venv/bin/python bench/delivery_path.py [--messages 600] [--connections 3]
 
@@ -107,6 +109,32 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         rate = await in_flight(args.messages, args.connections, settle)
         results["spool_move_remove_per_second"] = round(rate, 1)
+
+        # The whole delivery stage: the engine draining a full spool through a fresh
+        # transport (pacing off, max_connections as above).
+        from twisted.internet import task
+
+        from xrelay.config import Config, ServerConfig
+        from xrelay.delivery import DeliveryEngine
+
+        for _ in range(args.messages):
+            incoming = spool.incoming(envelope)
+            incoming.write(data)
+            await incoming.commit()
+        transport = SMTPTransport(account, tokens, reactor, helo_name="bench.test")
+        config = Config(server=ServerConfig(state_dir=str(work)), accounts=(account,))
+        engine = DeliveryEngine(config, spool, {account.name: transport}, reactor=reactor)
+        start = time.perf_counter()
+        engine.startService()
+        while engine.totals["delivered"] < args.messages:
+            await task.deferLater(reactor, 0.005, lambda: None)
+            if engine.totals["deferred"] or engine.totals["failed"]:
+                results["engine_problems"] = dict(engine.totals)
+                break
+        results["engine_messages_per_second"] = round(
+            engine.totals["delivered"] / (time.perf_counter() - start), 1)
+        await engine.stopService()
+        await transport.close()
     finally:
         processes.stop_all()
     return results

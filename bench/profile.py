@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out or HERE / "results" / f"profile-{args.target}.{ 'svg' if args.format == 'flamegraph' else 'txt'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="xrelay-profile-"))
+    workdir = Path(tempfile.mkdtemp(prefix="xrelay-profile-", dir="/var/tmp"))
     py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
 
     from twisted.internet import defer, threads

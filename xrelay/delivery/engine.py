@@ -245,20 +245,35 @@ class DeliveryEngine(Service):
         self._pump()
 
     def _start(self, entry_id: str, account: str) -> "Deferred[DeliveryResult]":
-        d = defer.ensureDeferred(self._attempt(entry_id))
+        released = False
+
+        def release() -> None:
+            # The account's connection is free as soon as the transport has answered;
+            # the spool work that settles the result need not hold it, so the next
+            # message goes out while this one is being recorded.
+            nonlocal released
+            if not released:
+                released = True
+                self.queue.pace(account).finish()
+                self._pump()
+
+        d = defer.ensureDeferred(self._attempt(entry_id, release))
         self._in_flight[entry_id] = d
 
         def done(result: Any) -> Any:
             del self._in_flight[entry_id]
-            self.queue.pace(account).finish()
-            self._pump()
+            if released:
+                self._pump()  # settling may have scheduled a retry: set the timer
+            else:
+                release()
             return result
         d.addBoth(done)
         return d
 
     # -- one attempt ---------------------------------------------------------------
 
-    async def _attempt(self, entry_id: str) -> DeliveryResult:
+    async def _attempt(self, entry_id: str,
+                       release: Callable[[], None] = lambda: None) -> DeliveryResult:
         try:
             entry = self.spool.get(entry_id)
         except UnknownEntry:
@@ -272,6 +287,7 @@ class DeliveryEngine(Service):
                                                 NO_ACCOUNT)
             else:
                 result = await self._send(entry, account, transport)
+            release()
             await self._settle(entry, account, result)
             return result
         except Exception:
