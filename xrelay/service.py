@@ -68,6 +68,7 @@ class RelayService(MultiService):
     delivery: Any
     inbound: Any
     transports: dict[str, Any]
+    control: Any
     sandbox: Any = None
     admin: Any = None
     reactor: Any = None
@@ -171,6 +172,7 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
 
     from xrelay.delivery import DeliveryEngine
     from xrelay.inbound import InboundService
+    from xrelay.operations.control import ControlService
     from xrelay.spool import Spool
     from xrelay.tokens import TokenService
 
@@ -183,6 +185,10 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
 
     os.makedirs(config.server.state_dir, mode=0o700, exist_ok=True)
     top.config = config
+    # First of the relay's own stages: it takes the spool lock that keeps `xrelay
+    # queue ...` from editing the spool behind the daemon's back, before recovery.
+    top.control = ControlService(top, reactor=reactor)
+    top.control.setServiceParent(top)
     top.spool = Spool(os.path.join(config.server.state_dir, "spool"), reactor=reactor)
     RecoveringSpoolService(top.spool).setServiceParent(top)
 

@@ -63,8 +63,7 @@ def environment(world: Any) -> dict[str, str]:
 async def start_daemon(world: Any) -> Daemon:
     log_path = world.tmp / "twistd.log"
     process = subprocess.Popen(
-        [bin_path("twistd"), "-n", "--pidfile=", f"--logfile={log_path}", "-y",
-         str(HERE / "daemon.tac")],
+        [bin_path("twistd"), "-n", "--pidfile=", f"--logfile={log_path}", "xrelay"],
         cwd=world.tmp, env=environment(world), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=open(world.tmp / "twistd.stderr", "ab"))
     daemon = Daemon(process, log_path)
