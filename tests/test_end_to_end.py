@@ -12,6 +12,7 @@ import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import time
 from email import message_from_bytes
 from pathlib import Path
@@ -22,7 +23,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 
-from tests.conftest import free_port
+from tests.conftest import RelayProcess, free_port
 
 
 def wait_for_files(folder: Path, pattern: str, timeout: float = 60) -> list[Path]:
@@ -121,3 +122,48 @@ def test_config_file_swaks_to_sandbox(tmp_path: Path, sandbox, run_relay) -> Non
             haystack += path.read_bytes().decode("latin-1")
     for secret in secrets:
         assert secret not in haystack
+
+
+@pytest_twisted.inlineCallbacks
+def test_tac_file_with_config_from_environment(tmp_path: Path, sandbox) -> None:
+    """`twistd -ny xrelay.tac` finds its configuration in $XRELAY_CONFIG."""
+    port = free_port()
+    config = write_config(tmp_path, sandbox, port)
+    tac = Path(__file__).resolve().parents[1] / "xrelay.tac"
+    log_path = tmp_path / "tac.log"
+    env = dict(os.environ, XRELAY_CONFIG=str(config))
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+         f"--logfile={log_path}", "-y", str(tac)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    relay = RelayProcess(process, log_path)
+    try:
+        yield threads.deferToThread(relay.wait_for_port, port)
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.sendmail("app@example.com", ["client@example.net"],
+                                b"Subject: from the tac\r\n\r\nhi\r\n")
+
+        yield threads.deferToThread(send)
+        for _ in range(300):
+            if sandbox.mailbox.messages:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        (delivered,) = sandbox.mailbox.messages
+        assert b"Subject: from the tac" in delivered.data
+    finally:
+        relay.stop()
+
+
+def test_tac_file_refuses_bad_config(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[server]\nlisten = 25\n")
+    tac = Path(__file__).resolve().parents[1] / "xrelay.tac"
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+         "-y", str(tac)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, XRELAY_CONFIG=str(tmp_path / "bad.toml")))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert f"xrelay: {tmp_path / 'bad.toml'}: server.listen: " in result.stderr
