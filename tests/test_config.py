@@ -211,3 +211,17 @@ def test_plugin_is_lazy() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.strip() == "clean", result.stderr
+
+
+def test_users_without_tls_is_a_warning(folder: Path) -> None:
+    edit(folder, ', { endpoint = "tcp:2465:interface=127.0.0.1", implicit_tls = true }', "")
+    path = edit(folder, 'tls_cert = "relay.pem"\ntls_key = "relay.key"\n', "")
+    config = read_config(path)
+    (warning,) = config.warnings()
+    assert warning.startswith(f"{path}: server.tls_cert: [[users]] can never log in")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "xrelay"),
+                             "check-config", path], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    assert f"# warning: {warning}" in result.stdout
+    assert "$scrypt$" not in result.stdout and "s3cret" not in result.stdout

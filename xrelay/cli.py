@@ -59,6 +59,8 @@ def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
 def check_config(args: argparse.Namespace) -> int:
     config = read_config(args.file) if args.file else config_from(args)
     print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
+    for warning in config.warnings():
+        print(f"# warning: {warning}")
     for line in describe(config):
         print(line)
     return EXIT_OK

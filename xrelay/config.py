@@ -211,6 +211,21 @@ class Config:
     path: str | None = None
     sandbox_dir: str | None = None
 
+    def warnings(self) -> list[str]:
+        """
+        Settings that are allowed but probably not what was meant, one line each: the
+        relay logs them at start and C{xrelay check-config} prints them.
+        """
+        where = self.path or "sandbox default"
+        found = []
+        if self.users and not self.server.has_tls and self.server.require_tls_for_auth:
+            found.append(
+                f"{where}: server.tls_cert: [[users]] can never log in: SMTP AUTH needs "
+                "STARTTLS (require_tls_for_auth = true) and no certificate is set; set "
+                "tls_cert and tls_key, or (on a trusted network only) "
+                "require_tls_for_auth = false")
+        return found
+
     def account(self, name: str) -> AccountConfig:
         for account in self.accounts:
             if account.name == name:
@@ -441,13 +456,9 @@ class _Reader:
         if not accounts:
             raise self.fail("accounts", "no [[accounts]] table; add one upstream mailbox "
                             "(see the README) so that xrelay can deliver")
-        if users and not server.has_tls and server.require_tls_for_auth:
-            raise self.fail(
-                "server.tls_cert", "[[users]] need SMTP AUTH, which requires TLS by "
-                "default; set tls_cert and tls_key, or (on a trusted network only) "
-                "require_tls_for_auth = false")
-        return Config(server=server, relay=relay, users=users, accounts=accounts,
+        config = Config(server=server, relay=relay, users=users, accounts=accounts,
                       delivery=delivery, admin=admin, path=os.path.abspath(self.path))
+        return config
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         keys = [f.name for f in attrs.fields(ServerConfig)]

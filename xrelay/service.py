@@ -183,6 +183,8 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
         config, top.sandbox, sandbox_service = _start_sandbox(config, reactor)
         sandbox_service.setServiceParent(top)
 
+    for warning in config.warnings():
+        log.warn("xrelay: {warning}", warning=warning)
     os.makedirs(config.server.state_dir, mode=0o700, exist_ok=True)
     top.config = config
     # First of the relay's own stages: it takes the spool lock that keeps `xrelay
