@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import attrs
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.protocols.basic import LineOnlyReceiver
 
 

@@ -9,7 +9,15 @@ C{@implementer}.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from xrelay.envelope import DeliveryResult, Envelope, OutboundMessage
+    from xrelay.tokens.status import TokenStatus
 
 
 class IIncomingMessage(Interface):

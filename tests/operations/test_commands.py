@@ -8,50 +8,23 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import smtplib
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
+from tests.conftest import RelayProcess, bin_path
 from tests.admin.conftest import BOSS, start_relay, write_config  # noqa: F401
 from tests.admin.test_web import until
 from xrelay.operations.control import SpoolLock, wait_for_socket
 
 HERE = Path(__file__).resolve().parent
-
-
-def bin_path(name: str) -> str:
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-@attrs.define
-class Daemon:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def environment(world: Any) -> dict[str, str]:
@@ -60,13 +33,13 @@ def environment(world: Any) -> dict[str, str]:
     return env
 
 
-async def start_daemon(world: Any) -> Daemon:
+async def start_daemon(world: Any) -> RelayProcess:
     log_path = world.tmp / "twistd.log"
     process = subprocess.Popen(
         [bin_path("twistd"), "-n", "--pidfile=", f"--logfile={log_path}", "xrelay"],
         cwd=world.tmp, env=environment(world), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=open(world.tmp / "twistd.stderr", "ab"))
-    daemon = Daemon(process, log_path)
+    daemon = RelayProcess(process, log_path)
     try:
         await deferToThread(wait_for_socket, str(world.state_dir), 60)
     except Exception:
@@ -77,7 +50,7 @@ async def start_daemon(world: Any) -> Daemon:
 
 @pytest.fixture
 def daemons() -> Any:
-    started: list[Daemon] = []
+    started: list[RelayProcess] = []
     yield started
     for d in started:
         d.stop()

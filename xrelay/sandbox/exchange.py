@@ -671,7 +671,7 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
             self.reply(failed)
             return
         if not self.bdat_last:
-            self.reply(f"250 2.0.0 {self.data_size} bytes received" if self.server.flavor != "gmail" else f"250 2.0.0 BDAT ok")
+            self.reply(f"250 2.0.0 {self.data_size} bytes received" if self.server.flavor != "gmail" else "250 2.0.0 BDAT ok")
             return
         self.record(size_text)
         self.end_of_data()
