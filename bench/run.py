@@ -371,7 +371,9 @@ def table(results: dict[str, Any]) -> str:
         d = results["delivery_path"]
         out.append(f"delivery path alone, {d['connections']} connections: transport "
                    f"{d['transport_messages_per_second']} msg/s {d['spread']}, spool "
-                   f"queued->active->removed {d['spool_move_remove_per_second']} msg/s")
+                   f"queued->active->removed {d['spool_move_remove_per_second']} msg/s, "
+                   f"engine draining a full spool {d.get('engine_messages_per_second')} "
+                   "msg/s")
     if "idle_connections" in results:
         i = results["idle_connections"]
         inside = i["in_process"]
