@@ -2,10 +2,10 @@
 The one place where xrelay's stages are wired together.
 
 L{makeService} is used by C{twistd xrelay}, by C{xrelay.tac} and by programs that embed
-xrelay; none of them builds the stages itself.  The order matters: the spool recovers
-before anything else starts, tokens and delivery start before the listeners accept
-mail, and on stop the listeners close first (MultiService stops its children in
-reverse order).
+xrelay; none of them builds the stages itself.  The order matters: the control channel
+takes the spool lock and the spool recovers before anything else starts, tokens and
+delivery start before the listeners accept mail, and on stop the listeners close first
+(MultiService stops its children in reverse order).
 """
 
 from __future__ import annotations
@@ -122,12 +122,16 @@ class RelayService(MultiService):
     def startService(self) -> None:
         MultiService.startService(self)
         if self.config.path is not None and hasattr(signal, "SIGHUP"):
-            from twisted.internet import reactor
 
             def on_hup(signum: int, frame: Any) -> None:
-                reactor.callFromThread(self.reload)
+                self.reactor.callFromThread(self.reload)
 
-            signal.signal(signal.SIGHUP, on_hup)
+            try:
+                signal.signal(signal.SIGHUP, on_hup)
+            except ValueError:
+                # Not the main thread (an embedding program runs the reactor
+                # elsewhere): it can call reload() itself.
+                log.info("xrelay: SIGHUP not handled here; call RelayService.reload()")
 
 
 def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
