@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.web.client import Agent, ResponseFailed
 from twisted.logger import Logger
@@ -157,7 +157,7 @@ class GoogleGrant:
             raise GrantUnavailable(reason)
         if result.get("refresh_token") and result["refresh_token"] != refresh_token:
             yield self.run(self._keep_rotated, result["refresh_token"], signature)
-        returnValue(GrantResult(result["access_token"], float(result.get("expires_in", 3599))))
+        return GrantResult(result["access_token"], float(result.get("expires_in", 3599)))
 
 
 def _read_secret(path: str) -> str:
