@@ -14,7 +14,12 @@ from twisted.internet import reactor
 from xrelay.envelope import FailureKind, Outcome
 from xrelay.sandbox import Sandbox
 from xrelay.transport import transport_for
-from xrelay.transport.graph import GraphTransport, base64_size, retry_after_seconds
+from xrelay.transport.graph import (
+    GraphTransport,
+    base64_size,
+    retry_after_seconds,
+    with_envelope_recipients,
+)
 
 from .conftest import GRAPH_SCOPE, account_for, message_file, simple_message, tokens_for
 
@@ -35,7 +40,11 @@ async def test_202_delivers_for_every_recipient(sandbox: Sandbox, tmp_path: Any)
         (Outcome.DELIVERED, 250), (Outcome.DELIVERED, 250)]
     assert "HTTP 202" in result.recipients[0].reply.text
     [delivered] = sandbox.mailbox.messages
-    assert delivered.data == data and delivered.auth_mechanism == "graph"
+    # bob is only in the envelope (a Bcc): Graph reads recipients from the headers, so
+    # the transport names him in a Bcc header rather than leave him out silently.
+    assert delivered.data == b"Bcc: bob@example.net\r\n" + data
+    assert sorted(delivered.rcpt_to) == ["alice@example.net", "bob@example.net"]
+    assert delivered.auth_mechanism == "graph"
     assert delivered.mailbox == "relay@sandbox.example"
 
 
@@ -115,3 +124,16 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds(b"soon", 0) is None
     assert retry_after_seconds(None, 0) is None
     assert base64_size(3) == len(base64.b64encode(b"abc")) and base64_size(4) == 8
+
+
+def test_envelope_recipients_missing_from_headers_become_bcc() -> None:
+    data = (b"From: a@example.com\r\nTo: Alice <Alice@Example.net>\r\n"
+            b"Bcc: carol@example.net,\r\n dave@example.net\r\nSubject: x\r\n\r\n"
+            b"Bcc: not-a-header@example.net\r\n")
+    # Everybody named already: the message is sent unchanged.
+    assert with_envelope_recipients(data, ("alice@example.net", "dave@example.net")) == data
+    # One Bcc header, folded lines included, holding the old and the missing ones.
+    assert with_envelope_recipients(data, ("alice@example.net", "erin@example.net")) == (
+        b"Bcc: carol@example.net, dave@example.net, erin@example.net\r\n"
+        b"From: a@example.com\r\nTo: Alice <Alice@Example.net>\r\nSubject: x\r\n\r\n"
+        b"Bcc: not-a-header@example.net\r\n")

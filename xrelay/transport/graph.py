@@ -3,7 +3,9 @@ The Microsoft Graph transport: C{POST {graph_url}/users/{user}/sendMail} with th
 message base64-encoded as C{text/plain}, for tenants where SMTP AUTH is switched off.
 
 Graph answers for the whole message (C{202} means accepted for every recipient) and takes
-the recipients from the MIME headers (To, Cc, Bcc), not from an envelope.  Messages over
+the recipients from the MIME headers (To, Cc, Bcc), not from an envelope: envelope
+recipients that no header names (a device's Bcc) are added in a C{Bcc:} header, which
+Exchange removes before delivery, so that none is silently left out.  Messages over
 the single-request limit (4 MB of request body, counted after base64) are failed with a
 clear reason: the draft-and-upload-session route is not implemented.
 
@@ -14,6 +16,8 @@ error fail the Deferred: every response becomes a L{DeliveryResult}.
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import email.utils
 import json
 from typing import Any
@@ -59,6 +63,32 @@ def retry_after_seconds(value: bytes | str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def with_envelope_recipients(data: bytes, recipients: "tuple[str, ...]") -> bytes:
+    """
+    The message with a C{Bcc:} header naming every envelope recipient that its To, Cc
+    and Bcc headers do not, replacing any Bcc header it had (one Bcc at most, RFC 5322).
+    """
+    end = data.find(b"\r\n\r\n")
+    head = data[: end + 2] if end >= 0 else data
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    named = {address.lower() for _, address in email.utils.getaddresses(
+        [str(v) for field in ("to", "cc", "bcc") for v in headers.get_all(field, [])])}
+    missing = [r for r in recipients if r.lower() not in named]
+    if not missing:
+        return data
+    bcc = [address for _, address in email.utils.getaddresses(
+        [str(v) for v in headers.get_all("bcc", [])]) if address] + missing
+    kept, in_bcc = [], False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and in_bcc:
+            continue
+        in_bcc = line[:4].lower() == b"bcc:"
+        if not in_bcc:
+            kept.append(line)
+    field = b"Bcc: " + ", ".join(bcc).encode("utf-8") + b"\r\n"
+    return field + b"\r\n".join(kept) + data[len(head):]
 
 
 def graph_error(body: bytes) -> tuple[str, str]:
@@ -127,22 +157,23 @@ class GraphTransport:
                                       detail, retry_after)
 
     async def _attempt(self, message: OutboundMessage) -> DeliveryResult:
-        encoded = base64_size(message.size)
+        try:
+            with open(message.data_path, "rb") as f:
+                data = with_envelope_recipients(f.read(), message.recipients)
+        except OSError as e:
+            reply = Reply(451, f"4.3.0 xrelay cannot read the spooled message: {e.strerror}")
+            return self._all(message, Outcome.TEMPORARY, reply)
+        encoded = base64_size(len(data))
         if encoded > MAX_REQUEST_BYTES:
             reply = Reply(
                 552,
-                f"5.3.4 Message too big for Microsoft Graph sendMail: {message.size} bytes "
+                f"5.3.4 Message too big for Microsoft Graph sendMail: {len(data)} bytes "
                 f"is {encoded} bytes as base64, over the 4 MB single-request limit "
                 "(use transport = \"smtp\" for large messages)",
             )
             return self._all(message, Outcome.PERMANENT, reply, FailureKind.TOO_BIG,
                              reply.text[6:])
-        try:
-            with open(message.data_path, "rb") as f:
-                body = base64.b64encode(f.read())
-        except OSError as e:
-            reply = Reply(451, f"4.3.0 xrelay cannot read the spooled message: {e.strerror}")
-            return self._all(message, Outcome.TEMPORARY, reply)
+        body = base64.b64encode(data)
         for attempt in (1, 2):
             try:
                 token: str = await self.tokens.access_token()
