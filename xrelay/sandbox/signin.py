@@ -26,13 +26,17 @@ def _error(message: str | None) -> str:
     return f'<p class="error" id="error">{escape(message)}</p>' if message else ""
 
 
-def sign_in_page(action: str, fields: dict[str, str], app_name: str, login_hint: str = "", error: str | None = None) -> bytes:
-    """The authorize page: the original request rides along in hidden fields."""
+def sign_in_page(action: str, fields: dict[str, str], app_name: str, login_hint: str = "", error: str | None = None,
+                 title: str = "Sign in to your account") -> bytes:
+    """
+    The authorize page (Microsoft's, or Google's with C{title="Sign in with Google"}):
+    the original request rides along in hidden fields.
+    """
     hidden = "".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in sorted(fields.items())
     )
     return _page(
-        "Sign in to your account",
+        title,
         f"<p>{escape(app_name)} wants to send mail as you.</p>{_error(error)}"
         f'<form method="post" action="{escape(action)}" id="signin">{hidden}'
         f'<label for="username">Email or phone</label><input id="username" name="login" type="email" value="{escape(login_hint)}" autocomplete="username">'
@@ -44,6 +48,12 @@ def sign_in_page(action: str, fields: dict[str, str], app_name: str, login_hint:
 
 def error_page(message: str) -> bytes:
     return _page("Sorry, but we're having trouble signing you in.", _error(message))
+
+
+def google_error_page(status: int, error: str, description: str) -> bytes:
+    """Google's page for a request it will not redirect back: C{Error 400: redirect_uri_mismatch}."""
+    return _page("Access blocked: This app's request is invalid",
+                 f'<p class="error" id="error">Error {status}: {escape(error)}</p><p id="details">{escape(description)}</p>')
 
 
 def device_login_page(action: str, user_code: str = "", error: str | None = None) -> bytes:

@@ -1,7 +1,8 @@
 """
 The sandbox's HTTPS endpoints as one C{twisted.web} resource: the Microsoft identity
 platform (OpenID configuration, keys, token, devicecode, authorize, devicelogin), Google's
-token endpoint under C{/google}, and Graph under C{/v1.0}.
+token and authorization endpoints under C{/google} (C{/google/token},
+C{/google/o/oauth2/v2/auth}), and Graph under C{/v1.0}.
 
 This layer only parses requests and writes responses; the decisions live in
 L{xrelay.sandbox.identity}, L{xrelay.sandbox.google} and L{xrelay.sandbox.graph}.  Its
@@ -18,6 +19,7 @@ from twisted.web.server import Request, Site
 
 from . import signin
 from .errors import Response, TokenError
+from .google import GoogleAuthorizeError, GoogleSignInError
 from .graph import GraphMail
 from .identity import AuthorizeRequest, IdentityPlatform
 
@@ -47,6 +49,8 @@ class SandboxResource(Resource):
         correlation = _header(request, "client-request-id")
         if path == ["google", "token"] and method == "POST":
             return self._json(request, self.identity.google.token(_form(request)))
+        if path == ["google", "o", "oauth2", "v2", "auth"] and method in ("GET", "POST"):
+            return self._google_authorize(request, method)
         if len(path) == 4 and path[:2] == ["v1.0", "users"] and path[3] == "sendMail" and method == "POST":
             return self._json(
                 request,
@@ -105,6 +109,28 @@ class SandboxResource(Resource):
         except TokenError as e:
             message = "Your account or password is incorrect." if e.code == 50126 else "This username may be incorrect."
             return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), message))
+        return self._redirect(request, location)
+
+    def _google_authorize(self, request: Request, method: str) -> bytes:
+        """Google's authorization endpoint: sign-in (and consent) page, then redirect."""
+        google = self.identity.google
+        params = _form(request)
+        try:
+            authorize = google.authorize_request(params)
+        except GoogleAuthorizeError as e:
+            return self._html(request, signin.google_error_page(e.status, e.error, e.description), e.status)
+        app_name = google.client_name(authorize.client_id)
+        fields = {k: v for k, v in params.items() if k not in ("login", "passwd", "action")}
+        action = request.path.decode()
+        title = "Sign in with Google"
+        if method == "GET":
+            return self._html(request, signin.sign_in_page(action, fields, app_name, authorize.login_hint, title=title))
+        if params.get("action") == "cancel":
+            return self._redirect(request, google.decline(authorize))
+        try:
+            location = google.sign_in(authorize, params.get("login", ""), params.get("passwd", ""))
+        except GoogleSignInError as e:
+            return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), str(e), title=title))
         return self._redirect(request, location)
 
     def _redirect(self, request: Request, location: str) -> bytes:
