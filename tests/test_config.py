@@ -225,3 +225,77 @@ def test_users_without_tls_is_a_warning(folder: Path) -> None:
     assert result.returncode == 0
     assert f"# warning: {warning}" in result.stdout
     assert "$scrypt$" not in result.stdout and "s3cret" not in result.stdout
+
+
+# -- Google accounts: refresh token file or browser sign-in -----------------------------
+
+GOOGLE = """
+[[accounts]]
+name = "gmail"
+provider = "google"
+user = "scanner@example.org"
+client_id = "123-abc.apps.googleusercontent.com"
+{extra}
+"""
+
+
+def google_config(folder: Path, extra: str) -> str:
+    path = folder / "xrelay.toml"
+    path.write_text(path.read_text() + GOOGLE.format(extra=textwrap.dedent(extra)))
+    return str(path)
+
+
+def test_google_auth_code_without_refresh_token_file(folder: Path) -> None:
+    path = google_config(folder, 'flow = "auth_code"\nclient_secret_file = "secret.txt"')
+    account = read_config(path).account("gmail")
+    assert account.flow == "auth_code" and account.refresh_token_file is None
+    assert account.authorization_url == "https://accounts.google.com/o/oauth2/v2/auth"
+    assert account.authority == "https://oauth2.googleapis.com"
+    assert account.smtp_host == "smtp.gmail.com"
+
+
+def test_google_defaults_to_refresh_token_and_takes_an_authorization_url(folder: Path) -> None:
+    (folder / "rt.txt").write_text("1//0abc\n")
+    path = google_config(folder, '''\
+        client_secret_file = "secret.txt"
+        refresh_token_file = "rt.txt"
+        authorization_url = "https://accounts.example.test/o/oauth2/v2/auth/"
+        ''')
+    account = read_config(path).account("gmail")
+    assert account.flow == "refresh_token"
+    assert account.refresh_token_file == str(folder / "rt.txt")
+    assert account.authorization_url == "https://accounts.example.test/o/oauth2/v2/auth"
+    assert read_config(str(folder / "xrelay.toml")).account("main").authorization_url is None
+
+
+GOOGLE_MISTAKES = {
+    "auth_code without secret": ('flow = "auth_code"', 'accounts."gmail".client_secret_file',
+                                 "OAuth client secret"),
+    "device code": ('flow = "device_code"\nclient_secret_file = "secret.txt"',
+                    'accounts."gmail".flow', 'flow = "auth_code"'),
+    "client credentials": ('flow = "client_credentials"\nclient_secret_file = "secret.txt"',
+                           'accounts."gmail".flow', 'flow = "refresh_token"'),
+    "plain http authorization_url": (
+        'flow = "auth_code"\nclient_secret_file = "secret.txt"\n'
+        'authorization_url = "http://accounts.google.com/o/oauth2/v2/auth"',
+        'accounts."gmail".authorization_url', "must be an https:// URL"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(GOOGLE_MISTAKES))
+def test_google_mistake_named(folder: Path, mistake: str) -> None:
+    extra, key, words = GOOGLE_MISTAKES[mistake]
+    path = google_config(folder, extra)
+    with pytest.raises(ConfigError) as caught:
+        read_config(path)
+    line = str(caught.value)
+    assert line.startswith(path) and key in line and words in line, line
+
+
+def test_authorization_url_is_for_google_only(folder: Path) -> None:
+    path = edit(folder, 'flow = "client_credentials"',
+                'flow = "client_credentials"\nauthorization_url = "https://x.test/auth"')
+    with pytest.raises(ConfigError) as caught:
+        read_config(path)
+    assert 'accounts."main".authorization_url' in str(caught.value)
+    assert "for Google accounts" in str(caught.value)

@@ -129,6 +129,12 @@ TRANSPORTS = ("smtp", "graph")
 
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 GOOGLE_AUTHORITY = "https://oauth2.googleapis.com"
+GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+#: The flows each provider supports.  Google: a refresh token from the operator's file,
+#: or one from a browser sign-in on the admin page ("auth_code"); either way the newest
+#: one wins (a sign-in stored in the encrypted cache after the file last changed is used;
+#: writing the file again makes the file's token the one used).
+PROVIDER_FLOWS = {"microsoft": FLOWS, "google": ("refresh_token", "auth_code")}
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 SMTP_HOSTS = {"microsoft": "smtp.office365.com", "google": "smtp.gmail.com"}
 
@@ -169,6 +175,10 @@ class AccountConfig:
     messages_per_connection: int = 100
     #: Seconds an idle upstream connection is kept open for reuse.
     idle_timeout: int = 60
+    #: Google only: where the browser sign-in sends the person (Google's OAuth 2.0
+    #: authorization endpoint; C{None} means L{GOOGLE_AUTHORIZATION_URL}).  Microsoft's
+    #: comes from C{authority} (msal's discovery).
+    authorization_url: str | None = None
 
     @property
     def msal_authority(self) -> str:
@@ -644,8 +654,10 @@ class _Reader:
         transport = self.choice(raw, "transport", k("transport"), TRANSPORTS, "smtp")
         if provider == "google" and transport == "graph":
             raise self.fail(k("transport"), 'Graph is Microsoft only; write transport = "smtp"')
-        if provider == "google" and flow != "refresh_token":
-            raise self.fail(k("flow"), 'Google accounts use flow = "refresh_token"')
+        if flow not in PROVIDER_FLOWS[provider]:
+            raise self.fail(k("flow"), 'Google accounts use flow = "refresh_token" (a '
+                            'refresh token file) or flow = "auth_code" (Sign in with '
+                            'Google on the admin page)')
         senders = self.patterns(raw, "senders", k("senders"))
         if senders is None:
             senders = (SenderPattern.parse(user),)
@@ -676,6 +688,13 @@ class _Reader:
         default_authority = GOOGLE_AUTHORITY if provider == "google" else MICROSOFT_AUTHORITY
         authority = self.url(raw, "authority", k("authority"), default_authority)
         graph_url = self.url(raw, "graph_url", k("graph_url"), GRAPH_URL)
+        authorization_url: str | None = None
+        if provider == "google":
+            authorization_url = self.url(raw, "authorization_url", k("authorization_url"),
+                                         GOOGLE_AUTHORIZATION_URL)
+        elif "authorization_url" in raw:
+            raise self.fail(k("authorization_url"), "is for Google accounts; Microsoft's "
+                            "sign-in page follows from authority")
         smtp_port = self.non_negative(raw, "smtp_port", k("smtp_port"), 587, 1)
         if smtp_port > 65535:
             raise self.fail(k("smtp_port"), f"{smtp_port} is not a TCP port")
@@ -703,6 +722,7 @@ class _Reader:
             messages_per_connection=self.non_negative(
                 raw, "messages_per_connection", k("messages_per_connection"), 100, 1),
             idle_timeout=self.non_negative(raw, "idle_timeout", k("idle_timeout"), 60, 1),
+            authorization_url=authorization_url,
         )
 
     def choice(self, raw: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
