@@ -1,7 +1,7 @@
 """
 OAuth 2.0 access tokens for the upstream accounts: Microsoft (msal: client credentials,
 device code, authorization code with PKCE, operator refresh token) and Google (refresh
-token grant), cached encrypted on disk and refreshed ahead of expiry.
+token grant; "Sign in with Google": authorization code with PKCE), cached encrypted on disk and refreshed ahead of expiry.
 
 Public API: L{TokenService} (wired by C{makeService}), the exceptions deliveries act on
 (L{NeedsSignIn}: defer and tell the operator, never bounce; L{TokenUnavailable}: retry

@@ -1,21 +1,29 @@
 """
-Google's refresh token grant (Gmail / Workspace accounts), with treq.
+Google's OAuth 2.0 grants for Gmail / Workspace accounts, with treq: the refresh token
+grant that brings every access token, and the browser sign-in ("OAuth 2.0 for Web Server
+Applications": authorization code with PKCE S256) that brings the refresh token.
 
-The operator supplies a refresh token (C{refresh_token_file}); each access token comes
-from C{POST {authority}/token} with it.  Should Google ever send a new refresh token, it
-is kept in the account's encrypted cache file and used from then on.  HTTPS trusts the
-public roots plus C{ca_file}, explicitly.
+The refresh token comes from the operator's C{refresh_token_file} or from a sign-in on
+the admin page; the newest one wins.  A sign-in (or a refresh token Google rotated) is
+kept in the account's encrypted cache file together with the file's signature at that
+moment, and is used as long as the file has not changed since; writing the file again
+makes the file's token the one used.  Each access token comes from
+C{POST {authority}/token}.  HTTPS trusts the public roots plus C{ca_file}, explicitly.
 
-Never log or raise the refresh token, the access token or the client secret: errors are
-Google's C{error} and C{error_description}.
+Never log or raise the refresh token, the access token, the authorization code, the PKCE
+verifier or the client secret: errors are Google's C{error} and C{error_description}.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlencode
+
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 
 import attrs
 from treq.client import HTTPClient
@@ -25,9 +33,9 @@ from twisted.web.client import Agent, ResponseFailed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from xrelay.config import AccountConfig
+from xrelay.config import GOOGLE_AUTHORIZATION_URL, AccountConfig
 from xrelay.tokens.cache import AccountCache
-from xrelay.tokens.errors import GrantRefused, GrantUnavailable
+from xrelay.tokens.errors import GrantRefused, GrantUnavailable, SignInFailed
 from xrelay.tokens.microsoft import RunBlocking
 from xrelay.tokens.source import GrantResult, ITokenGrant
 from xrelay.tokens.status import TokenStatus
@@ -36,6 +44,9 @@ from xrelay.tokens.trust import REQUEST_TIMEOUT, https_policy
 log = Logger(namespace="xrelay.tokens.google")
 
 GMAIL_SCOPE = "https://mail.google.com/"
+#: What the browser sign-in asks for: Gmail, plus the signed-in address (an id_token
+#: with C{email}) so a sign-in as the wrong Google account is refused at once.
+SIGN_IN_SCOPE = f"{GMAIL_SCOPE} openid email"
 PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client",
                               "invalid_scope", "access_denied"})
 
@@ -68,8 +79,15 @@ class GoogleGrant:
 
     @property
     def hint(self) -> str:
-        return (f"put a new refresh token for {self.account.user} in "
-                f"{self.account.refresh_token_file} (Google refused the current one)")
+        if self.account.refresh_token_file:
+            return (f"use Sign in with Google on the admin page as {self.account.user}, "
+                    f"or put a new refresh token for {self.account.user} in "
+                    f"{self.account.refresh_token_file} (Google refused the current one)")
+        return f"use Sign in with Google on the admin page as {self.account.user}"
+
+    @property
+    def authorization_url(self) -> str:
+        return self.account.authorization_url or GOOGLE_AUTHORIZATION_URL
 
     @property
     def token_url(self) -> str:
@@ -108,7 +126,7 @@ class GoogleGrant:
         if stored.get("refresh_token") and stored.get("rt_file") == signature:
             return stored["refresh_token"], signature
         if not self.account.refresh_token_file:
-            raise GrantRefused("no refresh token is configured (refresh_token_file)")
+            raise GrantRefused(f"no sign-in for {self.account.user} is stored")
         try:
             with open(self.account.refresh_token_file, encoding="utf-8") as f:
                 return f.read().strip(), signature
@@ -119,18 +137,48 @@ class GoogleGrant:
     def _keep_rotated(self, refresh_token: str, signature: list[int] | None) -> None:
         with self.cache.locked():
             data = self.cache.read()
-            data["google"] = {"refresh_token": refresh_token, "rt_file": signature}
+            data["google"] = dict(data.get("google") or {}, refresh_token=refresh_token,
+                                  rt_file=signature)
+            self.cache.write(data)
+
+    def _keep_signed_in(self, refresh_token: str, expires_at: float) -> None:
+        """(blocking) Store a browser sign-in: it wins over the file as it is now."""
+        with self.cache.locked():
+            data = self.cache.read()
+            now = time.time()
+            data["google"] = {"refresh_token": refresh_token, "signed_in": now,
+                              "rt_file": _signature(self.account.refresh_token_file)}
+            data["meta"] = dict(data.get("meta") or {}, state="ok", last_refresh=now,
+                                last_error=None, hint=None, expires_at=expires_at,
+                                recorded=now)
             self.cache.write(data)
 
     @inlineCallbacks
     def fetch(self, force: bool) -> Any:
         refresh_token, signature = yield self.run(self._refresh_token)
+        code, result = yield self._token_request(
+            {"grant_type": "refresh_token", "refresh_token": refresh_token})
+        if code >= 500 or code == 429:
+            raise GrantUnavailable(f"{self.token_url} answered HTTP {code}")
+        if code != 200 or "access_token" not in result:
+            reason = _reason(result, code)
+            if result.get("error") in PERMANENT_ERRORS:
+                raise GrantRefused(reason)
+            raise GrantUnavailable(reason)
+        if result.get("refresh_token") and result["refresh_token"] != refresh_token:
+            yield self.run(self._keep_rotated, result["refresh_token"], signature)
+        return GrantResult(result["access_token"], float(result.get("expires_in", 3599)))
+
+    @inlineCallbacks
+    def _token_request(self, form: dict[str, str]) -> Any:
+        """
+        POST C{form} (plus the client's id and secret) to the token endpoint: fires with
+        (HTTP status, JSON body); L{GrantUnavailable} when Google cannot be reached.
+        """
         assert self.account.client_secret_file is not None
         secret = yield self.run(_read_secret, self.account.client_secret_file)
-        body = urlencode({
-            "grant_type": "refresh_token", "client_id": self.account.client_id,
-            "client_secret": secret, "refresh_token": refresh_token,
-        }).encode("ascii")
+        body = urlencode(dict(form, client_id=self.account.client_id or "",
+                              client_secret=secret)).encode("ascii")
         try:
             response = yield self._client().post(
                 self.token_url, data=body, timeout=REQUEST_TIMEOUT,
@@ -145,19 +193,110 @@ class GoogleGrant:
                         account=self.account.name)
             raise GrantUnavailable(f"token request to {self.token_url} failed "
                                    f"({type(e).__name__})") from None
-        result = _json(raw)
-        if response.code >= 500 or response.code == 429:
-            raise GrantUnavailable(f"{self.token_url} answered HTTP {response.code}")
-        if response.code != 200 or "access_token" not in result:
-            error = str(result.get("error") or f"HTTP {response.code}")
-            description = str(result.get("error_description") or "").strip()
-            reason = f"{error}: {description}" if description else error
-            if error in PERMANENT_ERRORS:
-                raise GrantRefused(reason)
-            raise GrantUnavailable(reason)
-        if result.get("refresh_token") and result["refresh_token"] != refresh_token:
-            yield self.run(self._keep_rotated, result["refresh_token"], signature)
-        return GrantResult(result["access_token"], float(result.get("expires_in", 3599)))
+        return response.code, _json(raw)
+
+    # -- browser sign-in (authorization code with PKCE) -----------------------------
+
+    def initiate_auth_code(self, redirect_uri: str) -> tuple[str, dict[str, Any]]:
+        """
+        The URL to send the browser to, and the flow state to keep server side until
+        it comes back to C{redirect_uri}.  C{access_type=offline} with
+        C{prompt=consent} makes Google send a refresh token even if this client was
+        allowed before (a replacement for a revoked one).
+        """
+        verifier = secrets.token_urlsafe(64)  # 86 characters of [A-Za-z0-9_-]
+        challenge = urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+        state = secrets.token_urlsafe(24)
+        query = urlencode({
+            "response_type": "code", "client_id": self.account.client_id or "",
+            "redirect_uri": redirect_uri, "scope": SIGN_IN_SCOPE, "state": state,
+            "code_challenge": challenge.rstrip(b"=").decode("ascii"),
+            "code_challenge_method": "S256", "access_type": "offline",
+            "prompt": "consent", "login_hint": self.account.user,
+        })
+        url = f"{self.authorization_url}?{query}"
+        flow = {"provider": "google", "account": self.account.name, "state": state,
+                "code_verifier": verifier, "redirect_uri": redirect_uri, "auth_uri": url,
+                "used": False}
+        return url, flow
+
+    @inlineCallbacks
+    def complete_auth_code(self, flow: dict[str, Any], params: dict[str, str]) -> Any:
+        """
+        Redeem the browser's return (the redirect's query parameters) for tokens, once:
+        a flow is spent by its first return, whatever the outcome.  Fires with the
+        L{GrantResult}; the refresh token is then in the encrypted cache.  Fails with
+        L{SignInFailed} (state mismatch, declined, wrong Google account, no Gmail
+        access granted, Google refused the code or could not be reached).
+        """
+        name = self.account.name
+        if flow.get("provider") != "google" or flow.get("account") != name:
+            raise SignInFailed(name, "the sign-in reply does not belong to this sign-in "
+                               "(state mismatch); start again")
+        if flow.get("used"):
+            raise SignInFailed(name, "this sign-in was already used; start again")
+        flow["used"] = True
+        if not secrets.compare_digest(str(params.get("state", "")).encode(),
+                                      str(flow["state"]).encode()):
+            raise SignInFailed(name, "the sign-in reply does not belong to this sign-in "
+                               "(state mismatch); start again")
+        if params.get("error"):
+            raise SignInFailed(name, f"Google did not sign in: {_reason(params, 400)}")
+        if not params.get("code"):
+            raise SignInFailed(name, "Google's reply has no authorization code")
+        try:
+            code, result = yield self._token_request({
+                "grant_type": "authorization_code", "code": params["code"],
+                "code_verifier": flow["code_verifier"],
+                "redirect_uri": flow["redirect_uri"]})
+        except GrantUnavailable as e:
+            raise SignInFailed(name, f"redeeming the code failed: {e.reason}") from None
+        if code != 200 or "access_token" not in result:
+            raise SignInFailed(name, f"redeeming the code failed: {_reason(result, code)}")
+        granted = str(result.get("scope") or "").split()
+        if GMAIL_SCOPE not in granted:
+            raise SignInFailed(name, f"the sign-in did not allow sending mail ({GMAIL_SCOPE});"
+                               " sign in again and tick \"Read, compose, send and "
+                               "permanently delete all your email from Gmail\"")
+        who = _signed_in_as(result.get("id_token"))
+        if who is not None and who.lower() != self.account.user.lower():
+            raise SignInFailed(name, f"signed in as {who}, but the account is configured "
+                               f"for {self.account.user}; sign in as {self.account.user}")
+        if not result.get("refresh_token"):
+            raise SignInFailed(name, "Google sent no refresh token; remove the app's "
+                               "access at https://myaccount.google.com/permissions and "
+                               "sign in again")
+        expires_in = float(result.get("expires_in", 3599))
+        yield self.run(self._keep_signed_in, result["refresh_token"],
+                       time.time() + expires_in)
+        log.info("Account {account} signed in with Google as {user}", account=name,
+                 user=self.account.user)
+        return GrantResult(result["access_token"], expires_in)
+
+
+def _reason(result: dict[str, Any], code: int) -> str:
+    """Google's error in one line: C{invalid_grant: Bad Request}."""
+    error = str(result.get("error") or f"HTTP {code}")
+    description = str(result.get("error_description") or "").strip().splitlines()
+    return f"{error}: {description[0][:300]}" if description else error
+
+
+def _signed_in_as(id_token: Any) -> str | None:
+    """
+    The C{email} claim of the id_token from the token endpoint.  Not verified: it came
+    straight from Google over HTTPS in answer to our client secret, which is what
+    Google's documentation asks for in that case.
+    """
+    if not isinstance(id_token, str) or id_token.count(".") != 2:
+        return None
+    payload = id_token.split(".")[1]
+    try:
+        import json
+        claims = json.loads(urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    email = claims.get("email") if isinstance(claims, dict) else None
+    return str(email) if email else None
 
 
 def _read_secret(path: str) -> str:

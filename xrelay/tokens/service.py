@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -216,11 +216,21 @@ class TokenService(Service):
         source = self.sources.get(account)
         if source is None:
             raise SignInFailed(account, "no such account in the configuration")
-        if not isinstance(source.grant, MicrosoftGrant) or \
-                self.config.account(account).flow == "client_credentials":
+        if isinstance(source.grant, GoogleGrant):
+            raise SignInFailed(account, "Google accounts sign in in the browser only "
+                               "(Sign in with Google on the admin page)")
+        if self.config.account(account).flow == "client_credentials":
             raise SignInFailed(account, "this account does not sign in interactively "
-                               "(Google refresh token or client credentials)")
+                               "(client credentials)")
         return source, source.grant
+
+    def _browser(self, account: str) -> tuple[RefreshingTokenSource,
+                                              MicrosoftGrant | GoogleGrant]:
+        """The account's grant, if it can sign in in the browser (any Google flow)."""
+        source = self.sources.get(account)
+        if source is not None and isinstance(source.grant, GoogleGrant):
+            return source, source.grant
+        return self._microsoft(account)
 
     def _adopted(self, result: GrantResult, source: RefreshingTokenSource) -> TokenStatus:
         source.signed_in(result)
@@ -269,19 +279,28 @@ class TokenService(Service):
         send the browser to and the flow state to keep (server side) until it returns.
         """
         try:
-            _, grant = self._microsoft(account)
+            _, grant = self._browser(account)
         except SignInFailed as e:
             return _failed(e)
+        if isinstance(grant, GoogleGrant):  # no I/O: the URL is built here
+            return maybeDeferred(grant.initiate_auth_code, redirect_uri)
         return self.run_blocking(grant.initiate_auth_code, redirect_uri)
 
     def finish_auth_code(self, account: str, flow: dict[str, Any],
                          query_params: dict[str, str]) -> Deferred[TokenStatus]:
-        """Redeem the browser's return (the redirect's query parameters)."""
+        """
+        Redeem the browser's return (the redirect's query parameters): the tokens are
+        stored (encrypted), the account is ok and L{on_signed_in} listeners are told.
+        Fails with L{SignInFailed}, the account keeping its previous state.
+        """
         try:
-            source, grant = self._microsoft(account)
+            source, grant = self._browser(account)
         except SignInFailed as e:
             return _failed(e)
-        d = self.run_blocking(grant.complete_auth_code, flow, query_params)
+        if isinstance(grant, GoogleGrant):
+            d = grant.complete_auth_code(flow, query_params)
+        else:
+            d = self.run_blocking(grant.complete_auth_code, flow, query_params)
         return d.addCallback(self._adopted, source)
 
 
@@ -303,6 +322,7 @@ def stored_status(config: Config) -> list[TokenStatus]:
         data = cache.read()
         meta = data.get("meta") or {}
         expires_at, has_refresh = stored_expiry(data, account)
+        has_refresh = has_refresh or bool((data.get("google") or {}).get("refresh_token"))
         expires_at = meta.get("expires_at") or expires_at
         state = meta.get("state")
         if state is None:
