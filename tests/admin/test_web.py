@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 
 from tests.admin.conftest import ADMIN_PASSWORD, start_relay
 from xrelay.envelope import Envelope
@@ -306,3 +307,108 @@ async def test_password_guessing_is_cut_off(world) -> None:
     site.failures = {c: [t - 301 for t in ts] for c, ts in site.failures.items()}
     response = await browser.sign_in()
     assert response.code == 303 and location(response) == "/"
+
+
+# -- Sign in with Google ------------------------------------------------------------------
+
+GOOGLE_USER = "scanner@example.org"
+GOOGLE_PASSWORD = "google password for tests"
+
+
+def add_google_account(world: Any, flow: str = "auth_code") -> Any:
+    """A Google OAuth client (web application) for the admin page's callback, and a user.
+    Its sign-in page is named by "localhost", so its origin differs from Microsoft's."""
+    import os
+
+    from tests.admin.conftest import account_toml, write_config
+
+    sb = world.sandbox
+    client = sb.google.register_client(redirect_uris=[f"{world.admin_url}/signin/callback"])
+    sb.google.add_user(GOOGLE_USER, GOOGLE_PASSWORD)
+    secret = world.tmp / "google-secret.txt"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, (client.client_secret + "\n").encode())
+    os.close(fd)
+    authorization = f"https://localhost:{sb.identity_port}/google/o/oauth2/v2/auth"
+    write_config(world, delegated=True, sections=account_toml({
+        "name": "gmail", "provider": "google", "flow": flow, "user": GOOGLE_USER,
+        "client_id": client.client_id, "client_secret_file": str(secret),
+        "authority": sb.google_authority, "authorization_url": authorization,
+        "smtp_host": sb.smtp_host, "smtp_port": sb.gmail_smtp_port, "ca_file": sb.ca_file,
+        "senders": [GOOGLE_USER], "messages_per_minute": 0,
+    }))
+    return client, authorization
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_in_with_google_delivers_queued_mail(world) -> None:
+    from tests.tokens.test_microsoft import browser_sign_in
+
+    client, authorization = add_google_account(world)
+    relay = start_relay(world)
+    # Mail for the Google account waits: it has never signed in.
+    await smtp_send(world.smtp_port, GOOGLE_USER, ["someone@example.net"])
+    await until(lambda: relay.tokens.status()["gmail"].state == "needs sign-in")
+    await until(lambda: relay.spool.counts()["deferred"] == 1)
+    browser = Browser(world.admin_url)
+    await browser.sign_in()
+    response, body = await browser.request("GET", "/")
+    assert 'id="signin-gmail"' in body and "Sign in with Google" in body
+    assert "use Sign in with Google on the admin page as scanner@example.org" in body
+    csp = response.headers.getRawHeaders(b"content-security-policy")[0].decode()
+    assert (f"form-action 'self' {world.sandbox.authority} "
+            f"https://localhost:{world.sandbox.identity_port};") in csp
+
+    token = await browser.csrf("/")
+    response, _ = await browser.request("POST", "/signin", {"csrf_token": token,
+                                                            "account": "gmail"})
+    assert response.code == 303
+    url = location(response)
+    assert url.startswith(authorization + "?")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert query["client_id"] == client.client_id and query["response_type"] == "code"
+    assert query["redirect_uri"] == f"{world.admin_url}/signin/callback"
+    assert query["scope"] == "https://mail.google.com/ openid email"
+    assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
+    assert query["access_type"] == "offline" and query["prompt"] == "consent"
+    assert query["login_hint"] == GOOGLE_USER and query["state"]
+    assert not [m for m in world.sandbox.mailbox.messages if m.mail_from == GOOGLE_USER]
+
+    callback = await threads.deferToThread(browser_sign_in, url, world.sandbox.ca_file,
+                                  GOOGLE_USER, GOOGLE_PASSWORD)
+    assert callback.startswith(f"{world.admin_url}/signin/callback?")
+    anonymous = Browser(world.admin_url)  # the redirect is cross-site: no cookie
+    response, body = await anonymous.request("GET", callback[len(world.admin_url):])
+    assert response.code == 200, body
+    assert "Account gmail is signed in (ok)" in body
+    await until(lambda: [m for m in world.sandbox.mailbox.messages
+                         if m.mail_from == GOOGLE_USER])
+    (delivered,) = [m for m in world.sandbox.mailbox.messages if m.mail_from == GOOGLE_USER]
+    assert delivered.mailbox == GOOGLE_USER and delivered.auth_mechanism == "XOAUTH2"
+    assert delivered.rcpt_to == ("someone@example.net",)
+    assert b"Subject: metrics" in delivered.data
+    assert relay.spool.counts()["deferred"] == 0
+    response, body = await browser.request("GET", "/")
+    assert re.search(r'id="state-gmail"[^>]*>ok<', body), body
+    # the same return again: its state is spent
+    response, body = await anonymous.request("GET", callback[len(world.admin_url):])
+    assert response.code == 400 and "This sign-in is unknown or has expired" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_google_refresh_token_account_offers_sign_in_and_decline_is_shown(world) -> None:
+    add_google_account(world, flow="refresh_token")
+    relay = start_relay(world)
+    browser = Browser(world.admin_url)
+    await browser.sign_in()
+    _, body = await browser.request("GET", "/")
+    assert 'id="signin-gmail"' in body and "Sign in with Google" in body
+    token = await browser.csrf("/")
+    response, _ = await browser.request("POST", "/signin", {"csrf_token": token,
+                                                            "account": "gmail"})
+    state = parse_qs(urlsplit(location(response)).query)["state"][0]
+    response, body = await browser.request(
+        "GET", f"/signin/callback?error=access_denied&state={state}")
+    assert response.code == 400
+    assert "Sign-in for gmail did not complete: access_denied" in body
+    assert relay.tokens.status()["gmail"].state != "ok"

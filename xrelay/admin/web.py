@@ -6,7 +6,8 @@ every page but the sign-in form, the stylesheet, C{/metrics} and the identity pl
 return needs a signed-in session; every POST needs the session's CSRF token.  A refused
 request gets a short page and a log line with the client's address, never a traceback.
 
-The browser sign-in for delegated accounts (authorization code with PKCE) is started by
+The browser sign-in ("Sign in with Microsoft" for delegated Microsoft accounts, "Sign in
+with Google" for Google accounts; authorization code with PKCE) is started by
 a POST (so that no other site can start one) and finished at C{/signin/callback}, which
 the identity platform redirects to.  That redirect is a cross-site navigation, on which
 browsers do not send C{SameSite=Strict} cookies; the callback is therefore authorised by
@@ -113,8 +114,8 @@ class AdminSite(Resource):
     # -- plumbing ----------------------------------------------------------------
 
     def render(self, request: Any) -> Any:
-        form_targets = sorted({_origin(a.authority) for a in self.config.accounts
-                               if a.provider == "microsoft" and a.flow != "client_credentials"})
+        form_targets = sorted({_origin(sign_in_url(a)) for a in self.config.accounts
+                               if self.can_sign_in(a)})
         for name, value in security_headers(form_targets).items():
             request.setHeader(name, value)
         d = defer.ensureDeferred(self._dispatch(request))
@@ -281,6 +282,13 @@ class AdminSite(Resource):
         self._redirect(request, "/login")
 
     def can_sign_in(self, account: Any) -> bool:
+        """
+        Whether the status page offers the browser sign-in: delegated Microsoft
+        accounts, and every Google account (with a refresh token file too, so that a
+        revoked token can be replaced from here).
+        """
+        if account.provider == "google":
+            return True
         return account.provider == "microsoft" and account.flow in ("auth_code",
                                                                     "device_code")
 
@@ -393,6 +401,15 @@ class AdminSite(Resource):
                                             " Its queued mail is on its way.",
                                             "/", "Continue to the status page"),
             refresh_to="/"))
+
+
+def sign_in_url(account: Any) -> str:
+    """Where the sign-in form's redirect takes the browser: the provider's sign-in page."""
+    if account.provider == "google":
+        from xrelay.config import GOOGLE_AUTHORIZATION_URL
+
+        return account.authorization_url or GOOGLE_AUTHORIZATION_URL
+    return account.authority
 
 
 def _text(value: bytes | None) -> str:
