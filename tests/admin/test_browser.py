@@ -2,7 +2,9 @@
 The browser sign-in, in real headless Chromium driven by Selenium: sign in to the admin
 page, see a delegated account in "needs sign-in", click Sign in, sign in on the sandbox
 identity platform's page, land back, see the account "ok", and see the message that
-waited for it delivered.  Screenshots go to tests/artifacts/.
+waited for it delivered; then the same with "Sign in with Google" for a Google account,
+whose sign-in page is on another origin (so Chromium's CSP form-action check is real).
+Screenshots go to tests/artifacts/.
 
 The sandbox's TLS certificate is trusted by its public key hash
 (--ignore-certificate-errors-spki-list), not by turning certificate checks off.
@@ -148,3 +150,64 @@ async def test_sign_in_with_microsoft_in_the_browser(world) -> None:
     finally:
         await deferToThread(driver.quit)
     assert os.path.exists(ARTIFACTS / "browser-signin-5-delivered.png")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sign_in_with_google_in_the_browser(world) -> None:
+    """
+    The same round trip for a Google account, whose sign-in page is on another origin
+    (https://localhost:PORT): the browser follows the form's redirect there only if the
+    admin page's CSP form-action allows it.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.admin.test_web import GOOGLE_PASSWORD, GOOGLE_USER, add_google_account
+
+    _, authorization = add_google_account(world)
+    relay = start_relay(world)
+    sandbox = world.sandbox
+    ARTIFACTS.mkdir(exist_ok=True)
+    await smtp_send(world.smtp_port, GOOGLE_USER, ["customer@example.net"])
+    await until(lambda: relay.spool.counts()["deferred"] == 1)
+
+    driver = await deferToThread(make_driver, world.tmp,
+                                 spki_hash(sandbox.server_certificate.cert_file))
+
+    def steps() -> str:
+        def wait_for(element_id: str) -> None:
+            WebDriverWait(driver, 30).until(
+                expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+        def type_into(element_id: str, text: str) -> None:
+            element = driver.find_element(By.ID, element_id)
+            element.clear()
+            element.send_keys(text)
+
+        driver.get(world.admin_url + "/login")
+        type_into("password", ADMIN_PASSWORD)
+        driver.find_element(By.ID, "signin").click()
+        wait_for("accounts")
+        assert driver.find_element(By.ID, "state-gmail").text == "needs sign-in"
+        driver.find_element(By.ID, "signin-gmail").click()
+        wait_for("accept")
+        assert driver.current_url.startswith(authorization + "?")
+        assert driver.find_element(By.ID, "username").get_attribute("value") == GOOGLE_USER
+        type_into("password", GOOGLE_PASSWORD)
+        driver.save_screenshot(str(ARTIFACTS / "browser-google-1-sign-in.png"))
+        driver.find_element(By.ID, "accept").click()
+        wait_for("accounts")
+        driver.save_screenshot(str(ARTIFACTS / "browser-google-2-signed-in.png"))
+        return driver.find_element(By.ID, "state-gmail").text
+
+    try:
+        assert await deferToThread(steps) == "ok"
+        await until(lambda: [m for m in sandbox.mailbox.messages if m.mail_from == GOOGLE_USER])
+        await until(lambda: relay.spool.counts()["deferred"] == 0)
+    except BaseException:
+        await deferToThread(driver.save_screenshot,
+                            str(ARTIFACTS / "browser-google-failed.png"))
+        raise
+    finally:
+        await deferToThread(driver.quit)
