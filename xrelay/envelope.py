@@ -119,12 +119,16 @@ class DeliveryResult:
     @ivar detail: text for the operator and for bounces, e.g. how to grant Send As.
         Never contains a secret.
     @ivar retry_after: seconds the upstream asked us to wait (Graph C{Retry-After}).
+    @ivar handed_back: pass-through only: nothing was delivered and the delivery engine
+        has removed the entry, because the device is about to be told so with the
+        upstream's own reply and keeps the message itself (no retry, no bounce).
     """
 
     recipients: tuple[RecipientResult, ...]
     failure: FailureKind = FailureKind.NONE
     detail: str = ""
     retry_after: float | None = None
+    handed_back: bool = False
 
     @classmethod
     def for_all(

@@ -294,19 +294,33 @@ def test_shutdown_wait_is_bounded(harness) -> None:
     assert list(harness.spool.entries()) == []
 
 
-def test_deliver_now_returns_the_upstream_reply(harness) -> None:
+def test_deliver_now_hands_back_what_was_not_delivered(harness) -> None:
+    """Pass-through, nothing delivered: the device is told and keeps the message."""
     engine = harness.start()
-    harness.transport.script = [fail_all(SEND_AS, FailureKind.SEND_AS_DENIED)]
-    entry_id = harness.receive(submit=False)
+    for script in (fail_all(SEND_AS, FailureKind.SEND_AS_DENIED), fail_all(BUSY)):
+        harness.transport.script = [script]
+        entry_id = harness.receive(submit=False)
+        result = engine.deliver_now(entry_id).result
+        assert result.handed_back
+        assert result.recipients[0].reply in (SEND_AS, BUSY)
+        with pytest.raises(UnknownEntry):  # neither retried nor bounced
+            harness.spool.get(entry_id)
+    harness.clock.advance(3600)
+    assert list(harness.spool.entries()) == [] and len(harness.transport.sent) == 2
+    assert [r.outcome for r in engine.status().recent] == ["handed back", "handed back"]
+
+
+def test_deliver_now_keeps_what_was_partly_delivered(harness) -> None:
+    """Some recipients delivered: the device hears 250, so the relay owns the rest."""
+    engine = harness.start()
+    harness.transport.script = [per_recipient({"b@example.org": BUSY})]
+    entry_id = harness.receive(recipients=("a@example.org", "b@example.org"),
+                               submit=False)
     result = engine.deliver_now(entry_id).result
-    assert result.recipients[0].reply == SEND_AS
-    assert harness.spool.get(entry_id).state == FAILED
-    harness.transport.script = [fail_all(BUSY)]
-    entry_id = harness.receive(submit=False)
-    result = engine.deliver_now(entry_id).result
-    assert result.recipients[0].outcome is Outcome.TEMPORARY
-    assert harness.spool.get(entry_id).state == DEFERRED  # retried normally
-    harness.clock.advance(60)
+    assert not result.handed_back
+    entry = harness.spool.get(entry_id)
+    assert entry.state == DEFERRED and entry.recipients == ("b@example.org",)
+    harness.clock.advance(60)  # retried normally
     with pytest.raises(UnknownEntry):
         harness.spool.get(entry_id)
 

@@ -232,7 +232,7 @@ def test_pass_through_answers_with_the_upstream_reply(relay):
     upstream = Reply(554, "5.2.252 SendAsDenied; relay@example.com not allowed to send "
                      "as a@example.com; STOREDRV.Submission.Exception")
     delivery = RecordingDelivery(result=DeliveryResult(
-        (RecipientResult("b@example.org", Outcome.PERMANENT, upstream),)))
+        (RecipientResult("b@example.org", Outcome.PERMANENT, upstream),), handed_back=True))
     config = make_config(listen=(ListenerConfig("tcp:0:interface=127.0.0.1",
                                                 pass_through=True),))
     r = yield relay(config, delivery=delivery)
@@ -275,14 +275,20 @@ def test_pass_through_reply_rules():
                             Reply(451, "4.7.500 Server busy. Please try again later"))
     assert pass_through_reply(DeliveryResult((ok,)), "e1") == (
         250, "2.0.0", "Ok: delivered as e1")
-    assert pass_through_reply(DeliveryResult((later,)), "e1") == (
+    # Nothing delivered and handed back: the device hears the upstream and keeps it.
+    assert pass_through_reply(DeliveryResult((later,), handed_back=True), "e1") == (
         451, "4.7.500", "Server busy. Please try again later")
+    # Nothing delivered but the relay kept it (the attempt did not finish): 250.
+    assert pass_through_reply(DeliveryResult((later,)), "e1") == (
+        250, "2.0.0", "Ok: queued as e1; delivered to 0 of 1, upstream said 451 4.7.500 "
+        "Server busy. Please try again later")
     # Some delivered: a 4xx/5xx would make the device resend to those too.
     assert pass_through_reply(DeliveryResult((ok, later)), "e1") == (
         250, "2.0.0", "Ok: queued as e1; delivered to 1 of 2, upstream said 451 4.7.500 "
         "Server busy. Please try again later")
     bare = RecipientResult("c@example.org", Outcome.PERMANENT, Reply(550, "No such user"))
-    assert pass_through_reply(DeliveryResult((bare,)), "e1") == (550, "", "No such user")
+    assert pass_through_reply(DeliveryResult((bare,), handed_back=True), "e1") == (
+        550, "", "No such user")
 
 
 @pytest_twisted.inlineCallbacks

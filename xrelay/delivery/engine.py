@@ -191,6 +191,10 @@ class DeliveryEngine(Service):
         """
         Pass-through: attempt at once, ahead of the account's pacing (a device is waiting
         for the answer), though it counts against the limits like any attempt.
+
+        When nothing is delivered the entry is handed back: removed, neither retried
+        nor bounced, since the device hears the upstream's reply and keeps the message
+        (a 4xx it retries, a 5xx it reports).  Anything else settles as usual.
         """
         if entry_id in self._in_flight:
             return _shadow(self._in_flight[entry_id])
@@ -204,7 +208,7 @@ class DeliveryEngine(Service):
         self.queue.discard(entry_id)
         key = self._key(entry)
         self.queue.pace(key).start(self.clock.seconds(), len(entry.recipients))
-        return _shadow(self._start(entry_id, key))
+        return _shadow(self._start(entry_id, key, hand_back=True))
 
     def resume_account(self, name: str) -> None:
         """
@@ -244,7 +248,8 @@ class DeliveryEngine(Service):
         self._timer = None
         self._pump()
 
-    def _start(self, entry_id: str, account: str) -> "Deferred[DeliveryResult]":
+    def _start(self, entry_id: str, account: str,
+               hand_back: bool = False) -> "Deferred[DeliveryResult]":
         released = False
 
         def release() -> None:
@@ -257,7 +262,7 @@ class DeliveryEngine(Service):
                 self.queue.pace(account).finish()
                 self._pump()
 
-        d = defer.ensureDeferred(self._attempt(entry_id, release))
+        d = defer.ensureDeferred(self._attempt(entry_id, release, hand_back))
         self._in_flight[entry_id] = d
 
         def done(result: Any) -> Any:
@@ -272,8 +277,8 @@ class DeliveryEngine(Service):
 
     # -- one attempt ---------------------------------------------------------------
 
-    async def _attempt(self, entry_id: str,
-                       release: Callable[[], None] = lambda: None) -> DeliveryResult:
+    async def _attempt(self, entry_id: str, release: Callable[[], None] = lambda: None,
+                       hand_back: bool = False) -> DeliveryResult:
         try:
             entry = self.spool.get(entry_id)
         except UnknownEntry:
@@ -288,6 +293,9 @@ class DeliveryEngine(Service):
             else:
                 result = await self._send(entry, account, transport)
             release()
+            if hand_back and not any(r.outcome is Outcome.DELIVERED
+                                     for r in result.recipients):
+                return await self._hand_back(entry, account, result)
             await self._settle(entry, account, result)
             return result
         except Exception:
@@ -322,6 +330,23 @@ class DeliveryEngine(Service):
                     os.unlink(scratch)
                 except FileNotFoundError:
                     pass
+
+    async def _hand_back(self, entry: SpoolEntry, account: AccountConfig | None,
+                         result: DeliveryResult) -> DeliveryResult:
+        """Pass-through, nothing delivered: the device takes the message back."""
+        await self.spool.remove(entry)
+        key = account.name if account else ""
+        first = result.recipients[0].reply if result.recipients else NO_RESULT
+        self.recent.append(OutcomeRecord(entry.entry_id, entry.sender, key,
+                                         self.clock.seconds(), "handed back", 0, 0, 0,
+                                         str(first)))
+        log.info(
+            "{entry_id} from <{sender}> via {account}: handed back to the client "
+            "(pass-through; {recipient_count} recipients); upstream: {upstream_reply}",
+            entry_id=entry.entry_id, sender=entry.sender, account=key or "(none)",
+            outcome="handed back", recipient_count=len(entry.recipients),
+            upstream_reply=str(first), failure=result.failure.value)
+        return attrs.evolve(result, handed_back=True)
 
     async def _settle(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult) -> None:

@@ -80,20 +80,19 @@ def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str,
     """
     The end-of-DATA reply of a pass-through listener, from the upstream's result.
 
-    All delivered: 250.  Otherwise the first failed recipient's upstream reply, code and
-    text verbatim (C{554 5.2.252 SendAsDenied; ...}) when nothing was delivered.  When
-    some recipients were delivered, a 5xx would make the device send the message again
-    to those too, so the reply is 250 with the failures named (the spool retries or
-    bounces the rest).
+    All delivered: 250.  Handed back (nothing delivered; the engine dropped the entry):
+    the first upstream reply, code and text verbatim (C{554 5.2.252 SendAsDenied; ...},
+    C{451 4.7.500 ...}), and the device keeps the message.  Otherwise the relay kept the
+    message (some recipients delivered, or the attempt did not finish), so the reply is
+    250: a failure code would make the device send it again to those who have it.
     """
     failed = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
     if not failed:
         return 250, "2.0.0", f"Ok: delivered as {entry_id}"
-    delivered = len(result.recipients) - len(failed)
-    if delivered:
-        first = failed[0].reply
+    if not result.handed_back:
+        delivered = len(result.recipients) - len(failed)
         return 250, "2.0.0", (f"Ok: queued as {entry_id}; delivered to {delivered} of "
-                              f"{len(result.recipients)}, upstream said {first}")
+                              f"{len(result.recipients)}, upstream said {failed[0].reply}")
     reply = failed[0].reply
     enhanced = reply.enhanced or ""
     text = reply.text[len(enhanced):].lstrip() if enhanced else reply.text
