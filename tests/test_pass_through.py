@@ -11,7 +11,6 @@ import json
 import os
 import smtplib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
