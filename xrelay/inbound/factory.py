@@ -75,6 +75,9 @@ class InboundFactory(Factory):
         header before greeting (the client's address is known only then).
     """
 
+    #: One log line per connection is enough; "Starting factory" twice is noise.
+    noisy = False
+
     protocol = ESMTPServer  # type: ignore[assignment]
 
     def __init__(self, service: "InboundService", listener: ListenerConfig,

@@ -306,6 +306,7 @@ class ControlService(Service):
         except FileNotFoundError:
             pass
         factory = Factory.forProtocol(lambda: _ControlProtocol(self.handlers))
+        factory.noisy = False
         old = os.umask(0o177)
         try:
             self._port = self.reactor.listenUNIX(path, factory, mode=0o600, wantPID=False)

@@ -319,6 +319,9 @@ class ExchangeServer:
 
 
 class ExchangeFactory(ServerFactory):
+
+    #: One log line per connection is enough; "Starting factory" twice is noise.
+    noisy = False
     def __init__(self, server: ExchangeServer) -> None:
         self.server = server
 

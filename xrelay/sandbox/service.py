@@ -41,6 +41,9 @@ class _TrackingFactory(WrappingFactory):
     ALPN (requests, msal) with an internal-error alert.
     """
 
+    #: One log line per connection is enough; "Starting factory" twice is noise.
+    noisy = False
+
     def acceptableProtocols(self) -> list[bytes]:
         return [b"http/1.1"]
 

@@ -545,7 +545,9 @@ async def open_connection(
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=timeouts.connect)
     if implicit_tls:
         endpoint = wrapClientTLS(tls, endpoint)
-    connecting = endpoint.connect(Factory.forProtocol(ClientProtocol))
+    factory = Factory.forProtocol(ClientProtocol)
+    factory.noisy = False  # deliveries are logged per message; this is noise
+    connecting = endpoint.connect(factory)
     connecting.addTimeout(timeouts.connect + 1, reactor)
     try:
         protocol: ClientProtocol = await connecting
