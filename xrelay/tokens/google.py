@@ -17,13 +17,13 @@ verifier or the client secret: errors are Google's C{error} and C{error_descript
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import time
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 from typing import Any
 from urllib.parse import urlencode
-
-from base64 import urlsafe_b64decode, urlsafe_b64encode
 
 import attrs
 from treq.client import HTTPClient
@@ -291,7 +291,6 @@ def _signed_in_as(id_token: Any) -> str | None:
         return None
     payload = id_token.split(".")[1]
     try:
-        import json
         claims = json.loads(urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, UnicodeDecodeError):
         return None
@@ -305,7 +304,6 @@ def _read_secret(path: str) -> str:
 
 
 def _json(raw: bytes) -> dict[str, Any]:
-    import json
     try:
         value = json.loads(raw)
     except ValueError:
