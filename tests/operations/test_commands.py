@@ -53,7 +53,9 @@ def daemons() -> Any:
     started: list[RelayProcess] = []
     yield started
     for d in started:
-        d.stop()
+        # Stopped from a thread while the reactor runs: the sandbox in this process
+        # must answer the daemon's QUIT, or every stop waits for its timeout.
+        pytest_twisted.blockon(deferToThread(d.stop))
 
 
 async def xrelay(world: Any, *args: str) -> tuple[int, str, str]:
