@@ -75,6 +75,7 @@ def test_delivery_outcomes_are_counted_with_latency() -> None:
     outcome("20261129T060002.000000-1-000002", "partial", "none")
     outcome("20261129T060003.000000-1-000003", "failed", "send_as_denied")
     outcome("20261129T060004.000000-1-000004", "failed", "none")
+    outcome("20261129T060005.000000-1-000005", "handed back", "send_as_denied")
 
     s = samples(metrics)
     assert s[("xrelay_messages_delivered_total", (("account", "main"),))] == 1
@@ -86,6 +87,8 @@ def test_delivery_outcomes_are_counted_with_latency() -> None:
               (("account", "main"), ("reason", "send_as_denied")))] == 1
     assert s[("xrelay_messages_bounced_total",
               (("account", "main"), ("reason", "rejected")))] == 1
+    assert s[("xrelay_messages_handed_back_total",
+              (("account", "main"), ("reason", "send_as_denied")))] == 1
     assert s[("xrelay_delivery_latency_seconds_count", (("account", "main"),))] == 1
 
 

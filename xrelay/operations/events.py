@@ -96,6 +96,8 @@ class EventObserver:
             m.deferred(account, failure if failure != "none" else "temporary")
         elif outcome == "failed":
             m.bounced(account, failure if failure != "none" else "rejected")
+        elif outcome == "handed back":
+            m.handed_back(account, failure if failure != "none" else "rejected")
 
     @staticmethod
     def _latency(event: dict[str, Any]) -> float | None:

@@ -59,6 +59,10 @@ class RelayMetrics:
         self.messages_bounced = Counter(
             "xrelay_messages_bounced", "Messages (or some of their recipients) failed "
             "for good and bounced.", ["account", "reason"], registry=r)
+        self.messages_handed_back = Counter(
+            "xrelay_messages_handed_back", "Pass-through messages refused upstream and "
+            "handed back to the client with the upstream's reply (no retry, no bounce).",
+            ["account", "reason"], registry=r)
         self.token_refreshes = Counter(
             "xrelay_token_refreshes", "Access tokens obtained from the identity platform.",
             ["account"], registry=r)
@@ -89,6 +93,9 @@ class RelayMetrics:
 
     def bounced(self, account: str, reason: str) -> None:
         self.messages_bounced.labels(account=account or "none", reason=reason).inc()
+
+    def handed_back(self, account: str, reason: str) -> None:
+        self.messages_handed_back.labels(account=account or "none", reason=reason).inc()
 
     def token_refreshed(self, account: str) -> None:
         self.token_refreshes.labels(account=account).inc()
