@@ -473,7 +473,9 @@ class _Reader:
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         keys = [f.name for f in attrs.fields(ServerConfig)]
         self.known_keys(raw, "server", keys)
-        defaults = ServerConfig()
+        # hostname given: the default's getfqdn() (a DNS lookup, slow where DNS is
+        # broken) is only asked for when the file names no hostname.
+        defaults = ServerConfig(hostname="")
         listeners = self.listeners(raw)
         tls_cert = self.file(raw, "tls_cert", "server.tls_cert")
         tls_key = self.file(raw, "tls_key", "server.tls_key", secret=True)
@@ -493,8 +495,8 @@ class _Reader:
         assert state_dir is not None
         return ServerConfig(
             listen=tuple(listeners),
-            hostname=self.get(raw, "hostname", "server.hostname", str,
-                              defaults.hostname) or defaults.hostname,
+            hostname=self.get(raw, "hostname", "server.hostname", str, "")
+            or socket.getfqdn(),
             tls_cert=tls_cert,
             tls_key=tls_key,
             require_tls_for_auth=bool(self.get(raw, "require_tls_for_auth",
@@ -532,8 +534,8 @@ class _Reader:
         if isinstance(value, (str, dict)):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise self.fail("server.listen", 'must be a list of endpoint descriptions, '
-                            'e.g. listen = ["tcp:25"]')
+            raise self.fail("server.listen", 'must be a list of at least one endpoint '
+                            'description, e.g. listen = ["tcp:25"]')
         listeners = []
         for i, item in enumerate(value):
             name = f"server.listen[{i}]"
