@@ -159,14 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_command_modules() -> None:
     """Import the modules that register more subcommands (operations, sign-in)."""
-    import importlib
-
-    for module in ("xrelay.operations.commands",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module and not module.startswith(str(e.name)):
-                raise
+    import xrelay.operations.commands  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:
