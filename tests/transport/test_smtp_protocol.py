@@ -101,12 +101,11 @@ def test_pipelined_envelope_with_parameters(tmp_path: Any) -> None:
     d = ensureDeferred(conn.send_message(msg))
     assert transport.value() == (
         b"MAIL FROM:<a@example.com> SIZE=18 BODY=8BITMIME\r\n"
-        b"RCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n"
+        b"RCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n"
     )
     transport.clear()
     conn.protocol.dataReceived(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n")
-    assert transport.value() == b"DATA\r\n"
-    transport.clear()
+    assert transport.value() == b""
     conn.protocol.dataReceived(b"354 go\r\n")
     while transport.producer is not None:
         transport.producer.resumeProducing()
@@ -195,3 +194,27 @@ def test_no_starttls_offered_means_no_token_is_sent() -> None:
         "the upstream does not offer STARTTLS; xrelay never sends a token without TLS "
         "during STARTTLS")
     assert transport.value() == b""
+
+
+
+@pytest.mark.parametrize("data_answer", [b"554 5.5.1 No valid recipients\r\n",
+                                         b"354 go ahead anyway\r\n"])
+def test_pipelined_data_after_every_recipient_refused_sends_no_message(
+        tmp_path: Any, data_answer: bytes) -> None:
+    """
+    DATA ends the pipelined group; when no recipient was taken its reply is read before
+    anything else goes out.  A server that wrongly says 354 gets only the lone dot of an
+    empty message, never the message, and the connection is not reused.
+    """
+    conn, transport, _ = connection()
+    d = ensureDeferred(conn.send_message(message(tmp_path)))
+    transport.clear()
+    conn.protocol.dataReceived(b"250 ok\r\n550 5.1.1 no such user\r\n" + data_answer)
+    if data_answer.startswith(b"354"):
+        assert transport.value() == b".\r\n"
+        conn.protocol.dataReceived(b"554 5.5.1 no recipients\r\n")
+        assert conn.broken
+    else:
+        assert transport.value() == b"" and not conn.broken
+    [refused] = d.result.recipients
+    assert refused.outcome is Outcome.PERMANENT and refused.reply.code == 550

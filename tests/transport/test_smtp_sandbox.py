@@ -181,13 +181,17 @@ async def test_mixed_recipient_results(sandbox: Sandbox, tmp_path: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_all_recipients_refused_sends_no_data(sandbox: Sandbox, tmp_path: Any) -> None:
+    """DATA is pipelined with the envelope; refused for want of recipients, no data follows."""
     sandbox.exchange.reject_recipient("nobody@example.net")
     transport = transport_for(account_for(sandbox), tokens_for(sandbox), reactor)
     result = await transport.deliver(message_file(
         tmp_path, simple_message(), recipients=("nobody@example.net",)))
     await transport.close()
     assert [r.outcome for r in result.recipients] == [Outcome.PERMANENT]
-    assert "DATA" not in sandbox.exchange.transcripts[0].commands
+    transcript = sandbox.exchange.transcripts[0]
+    assert "503 5.5.2 Need rcpt command" in transcript.replies
+    assert not any(c.startswith("<data") for c in transcript.commands)
+    assert sandbox.mailbox.messages == []
 
 
 @pytest.mark.parametrize("size", [200, 3 * CHUNK_SIZE])

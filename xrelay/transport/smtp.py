@@ -379,12 +379,16 @@ class UpstreamConnection:
                            reset: bool = False) -> DeliveryResult:
         mail = self._mail_from(message)
         rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
+        data_reply: Deferred[Reply] | None = None
         if "PIPELINING" in self.capabilities:
-            waits = self.protocol.commands([b"RSET", mail, *rcpts] if reset
-                                           else [mail, *rcpts])
+            # RFC 2920: DATA may end the group, which saves a round trip per message.
+            # Its reply is always read before anything else is sent (see _abandon_data).
+            group = [mail, *rcpts, b"DATA"]
+            waits = self.protocol.commands([b"RSET", *group] if reset else group)
             if reset:
                 await self._pipelined_reset(waits)
                 waits = waits[1:]
+            data_reply = waits.pop()
             mail_reply = await self.wait(waits[0], "MAIL FROM", self.timeouts.command)
             if mail_reply.code == 421:
                 self.broken = True
@@ -404,6 +408,7 @@ class UpstreamConnection:
                 for line in rcpts:
                     rcpt_replies.append(await self.command(line, "RCPT TO"))
         if mail_reply.code // 100 != 2:
+            await self._abandon_data(data_reply)
             return _whole(message, mail_reply)
         accepted = [r for r, reply in zip(message.recipients, rcpt_replies) if reply.code // 100 == 2]
         refused = tuple(
@@ -412,13 +417,38 @@ class UpstreamConnection:
             if reply.code // 100 != 2
         )
         if not accepted:
+            await self._abandon_data(data_reply)
             return DeliveryResult(refused, failure_of(refused[0].reply))
-        reply = await self.command(b"DATA", "DATA")
+        if data_reply is None:
+            reply = await self.command(b"DATA", "DATA")
+        else:
+            reply = await self.command_reply(data_reply, "DATA")
         if reply.code != 354:
             return _whole(message, reply, accepted, refused)
         reply = await self._stream(data)
         self.messages_sent += 1
         return _whole(message, reply, accepted, refused)
+
+    async def _abandon_data(self, data_reply: "Deferred[Reply] | None") -> None:
+        """
+        A pipelined DATA whose transaction failed (MAIL or every RCPT refused): read
+        its reply before anything else goes out.  A conforming server refuses it (503,
+        554); one that answers 354 gets an empty message's lone dot, and the connection
+        is not used again, since what it did with that is unknown.
+        """
+        if data_reply is None:
+            return
+        try:
+            reply = await self.command_reply(data_reply, "DATA")
+        except ConnectionTrouble:
+            self.broken = True
+            return
+        if reply.code == 354:
+            self.broken = True
+            try:
+                await self.command(b".", "end of data")
+            except ConnectionTrouble:
+                pass
 
     async def _pipelined_reset(self, waits: list[Deferred[Reply]]) -> None:
         """
