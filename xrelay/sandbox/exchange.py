@@ -468,26 +468,26 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
 
     # -- commands --------------------------------------------------------------------
 
-    def smtp_EHLO(self, argument: str) -> None:
+    def _greeted(self, argument: str) -> str | None:
+        """EHLO and HELO alike: the client's peer address once the greeting is taken."""
         if self._inject("EHLO"):
-            return
+            return None
         if not argument:
             self.reply("501 5.5.4 Invalid domain name")
-            return
+            return None
         self.ehlo = argument
         self.reset_transaction()
-        self.reply("\r\n".join(self.server.ehlo_lines(argument, self.transcript.peer if self.transcript else "", self.tls)))
+        return self.transcript.peer if self.transcript else ""
+
+    def smtp_EHLO(self, argument: str) -> None:
+        peer = self._greeted(argument)
+        if peer is not None:
+            self.reply("\r\n".join(self.server.ehlo_lines(argument, peer, self.tls)))
 
     def smtp_HELO(self, argument: str) -> None:
-        if self._inject("EHLO"):
-            return
-        if not argument:
-            self.reply("501 5.5.4 Invalid domain name")
-            return
-        self.ehlo = argument
-        self.reset_transaction()
-        peer = self.transcript.peer if self.transcript else ""
-        self.reply(f"250 {self.server.hostname} Hello [{peer}]")
+        peer = self._greeted(argument)
+        if peer is not None:
+            self.reply(f"250 {self.server.hostname} Hello [{peer}]")
 
     def smtp_STARTTLS(self, argument: str) -> None:
         if self._inject("STARTTLS"):
