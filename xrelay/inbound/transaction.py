@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, Envelope, Outcome
 from xrelay.inbound.errors import SpoolFull
+from xrelay.inbound.headers import HeaderBlock
 from xrelay.inbound.lines import Line, data_line_bytes
 from xrelay.inbound.received import protocol_keyword, received_header
 from xrelay.inbound.states import CLOSED, COMMAND, DATA
@@ -74,6 +75,8 @@ class Transaction:
     refusal: tuple[int, str, str] | None = None
     previous_crlf: bool = True
     bare_line_ends: int = 0
+    #: The message's own header fields, as far as the policy and the trace need them.
+    headers: HeaderBlock = attrs.field(factory=HeaderBlock)
 
 
 def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
@@ -255,6 +258,8 @@ class MailCommands(_Base):
         if transaction.refusal is not None:
             return None  # reading to the end of the message, keeping nothing
         data = data_line_bytes(line)
+        if not transaction.headers.done:
+            transaction.headers.feed(data)
         transaction.received += len(data)
         if transaction.received > self.config.server.max_message_size:
             self._refuse_message(552, "5.3.4", "Message too big; the limit is "
@@ -277,6 +282,8 @@ class MailCommands(_Base):
         transaction.previous_crlf = True
         if transaction.refusal is not None:
             return  # reading to the end of the message, keeping nothing
+        if not transaction.headers.done:
+            transaction.headers.feed(block)
         transaction.received += len(block)
         if transaction.received > self.config.server.max_message_size:
             self._refuse_message(552, "5.3.4", "Message too big; the limit is "
