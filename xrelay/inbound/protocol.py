@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
+from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
 from xrelay.inbound.states import (
@@ -196,11 +197,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        log.info("inbound client {client} idle for {seconds}s in state {state}, closing",
-                 client=self.client_address, seconds=self.config.server.idle_timeout,
-                 state=self.state)
-        self._drop_transaction("timeout")
-        self.reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded")
+        hint = self._data_timeout_hint()  # bare line ends, read strictly: say so
+        log.info("inbound client {client} idle for {seconds}s in state {state}, closing"
+                 "{hint}", client=self.client_address, state=self.state,
+                 seconds=self.config.server.idle_timeout, hint=f"; {hint}" if hint else "")
+        self._drop_transaction(f"timeout; {hint}" if hint else "timeout")
+        self.reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded"
+                   + (f" waiting for the end of data; {hint}" if hint else ""))
         self.close()
 
     # -- replies ---------------------------------------------------------------
@@ -267,6 +270,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                         except Exception:
                             log.failure("inbound: error storing data from {client}",
                                         client=self.client_address)
+                            self._data_failed()
                         continue
                 line = self.lines.next()
                 if line is None:
@@ -284,7 +288,9 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                     log.failure("inbound: error handling a line from {client}",
                                 client=self.client_address)
                     d = None
-                    if self.state != DATA and self.state != CLOSED:
+                    if self.state == DATA:
+                        self._data_failed()  # 451 at the end of data, nothing kept
+                    elif self.state != CLOSED:
                         self.reply(451, "4.3.0", "Local error in processing, try again "
                                    "later")
                 if d is not None:
@@ -379,8 +385,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _hello(self, argument: str, esmtp: bool) -> None:
         if not _HELO_NAME.match(argument):
-            self.error(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
-            return
+            if not lenient_greeting(self.config, self.client_address):
+                self.error(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+                return
+            log.info("inbound client {client}: {verb} with the name {name!r} accepted (a "
+                     "device in relay.allow_networks)", client=self.client_address,
+                     verb="EHLO" if esmtp else "HELO", name=argument[:100])
+            argument = argument[:255]
         self._drop_transaction("new EHLO")
         self.helo, self.esmtp = argument, esmtp
         hostname = self.config.server.hostname
