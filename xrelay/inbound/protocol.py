@@ -38,7 +38,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from xrelay.config import Config, UserConfig
+from xrelay.config import Config, UserConfig, listener_tls_min_version
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
@@ -53,6 +53,7 @@ from xrelay.inbound.states import (
     PROXY,
 )
 from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
+from xrelay.inbound.tlsprofile import handshake_failure
 from xrelay.policy import Refusal
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._run()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.tls:
+            self._report_failed_handshake(reason)
         self.state = CLOSED
         self._cancel_timer()
         self.factory.live.discard(self)
@@ -165,6 +168,20 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.factory.connections.release(self.client_address)
             self.admitted = False
         self._drop_transaction("connection lost")
+
+    def _report_failed_handshake(self, reason: Failure | None) -> None:
+        """Once per connection: why the TLS handshake failed, if it did."""
+        minimum = listener_tls_min_version(self.config.server, self.factory.listener)
+        try:
+            why = handshake_failure(self.transport, reason, minimum)
+        except Exception:
+            why = "(the reason could not be read)"
+            log.failure("inbound: reading a TLS handshake failure")
+        if why is not None:
+            log.warn("inbound client {client} on {listener}: TLS handshake failed: {why}",
+                     client=self.client_address or getattr(self.transport.getPeer(), "host",
+                                                           "?"),
+                     listener=self.factory.listener.endpoint, why=why)
 
     def close(self) -> None:
         self.state = CLOSED
