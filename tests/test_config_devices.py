@@ -46,6 +46,8 @@ def test_listener_keys_and_legacy_warning(folder: Path, capsys) -> None:  # type
         (None, None), (None, None), (False, None), (None, "1.0")]
     assert main(["check-config", path]) == 0
     out = capsys.readouterr().out
+    assert "server.listen[2] (tcp:2526:interface=127.0.0.1): starttls = false, so " \
+        "[[users]] cannot log in on it" in out
     [warning] = [line for line in out.splitlines() if "legacy TLS" in line]
     assert warning.startswith("# warning: ")
     assert "server.listen[3] (tcp:2527:interface=127.0.0.1) accepts legacy TLS 1.0" in warning

@@ -283,6 +283,12 @@ def legacy_tls_warnings(config: "Config", where: str) -> list[str]:
                 f"{version} with OpenSSL security level 0 (SHA-1, non-ECDHE suites): "
                 "only for old devices on a trusted network; keep other listeners at "
                 '"1.2"')
+        if (listener.starttls is False and not listener.implicit_tls and config.users
+                and config.server.require_tls_for_auth):
+            found.append(
+                f"{where}: server.listen[{i}] ({listener.endpoint}): starttls = false, so "
+                "[[users]] cannot log in on it (require_tls_for_auth = true); devices "
+                "there must come from relay.allow_networks")
     return found
 
 

@@ -21,7 +21,8 @@ defeat sits in the stock class's core rather than in a hook:
 The replies and enhanced status codes follow RFC 5321, 3463, 2034 (enhanced codes on
 every reply except the greeting and the EHLO/HELO reply) and 4954.
 
-This protocol must never: end DATA on anything but CRLF "." CRLF, execute a byte that
+This protocol must never: end DATA on anything but CRLF "." CRLF (or, for a trusted
+device only, a "." line with bare LF ends; see L{xrelay.inbound.lines}), execute a byte that
 arrived before a TLS handshake as a command after it, answer 250 to DATA before the
 spool's commit fired, hold a line or a message in memory beyond the line limit, or
 log a password, an AUTH response line or a token.

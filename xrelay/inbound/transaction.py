@@ -27,7 +27,7 @@ from xrelay.envelope import DeliveryResult, Envelope, Outcome
 from xrelay.inbound.errors import SpoolFull
 from xrelay.inbound.headers import HeaderBlock
 from xrelay.inbound.leniency import bare_lf_ends_data, lenient_greeting, strict_end_of_data_hint
-from xrelay.inbound.lines import Line, data_line_bytes
+from xrelay.inbound.lines import Line, data_line_bytes, ends_data
 from xrelay.inbound.received import protocol_keyword, received_header
 from xrelay.inbound.states import CLOSED, COMMAND, DATA
 from xrelay.inbound.submission import feed_header_lines, header_block_never_ended, missing_fields
@@ -265,10 +265,10 @@ class MailCommands(_Base):
             self._refuse_message(552, "5.6.0", "Message refused: a line is longer than "
                                  f"{self.config.server.max_line_length} bytes")
             return None
+        if ends_data(line, previous_crlf, transaction.lenient_end):
+            return self._end_of_data(lenient=not ends_data(line, previous_crlf, False))
         if line.content == b".":
-            if line.crlf and previous_crlf or transaction.lenient_end:
-                return self._end_of_data(lenient=not (line.crlf and previous_crlf))
-            transaction.dot_lookalikes += 1
+            transaction.dot_lookalikes += 1  # an end only for a lenient reading
         if not line.crlf or b"\r" in line.content:
             transaction.bare_line_ends += 1
         if transaction.refusal is not None:
@@ -360,6 +360,9 @@ class MailCommands(_Base):
         """
         transaction = self.transaction
         if transaction is None:
+            # DATA with no transaction: nothing to keep or refuse; back to commands.
+            self.state = COMMAND
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
             return
         log.error("inbound message {message} from {client}: internal error while "
                   "receiving DATA; answering 451 4.3.0 at its end, nothing kept",
