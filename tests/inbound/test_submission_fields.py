@@ -16,7 +16,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.inbound.harness import connect, ehlo, make_config, until
+from tests.inbound.harness import connect, ehlo, make_config, only_connection, until
+from tests.inbound.test_devices import logged  # noqa: F401 (fixture)
 from tests.inbound.test_smuggling_end_to_end import (  # noqa: F401 (fixture)
     SendAtOnce,
     sandbox,
@@ -111,7 +112,7 @@ async def test_fields_are_visible_to_the_header_readers(relay):
     await client.command(b"MAIL FROM:<scanner@example.com>")
     await client.command(b"RCPT TO:<alice@example.org>")
     await client.command(b"DATA")
-    server = next(iter(r.service.live))
+    server = only_connection(r)
     client.send(b"Subject: scan\r\n\r\nbody\r\n")
     await until(lambda: server.transaction is not None and server.transaction.headers.done)
     headers = server.transaction.headers
@@ -166,7 +167,7 @@ async def test_ascii_message_is_not_declared_8bit(relay):
 @pytest.mark.parametrize("where", ["line", "block"])
 @pytest_twisted.ensureDeferred
 async def test_internal_error_in_data_gives_451_and_no_spool_entry(relay, monkeypatch,
-                                                                   where):
+                                                                   logged, where):
     """A bug while a DATA line is handled must never end in a 250 for a partial message."""
     import xrelay.inbound.transaction as transaction_module
 
@@ -190,10 +191,13 @@ async def test_internal_error_in_data_gives_451_and_no_spool_entry(relay, monkey
     await client.command(b"MAIL FROM:<scanner@example.com>")
     await client.command(b"RCPT TO:<alice@example.org>")
     await client.command(b"DATA")
+    transaction_id = only_connection(r).transaction.id
     client.send(text + b".\r\n")
     assert (await client.read(1)) == ["451 4.3.0 Local error in processing, try again "
                                       "later"]
     assert calls
+    assert (f"inbound message {transaction_id} from 127.0.0.1: internal error while "
+            "receiving DATA; answering 451 4.3.0") in logged.text
     assert r.spool.committed == {}
     assert [m.aborted for m in r.spool.started] == [True]
     # The session goes on, in command mode.
