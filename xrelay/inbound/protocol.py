@@ -22,8 +22,8 @@ The replies and enhanced status codes follow RFC 5321, 3463, 2034 (enhanced code
 every reply except the greeting and the EHLO/HELO reply) and 4954.
 
 This protocol must never: end DATA on anything but CRLF "." CRLF (or, for a trusted
-device only, a "." line with bare LF ends; see L{xrelay.inbound.lines}), execute a byte that
-arrived before a TLS handshake as a command after it, answer 250 to DATA before the
+device only, a "." line with bare LF ends; see L{xrelay.inbound.lines}), execute a
+byte that arrived before a TLS handshake as a command after it, answer 250 to DATA before the
 spool's commit fired, hold a line or a message in memory beyond the line limit, or
 log a password, an AUTH response line or a token.
 """
@@ -39,7 +39,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from xrelay.config import Config, UserConfig, listener_tls_min_version
+from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
@@ -54,7 +54,7 @@ from xrelay.inbound.states import (
     PROXY,
 )
 from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
-from xrelay.inbound.tlsprofile import handshake_failure
+from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.policy import Refusal
 
 if TYPE_CHECKING:
@@ -159,8 +159,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._run()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.tls:
-            self._report_failed_handshake(reason)
+        if self.tls:  # once per connection: why the TLS handshake failed, if it did
+            report_failed_handshake(self, reason)
         self.state = CLOSED
         self._cancel_timer()
         self.factory.live.discard(self)
@@ -169,20 +169,6 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.factory.connections.release(self.client_address)
             self.admitted = False
         self._drop_transaction("connection lost")
-
-    def _report_failed_handshake(self, reason: Failure | None) -> None:
-        """Once per connection: why the TLS handshake failed, if it did."""
-        minimum = listener_tls_min_version(self.config.server, self.factory.listener)
-        try:
-            why = handshake_failure(self.transport, reason, minimum)
-        except Exception:
-            why = "(the reason could not be read)"
-            log.failure("inbound: reading a TLS handshake failure")
-        if why is not None:
-            log.warn("inbound client {client} on {listener}: TLS handshake failed: {why}",
-                     client=self.client_address or getattr(self.transport.getPeer(), "host",
-                                                           "?"),
-                     listener=self.factory.listener.endpoint, why=why)
 
     def close(self) -> None:
         self.state = CLOSED

@@ -26,13 +26,16 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xrelay.config import Config, ListenerConfig, listener_tls_min_version
 
-__all__ = ["ListenerTLS", "listener_tls", "handshake_failure", "MODERN_CIPHERS",
-           "LEGACY_CIPHERS"]
+__all__ = ["ListenerTLS", "listener_tls", "handshake_failure", "report_failed_handshake",
+           "MODERN_CIPHERS", "LEGACY_CIPHERS"]
+
+log = Logger()
 
 #: TLS 1.2 suites of the modern profile (TLS 1.3 suites are all AEAD already).
 MODERN_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP"
@@ -134,3 +137,22 @@ def handshake_failure(transport: Any, reason: Failure | None, min_version: str
         return (f"the client refused this relay's certificate ({joined}); give the device "
                 "the certificate (or its CA) to trust, see `xrelay make-cert`")
     return joined
+
+
+def report_failed_handshake(protocol: Any, reason: Failure | None) -> None:
+    """
+    Log, for an inbound connection that is closing, why its TLS handshake failed (if
+    it did): the client, the listener and the reason in words.
+    """
+    listener = protocol.factory.listener
+    minimum = listener_tls_min_version(protocol.config.server, listener)
+    try:
+        why = handshake_failure(protocol.transport, reason, minimum)
+    except Exception:
+        log.failure("inbound: cannot read why a TLS handshake failed")
+        why = "(the reason could not be read)"
+    if why is None:
+        return
+    client = protocol.client_address or getattr(protocol.transport.getPeer(), "host", "?")
+    log.warn("inbound client {client} on {listener}: TLS handshake failed: {why}",
+             client=client, listener=listener.endpoint, why=why)
