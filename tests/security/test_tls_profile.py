@@ -83,3 +83,17 @@ async def test_legacy_listener_takes_old_suites(relay, certs, tmp_path, version,
     run = await s_client(r.ports[1], tmp_path, version, "-cipher",
                          f"{cipher}@SECLEVEL=0", stdin=b"QUIT\n")
     assert f"Cipher is {cipher}" in run.output, run.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls13_only_listener_refuses_tls12_and_says_why(relay, certs, tmp_path,
+                                                              logged):
+    r = await relay(make_config(certs, listen=(
+        ListenerConfig("tcp:0:interface=127.0.0.1", tls_min_version="1.3"),)))
+    run = await s_client(r.port, tmp_path, "-tls1_2", stdin=b"QUIT\n")
+    assert not run.handshake_done, run.output
+    await until(lambda: "TLS handshake failed" in logged.text)
+    assert ("client offered TLS 1.2 at most; this listener's tls_min_version is 1.3"
+            in logged.text)
+    run = await s_client(r.port, tmp_path, "-tls1_3", stdin=b"QUIT\n")
+    assert "New, TLSv1.3" in run.output
