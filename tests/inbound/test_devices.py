@@ -138,6 +138,22 @@ async def test_strict_client_endings(relay, logged, ending):
 
 
 @pytest_twisted.ensureDeferred
+async def test_strict_client_that_gives_up_is_logged_with_the_reason(relay, logged):
+    """Devices often time out first (60 s) and hang up: the log still says why."""
+    r = await relay(make_config(allow_networks=NOWHERE, require_tls_for_auth=False),
+                    run_blocking=inline)
+    client = await open_transaction(r, authenticate=True)
+    client.send(ENDINGS["LF.LF"])
+    server = only_connection(r)
+    await until(lambda: server.transaction is not None
+                and server.transaction.dot_lookalikes == 1)
+    client.transport.loseConnection()
+    await until(lambda: "abandoned: connection lost; " in logged.text)
+    assert "relay.bare_lf_end_of_data" in logged.text.split("abandoned: connection lost")[1]
+    assert r.spool.messages() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_never_makes_a_trusted_device_strict(relay, logged):
     clock = Clock()
     r = await relay(make_config(bare_lf_end_of_data="never"), clock=clock)

@@ -205,7 +205,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         log.info("inbound client {client} idle for {seconds}s in state {state}, closing"
                  "{hint}", client=self.client_address, state=self.state,
                  seconds=self.config.server.idle_timeout, hint=f"; {hint}" if hint else "")
-        self._drop_transaction(f"timeout; {hint}" if hint else "timeout")
+        self._drop_transaction("timeout")
         self.reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded"
                    + (f" waiting for the end of data; {hint}" if hint else ""))
         self.close()

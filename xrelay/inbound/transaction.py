@@ -378,8 +378,8 @@ class MailCommands(_Base):
     def _data_timeout_hint(self) -> str | None:
         """Why DATA has not ended, when a strict reading of bare line ends is the cause."""
         transaction = self.transaction
-        if self.state != DATA or transaction is None or transaction.lenient_end:
-            return None
+        if transaction is None or transaction.lenient_end:
+            return None  # (its counts are zero before DATA)
         return strict_end_of_data_hint(transaction.dot_lookalikes,
                                        transaction.bare_line_ends)
 
@@ -490,6 +490,9 @@ class MailCommands(_Base):
                         "queued", entry=entry_id)
 
     def _drop_transaction(self, why: str) -> None:
+        hint = self._data_timeout_hint()  # a device waiting on a bare-LF end: say so
+        if hint:
+            why = f"{why}; {hint}"
         transaction, self.transaction = self.transaction, None
         if self.state == DATA:
             self.state = COMMAND
