@@ -93,6 +93,14 @@ def listener_tls(config: Config, listener: ListenerConfig | None = None
     return ListenerTLS(context, version, legacy)
 
 
+def _openssl_reasons(error: BaseException) -> list[str]:
+    """The reason strings of an L{SSL.Error} (its args hold (lib, func, reason) tuples)."""
+    queue = error.args[0] if error.args and isinstance(error.args[0], list) else None
+    if queue is None:
+        return [str(error)]
+    return [str(entry[-1]) for entry in queue if isinstance(entry, tuple) and entry[-1]]
+
+
 def handshake_failure(transport: Any, reason: Failure | None, min_version: str
                       ) -> str | None:
     """
@@ -111,10 +119,7 @@ def handshake_failure(transport: Any, reason: Failure | None, min_version: str
         return ("the client closed the connection during the TLS handshake (devices do "
                 "this when they do not trust the certificate or share no TLS version "
                 "with the listener)")
-    texts = [str(item[-1]) for item in reason.value.args[0]
-             if isinstance(item, tuple) and item] if reason.value.args and isinstance(
-                 reason.value.args[0], list) else [str(reason.value)]
-    joined = "; ".join(t for t in texts if t) or "unknown OpenSSL error"
+    joined = "; ".join(_openssl_reasons(reason.value)) or "unknown OpenSSL error"
     if "unsupported protocol" in joined:
         offered = _NAMES.get(connection.get_protocol_version_name(), "an older version")
         only = f"only {offered}" if offered in ("SSL 3.0", "TLS 1.0") else (
