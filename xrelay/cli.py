@@ -73,7 +73,8 @@ def describe(config: Config) -> list[str]:
     """
     lines = ["[server]"]
     server = attrs.asdict(config.server, recurse=False)
-    server["listen"] = [attrs.asdict(listener) for listener in config.server.listen]
+    server["listen"] = [{k: v for k, v in attrs.asdict(listener).items() if v is not None}
+                        for listener in config.server.listen]
     lines += [_setting(k, v) for k, v in server.items()]
     lines += ["", "[relay]",
               f"allow_networks = {_toml([str(n) for n in config.relay.allow_networks])}",
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_command_modules() -> None:
     """Import the modules that register more subcommands (operations, sign-in)."""
     import xrelay.operations.commands  # noqa: F401
+    import xrelay.operations.makecert  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,9 @@ T = TypeVar("T")
 #: senders can be delivered at all.
 ANY_SENDER = (SenderPattern.parse("*"),)
 
+#: The values of C{tls_min_version}, oldest first.
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+
 
 class ConfigError(Exception):
     """
@@ -73,6 +76,12 @@ class ListenerConfig:
     endpoint: str
     implicit_tls: bool = False
     pass_through: bool = False
+    starttls: bool | None = attrs.field(default=None, metadata={"doc": (
+        "offer STARTTLS on this listener; unset: offered when server.tls_cert is set. "
+        "Set false for a device that tries STARTTLS when offered and then fails")})
+    tls_min_version: str | None = attrs.field(default=None, metadata={"doc": (
+        'oldest TLS version this listener accepts, "1.0" | "1.1" | "1.2" | "1.3"; '
+        'unset: server.tls_min_version. "1.0"/"1.1" only for old printers that need it')})
 
 
 @attrs.frozen
@@ -95,6 +104,9 @@ class ServerConfig:
     max_auth_failures: int = 3
     #: Seconds to wait for transactions in flight at shutdown.
     shutdown_timeout: int = 30
+    tls_min_version: str = attrs.field(default="1.2", metadata={"doc": (
+        'oldest TLS version any listener accepts unless it says otherwise, "1.0" | '
+        '"1.1" | "1.2" | "1.3"; lower it per listener, not here, for legacy devices')})
 
     @property
     def has_tls(self) -> bool:
@@ -114,6 +126,10 @@ class RelayConfig:
     #: Account used for senders that match no account's C{senders}; none by default,
     #: so that such senders are refused at MAIL FROM.
     default_account: str | None = None
+    bare_lf_end_of_data: str = attrs.field(default="trusted", metadata={"doc": (
+        '"trusted": for clients admitted by allow_networks (not authenticated) a "." '
+        'line ends DATA whatever its line ending (LF.LF, as Postfix exempts '
+        '$mynetworks); "never": only CRLF.CRLF ends DATA, for every client')})
 
 
 @attrs.frozen
@@ -234,6 +250,7 @@ class Config:
                 "STARTTLS (require_tls_for_auth = true) and no certificate is set; set "
                 "tls_cert and tls_key, or (on a trusted network only) "
                 "require_tls_for_auth = false")
+        found += legacy_tls_warnings(self, where)
         return found
 
     def account(self, name: str) -> AccountConfig:
@@ -241,6 +258,38 @@ class Config:
             if account.name == name:
                 return account
         raise KeyError(name)
+
+
+def listener_tls_min_version(server: ServerConfig, listener: ListenerConfig) -> str:
+    """The oldest TLS version a listener accepts: its own setting, else the server's."""
+    return listener.tls_min_version or server.tls_min_version
+
+
+def listener_offers_starttls(server: ServerConfig, listener: ListenerConfig) -> bool:
+    """Whether a listener offers STARTTLS: its own setting, else when a certificate is set."""
+    if listener.implicit_tls or not server.has_tls:
+        return False
+    return listener.starttls is None or listener.starttls
+
+
+def legacy_tls_warnings(config: "Config", where: str) -> list[str]:
+    """One warning per listener that accepts TLS 1.0 or 1.1 (security level 0)."""
+    found = []
+    for i, listener in enumerate(config.server.listen):
+        version = listener_tls_min_version(config.server, listener)
+        if version in ("1.0", "1.1") and config.server.has_tls:
+            found.append(
+                f"{where}: server.listen[{i}] ({listener.endpoint}) accepts legacy TLS "
+                f"{version} with OpenSSL security level 0 (SHA-1, non-ECDHE suites): "
+                "only for old devices on a trusted network; keep other listeners at "
+                '"1.2"')
+        if (listener.starttls is False and not listener.implicit_tls and config.users
+                and config.server.require_tls_for_auth):
+            found.append(
+                f"{where}: server.listen[{i}] ({listener.endpoint}): starttls = false, so "
+                "[[users]] cannot log in on it (require_tls_for_auth = true); devices "
+                "there must come from relay.allow_networks")
+    return found
 
 
 def find_config_path(explicit: str | None) -> tuple[str | None, bool]:
@@ -490,6 +539,14 @@ class _Reader:
                 if listener.implicit_tls:
                     raise self.fail(f"server.listen[{i}]", "implicit_tls needs "
                                     "server.tls_cert and server.tls_key")
+                if listener.starttls:
+                    raise self.fail(f"server.listen[{i}].starttls", "STARTTLS needs "
+                                    "server.tls_cert and server.tls_key")
+        for i, listener in enumerate(listeners):
+            if listener.implicit_tls and listener.starttls:
+                raise self.fail(f"server.listen[{i}].starttls", "an implicit_tls "
+                                "listener is TLS from the first byte and never offers "
+                                "STARTTLS; remove starttls or implicit_tls")
         state_dir = self.get(raw, "state_dir", "server.state_dir", str,
                              os.environ.get("STATE_DIRECTORY") or defaults.state_dir)
         assert state_dir is not None
@@ -525,6 +582,8 @@ class _Reader:
             shutdown_timeout=self.non_negative(raw, "shutdown_timeout",
                                                "server.shutdown_timeout",
                                                defaults.shutdown_timeout),
+            tls_min_version=self.tls_version(raw, "server.tls_min_version")
+            or defaults.tls_min_version,
         )
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
@@ -544,7 +603,8 @@ class _Reader:
             if not isinstance(item, dict):
                 raise self.fail(name, "must be an endpoint description string or a table "
                                 '{ endpoint = "tcp:465", implicit_tls = true }')
-            self.known_keys(item, name, ["endpoint", "implicit_tls", "pass_through"])
+            self.known_keys(item, name, ["endpoint", "implicit_tls", "pass_through",
+                                         "starttls", "tls_min_version"])
             endpoint = self.get(item, "endpoint", f"{name}.endpoint", str, required=True)
             assert endpoint is not None
             self.endpoint(endpoint, name)
@@ -554,8 +614,18 @@ class _Reader:
                                            bool, False)),
                 pass_through=bool(self.get(item, "pass_through", f"{name}.pass_through",
                                            bool, False)),
+                starttls=self.get(item, "starttls", f"{name}.starttls", bool),
+                tls_min_version=self.tls_version(item, f"{name}.tls_min_version"),
             ))
         return listeners
+
+    def tls_version(self, raw: dict[str, Any], name: str) -> str | None:
+        """A C{tls_min_version} value, checked against the versions OpenSSL knows."""
+        value = self.get(raw, "tls_min_version", name, str)
+        if value is not None and value not in TLS_VERSIONS:
+            raise self.fail(name, f"must be one of {', '.join(map(repr, TLS_VERSIONS))}, "
+                            f"not {value!r}")
+        return value
 
     def check_tls_pair(self, cert: str, key: str) -> None:
         from cryptography import x509
@@ -574,7 +644,8 @@ class _Reader:
                             "key") from None
 
     def relay(self, raw: dict[str, Any]) -> RelayConfig:
-        self.known_keys(raw, "relay", ["allow_networks", "senders", "default_account"])
+        self.known_keys(raw, "relay", ["allow_networks", "senders", "default_account",
+                                       "bare_lf_end_of_data"])
         defaults = RelayConfig()
         networks = defaults.allow_networks
         texts = self.string_list(raw, "allow_networks", "relay.allow_networks")
@@ -593,7 +664,17 @@ class _Reader:
             allow_networks=networks,
             senders=self.patterns(raw, "senders", "relay.senders") or defaults.senders,
             default_account=self.get(raw, "default_account", "relay.default_account", str),
+            bare_lf_end_of_data=self.bare_lf_end_of_data(raw, defaults),
         )
+
+    def bare_lf_end_of_data(self, raw: dict[str, Any], defaults: RelayConfig) -> str:
+        value = self.get(raw, "bare_lf_end_of_data", "relay.bare_lf_end_of_data", str,
+                         defaults.bare_lf_end_of_data)
+        if value not in ("trusted", "never"):
+            raise self.fail("relay.bare_lf_end_of_data", f'must be "trusted" or "never", '
+                            f"not {value!r}")
+        assert value is not None
+        return value
 
     def array_of_tables(self, raw: Any, key: str) -> list[dict[str, Any]]:
         if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):

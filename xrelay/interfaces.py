@@ -26,6 +26,11 @@ class IIncomingMessage(Interface):
     commits or aborts.  Memory use must not grow with the message size.
     """
 
+    envelope = Attribute(
+        "The L{Envelope} given to L{ISpool.incoming}; the inbound side may replace it "
+        "with an updated copy before L{commit} (an 8-bit body found while streaming), "
+        "and the commit stores the one it holds then.")
+
     def write(data: bytes) -> None:
         """
         Append wire-format bytes (CRLF line endings, dot-stuffing already removed).

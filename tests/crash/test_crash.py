@@ -34,7 +34,8 @@ def message(client: int, seq: int) -> bytes:
     """A message whose every part says who it is, so a truncated copy is obvious."""
     tag = f"{client}-{seq}"
     lines = [f"X-Crash-Tag: {tag}", "From: printer@example.com", "To: client@example.net",
-             f"Subject: crash {tag}", ""]
+             f"Subject: crash {tag}", "Date: Tue, 01 Dec 2026 10:00:00 +0000",
+             f"Message-ID: <{tag}@crash.test>", ""]
     # Some 40 kB, with leading dots (dot-stuffing on both legs) and a last line that
     # only a complete copy has.
     lines += [f".{tag} line {i:04d} " + "x" * 60 for i in range(600)]

@@ -60,7 +60,8 @@ def users() -> tuple[UserConfig, ...]:
 def make_config(tls: "Certificates | None" = None, *, listen: tuple[ListenerConfig, ...]
                 | None = None, allow_networks: Any = None, with_users: bool = True,
                 relay_senders: tuple[str, ...] | None = None,
-                accounts: tuple[AccountConfig, ...] | None = None, **server: Any) -> Config:
+                accounts: tuple[AccountConfig, ...] | None = None,
+                bare_lf_end_of_data: str | None = None, **server: Any) -> Config:
     server.setdefault("hostname", "relay.test")
     if listen is None:
         listen = (ListenerConfig("tcp:0:interface=127.0.0.1"),)
@@ -69,6 +70,8 @@ def make_config(tls: "Certificates | None" = None, *, listen: tuple[ListenerConf
         relay_kwargs["allow_networks"] = tuple(allow_networks)
     if relay_senders is not None:
         relay_kwargs["senders"] = tuple(SenderPattern.parse(s) for s in relay_senders)
+    if bare_lf_end_of_data is not None:
+        relay_kwargs["bare_lf_end_of_data"] = bare_lf_end_of_data
     return Config(
         server=ServerConfig(
             listen=listen,

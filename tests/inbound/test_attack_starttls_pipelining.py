@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from tests.inbound.harness import connect, ehlo, make_config, plain
+from tests.inbound.harness import NOWHERE, connect, ehlo, make_config, plain
 
 
 @pytest_twisted.ensureDeferred
@@ -30,7 +30,8 @@ async def test_commands_after_starttls_in_the_same_packet_are_discarded(relay, c
 
 @pytest_twisted.ensureDeferred
 async def test_session_is_reset_by_starttls(relay, certs):
-    r = await relay(make_config(certs))
+    # From outside relay.allow_networks: a device inside may send MAIL without HELO.
+    r = await relay(make_config(certs, allow_networks=NOWHERE))
     client = await connect(r.port)
     await ehlo(client)
     await client.command(b"STARTTLS")

@@ -99,3 +99,20 @@ def test_received_header_cannot_be_broken_by_client_text() -> None:
     assert header == (b"Received: from evil??Bcc:?x@y ([192.0.2.1])\r\n"
                       b"\tby relay.test (xrelay) with ESMTP id ab12;\r\n"
                       b"\tThu, 01 Jan 1970 00:00:00 GMT\r\n")
+
+
+def test_ends_data_strict_and_lenient() -> None:
+    from xrelay.inbound.lines import Line, ends_data
+
+    dot_crlf, dot_lf = Line(b".", True), Line(b".", False)
+    # Strict: only CRLF "." CRLF.
+    assert ends_data(dot_crlf, True, lenient=False)
+    assert not ends_data(dot_lf, True, lenient=False)      # CRLF.LF
+    assert not ends_data(dot_crlf, False, lenient=False)   # LF.CRLF
+    assert not ends_data(dot_lf, False, lenient=False)     # LF.LF
+    # Lenient: a single dot whatever its line ends; never a dot with anything else.
+    for line, previous in ((dot_lf, True), (dot_crlf, False), (dot_lf, False)):
+        assert ends_data(line, previous, lenient=True)
+    assert not ends_data(Line(b".\r", False), False, lenient=True)
+    assert not ends_data(Line(b"..", True), True, lenient=True)
+    assert not ends_data(Line(b"", True, overlong=True), True, lenient=True)

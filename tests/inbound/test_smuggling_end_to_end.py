@@ -16,7 +16,16 @@ from twisted.internet import defer, reactor
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from tests.inbound.harness import connect, ehlo, make_config, until
+from tests.inbound.harness import (
+    NOWHERE,
+    SCANNER_PASSWORD,
+    connect,
+    ehlo,
+    inline,
+    make_config,
+    plain,
+    until,
+)
 from xrelay.addresses import SenderPattern
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, OutboundMessage
@@ -53,9 +62,12 @@ def sandbox(tmp_path: Any) -> Any:
     pytest_twisted.blockon(sb.stop())
 
 
-@pytest.mark.parametrize("variant", [b"\n.\n", b"\r.\r\n", b"\n.\r\n", b"\r\n.\r"])
-@pytest_twisted.ensureDeferred
-async def test_exchange_sees_one_message(relay, sandbox, tmp_path, variant):
+VARIANTS = [b"\n.\n", b"\r.\r\n", b"\n.\r\n", b"\r\n.\r"]
+SMUGGLED = (b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\n"
+            b"DATA\r\nSubject: smuggled\r\n\r\npay this\r\n.\r\n")
+
+
+def sandbox_transport(sandbox):  # type: ignore[no-untyped-def]
     from xrelay.transport import transport_for
     from xrelay.transport.testing import ClientCredentialsTokenSource
 
@@ -71,19 +83,33 @@ async def test_exchange_sees_one_message(relay, sandbox, tmp_path, variant):
     tokens = ClientCredentialsTokenSource(
         f"{sandbox.authority}/{raw['tenant']}/oauth2/v2.0/token", raw["client_id"],
         secret, "https://outlook.office365.com/.default", sandbox.ca_file, reactor)
-    transport = transport_for(account, tokens, reactor=reactor, helo_name="relay.test")
+    return account, transport_for(account, tokens, reactor=reactor, helo_name="relay.test")
+
+
+@pytest.mark.parametrize("kind", ["authenticated", "never"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest_twisted.ensureDeferred
+async def test_exchange_sees_one_message(relay, sandbox, tmp_path, variant, kind):
+    """Strict clients: an authenticated user, or a device with bare_lf_end_of_data = never."""
+    account, transport = sandbox_transport(sandbox)
     spool = Spool(str(tmp_path / "spool"), reactor=reactor)
     delivery = SendAtOnce(spool, transport)
-    r = await relay(make_config(accounts=(account,)), spool=spool, delivery=delivery)
+    if kind == "authenticated":
+        config = make_config(accounts=(account,), allow_networks=NOWHERE,
+                             require_tls_for_auth=False)
+    else:
+        config = make_config(accounts=(account,), bare_lf_end_of_data="never")
+    r = await relay(config, spool=spool, delivery=delivery, run_blocking=inline)
     try:
         client = await connect(r.port)
         await ehlo(client)
+        if kind == "authenticated":
+            assert (await client.command(
+                b"AUTH PLAIN " + plain("scanner", SCANNER_PASSWORD))).startswith("235 ")
         await client.command(b"MAIL FROM:<scanner@example.com>")
         await client.command(b"RCPT TO:<alice@example.net>")
         await client.command(b"DATA")
-        client.send(b"Subject: scan\r\n\r\nhello" + variant +
-                    b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\n"
-                    b"DATA\r\nSubject: smuggled\r\n\r\npay this\r\n.\r\n")
+        client.send(b"Subject: scan\r\n\r\nhello" + variant + SMUGGLED)
         [reply] = await client.read(1)
         assert reply.startswith("250 2.0.0 Ok: queued as ")
         await until(lambda: delivery.results, timeout=20)
@@ -96,5 +122,51 @@ async def test_exchange_sees_one_message(relay, sandbox, tmp_path, variant):
         assert b"MAIL FROM:<ceo@example.com>\r\n" in message.data
         assert b"pay this\r\n" in message.data
         assert not sandbox.mailbox.for_recipient("victim@example.net")
+    finally:
+        await transport.close()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest_twisted.ensureDeferred
+async def test_exchange_sees_one_message_per_transaction_of_a_trusted_device(
+        relay, sandbox, tmp_path, variant):
+    """
+    A device in relay.allow_networks may end DATA with a bare-LF "." line; then what
+    follows is its next transaction.  Exchange receives exactly the messages the relay
+    answered 250 to, each one whole: never a message the relay did not see.
+    """
+    account, transport = sandbox_transport(sandbox)
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    delivery = SendAtOnce(spool, transport)
+    r = await relay(make_config(accounts=(account,)), spool=spool, delivery=delivery)
+    try:
+        client = await connect(r.port)
+        await ehlo(client)
+        await client.command(b"MAIL FROM:<scanner@example.com>")
+        await client.command(b"RCPT TO:<alice@example.net>")
+        await client.command(b"DATA")
+        client.send(b"Subject: scan\r\n\r\nhello" + variant + SMUGGLED + b"NOOP\r\n")
+        ends_here = variant in (b"\n.\n", b"\n.\r\n")
+        replies = await client.read(6 if ends_here else 2)
+        queued = [reply for reply in replies if reply.startswith("250 2.0.0 Ok: queued")]
+        assert len(queued) == (2 if ends_here else 1)
+        assert replies[-1] == "250 2.0.0 Ok"
+        await until(lambda: len(delivery.results) == len(queued), timeout=20)
+        await until(lambda: len(sandbox.mailbox.messages) == len(queued), timeout=20)
+        messages = sandbox.mailbox.messages
+        assert len(messages) == len(queued)
+        first = messages[0]
+        assert (first.mail_from, tuple(first.rcpt_to)) == ("scanner@example.com",
+                                                           ("alice@example.net",))
+        if ends_here:
+            assert first.data.endswith(b"\r\n\r\nhello\r\n")
+            second = messages[1]
+            assert (second.mail_from, tuple(second.rcpt_to)) == (
+                "ceo@example.com", ("victim@example.net",))
+            assert second.data.endswith(b"\r\n\r\npay this\r\n")
+            assert b"hello" not in second.data and b"pay this" not in first.data
+        else:
+            assert b"MAIL FROM:<ceo@example.com>\r\n" in first.data
+            assert not sandbox.mailbox.for_recipient("victim@example.net")
     finally:
         await transport.close()

@@ -156,7 +156,9 @@ def test_smtp_client_gets_452_and_relay_recovers(small_filesystem):
                 f.write(b"\0" * 1024 * 1024)
             except OSError:
                 pass
-        big = b"Subject: big scan\r\n\r\n" + (b"z" * 998 + b"\r\n") * 600
+        # Date: and Message-ID: given, so that the relay adds nothing (RFC 6409 8).
+        big = (b"Subject: big scan\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n"
+               b"Message-ID: <big@scanner>\r\n\r\n" + (b"z" * 998 + b"\r\n") * 600)
         code, text = yield threads.deferToThread(_send, port, big)
         assert (code, text) == (452, b"4.3.1 Insufficient system storage")
         assert _leftovers(spool) == []

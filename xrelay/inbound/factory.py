@@ -108,7 +108,8 @@ class InboundFactory(Factory):
 
     @property
     def tls_options(self) -> Any:
-        return self.service.tls_options
+        """What STARTTLS uses; C{None} where it is not offered (C{starttls = false})."""
+        return self.service.starttls_options(self.listener)
 
     @property
     def checker(self) -> Any:

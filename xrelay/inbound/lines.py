@@ -7,10 +7,14 @@ This is where SMTP smuggling is defeated, so the rules are written down here:
  - A line is everything up to a LF.  It is "CRLF-terminated" only when the LF is
    preceded by a CR; a bare LF also ends a line (legacy devices send them), but is
    remembered as bare.
- - The end of DATA is exactly C{CRLF "." CRLF}: a line that is a single dot, ended by
-   CRLF, after a line that was itself ended by CRLF (or right after the DATA command).
-   C{"\\n.\\n"}, C{"\\r.\\n"}, C{"\\n.\\r\\n"}, C{"\\r.\\r\\n"} and friends are message
-   content, never the end.
+ - For a strict client the end of DATA is exactly C{CRLF "." CRLF}: a line that is a
+   single dot, ended by CRLF, after a line that was itself ended by CRLF (or right
+   after the DATA command).  C{"\\n.\\n"}, C{"\\r.\\n"}, C{"\\n.\\r\\n"}, C{"\\r.\\r\\n"} and
+   friends are message content, never the end.  A lenient reading (a trusted device,
+   see L{xrelay.inbound.leniency}) also ends DATA at a single-dot line whose own or
+   previous line end is a bare LF (C{LF.LF}, C{CRLF.LF}, C{LF.CRLF}); a bare CR never
+   ends a line, so C{"\\r.\\r\\n"} stays content in every reading.  Either way the
+   spool gets CRLF lines only, so the upstream sees the messages we saw and no more.
  - Inside DATA every bare LF and every bare CR is normalised to CRLF (Postfix's
    C{smtpd_forbid_bare_newline = normalize}, extended to bare CR).  We normalise
    rather than reject because the printers and scanners this relay serves do send bare
@@ -34,7 +38,7 @@ import re
 
 import attrs
 
-__all__ = ["Line", "LineBuffer", "data_line_bytes"]
+__all__ = ["Line", "LineBuffer", "data_line_bytes", "ends_data"]
 
 
 def _long_line(max_length: int) -> "re.Pattern[bytes]":
@@ -166,3 +170,13 @@ def data_line_bytes(line: Line) -> bytes:
     if b"\r" in content:
         return b"".join(piece + b"\r\n" for piece in content.split(b"\r"))
     return content + b"\r\n"
+
+
+def ends_data(line: Line, previous_crlf: bool, lenient: bool) -> bool:
+    """
+    Whether this line ends DATA: a single dot with CRLF on both sides, or (C{lenient})
+    a single dot whatever its line ends.
+    """
+    if line.content != b"." or line.overlong:
+        return False
+    return lenient or (line.crlf and previous_crlf)

@@ -21,8 +21,9 @@ defeat sits in the stock class's core rather than in a hook:
 The replies and enhanced status codes follow RFC 5321, 3463, 2034 (enhanced codes on
 every reply except the greeting and the EHLO/HELO reply) and 4954.
 
-This protocol must never: end DATA on anything but CRLF "." CRLF, execute a byte that
-arrived before a TLS handshake as a command after it, answer 250 to DATA before the
+This protocol must never: end DATA on anything but CRLF "." CRLF (or, for a trusted
+device only, a "." line with bare LF ends; see L{xrelay.inbound.lines}), execute a
+byte that arrived before a TLS handshake as a command after it, answer 250 to DATA before the
 spool's commit fired, hold a line or a message in memory beyond the line limit, or
 log a password, an AUTH response line or a token.
 """
@@ -40,6 +41,7 @@ from twisted.python.failure import Failure
 
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
+from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
 from xrelay.inbound.states import (
@@ -52,6 +54,7 @@ from xrelay.inbound.states import (
     PROXY,
 )
 from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
+from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.policy import Refusal
 
 if TYPE_CHECKING:
@@ -156,6 +159,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._run()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.tls:  # once per connection: why the TLS handshake failed, if it did
+            report_failed_handshake(self, reason)
         self.state = CLOSED
         self._cancel_timer()
         self.factory.live.discard(self)
@@ -196,11 +201,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        log.info("inbound client {client} idle for {seconds}s in state {state}, closing",
-                 client=self.client_address, seconds=self.config.server.idle_timeout,
-                 state=self.state)
+        hint = self._data_timeout_hint()  # bare line ends, read strictly: say so
+        log.info("inbound client {client} idle for {seconds}s in state {state}, closing"
+                 "{hint}", client=self.client_address, state=self.state,
+                 seconds=self.config.server.idle_timeout, hint=f"; {hint}" if hint else "")
         self._drop_transaction("timeout")
-        self.reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded")
+        self.reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded"
+                   + (f" waiting for the end of data; {hint}" if hint else ""))
         self.close()
 
     # -- replies ---------------------------------------------------------------
@@ -267,6 +274,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                         except Exception:
                             log.failure("inbound: error storing data from {client}",
                                         client=self.client_address)
+                            self._data_failed()
                         continue
                 line = self.lines.next()
                 if line is None:
@@ -284,7 +292,9 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                     log.failure("inbound: error handling a line from {client}",
                                 client=self.client_address)
                     d = None
-                    if self.state != DATA and self.state != CLOSED:
+                    if self.state == DATA:
+                        self._data_failed()  # 451 at the end of data, nothing kept
+                    elif self.state != CLOSED:
                         self.reply(451, "4.3.0", "Local error in processing, try again "
                                    "later")
                 if d is not None:
@@ -379,8 +389,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _hello(self, argument: str, esmtp: bool) -> None:
         if not _HELO_NAME.match(argument):
-            self.error(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
-            return
+            if not lenient_greeting(self.config, self.client_address):
+                self.error(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+                return
+            log.info("inbound client {client}: {verb} with the name {name!r} accepted (a "
+                     "device in relay.allow_networks)", client=self.client_address,
+                     verb="EHLO" if esmtp else "HELO", name=argument[:100])
+            argument = argument[:255]
         self._drop_transaction("new EHLO")
         self.helo, self.esmtp = argument, esmtp
         hostname = self.config.server.hostname

@@ -14,24 +14,24 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
-from xrelay.config import Config, ListenerConfig
+from xrelay.config import Config, ListenerConfig, listener_offers_starttls
 from xrelay.inbound.auth import PasswordChecker
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.protocol import ESMTPServer
+from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
 from xrelay.interfaces import IDelivery, ISpool
 from xrelay.policy import AuthFailures
 
@@ -40,23 +40,31 @@ __all__ = ["InboundService", "server_tls_options"]
 log = Logger()
 
 
-def server_tls_options(config: Config) -> CertificateOptions | None:
+def server_tls_options(config: Config, listener: ListenerConfig | None = None
+                       ) -> ListenerTLS | None:
     """
     TLS options from C{server.tls_cert} (leaf first, then its chain) and
-    C{server.tls_key}; C{None} when the server has no certificate.  TLS 1.2 at least.
+    C{server.tls_key}, at the listener's C{tls_min_version} (see
+    L{xrelay.inbound.tlsprofile}); C{None} when the server has no certificate.
     """
-    if config.server.tls_cert is None or config.server.tls_key is None:
-        return None
-    with open(config.server.tls_cert, "rb") as f:
-        certificates = x509.load_pem_x509_certificates(f.read())
-    with open(config.server.tls_key, "rb") as f:
-        key = load_pem_private_key(f.read(), password=None)
-    return CertificateOptions(
-        privateKey=key,
-        certificate=certificates[0],
-        extraCertChain=certificates[1:],
-        raiseMinimumTo=TLSVersion.TLSv1_2,
-    )
+    return listener_tls(config, listener)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+@attrs.frozen
+class _CurrentListenerTLS:
+    """An implicit-TLS listener's TLS, looked up per connection (so a reload's new
+    certificate is used by new connections)."""
+
+    service: "InboundService"
+    listener: ListenerConfig
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        tls = self.service.listener_tls(self.listener)
+        if tls is None:
+            raise ValueError(f"{self.listener.endpoint}: implicit_tls needs "
+                             "server.tls_cert and server.tls_key")
+        return tls.serverConnectionForTLS(tlsProtocol)
 
 
 class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
@@ -116,6 +124,7 @@ class InboundService(MultiService):
         self._listening: list[Deferred[IListeningPort]] = []
         self.config = config
         self.tls_options = server_tls_options(config)
+        self._listener_tls = self._tls_by_listener(config)
         self.checker = PasswordChecker(config.users, self._run_blocking)
 
     def reconfigure(self, config: Config) -> None:
@@ -130,11 +139,30 @@ class InboundService(MultiService):
             log.warn("inbound: server.listen changed; restart xrelay to listen on the "
                      "new endpoints")
         tls_options = server_tls_options(config)
+        by_listener = self._tls_by_listener(config)
         self.config = config
         self.tls_options = tls_options
+        self._listener_tls = by_listener
         self.checker = PasswordChecker(config.users, self._run_blocking)
         log.info("inbound: configuration reloaded ({users} users, {networks} networks)",
                  users=len(config.users), networks=len(config.relay.allow_networks))
+
+    def _tls_by_listener(self, config: Config) -> dict[ListenerConfig, ListenerTLS | None]:
+        return {listener: listener_tls(config, listener)
+                for listener in config.server.listen}
+
+    def listener_tls(self, listener: ListenerConfig) -> ListenerTLS | None:
+        """The TLS of one listener (its own C{tls_min_version}) under the current
+        configuration."""
+        if listener not in self._listener_tls:
+            self._listener_tls[listener] = listener_tls(self.config, listener)
+        return self._listener_tls[listener]
+
+    def starttls_options(self, listener: ListenerConfig) -> ListenerTLS | None:
+        """What STARTTLS uses on this listener; C{None} when it is not offered there."""
+        if not listener_offers_starttls(self.config.server, listener):
+            return None
+        return self.listener_tls(listener)
 
     def _factory_for(self, listener: ListenerConfig) -> tuple[Any, Any]:
         description = listener.endpoint
@@ -147,7 +175,8 @@ class InboundService(MultiService):
             if self.tls_options is None:
                 raise ValueError(f"{listener.endpoint}: implicit_tls needs "
                                  "server.tls_cert and server.tls_key")
-            factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
+            factory = TLSMemoryBIOFactory(_CurrentListenerTLS(self, listener), False,
+                                          factory)
         if proxied:
             factory = _ProxyHeaderWrappingFactory(factory)
         return endpoint, factory

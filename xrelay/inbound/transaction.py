@@ -26,9 +26,11 @@ from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, Envelope, Outcome
 from xrelay.inbound.errors import SpoolFull
 from xrelay.inbound.headers import HeaderBlock
-from xrelay.inbound.lines import Line, data_line_bytes
+from xrelay.inbound.leniency import bare_lf_ends_data, lenient_greeting, strict_end_of_data_hint
+from xrelay.inbound.lines import Line, data_line_bytes, ends_data
 from xrelay.inbound.received import protocol_keyword, received_header
 from xrelay.inbound.states import CLOSED, COMMAND, DATA
+from xrelay.inbound.submission import feed_header_lines, header_block_never_ended, missing_fields
 from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import (
     address_refusal,
@@ -77,6 +79,12 @@ class Transaction:
     bare_line_ends: int = 0
     #: The message's own header fields, as far as the policy and the trace need them.
     headers: HeaderBlock = attrs.field(factory=HeaderBlock)
+    #: A "." line ends DATA whatever its line ends (a trusted device; see leniency).
+    lenient_end: bool = False
+    #: "." lines that did not end DATA only because of their bare line ends.
+    dot_lookalikes: int = 0
+    #: The message holds bytes above 127: declared upstream as BODY=8BITMIME.
+    eight_bit: bool = False
 
 
 def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
@@ -107,8 +115,12 @@ class MailCommands(_Base):
 
     def do_MAIL(self, argument: str) -> None:
         if self.helo is None:
-            self.error(503, "5.5.1", "Send EHLO/HELO first")
-            return
+            if not lenient_greeting(self.config, self.client_address):
+                self.error(503, "5.5.1", "Send EHLO/HELO first")
+                return
+            log.info("inbound client {client}: MAIL without HELO accepted (a device in "
+                     "relay.allow_networks)", client=self.client_address)
+            self.helo = ""
         if self.transaction is not None:
             self.error(503, "5.5.1", "Nested MAIL command")
             return
@@ -230,6 +242,8 @@ class MailCommands(_Base):
             self._drop_transaction("spool error")
             self.reply(451, "4.3.0", "Local error in processing, try again later")
             return
+        transaction.lenient_end = bare_lf_ends_data(self.config, self.client_address,
+                                                    self.user)
         self.state = DATA
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>")
         header = received_header(
@@ -251,15 +265,19 @@ class MailCommands(_Base):
             self._refuse_message(552, "5.6.0", "Message refused: a line is longer than "
                                  f"{self.config.server.max_line_length} bytes")
             return None
-        if line.crlf and previous_crlf and line.content == b".":
-            return self._end_of_data()
+        if ends_data(line, previous_crlf, transaction.lenient_end):
+            return self._end_of_data(lenient=not ends_data(line, previous_crlf, False))
+        if line.content == b".":
+            transaction.dot_lookalikes += 1  # an end only for a lenient reading
         if not line.crlf or b"\r" in line.content:
             transaction.bare_line_ends += 1
         if transaction.refusal is not None:
             return None  # reading to the end of the message, keeping nothing
         data = data_line_bytes(line)
+        if not transaction.eight_bit and not data.isascii():
+            transaction.eight_bit = True
         if not transaction.headers.done:
-            transaction.headers.feed(data)
+            data = feed_header_lines(transaction.headers, data, self._missing_fields)
         transaction.received += len(data)
         if transaction.received > self.config.server.max_message_size:
             self._refuse_message(552, "5.3.4", "Message too big; the limit is "
@@ -282,8 +300,10 @@ class MailCommands(_Base):
         transaction.previous_crlf = True
         if transaction.refusal is not None:
             return  # reading to the end of the message, keeping nothing
+        if not transaction.eight_bit and not block.isascii():
+            transaction.eight_bit = True
         if not transaction.headers.done:
-            transaction.headers.feed(block)
+            block = feed_header_lines(transaction.headers, block, self._missing_fields)
         transaction.received += len(block)
         if transaction.received > self.config.server.max_message_size:
             self._refuse_message(552, "5.3.4", "Message too big; the limit is "
@@ -326,12 +346,67 @@ class MailCommands(_Base):
                 transaction.message.abort()
                 transaction.message = None
 
-    def _end_of_data(self) -> "Deferred[Any] | None":
+    def _missing_fields(self) -> bytes:
+        """RFC 6409 section 8: the Date: and Message-ID: this message lacks."""
         transaction = self.transaction
         assert transaction is not None
+        return missing_fields(transaction.headers, self.config.server.hostname,
+                              transaction.id)
+
+    def _data_failed(self) -> None:
+        """
+        A bug while handling a DATA line: the transaction ends with 451 4.3.0 at its
+        end of data and nothing of it is kept (a 250 only for a complete message).
+        """
+        transaction = self.transaction
+        if transaction is None:
+            # DATA with no transaction: nothing to keep or refuse; back to commands.
+            self.state = COMMAND
+            self.reply(451, "4.3.0", "Local error in processing, try again later")
+            return
+        log.error("inbound message {message} from {client}: internal error while "
+                  "receiving DATA; answering 451 4.3.0 at its end, nothing kept",
+                  message=transaction.id, client=self.client_address)
+        try:
+            self._refuse_message(451, "4.3.0", "Local error in processing, try again "
+                                 "later")
+        except Exception:
+            log.failure("inbound message {message}: cannot abort the spool entry",
+                        message=transaction.id)
+            transaction.message = None
+
+    def _data_timeout_hint(self) -> str | None:
+        """Why DATA has not ended, when a strict reading of bare line ends is the cause."""
+        transaction = self.transaction
+        if transaction is None or transaction.lenient_end:
+            return None  # (its counts are zero before DATA)
+        return strict_end_of_data_hint(transaction.dot_lookalikes,
+                                       transaction.bare_line_ends)
+
+    def _end_of_data(self, lenient: bool = False) -> "Deferred[Any] | None":
+        transaction = self.transaction
+        assert transaction is not None
+        try:
+            if transaction.refusal is None:
+                fields = header_block_never_ended(transaction.headers, self._missing_fields)
+                if fields:
+                    transaction.pending.append(fields)
+                    transaction.received += len(fields)
+            if transaction.eight_bit and transaction.message is not None:
+                transaction.message.envelope = attrs.evolve(
+                    transaction.message.envelope, body_8bitmime=True)
+        except Exception:
+            log.failure("inbound message {message}: error completing the message",
+                        message=transaction.id)
+            self._data_failed()
         self._flush()
         self.state = COMMAND
         self.transaction = None
+        if lenient:
+            log.info("inbound message {message} from {client}: DATA ended by a \".\" line "
+                     "with bare LF line ends, accepted from a device in "
+                     "relay.allow_networks (relay.bare_lf_end_of_data = \"trusted\")",
+                     message=transaction.id, client=self.client_address)
         if transaction.bare_line_ends:
             log.info("inbound message {message} from {client}: {count} bare CR/LF line "
                      "ends normalised to CRLF", message=transaction.id,
@@ -415,6 +490,9 @@ class MailCommands(_Base):
                         "queued", entry=entry_id)
 
     def _drop_transaction(self, why: str) -> None:
+        hint = self._data_timeout_hint()  # a device waiting on a bare-LF end: say so
+        if hint:
+            why = f"{why}; {hint}"
         transaction, self.transaction = self.transaction, None
         if self.state == DATA:
             self.state = COMMAND

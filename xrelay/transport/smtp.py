@@ -362,6 +362,17 @@ class UpstreamConnection:
                 f"upstream {self.where} does not support it",
             )
             return DeliveryResult.for_all(message.recipients, Outcome.PERMANENT, reply)
+        if message.body_8bitmime and "8BITMIME" not in self.capabilities:
+            # RFC 6152 section 3: 8-bit data may go only to a server that offers
+            # 8BITMIME; xrelay does not downgrade messages to 7 bit.
+            reply = Reply(
+                554,
+                "5.6.3 The message holds 8-bit data but the upstream "
+                f"{self.where} does not offer 8BITMIME, and xrelay does not convert "
+                "messages to 7 bit; have the sender encode the body (quoted-printable "
+                "or base64), or use an upstream that offers 8BITMIME",
+            )
+            return DeliveryResult.for_all(message.recipients, Outcome.PERMANENT, reply)
         return None
 
     def _mail_from(self, message: OutboundMessage) -> bytes:
