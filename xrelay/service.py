@@ -163,11 +163,15 @@ class _StartedSandboxService(Service):
         return self.sandbox.stop()
 
 
-def makeService(config: Config, reactor: Any = None) -> RelayService:
+def makeService(config: Config, reactor: Any = None,
+                credentials_checker: Any = None) -> RelayService:
     """
     Build the relay for this configuration.
 
     @param reactor: the reactor to use; the global one by default.
+    @param credentials_checker: who may SMTP AUTH: any C{twisted.cred}
+        C{ICredentialsChecker} for C{IUsernamePassword} (an embedding program's LDAP or
+        database); the configuration's C{[[users]]} by default.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -210,7 +214,8 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 
-    top.inbound = InboundService(config, top.spool, top.delivery, reactor=reactor)
+    top.inbound = InboundService(config, top.spool, top.delivery, reactor=reactor,
+                                 credentials_checker=credentials_checker)
     top.inbound.setServiceParent(top)
 
     if config.admin is not None:

@@ -118,11 +118,12 @@ class Running:
 
 @defer.inlineCallbacks
 def start(config: Config, spool: Any = None, delivery: Any = None, clock: Any = None,
-          run_blocking: Any = None):  # type: ignore[no-untyped-def]
+          run_blocking: Any = None, **service_options: Any
+          ):  # type: ignore[no-untyped-def]
     spool = spool if spool is not None else MemorySpool()
     delivery = delivery if delivery is not None else RecordingDelivery()
     service = InboundService(config, spool, delivery, reactor=global_reactor, clock=clock,
-                             run_blocking=run_blocking)
+                             run_blocking=run_blocking, **service_options)
     service.startService()
     ports = yield service.when_listening()
     return Running(service, spool, delivery, [p.getHost().port for p in ports])

@@ -1,31 +1,21 @@
 """
-SMTP AUTH for local C{[[users]]}: the SASL PLAIN and LOGIN encodings, and the password
-check against the stored scrypt hashes.
+SMTP AUTH's SASL PLAIN and LOGIN encodings.  Who a name and password belong to is
+L{xrelay.inbound.credentials}' job (C{twisted.cred}).
 
 Only PLAIN and LOGIN are offered.  CRAM-MD5 and the other challenge-response mechanisms
 need the plaintext password on the server, which xrelay never stores; over TLS, PLAIN
 and LOGIN are as safe as anything a printer speaks.
 
-The check runs L{xrelay.passwords.verify_password} in a thread (it is deliberately slow)
-and runs it for unknown user names too, against a throw-away hash, so that neither the
-reply nor its timing tells a client which users exist.  This module must never log,
-return or put into an exception a password or the response that carries one.
+This module must never log, return or put into an exception a password or the response
+that carries one.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
-from typing import Any, Callable
 
-import attrs
-from twisted.internet.defer import Deferred
-
-from xrelay.config import UserConfig
-from xrelay.passwords import hash_password, verify_password
-
-__all__ = ["MECHANISMS", "decode_response", "parse_plain", "PasswordChecker"]
+__all__ = ["MECHANISMS", "MalformedResponse", "decode_response", "decode_text", "parse_plain"]
 
 #: What EHLO advertises, in order of preference.
 MECHANISMS = ("PLAIN", "LOGIN")
@@ -81,43 +71,3 @@ def decode_text(response: bytes) -> str:
         return response.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedResponse("not UTF-8") from None
-
-
-_dummy_hash: str | None = None
-
-
-def _unknown_user_hash() -> str:
-    """A hash nobody knows the password of, made once: unknown users cost as much."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(os.urandom(32).hex())
-    return _dummy_hash
-
-
-@attrs.define
-class PasswordChecker:
-    """
-    Checks a user name and password against C{[[users]]}.
-
-    @ivar run_blocking: runs a blocking callable and returns a Deferred of its result
-        (the reactor's thread pool in the service; tests may run it inline).
-    """
-
-    users: tuple[UserConfig, ...]
-    run_blocking: Callable[..., "Deferred[Any]"]
-
-    def check(self, name: str, password: str) -> "Deferred[UserConfig | None]":
-        """Fires with the user when the password is right, else with C{None}."""
-        user = next((u for u in self.users if u.name == name), None)
-
-        def verify() -> bool:
-            # In the thread: even making the throw-away hash must not block the reactor.
-            stored = user.password_hash if user is not None else _unknown_user_hash()
-            try:
-                return verify_password(password, stored)
-            except ValueError:
-                return False
-
-        d = self.run_blocking(verify)
-        d.addCallback(lambda ok: user if ok and user is not None else None)
-        return d

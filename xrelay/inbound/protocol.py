@@ -415,7 +415,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         return self.tls_options is not None and not self.tls
 
     def _auth_advertised(self) -> bool:
-        return (bool(self.config.users) and self.user is None
+        return (self.checker.offered and self.user is None
                 and (self.tls or not self.config.server.require_tls_for_auth))
 
     def do_NOOP(self, argument: str) -> None:

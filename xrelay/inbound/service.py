@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import attrs
 from twisted.application.service import MultiService
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -28,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from xrelay.config import Config, ListenerConfig, listener_offers_starttls
-from xrelay.inbound.auth import PasswordChecker
+from xrelay.inbound.credentials import authenticator_for
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
@@ -100,12 +101,16 @@ class InboundService(MultiService):
         check); the reactor's thread pool by default.
     @param clock: for idle timeouts and the AUTH back-off; the reactor by default (tests
         pass a L{task.Clock} while the sockets stay real).
+    @param credentials_checker: who may SMTP AUTH (any C{twisted.cred} checker for
+        C{IUsernamePassword}); the C{[[users]]} table by default.  It is kept across
+        reloads.
     """
 
     def __init__(self, config: Config, spool: ISpool, delivery: IDelivery,
                  reactor: Any = None,
                  run_blocking: Callable[..., "Deferred[Any]"] | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None,
+                 credentials_checker: ICredentialsChecker | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -125,7 +130,9 @@ class InboundService(MultiService):
         self.config = config
         self.tls_options = server_tls_options(config)
         self._listener_tls = self._tls_by_listener(config)
-        self.checker = PasswordChecker(config.users, self._run_blocking)
+        self._credentials_checker = credentials_checker
+        self.checker = authenticator_for(config.users, self._run_blocking,
+                                         credentials_checker)
 
     def reconfigure(self, config: Config) -> None:
         """
@@ -143,7 +150,8 @@ class InboundService(MultiService):
         self.config = config
         self.tls_options = tls_options
         self._listener_tls = by_listener
-        self.checker = PasswordChecker(config.users, self._run_blocking)
+        self.checker = authenticator_for(config.users, self._run_blocking,
+                                         self._credentials_checker)
         log.info("inbound: configuration reloaded ({users} users, {networks} networks)",
                  users=len(config.users), networks=len(config.relay.allow_networks))
 

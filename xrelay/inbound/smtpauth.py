@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from xrelay.config import UserConfig
 from xrelay.inbound.auth import (
@@ -24,6 +25,7 @@ from xrelay.inbound.auth import (
     decode_text,
     parse_plain,
 )
+from xrelay.inbound.credentials import TemporaryAuthFailure
 from xrelay.inbound.lines import Line
 from xrelay.inbound.states import (
     AUTH_LOGIN_PASSWORD,
@@ -49,7 +51,7 @@ class AuthCommands(_Base):
     """C{AUTH PLAIN} and C{AUTH LOGIN}, for L{ESMTPServer}."""
 
     def do_AUTH(self, argument: str) -> "Deferred[Any] | None":
-        if not self.config.users:
+        if not self.checker.offered:
             self.error(502, "5.5.1", "AUTH not available")
             return None
         if self.config.server.require_tls_for_auth and not self.tls:
@@ -143,7 +145,7 @@ class AuthCommands(_Base):
             # The back-off: an address that keeps failing waits longer for every answer
             # (right or wrong, so the wait itself tells nothing).
             d.addCallback(lambda user: defer_later(self.clock, delay, user))
-        return d.addCallback(self._checked, mechanism)
+        return d.addCallbacks(self._checked, self._undecided, callbackArgs=(mechanism,))
 
     def _checked(self, user: UserConfig | None, mechanism: str) -> None:
         if self.state == CLOSED:
@@ -165,6 +167,16 @@ class AuthCommands(_Base):
             self.close()
             return
         self.reply(535, "5.7.8", "Authentication credentials invalid")
+
+
+    def _undecided(self, failure: Failure) -> None:
+        """
+        The checker could not decide (an embedder's directory is down): a temporary
+        failure that counts against nobody (RFC 4954: 454 4.7.0).
+        """
+        failure.trap(TemporaryAuthFailure)
+        if self.state != CLOSED:
+            self.reply(454, "4.7.0", "Temporary authentication failure; try again later")
 
 
 def defer_later(clock: Any, delay: float, value: Any) -> "Deferred[Any]":
