@@ -186,18 +186,29 @@ def test_token_trouble_defers_never_bounces_and_resumes(harness, kind) -> None:
     assert list(harness.spool.entries()) == []
 
 
-def test_send_as_denied_bounce_explains(harness) -> None:
-    harness.start()
+def test_send_as_denied_holds_the_sender_then_the_bounce_explains(harness) -> None:
+    """Send As missing: the sender's mail waits (hold this sender, with the fix) until
+    max_age, then the bounce says how to grant Send As."""
+    engine = harness.start(config(first_retry=60, max_age=100))
     harness.transport.script = [fail_all(SEND_AS, FailureKind.SEND_AS_DENIED,
-                                         detail="Grant Send As or use rewrite_from.")]
+                                         detail="Grant Send As or use rewrite_from.")] * 3
     entry_id = harness.receive()
+    assert harness.spool.get(entry_id).state == DEFERRED
+    status = engine.status().accounts["main"]
+    assert status.held_senders == ("scanner@example.com",)
+    assert status.state == "ok"  # the account itself still works for other senders
+    harness.clock.advance(60)
+    assert harness.spool.get(entry_id).state == DEFERRED and len(harness.transport.sent) == 2
+    harness.clock.advance(120)  # past max_age: now it is bounced, with the fix
     assert harness.spool.get(entry_id).state == FAILED
-    dsn = email.message_from_bytes(harness.transport.sent[1].data)
+    dsn = email.message_from_bytes(harness.transport.sent[3].data)
     text = dsn.get_payload()[0].get_payload(decode=True).decode()
     assert "Send As" in text and "rewrite_from = true" in text
     assert "Add-RecipientPermission -Identity scanner@example.com -Trustee " \
         "relay-main@example.com" in text
-    assert dsn.get_payload()[1].get_payload()[1]["Status"] == "5.2.252"
+    status_part = dsn.get_payload()[1].get_payload()[1]
+    assert status_part["Status"] == "4.4.7"  # expired, with the upstream's last word:
+    assert "5.2.252 SendAsDenied" in status_part["Diagnostic-Code"]
 
 
 def test_throttled_slows_the_account(harness) -> None:
