@@ -368,3 +368,48 @@ def test_status_and_outcome_log(harness) -> None:
     assert status.oldest_age == 30
     assert status.recent[-1].reply == str(BUSY)
     assert status.totals["deferred"] == 1
+
+
+def test_daily_budget_count_and_hold_survive_a_restart(harness, tmp_path) -> None:
+    """recipients_per_day is counted on disk: a restart neither forgets what was sent
+    nor sends the rest at once; the hold shows, with the time delivery resumes."""
+    from twisted.logger import formatEvent
+
+    lines: list[str] = []
+
+    def observer(event) -> None:
+        lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observer)
+    state_dir = str(tmp_path / "state")
+    cfg = config(account(recipients_per_day=3))
+
+    def start():
+        from xrelay.delivery import DeliveryEngine
+        from xrelay.spool import Spool, run_inline
+        harness.spool = Spool(str(tmp_path / "spool"), run_blocking=run_inline)
+        harness.engine = DeliveryEngine(cfg, harness.spool, harness.transports,
+                                        clock=harness.clock, random=lambda: 0.5,
+                                        state_dir=state_dir)
+        harness.engine.startService()
+        return harness.engine
+
+    engine = start()
+    for _ in range(5):
+        harness.receive()
+    assert len(harness.transport.sent) == 3 and len(list(harness.spool.entries())) == 2
+    status = engine.status().accounts["main"]
+    assert status.recipients_today == 3 and status.recipients_left == 0
+    assert status.label.startswith("daily limit reached (resumes at ")
+    assert sum("daily limit reached" in line for line in lines) == 1  # logged once
+    harness.receive()  # more mail while held: no second log line
+    assert sum("daily limit reached" in line for line in lines) == 1
+    engine.stopService()
+
+    harness.clock.advance(3600)
+    engine = start()  # the restart
+    assert len(harness.transport.sent) == 3  # still held: the count survived
+    status = engine.status().accounts["main"]
+    assert status.recipients_today == 3 and status.state == "daily limit reached"
+    harness.clock.advance(86400 - 3600)  # the day of the first three is over
+    assert len(harness.transport.sent) == 6 and list(harness.spool.entries()) == []
+    globalLogPublisher.removeObserver(observer)
