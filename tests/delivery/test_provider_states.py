@@ -366,3 +366,32 @@ async def test_upstream_down_100_messages_a_few_connections_per_backoff_step(
     await relay.advance(960)
     await relay.idle()
     assert relay.mails == 100 and relay.state() == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_account_shows_in_metrics_admin_page_and_accounts(relay: Relay
+                                                                       ) -> None:
+    from twisted.web.template import flattenString
+
+    from xrelay.admin import pages
+    from xrelay.operations.commands import _account_state_text
+    from xrelay.operations.metrics import RelayMetrics
+
+    relay.start(first_retry=60, recipients_per_day=50)
+    hold(relay, "outbound-spam")
+    relay.receive(2)
+    await relay.idle()
+    metrics = RelayMetrics()
+    metrics.watch_accounts(lambda: relay.engine.status().accounts.values())
+    text = metrics.exposition().decode()
+    assert 'xrelay_account_state{account="sandbox",state="blocked by provider"} 1.0' in text
+    assert 'xrelay_account_state{account="sandbox",state="ok"} 0.0' in text
+    status = relay.engine.status().accounts["sandbox"]
+    line = _account_state_text(dict(status.as_json()))
+    assert "account blocked by provider" in line and "Restricted entities" in line
+    assert "recipients today 1/50 (49 left)" in line
+    body = pages.status_body([(relay.account, None)], {}, None, [], "csrf",
+                             lambda a: False, relay.engine.status().accounts)
+    html = (await flattenString(None, pages.Page("status", body))).decode()
+    assert 'id="account-state-sandbox"' in html and "blocked by provider" in html
+    assert "1 of 50 (49 left)" in html
