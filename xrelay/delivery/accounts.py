@@ -130,6 +130,8 @@ class DayBudget:
     """
 
     directory: str
+    #: Open journals, one per account: one write and flush per message started.
+    _files: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def _path(self, account: str) -> str:
         return os.path.join(self.directory, urllib.parse.quote(account, safe="") + ".day")
@@ -150,8 +152,15 @@ class DayBudget:
         except FileNotFoundError:
             return []
         records.sort()
+        self.close(account)
         self._write_all(account, records)
         return records
+
+    def close(self, account: str | None = None) -> None:
+        for name in [account] if account is not None else list(self._files):
+            f = self._files.pop(name, None)
+            if f is not None:
+                f.close()
 
     def _write_all(self, account: str, records: Iterable[tuple[float, int]]) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -165,10 +174,14 @@ class DayBudget:
 
     def record(self, account: str, at: float, recipients: int) -> None:
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with open(self._path(account), "a", encoding="ascii") as f:
-                f.write(f"{at:.3f} {recipients}\n")
+            f = self._files.get(account)
+            if f is None:
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                f = self._files[account] = open(self._path(account), "a", encoding="ascii")
+            f.write(f"{at:.3f} {recipients}\n")
+            f.flush()
         except OSError as e:
+            self.close(account)
             # Counting must never stop delivery; the in-memory count still holds.
             log.error("cannot record the daily recipient count of account {account}: "
                       "{error}", account=account, error=str(e))
@@ -235,15 +248,24 @@ class AccountStates:
 
     # -- start-up --------------------------------------------------------------
 
-    def restore(self, accounts: Iterable[AccountConfig]) -> None:
-        """The budgets and holds written before a restart."""
+    def attach(self, accounts: Iterable[AccountConfig]) -> None:
+        """Count each account's recipients on disk, from what was counted before (once
+        per account: a reload or a service restart must not count a record twice)."""
+        if self.budget is None:
+            return
         now = self.clock.seconds()
         for account in accounts:
             pace = self.queue.pace(account.name)
-            if self.budget is not None:
+            if pace.journal is None:
                 pace.restore(self.budget.load(account.name, now))
                 pace.journal = (lambda at, n, name=account.name:
                                 self.budget.record(name, at, n))  # type: ignore[union-attr]
+
+    def restore(self, accounts: Iterable[AccountConfig]) -> None:
+        """The budgets and holds written before a restart."""
+        now = self.clock.seconds()
+        accounts = list(accounts)
+        self.attach(accounts)
         saved = self.store.load() if self.store is not None else {}
         names = {a.name for a in accounts}
         for name, data in saved.items():
@@ -260,6 +282,11 @@ class AccountStates:
             log.warn("account {account} is still held after the restart: {state}; next "
                      "probe at {at}", account=name, state=self._label(name, hold, now),
                      at=clock_text(hold.until))
+
+    def close(self) -> None:
+        """Close the budget journals (at stop)."""
+        if self.budget is not None:
+            self.budget.close()
 
     # -- around each attempt ---------------------------------------------------
 
@@ -410,7 +437,8 @@ class AccountStates:
             return None, None, Reply(250, "")
         reply = undelivered[0].reply
         app_only = account.flow == "client_credentials"
-        if result.failure is FailureKind.CONNECTION:
+        if result.failure is FailureKind.CONNECTION and reply.enhanced == "4.4.2":
+            # The upstream itself (not the token endpoint: the token states say that).
             return Hold.UNREACHABLE, None, reply
         for r in undelivered:
             row = recognise(r.reply, app_only)

@@ -132,6 +132,7 @@ class DeliveryEngine(Service):
         for account in config.accounts:
             self.queue.pace(account.name).update(account)
         if self.running:
+            self.accounts.attach(config.accounts)
             self._pump()
 
     def _account(self, entry: SpoolEntry) -> AccountConfig | None:
@@ -164,6 +165,7 @@ class DeliveryEngine(Service):
         """
         super().stopService()
         self._stopping = True
+        self.accounts.close()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
