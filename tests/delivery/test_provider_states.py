@@ -34,6 +34,7 @@ from tests.delivery.delivery_harness import MESSAGE, START
 from tests.transport.conftest import account_for, tokens_for
 
 MAILBOX_SENDER = "scanner@example.com"
+GMAIL_USER = "relay@gmail-sandbox.example"
 
 
 @pytest.fixture
@@ -68,13 +69,18 @@ class Relay:
     tokens: Any = None
     transport: Any = None
     account: Any = None
+    token_service: Any = None
 
-    def start(self, first_retry: int = 60, max_age: int = 432000, **account: Any) -> None:
+    def start(self, first_retry: int = 60, max_age: int = 432000, gmail: bool = False,
+              **account: Any) -> None:
         self.clock.advance(START)
         values = dict(messages_per_minute=0, recipients_per_day=0, max_connections=1)
         values.update(account)
-        self.account = account_for(self.sandbox, **values)
-        self.tokens = tokens_for(self.sandbox)
+        if gmail:
+            self.account, self.tokens = self._gmail_account(values)
+        else:
+            self.account = account_for(self.sandbox, **values)
+            self.tokens = tokens_for(self.sandbox)
         self.transport = transport_for(self.account, self.tokens, reactor)
         cfg = Config(server=ServerConfig(hostname="relay.example.com", shutdown_timeout=5),
                      accounts=(self.account,),
@@ -84,6 +90,43 @@ class Relay:
                                      reactor=reactor, clock=self.clock, random=lambda: 0.5,
                                      state_dir=str(self.tmp_path / "state"))
         self.engine.startService()
+
+    def _gmail_account(self, values: dict[str, Any]) -> tuple[Any, Any]:
+        """A Google account (refresh token grant) against the Gmail-like server, with
+        the token service's real source."""
+        from xrelay.addresses import SenderPattern
+        from xrelay.config import AccountConfig
+        from xrelay.tokens import TokenService
+
+        keys = self.sandbox.add_google_account(GMAIL_USER)
+        secrets = self.tmp_path / "secrets"
+        secrets.mkdir(mode=0o700)
+        for name, key in (("secret.txt", "client_secret"), ("rt.txt", "refresh_token")):
+            (secrets / name).write_text(keys[key])
+            (secrets / name).chmod(0o600)
+        account = AccountConfig(
+            name="sandbox", provider="google", user=GMAIL_USER, flow="refresh_token",
+            senders=(SenderPattern.parse("*"),), client_id=keys["client_id"],
+            client_secret_file=str(secrets / "secret.txt"),
+            refresh_token_file=str(secrets / "rt.txt"),
+            authority=self.sandbox.google_authority, smtp_host=keys["smtp_host"],
+            smtp_port=int(keys["smtp_port"]), ca_file=self.sandbox.ca_file, **values)
+        self.token_service = TokenService(Config(
+            server=ServerConfig(hostname="relay.test",
+                                state_dir=str(self.tmp_path / "token-state")),
+            accounts=(account,)))
+        return account, self.token_service.sources["sandbox"]
+
+    @property
+    def server(self) -> Any:
+        return self.sandbox.gmail if self.account.provider == "google" else \
+            self.sandbox.exchange
+
+    @property
+    def token_requests(self) -> int:
+        if self.account.provider == "google":
+            return len(self.sandbox.identity.google.access_tokens)
+        return int(self.tokens.fetched)
 
     def receive(self, count: int = 1, sender: str = MAILBOX_SENDER,
                 recipients: tuple[str, ...] = ("alice@example.net",)) -> list[str]:
@@ -112,6 +155,8 @@ class Relay:
     async def stop(self) -> None:
         await self.engine.stopService()
         await self.transport.close()
+        if self.token_service is not None and self.token_service.running:
+            await self.token_service.stopService()
 
     def state(self) -> str:
         return self.engine.status().accounts[self.account.name].label
@@ -123,7 +168,7 @@ class Relay:
 
     def attempts(self, command: str = "MAIL") -> int:
         """Upstream attempts: commands of this kind over all connections."""
-        return sum(1 for t in self.sandbox.exchange.transcripts for c in t.commands
+        return sum(1 for t in self.server.transcripts for c in t.commands
                    if c.upper().startswith(command))
 
     def waiting(self) -> list[Any]:
@@ -142,7 +187,7 @@ def relay(sandbox: Sandbox, tmp_path: Any) -> Iterator[Relay]:
 
 
 def hold(relay: Relay, name: str | None) -> None:
-    relay.sandbox.exchange.answer_as(relay.account.user, name)
+    relay.server.answer_as(relay.account.user, name)
 
 
 # -- hold the whole account -------------------------------------------------------
@@ -395,3 +440,49 @@ async def test_a_held_account_shows_in_metrics_admin_page_and_accounts(relay: Re
     html = (await flattenString(None, pages.Page("status", body))).decode()
     assert 'id="account-state-sandbox"' in html and "blocked by provider" in html
     assert "1 of 50 (49 left)" in html
+
+
+# -- the same through the Gmail-like server, with Google tokens -------------------
+
+@pytest_twisted.ensureDeferred
+async def test_gmail_daily_limit_holds_until_the_rolling_day(relay: Relay) -> None:
+    relay.start(first_retry=60, gmail=True)
+    relay.receive(1)
+    await relay.idle()
+    assert relay.mails == 1
+    hold(relay, "gmail-daily-limit")
+    relay.clock.advance(600)
+    relay.receive(4)
+    await relay.idle()
+    assert relay.state() == "daily limit reached (resumes at %s)" % time.strftime(
+        "%H:%M", time.localtime(START + 86400))
+    status = relay.engine.status().accounts["sandbox"]
+    assert "550-5.4.5" not in (status.reason or "") and "5.4.5" in status.reason
+    attempts = relay.attempts()
+    await relay.advance(7200)  # first_retry is long past: still nothing tried
+    assert relay.attempts() == attempts and len(relay.waiting()) == 4
+    assert relay.failed() == [] and relay.token_requests == 1
+    hold(relay, None)
+    await relay.advance(86400 - 7800)
+    assert relay.mails == 5 and relay.state() == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_gmail_try_again_later_is_throttled_and_over_quota_retried(relay: Relay
+                                                                         ) -> None:
+    from xrelay.sandbox.exchange import PROVIDER_REPLIES
+
+    relay.start(first_retry=60, gmail=True)
+    hold(relay, "gmail-try-later")
+    relay.receive(2)
+    await relay.idle()
+    assert relay.state() == "throttled"
+    hold(relay, None)
+    relay.sandbox.gmail.fail_next("RCPT", PROVIDER_REPLIES["recipient-over-quota"][1])
+    await relay.advance(60)
+    assert relay.state() == "ok"
+    assert relay.mails == 1  # one went; the over-quota one waits for its own retry
+    [waiting] = relay.waiting()
+    assert waiting.state == DEFERRED and waiting.last_reply.enhanced == "5.2.2"
+    await relay.advance(120)
+    assert relay.mails == 2 and relay.failed() == [] and relay.token_requests == 1
