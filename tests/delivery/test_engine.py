@@ -413,3 +413,44 @@ def test_daily_budget_count_and_hold_survive_a_restart(harness, tmp_path) -> Non
     harness.clock.advance(86400 - 3600)  # the day of the first three is over
     assert len(harness.transport.sent) == 6 and list(harness.spool.entries()) == []
     globalLogPublisher.removeObserver(observer)
+
+
+def test_a_provider_hold_survives_a_restart(harness, tmp_path) -> None:
+    """Gmail's 550-5.4.5 holds the account until the rolling day allows it; a restart
+    does not forget that and send (or bounce) the queue at once."""
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.spool import Spool, run_inline
+
+    daily = Reply(550, "5.4.5 Daily user sending limit exceeded. For more information "
+                  "on Gmail\n5.4.5 sending limits go to "
+                  "https://support.google.com/a/answer/166852 - gsmtp")
+    state_dir = str(tmp_path / "state")
+
+    def start():
+        harness.spool = Spool(str(tmp_path / "spool"), run_blocking=run_inline)
+        harness.engine = DeliveryEngine(config(first_retry=60), harness.spool,
+                                        harness.transports, clock=harness.clock,
+                                        random=lambda: 0.5, state_dir=state_dir)
+        harness.engine.startService()
+        return harness.engine
+
+    engine = start()
+    harness.receive()  # delivered: the rolling day starts now
+    harness.transport.script = [fail_all(daily)]
+    harness.clock.advance(600)
+    harness.receive()
+    harness.receive()
+    assert len(harness.transport.sent) == 2
+    label = engine.status().accounts["main"].label
+    assert label.startswith("daily limit reached (resumes at ")
+    engine.stopService()
+
+    harness.clock.advance(3600)
+    engine = start()
+    assert engine.status().accounts["main"].label == label
+    harness.clock.advance(7200)  # first_retry long past: still held, nothing sent
+    assert len(harness.transport.sent) == 2
+    assert sorted(e.state for e in harness.spool.entries()) == [DEFERRED, QUEUED]
+    harness.clock.advance(86400 - 600 - 3600 - 7200)  # the day frees up: probe, resume
+    assert len(harness.transport.sent) == 4 and list(harness.spool.entries()) == []
+    assert engine.status().accounts["main"].state == "ok"

@@ -211,8 +211,8 @@ async def test_blocked_by_provider_keeps_the_queue_and_probes_one_message(
     assert relay.tokens.fetched == 1 and relay.mails == 0
     assert not any(e.bounce_of for e in relay.spool.entries())
     held = [line for line in log_lines if "account sandbox held" in line]
-    assert len(held) == 1 and "Restricted entities" in held[0] or \
-        "service request" in held[0]
+    assert len(held) == 1
+    assert "Restricted entities" in held[0] or "service request" in held[0]
     hold(relay, None)  # Microsoft unblocks the mailbox
     await relay.advance(480)
     assert relay.mails == 5 and relay.waiting() == []
@@ -321,11 +321,15 @@ async def test_retry_this_message_leaves_the_account_alone(relay: Relay, name: s
     assert relay.mails == 2 and relay.waiting() == []
 
 
+@pytest.mark.parametrize("code", ["5.7.60", "5.2.252"])
 @pytest_twisted.ensureDeferred
-async def test_send_as_5_7_60_holds_the_sender_not_the_account(relay: Relay) -> None:
+async def test_send_as_refusal_holds_the_sender_not_the_account(relay: Relay, code: str
+                                                                ) -> None:
     relay.start(first_retry=60)
-    relay.sandbox.exchange.fail_next("END_OF_DATA", "550 5.7.60 SMTP; Client does not "
-                                     "have permissions to send as this sender")
+    relay.sandbox.exchange.fail_next("END_OF_DATA", (
+        "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+        if code == "5.7.60" else
+        relay.sandbox.exchange.send_as_denied(relay.account.user, "ceo@example.com")))
     [held] = relay.receive(1, sender="ceo@example.com")
     relay.receive(1)
     await relay.idle()
@@ -333,25 +337,25 @@ async def test_send_as_5_7_60_holds_the_sender_not_the_account(relay: Relay) -> 
     assert status.state == "ok" and status.held_senders == ("ceo@example.com",)
     assert relay.spool.get(held).state == DEFERRED and relay.failed() == []
     entry = relay.spool.get(held)
-    assert entry.last_reply.text.startswith("5.7.60")
+    assert entry.last_reply.text.startswith(code)
     assert relay.mails == 1
     await relay.advance(60)  # Send As granted meanwhile: it goes out
     assert relay.mails == 2
     assert relay.engine.status().accounts["sandbox"].held_senders == ()
 
 
-@pytest.mark.parametrize("name", ["external-forwarding", "recipient-over-quota"])
+@pytest.mark.parametrize("name", ["external-forwarding", "too-big", "recipient-over-quota"])
 @pytest_twisted.ensureDeferred
 async def test_recipient_replies(relay: Relay, name: str) -> None:
-    """5.7.520 bounces this recipient; 5.2.2 (mailbox full) retries this message; the
-    account stays ok either way."""
+    """5.7.520 and 5.3.4 bounce this recipient; 5.2.2 (mailbox full) retries this
+    message; the account stays ok either way."""
     relay.start(first_retry=60)
     step, line = __import__("xrelay.sandbox.exchange", fromlist=["x"]).PROVIDER_REPLIES[name]
     relay.sandbox.exchange.fail_next(step, line)
     [entry_id] = relay.receive(1)
     await relay.idle()
     assert relay.state() == "ok"
-    if name == "external-forwarding":
+    if name in ("external-forwarding", "too-big"):
         [failed] = relay.failed()
         assert failed.entry_id == entry_id
         assert relay.mails == 1  # the bounce, through the account that works
@@ -486,3 +490,17 @@ async def test_gmail_try_again_later_is_throttled_and_over_quota_retried(relay: 
     assert waiting.state == DEFERRED and waiting.last_reply.enhanced == "5.2.2"
     await relay.advance(120)
     assert relay.mails == 2 and relay.failed() == [] and relay.token_requests == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_gmail_app_password_required_holds_without_a_new_token(relay: Relay
+                                                                     ) -> None:
+    relay.start(first_retry=60, gmail=True)
+    hold(relay, "gmail-app-password")
+    relay.receive(2)
+    await relay.idle()
+    assert relay.state() == "SMTP AUTH disabled"
+    assert "API controls" in relay.engine.status().accounts["sandbox"].fix
+    await relay.advance(60)
+    assert relay.attempts("AUTH") == 2 and relay.token_requests == 1
+    assert len(relay.waiting()) == 2 and relay.failed() == []
