@@ -240,6 +240,9 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
     KnownReply("send-as-denied", "exchange", (554, 550), r"5\.2\.252", None,
                "the mailbox has no Send As permission for this sender",
                Decision.HOLD_SENDER, None, _SEND_AS_FIX),
+    # The same refusal when the enhanced code is missing or different ("SendAsDenied" in
+    # the text, as Exchange and xrelay's Graph transport write it).
+    # https://learn.microsoft.com/exchange/troubleshoot/email-delivery/ndr/fix-error-code-5-2-252
     KnownReply("send-as-denied-text", "exchange", (554, 550), None, r"SendAsDenied",
                "the mailbox has no Send As permission for this sender",
                Decision.HOLD_SENDER, None, _SEND_AS_FIX),

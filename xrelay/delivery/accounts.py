@@ -45,7 +45,8 @@ OK = "ok"
 STATES: tuple[str, ...] = (OK,) + tuple(h.value for h in Hold)
 
 #: event -> (states it may happen in, what it leads to).  C{None}: "the kind of hold
-#: the event names" (hold) or "unchanged" (probe, probe_failed).
+#: the event names" (hold) or "unchanged" (probe: one message goes out while held;
+#: probe_failed: held again, the wait doubled up to max_retry_interval).
 TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
     "hold": (frozenset(STATES), None),
     "probe": (frozenset(STATES) - {OK}, None),
@@ -272,7 +273,7 @@ class AccountStates:
             if name not in names or data.get("state") not in STATES[1:]:
                 continue
             hold = self._hold(name)
-            hold.state = str(data["state"])
+            hold._move("hold", str(data["state"]))
             hold.since = data.get("since")
             hold.until = float(data.get("until") or now)
             hold.backoff = float(data.get("backoff") or 0.0)
@@ -460,7 +461,6 @@ class AccountStates:
         if kind is Hold.DAILY_LIMIT:
             until = max(until, self._day_frees_at(name, now))
         hold._move("probe_failed" if again else "hold", kind.value)
-        hold.state = kind.value
         hold.until = until
         hold.reason = str(reply)
         hold.fix = fix
