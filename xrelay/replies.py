@@ -110,8 +110,9 @@ _RESTRICTED_FIX = (
     "Microsoft has restricted the mailbox {user} from sending (outbound spam or sending "
     "limits exceeded).  Check it for compromise, then in the Microsoft Defender portal "
     "go to Email & collaboration > Review > Restricted entities "
-    "(https://security.microsoft.com/restrictedentities), select {user} and Unblock; or "
-    "in Exchange Online PowerShell: Remove-BlockedSenderAddress -SenderAddress {user}.  "
+    "(https://security.microsoft.com/restrictedusers), select {user} and Unblock (the "
+    "restriction is usually gone within an hour); or in Exchange Online PowerShell: "
+    "Remove-BlockedSenderAddress -SenderAddress {user}.  "
     "xrelay keeps the mail queued and tries one message per probe interval; it resumes "
     "by itself once the mailbox may send again.")
 
@@ -147,13 +148,17 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                r"OutboundSpamException|WASCL UserAction",
                "the mailbox is restricted for outbound spam or exceeded sending limits",
                Decision.HOLD_ACCOUNT, Hold.BLOCKED, _RESTRICTED_FIX),
-    # "550 5.1.8 Access denied, bad outbound sender"
+    # "550 5.1.8 Access denied, bad outbound sender" (Microsoft's NDR article: "generated
+    # if a user tries to send an email message after their account exceeds the sending
+    # limits"; unblock on the Restricted entities page)
     # https://learn.microsoft.com/exchange/troubleshoot/email-delivery/ndr/fix-error-code-550-5-1-8-in-exchange-online
     KnownReply("bad-outbound-sender", "exchange", (550,), r"5\.1\.8",
                r"bad outbound sender",
                "the mailbox is on Microsoft's restricted senders list",
                Decision.HOLD_ACCOUNT, Hold.BLOCKED, _RESTRICTED_FIX),
-    # "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP"
+    # "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.
+    # For more information please go to http://go.microsoft.com/fwlink/?LinkId=526653
+    # AS(7230) [...prod.outlook.com ...]" (as seen in real NDRs)
     # https://learn.microsoft.com/exchange/troubleshoot/email-delivery/ndr/fix-error-code-5-7-700-through-5-7-750
     KnownReply("tenant-blocked", "exchange", (550,), r"5\.7\.7[0-4]\d|5\.7\.750",
                None,
@@ -258,8 +263,10 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "Automatic forwarding rules to On for {user} in the Microsoft Defender "
                "portal > Email & collaboration > Policies & rules > Threat policies > "
                "Anti-spam > Outbound policy."),
-    # "550 5.7.233 ..." tenant external recipient rate limit (TERRL): the tenant sent to
-    # too many external recipients in the last 24 hours.
+    # "550 5.7.233 Your message can't be sent because your tenant exceeded its daily limit
+    # for sending email to external recipients" (tenant external recipient rate limit;
+    # matched on the code only: this wording is from a third-party EOP stand-in, not
+    # from a Microsoft page)
     # https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits#sending-limits
     KnownReply("tenant-external-recipient-limit", "exchange", (550,), r"5\.7\.233", None,
                "the tenant reached its daily limit of external recipients",
@@ -284,7 +291,8 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "the upstream is temporarily short of resources",
                Decision.RETRY_MESSAGE, None,
                "A temporary problem at the provider; nothing to do, the message is retried."),
-    # "451 4.7.500 Server busy. Please try again later from [<IP>]. (AS...)" (4.7.500-4.7.699)
+    # "451 4.7.500 Server busy. Please try again later from [192.0.2.2]. (AS761)"
+    # (4.7.500-4.7.699; wording as logged from Exchange Online Protection)
     # https://learn.microsoft.com/exchange/troubleshoot/email-delivery/ndr/fix-error-code-451-4-7-500-699-asxxx
     KnownReply("server-busy", "exchange", (451,), r"4\.7\.(5\d\d|6\d\d)", None,
                "Exchange Online defers this message (server busy, IP or tenant "

@@ -54,15 +54,15 @@ SEND_AS_DIAGNOSTIC = (
 #: trouble, by name, with the step at which they come; for L{ExchangeServer.answer_as}.
 #: The texts and their sources are those of L{xrelay.replies.KNOWN_REPLIES}.
 PROVIDER_REPLIES: dict[str, tuple[str, str]] = {
-    "outbound-spam": ("END_OF_DATA", "554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade. OutboundSpamException: WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade.[EndDiagnosticData]"),
+    "outbound-spam": ("END_OF_DATA", "554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade. OutboundSpamException: WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade.[EndDiagnosticData] [Hostname=SB1PR01MB0001.sandbox.prod.outlook.com]"),
     "bad-outbound-sender": ("MAIL", "550 5.1.8 Access denied, bad outbound sender"),
-    "tenant-blocked": ("MAIL", "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP"),
+    "tenant-blocked": ("MAIL", "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. For more information please go to http://go.microsoft.com/fwlink/?LinkId=526653 AS(7230) [SB1PR01MB0001.sandbox.prod.outlook.com]"),
     "smtp-auth-tenant": ("AUTH", "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information."),
     "smtp-auth-mailbox": ("AUTH", "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information."),
     "smtp-auth-security-defaults": ("AUTH", "535 5.7.139 Authentication unsuccessful, user is locked by your organization's security defaults policy. Contact your administrator."),
-    "send-as-5.7.60": ("END_OF_DATA", "550 5.7.60 SMTP; Client does not have permissions to send as this sender"),
+    "send-as-5.7.60": ("END_OF_DATA", "550 5.7.60 SMTP; Client does not have permissions to send as this sender [SB1PR01MB0001.sandbox.prod.outlook.com]"),
     "external-forwarding": ("RCPT", "550 5.7.520 Access denied, Your organization does not allow external forwarding. Please contact your administrator for further assistance. AS(7555)"),
-    "tenant-external-recipient-limit": ("MAIL", "550 5.7.233 Your message can't be sent because your organization has reached its daily limit for external recipients"),
+    "tenant-external-recipient-limit": ("MAIL", "550 5.7.233 Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients"),
     "insufficient-resources": ("MAIL", "452 4.3.1 Insufficient system resources"),
     "server-busy": ("MAIL", "451 4.7.500 Server busy. Please try again later from [127.0.0.1]. (AS761) [SB1PR01CA0001.outlook.office365.com]"),
     "thread-limit": ("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"),
