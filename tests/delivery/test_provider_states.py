@@ -504,3 +504,19 @@ async def test_gmail_app_password_required_holds_without_a_new_token(relay: Rela
     await relay.advance(60)
     assert relay.attempts("AUTH") == 2 and relay.token_requests == 1
     assert len(relay.waiting()) == 2 and relay.failed() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_lost_mid_message_is_that_messages_trouble(relay: Relay
+                                                                      ) -> None:
+    """Only failing to reach or set up the upstream holds the account; a drop in the
+    middle of DATA retries that message and the next one goes on."""
+    relay.start(first_retry=60)
+    relay.sandbox.exchange.drop_next("DATA_BODY")
+    first, second = relay.receive(2)
+    await relay.idle()
+    assert relay.state() == "ok"
+    assert relay.spool.get(first).state == DEFERRED
+    assert relay.mails == 1
+    await relay.advance(60)
+    assert relay.mails == 2

@@ -438,8 +438,7 @@ class AccountStates:
             return None, None, Reply(250, "")
         reply = undelivered[0].reply
         app_only = account.flow == "client_credentials"
-        if result.failure is FailureKind.CONNECTION and reply.enhanced == "4.4.2":
-            # The upstream itself (not the token endpoint: the token states say that).
+        if result.failure is FailureKind.CONNECTION and _could_not_connect(reply):
             return Hold.UNREACHABLE, None, reply
         for r in undelivered:
             row = recognise(r.reply, app_only)
@@ -507,6 +506,25 @@ _UNREACHABLE_FIX = (
     "xrelay cannot reach {where}: check the network, DNS, a firewall or proxy in between, "
     "and smtp_host/smtp_port (or graph_url) of account {account}.  The account backs off "
     "as a whole: one probe connection per back-off step, the mail stays queued.")
+
+
+#: The steps of setting up an upstream connection, as the transport names them in its
+#: "4.4.2 Upstream <host>: <why> during <step>" replies (L{xrelay.transport.pool}).
+_SETUP_STEPS = ("connect", "TLS handshake", "greeting", "EHLO", "STARTTLS", "AUTH")
+
+
+def _could_not_connect(reply: Reply) -> bool:
+    """
+    The upstream cannot be reached or set up (refused, timed out, dropped before AUTH
+    was done): the account backs off as a whole.  A connection lost in the middle of a
+    transaction is that message's trouble; the token endpoint being down is the token
+    states' (its replies are 4.7.0, not 4.4.2).
+    """
+    if reply.enhanced != "4.4.2":
+        return False
+    step = reply.text.rsplit(" during ", 1)[-1].strip() if " during " in reply.text else ""
+    return step in _SETUP_STEPS or step.startswith("AUTH") or \
+        reply.text.startswith("4.4.2 Graph request")
 
 
 def _delivered_any(result: DeliveryResult) -> bool:
