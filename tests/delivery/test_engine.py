@@ -454,3 +454,27 @@ def test_a_provider_hold_survives_a_restart(harness, tmp_path) -> None:
     harness.clock.advance(86400 - 600 - 3600 - 7200)  # the day frees up: probe, resume
     assert len(harness.transport.sent) == 4 and list(harness.spool.entries()) == []
     assert engine.status().accounts["main"].state == "ok"
+
+
+def test_the_budget_journal_keeps_only_the_rolling_day(harness, tmp_path, monkeypatch
+                                                       ) -> None:
+    import xrelay.delivery.accounts as accounts_module
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.spool import Spool, run_inline
+
+    monkeypatch.setattr(accounts_module, "JOURNAL_COMPACT_EVERY", 5)
+    harness.spool = Spool(str(tmp_path / "spool"), run_blocking=run_inline)
+    harness.engine = DeliveryEngine(config(account(recipients_per_day=1000)),
+                                    harness.spool, harness.transports, clock=harness.clock,
+                                    random=lambda: 0.5, state_dir=str(tmp_path / "state"))
+    harness.engine.startService()
+    for _ in range(4):
+        harness.receive()
+    harness.clock.advance(86400)  # those four age out of the rolling day
+    for _ in range(3):
+        harness.receive()
+    journal = tmp_path / "state" / "accounts" / "main.day"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 3  # compacted at the 5th append (7 lines without it)
+    assert all(float(line.split()[0]) >= START + 86400 for line in lines)
+    assert harness.engine.status().accounts["main"].recipients_today == 3

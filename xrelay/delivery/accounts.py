@@ -54,6 +54,10 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
     "resume": (frozenset(STATES) - {OK}, OK),
 }
 
+#: The budget journal is rewritten with only the rolling day's records after this many
+#: appends, so that it never grows without bound on a relay that is never restarted.
+JOURNAL_COMPACT_EVERY = 20000
+
 #: When the provider reports a daily limit and xrelay has no record of when the rolling
 #: day began (mail sent by another client): probe again after this long.
 UNKNOWN_DAY_PROBE = 3600.0
@@ -133,6 +137,8 @@ class DayBudget:
     directory: str
     #: Open journals, one per account: one write and flush per message started.
     _files: dict[str, Any] = attrs.field(factory=dict, repr=False)
+    #: Appends since each journal was last compacted.
+    appended: dict[str, int] = attrs.field(factory=dict)
 
     def _path(self, account: str) -> str:
         return os.path.join(self.directory, urllib.parse.quote(account, safe="") + ".day")
@@ -153,9 +159,14 @@ class DayBudget:
         except FileNotFoundError:
             return []
         records.sort()
+        self.compact(account, records)
+        return records
+
+    def compact(self, account: str, records: Iterable[tuple[float, int]]) -> None:
+        """Replace the journal by these records (atomically, fsynced)."""
         self.close(account)
         self._write_all(account, records)
-        return records
+        self.appended[account] = 0
 
     def close(self, account: str | None = None) -> None:
         for name in [account] if account is not None else list(self._files):
@@ -181,6 +192,7 @@ class DayBudget:
                 f = self._files[account] = open(self._path(account), "a", encoding="ascii")
             f.write(f"{at:.3f} {recipients}\n")
             f.flush()
+            self.appended[account] = self.appended.get(account, 0) + 1
         except OSError as e:
             self.close(account)
             # Counting must never stop delivery; the in-memory count still holds.
@@ -260,7 +272,17 @@ class AccountStates:
             if pace.journal is None:
                 pace.restore(self.budget.load(account.name, now))
                 pace.journal = (lambda at, n, name=account.name:
-                                self.budget.record(name, at, n))  # type: ignore[union-attr]
+                                self._journal(name, at, n))
+
+    def _journal(self, account: str, at: float, recipients: int) -> None:
+        assert self.budget is not None
+        self.budget.record(account, at, recipients)
+        if self.budget.appended.get(account, 0) >= JOURNAL_COMPACT_EVERY:
+            try:
+                self.budget.compact(account, self.queue.pace(account).day_records(at))
+            except OSError as e:
+                log.error("cannot compact the daily recipient count of account "
+                          "{account}: {error}", account=account, error=str(e))
 
     def restore(self, accounts: Iterable[AccountConfig]) -> None:
         """The budgets and holds written before a restart."""

@@ -106,6 +106,11 @@ class AccountPace:
             self._day.append((at, n))
             self._day_total += n
 
+    def day_records(self, now: float) -> list[tuple[float, int]]:
+        """The (start, recipients) records of the rolling day, oldest first."""
+        self.recipients_today(now)
+        return list(self._day)
+
     def oldest_start(self, now: float) -> float | None:
         """The oldest start still counted in the rolling day."""
         self.recipients_today(now)
