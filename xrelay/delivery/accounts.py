@@ -294,7 +294,7 @@ class AccountStates:
                 self._budget_held[name] = at
                 log.warn("account {account}: daily limit reached ({used} of "
                          "recipients_per_day = {limit} in the last 24 h); delivery "
-                         "resumes at {at}, the mail stays queued",
+                         "resumes at {at}; until then mail stays queued",
                          account=name, used=pace.recipients_today(now),
                          limit=pace.recipients_per_day, at=clock_text(at),
                          account_state=Hold.DAILY_LIMIT.value)
