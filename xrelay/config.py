@@ -195,6 +195,10 @@ class AccountConfig:
     #: authorization endpoint; C{None} means L{GOOGLE_AUTHORIZATION_URL}).  Microsoft's
     #: comes from C{authority} (msal's discovery).
     authorization_url: str | None = None
+    cloud: str = attrs.field(default="global", metadata={"doc": (
+        "Microsoft only: global | usgov (GCC High) | usgov-dod | china (21Vianet); "
+        "derives authority, smtp_host, graph_url and the OAuth scopes (explicit "
+        "overrides win); change it only for a national-cloud tenant")})
 
     @property
     def msal_authority(self) -> str:
@@ -208,6 +212,15 @@ class DeliveryConfig:
     max_age: int = 432000
     #: Copies of every bounce go here too: devices rarely read their mail.
     bounce_to: str | None = None
+    connect_timeout: int = attrs.field(default=60, metadata={"doc": (
+        "seconds to connect to the upstream, finish TLS and receive its banner (RFC "
+        "5321 4.5.3.2 allows 5 minutes for the banner); raise it on a slow link")})
+    command_timeout: int = attrs.field(default=300, metadata={"doc": (
+        "seconds to wait for the upstream's reply to a command (RFC 5321 4.5.3.2: 5 "
+        "minutes for MAIL and RCPT)")})
+    data_timeout: int = attrs.field(default=600, metadata={"doc": (
+        "seconds to wait for the upstream's reply after the final dot (RFC 5321 "
+        "4.5.3.2: 10 minutes)")})
 
 
 @attrs.frozen
@@ -768,9 +781,17 @@ class _Reader:
         if provider == "google" and secret is None:
             raise self.fail(k("client_secret_file"), "Google's token endpoint needs the "
                             "OAuth client secret; write client_secret_file = \"...\"")
-        default_authority = GOOGLE_AUTHORITY if provider == "google" else MICROSOFT_AUTHORITY
+        from xrelay.clouds import CLOUDS
+
+        cloud = self.choice(raw, "cloud", k("cloud"), tuple(CLOUDS), "global")
+        if provider == "google" and cloud != "global":
+            raise self.fail(k("cloud"), "is for Microsoft accounts; remove it")
+        endpoints = CLOUDS[cloud]
+        default_authority = GOOGLE_AUTHORITY if provider == "google" else endpoints.authority
         authority = self.url(raw, "authority", k("authority"), default_authority)
-        graph_url = self.url(raw, "graph_url", k("graph_url"), GRAPH_URL)
+        graph_url = self.url(raw, "graph_url", k("graph_url"), endpoints.graph_url)
+        default_smtp_host = endpoints.smtp_host if provider == "microsoft" else \
+            SMTP_HOSTS[provider]
         authorization_url: str | None = None
         if provider == "google":
             authorization_url = self.url(raw, "authorization_url", k("authorization_url"),
@@ -798,7 +819,7 @@ class _Reader:
                                               k("max_connections"), 3, 1),
             authority=authority,
             smtp_host=self.get(raw, "smtp_host", k("smtp_host"), str,
-                               SMTP_HOSTS[provider]) or SMTP_HOSTS[provider],
+                               default_smtp_host) or default_smtp_host,
             smtp_port=smtp_port, smtp_implicit_tls=bool(implicit), graph_url=graph_url,
             ca_file=self.file(raw, "ca_file", k("ca_file")),
             rewrite_from=bool(self.get(raw, "rewrite_from", k("rewrite_from"), bool, False)),
@@ -806,6 +827,7 @@ class _Reader:
                 raw, "messages_per_connection", k("messages_per_connection"), 100, 1),
             idle_timeout=self.non_negative(raw, "idle_timeout", k("idle_timeout"), 60, 1),
             authorization_url=authorization_url,
+            cloud=cloud,
         )
 
     def choice(self, raw: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
@@ -838,6 +860,14 @@ class _Reader:
                                                  d.max_retry_interval, 1),
             max_age=self.non_negative(raw, "max_age", "delivery.max_age", d.max_age, 1),
             bounce_to=bounce_to,
+            connect_timeout=self.non_negative(raw, "connect_timeout",
+                                              "delivery.connect_timeout",
+                                              d.connect_timeout, 1),
+            command_timeout=self.non_negative(raw, "command_timeout",
+                                              "delivery.command_timeout",
+                                              d.command_timeout, 1),
+            data_timeout=self.non_negative(raw, "data_timeout", "delivery.data_timeout",
+                                           d.data_timeout, 1),
         )
 
     def admin(self, raw: dict[str, Any]) -> AdminConfig:

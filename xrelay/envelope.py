@@ -100,6 +100,9 @@ class FailureKind(enum.Enum):
     TOO_BIG = "too_big"
     #: The upstream asked us to slow down (throttling, 429, 4.7.x rate replies).
     THROTTLED = "throttled"
+    #: The provider refuses the whole account (restricted mailbox, SMTP AUTH off, app
+    #: not authorised): hold the account, keep the mail (L{xrelay.replies}).
+    ACCOUNT_HELD = "account_held"
 
 
 @attrs.frozen

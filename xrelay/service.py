@@ -74,10 +74,11 @@ class RelayService(MultiService):
     reactor: Any = None
 
     def _transport_for(self, account: AccountConfig) -> Any:
-        from xrelay.transport import transport_for
+        from xrelay.transport import timeouts_for, transport_for
 
         return transport_for(account, self.tokens.sources[account.name],
-                             reactor=self.reactor, helo_name=self.config.server.hostname)
+                             reactor=self.reactor, helo_name=self.config.server.hostname,
+                             timeouts=timeouts_for(self.config.delivery))
 
     def reload(self) -> bool:
         """
@@ -210,7 +211,8 @@ def makeService(config: Config, reactor: Any = None,
     # Listed before the engine, so stopped after it: in-flight attempts finish on
     # their connections, then the idle connections are closed.
     _TransportsClosing(top).setServiceParent(top)
-    top.delivery = DeliveryEngine(config, top.spool, top.transports, reactor=reactor)
+    top.delivery = DeliveryEngine(config, top.spool, top.transports, reactor=reactor,
+                                  state_dir=config.server.state_dir)
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 

@@ -230,7 +230,8 @@ async def test_metrics_after_a_known_sequence(world) -> None:
     await smtp_send(world.smtp_port, "printer@sandbox.example", ["gone@example.net"])
     # 2 messages + the bounce to printer@ arrive upstream; the refused one is in failed/.
     await until(lambda: len(world.sandbox.mailbox.messages) == 3
-                and relay.spool.counts()["failed"] == 1)
+                and relay.spool.counts()["failed"] == 1
+                and relay.delivery.totals["delivered"] == 3)  # settled, not just sent
 
     response = await treq.get(world.admin_url + "/metrics")
     assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")

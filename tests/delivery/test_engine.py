@@ -186,18 +186,29 @@ def test_token_trouble_defers_never_bounces_and_resumes(harness, kind) -> None:
     assert list(harness.spool.entries()) == []
 
 
-def test_send_as_denied_bounce_explains(harness) -> None:
-    harness.start()
+def test_send_as_denied_holds_the_sender_then_the_bounce_explains(harness) -> None:
+    """Send As missing: the sender's mail waits (hold this sender, with the fix) until
+    max_age, then the bounce says how to grant Send As."""
+    engine = harness.start(config(first_retry=60, max_age=100))
     harness.transport.script = [fail_all(SEND_AS, FailureKind.SEND_AS_DENIED,
-                                         detail="Grant Send As or use rewrite_from.")]
+                                         detail="Grant Send As or use rewrite_from.")] * 3
     entry_id = harness.receive()
+    assert harness.spool.get(entry_id).state == DEFERRED
+    status = engine.status().accounts["main"]
+    assert status.held_senders == ("scanner@example.com",)
+    assert status.state == "ok"  # the account itself still works for other senders
+    harness.clock.advance(60)
+    assert harness.spool.get(entry_id).state == DEFERRED and len(harness.transport.sent) == 2
+    harness.clock.advance(120)  # past max_age: now it is bounced, with the fix
     assert harness.spool.get(entry_id).state == FAILED
-    dsn = email.message_from_bytes(harness.transport.sent[1].data)
+    dsn = email.message_from_bytes(harness.transport.sent[3].data)
     text = dsn.get_payload()[0].get_payload(decode=True).decode()
     assert "Send As" in text and "rewrite_from = true" in text
     assert "Add-RecipientPermission -Identity scanner@example.com -Trustee " \
         "relay-main@example.com" in text
-    assert dsn.get_payload()[1].get_payload()[1]["Status"] == "5.2.252"
+    status_part = dsn.get_payload()[1].get_payload()[1]
+    assert status_part["Status"] == "4.4.7"  # expired, with the upstream's last word:
+    assert "5.2.252 SendAsDenied" in status_part["Diagnostic-Code"]
 
 
 def test_throttled_slows_the_account(harness) -> None:
@@ -357,3 +368,113 @@ def test_status_and_outcome_log(harness) -> None:
     assert status.oldest_age == 30
     assert status.recent[-1].reply == str(BUSY)
     assert status.totals["deferred"] == 1
+
+
+def test_daily_budget_count_and_hold_survive_a_restart(harness, tmp_path) -> None:
+    """recipients_per_day is counted on disk: a restart neither forgets what was sent
+    nor sends the rest at once; the hold shows, with the time delivery resumes."""
+    from twisted.logger import formatEvent
+
+    lines: list[str] = []
+
+    def observer(event) -> None:
+        lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observer)
+    state_dir = str(tmp_path / "state")
+    cfg = config(account(recipients_per_day=3))
+
+    def start():
+        from xrelay.delivery import DeliveryEngine
+        from xrelay.spool import Spool, run_inline
+        harness.spool = Spool(str(tmp_path / "spool"), run_blocking=run_inline)
+        harness.engine = DeliveryEngine(cfg, harness.spool, harness.transports,
+                                        clock=harness.clock, random=lambda: 0.5,
+                                        state_dir=state_dir)
+        harness.engine.startService()
+        return harness.engine
+
+    engine = start()
+    for _ in range(5):
+        harness.receive()
+    assert len(harness.transport.sent) == 3 and len(list(harness.spool.entries())) == 2
+    status = engine.status().accounts["main"]
+    assert status.recipients_today == 3 and status.recipients_left == 0
+    assert status.label.startswith("daily limit reached (resumes at ")
+    assert sum("daily limit reached" in line for line in lines) == 1  # logged once
+    harness.receive()  # more mail while held: no second log line
+    assert sum("daily limit reached" in line for line in lines) == 1
+    engine.stopService()
+
+    harness.clock.advance(3600)
+    engine = start()  # the restart
+    assert len(harness.transport.sent) == 3  # still held: the count survived
+    status = engine.status().accounts["main"]
+    assert status.recipients_today == 3 and status.state == "daily limit reached"
+    harness.clock.advance(86400 - 3600)  # the day of the first three is over
+    assert len(harness.transport.sent) == 6 and list(harness.spool.entries()) == []
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_a_provider_hold_survives_a_restart(harness, tmp_path) -> None:
+    """Gmail's 550-5.4.5 holds the account until the rolling day allows it; a restart
+    does not forget that and send (or bounce) the queue at once."""
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.spool import Spool, run_inline
+
+    daily = Reply(550, "5.4.5 Daily user sending limit exceeded. For more information "
+                  "on Gmail\n5.4.5 sending limits go to "
+                  "https://support.google.com/a/answer/166852 - gsmtp")
+    state_dir = str(tmp_path / "state")
+
+    def start():
+        harness.spool = Spool(str(tmp_path / "spool"), run_blocking=run_inline)
+        harness.engine = DeliveryEngine(config(first_retry=60), harness.spool,
+                                        harness.transports, clock=harness.clock,
+                                        random=lambda: 0.5, state_dir=state_dir)
+        harness.engine.startService()
+        return harness.engine
+
+    engine = start()
+    harness.receive()  # delivered: the rolling day starts now
+    harness.transport.script = [fail_all(daily)]
+    harness.clock.advance(600)
+    harness.receive()
+    harness.receive()
+    assert len(harness.transport.sent) == 2
+    label = engine.status().accounts["main"].label
+    assert label.startswith("daily limit reached (resumes at ")
+    engine.stopService()
+
+    harness.clock.advance(3600)
+    engine = start()
+    assert engine.status().accounts["main"].label == label
+    harness.clock.advance(7200)  # first_retry long past: still held, nothing sent
+    assert len(harness.transport.sent) == 2
+    assert sorted(e.state for e in harness.spool.entries()) == [DEFERRED, QUEUED]
+    harness.clock.advance(86400 - 600 - 3600 - 7200)  # the day frees up: probe, resume
+    assert len(harness.transport.sent) == 4 and list(harness.spool.entries()) == []
+    assert engine.status().accounts["main"].state == "ok"
+
+
+def test_the_budget_journal_keeps_only_the_rolling_day(harness, tmp_path, monkeypatch
+                                                       ) -> None:
+    import xrelay.delivery.accounts as accounts_module
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.spool import Spool, run_inline
+
+    monkeypatch.setattr(accounts_module, "JOURNAL_COMPACT_EVERY", 5)
+    harness.spool = Spool(str(tmp_path / "spool"), run_blocking=run_inline)
+    harness.engine = DeliveryEngine(config(account(recipients_per_day=1000)),
+                                    harness.spool, harness.transports, clock=harness.clock,
+                                    random=lambda: 0.5, state_dir=str(tmp_path / "state"))
+    harness.engine.startService()
+    for _ in range(4):
+        harness.receive()
+    harness.clock.advance(86400)  # those four age out of the rolling day
+    for _ in range(3):
+        harness.receive()
+    journal = tmp_path / "state" / "accounts" / "main.day"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 3  # compacted at the 5th append (7 lines without it)
+    assert all(float(line.split()[0]) >= START + 86400 for line in lines)
+    assert harness.engine.status().accounts["main"].recipients_today == 3

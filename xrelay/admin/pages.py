@@ -115,11 +115,13 @@ def _sign_in_form(account: Any, csrf: str) -> Tag:
 
 def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                 oldest_age: float | None, recent: Iterable[Any], csrf: str,
-                can_sign_in: Any) -> list[Any]:
+                can_sign_in: Any, account_states: dict[str, Any] | None = None
+                ) -> list[Any]:
     """
     @param accounts: (AccountConfig, TokenStatus or None) pairs.
     @param recent: the delivery engine's outcome records, oldest first.
     @param can_sign_in: account -> whether the browser sign-in applies to it.
+    @param account_states: account name -> its provider state (L{AccountStatus}).
     """
     rows = []
     for account, status in accounts:
@@ -135,7 +137,8 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
             tags.td(_when(status.expires_at if status else None)),
             tags.td((status.last_error or "") if status else "", class_="reply"),
             tags.td((status.hint or "") if status and state not in GOOD_STATES else ""),
-            tags.td(action)))
+            tags.td(action),
+            *_account_state_cells(account.name, (account_states or {}).get(account.name))))
     queue_rows = [tags.tr(tags.td(state), tags.td(str(count), id=f"count-{state}"))
                   for state, count in sorted(counts.items())]
     outcome_rows = [tags.tr(
@@ -148,7 +151,7 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
         tags.table(id="accounts")(
             tags.tr(*[tags.th(h) for h in ("Account", "Provider / flow", "Mailbox",
                                             "Token", "Expires", "Last error", "What to do",
-                                            "")]),
+                                            "", "Account state", "Recipients today")]),
             *rows),
         tags.h2("Queue"),
         tags.table(id="queue-counts")(tags.tr(tags.th("State"), tags.th("Messages")),
@@ -161,6 +164,19 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                                             "Outcome", "Upstream reply")]),
             *outcome_rows),
     ]
+
+
+def _account_state_cells(name: str, status: Any) -> list[Tag]:
+    """The provider state (held or ok, with the fix) and the daily budget used/left."""
+    if status is None:
+        return [tags.td("-"), tags.td("-")]
+    state = tags.td(status.label, id=f"account-state-{name}",
+                    class_="ok" if not status.held else "bad",
+                    title=(status.fix or "") if status.held else "")
+    budget = (f"{status.recipients_today} of {status.recipients_per_day} "
+              f"({status.recipients_left} left)" if status.recipients_per_day else
+              str(status.recipients_today))
+    return [state, tags.td(budget, id=f"budget-{name}")]
 
 
 def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:

@@ -63,6 +63,7 @@ class AdminService(Service):
         self.metrics = RelayMetrics()
         self.metrics.watch_queue(relay.spool)
         self.metrics.watch_tokens(lambda: relay.tokens.status().values())
+        self.metrics.watch_accounts(lambda: relay.delivery.status().accounts.values())
         self.observer = EventObserver(self.metrics)
         self.site = AdminSite(relay, self.metrics, reactor)
         self.port: Any = None

@@ -299,7 +299,8 @@ class AdminSite(Resource):
         notice, session.notice = session.notice, None
         return await self._html(pages.Page("status", pages.status_body(
             accounts, engine.counts, engine.oldest_age, engine.recent, session.csrf_token,
-            self.can_sign_in), csrf=session.csrf_token, notice=notice))
+            self.can_sign_in, getattr(engine, "accounts", None)), csrf=session.csrf_token,
+            notice=notice))
 
     def _queue(self) -> QueueOperations:
         return QueueOperations(self.relay.spool, self.config, self.relay.delivery)

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xrelay.config import AccountConfig, Config
+from xrelay.delivery.accounts import AccountStates, AccountStatus
 from xrelay.delivery.bounce import (SEND_AS_HELP, FailedRecipient, build_bounce,
                                     read_original_headers)
 from xrelay.delivery.retry import RetryPolicy
@@ -79,6 +80,8 @@ class EngineStatus:
     paused_until: dict[str, float]
     recent: tuple[OutcomeRecord, ...]
     totals: dict[str, int]
+    #: account name -> its provider state (held or ok, daily budget).
+    accounts: dict[str, AccountStatus] = attrs.field(factory=dict)
 
 
 @implementer(IDelivery)
@@ -89,13 +92,16 @@ class DeliveryEngine(Service):
     @param clock: the time source and scheduler (a L{task.Clock} in tests); the reactor
         by default.
     @param random: for the retry jitter (tests pin it).
+    @param state_dir: where account holds and daily recipient counts are kept across
+        restarts (C{server.state_dir}); memory only when C{None}.
     """
 
     name = "delivery"
 
     def __init__(self, config: Config, spool: Spool, transports: Mapping[str, ITransport],
                  reactor: Any = None, clock: Any = None,
-                 random: Callable[[], float] | None = None) -> None:
+                 random: Callable[[], float] | None = None,
+                 state_dir: str | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -110,6 +116,8 @@ class DeliveryEngine(Service):
         self._in_flight: dict[str, Deferred[DeliveryResult]] = {}
         self._timer: Any = None
         self._stopping = False
+        self.accounts = AccountStates(self.queue, self.clock, lambda: self.policy,
+                                      lambda: self._pump(), state_dir)
         self.reconfigure(config)
 
     # -- configuration -------------------------------------------------------------
@@ -124,6 +132,7 @@ class DeliveryEngine(Service):
         for account in config.accounts:
             self.queue.pace(account.name).update(account)
         if self.running:
+            self.accounts.attach(config.accounts)
             self._pump()
 
     def _account(self, entry: SpoolEntry) -> AccountConfig | None:
@@ -142,6 +151,7 @@ class DeliveryEngine(Service):
         super().startService()
         self._stopping = False
         self.spool.recover()
+        self.accounts.restore(self.config.accounts)
         for state in (QUEUED, DEFERRED):
             for entry in self.spool.entries(state):
                 self._enqueue(entry, entry.next_attempt if state == DEFERRED else 0.0)
@@ -155,6 +165,7 @@ class DeliveryEngine(Service):
         """
         super().stopService()
         self._stopping = True
+        self.accounts.close()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -215,6 +226,7 @@ class DeliveryEngine(Service):
         The account works again (an operator signed in, the token endpoint is back):
         its deferred messages are due now.
         """
+        self.accounts.resume(name, "asked")
         pace = self.queue.pace(name)
         pace.paused_until = 0.0
         moved = self.queue.make_due(name, self.clock.seconds())
@@ -235,6 +247,7 @@ class DeliveryEngine(Service):
         now = self.clock.seconds()
         for entry_id, account in self.queue.take(now):
             self._start(entry_id, account)
+        self.accounts.check_budgets(now)
         wake = self.queue.next_wake(now)
         if self._timer is not None and self._timer.active():
             if wake is not None and self._timer.getTime() <= wake:
@@ -262,11 +275,13 @@ class DeliveryEngine(Service):
                 self.queue.pace(account).finish()
                 self._pump()
 
+        self.accounts.started(account, entry_id)
         d = defer.ensureDeferred(self._attempt(entry_id, release, hand_back))
         self._in_flight[entry_id] = d
 
         def done(result: Any) -> Any:
             del self._in_flight[entry_id]
+            self.accounts.finished(account, entry_id)
             if released:
                 self._pump()  # settling may have scheduled a retry: set the timer
             else:
@@ -292,6 +307,7 @@ class DeliveryEngine(Service):
                                                 NO_ACCOUNT)
             else:
                 result = await self._send(entry, account, transport)
+                result = self.accounts.judge(account, entry.entry_id, entry.sender, result)
             release()
             if hand_back and not any(r.outcome is Outcome.DELIVERED
                                      for r in result.recipients):
@@ -361,8 +377,6 @@ class DeliveryEngine(Service):
             outcome = r.outcome
             if result.failure in _TOKEN_TROUBLE and outcome is not Outcome.DELIVERED:
                 outcome = Outcome.TEMPORARY
-            elif result.failure is FailureKind.SEND_AS_DENIED and outcome is not Outcome.DELIVERED:
-                outcome = Outcome.PERMANENT
             if outcome is Outcome.DELIVERED:
                 delivered.append(r)
             elif outcome is Outcome.TEMPORARY:
@@ -491,6 +505,7 @@ class DeliveryEngine(Service):
                           if p.paused_until > now},
             recent=tuple(self.recent),
             totals=dict(self.totals),
+            accounts={a.name: self.accounts.status(a) for a in self.config.accounts},
         )
 
 

@@ -19,6 +19,8 @@ import heapq
 import itertools
 import math
 
+from typing import Any, Callable, Iterable
+
 import attrs
 
 from xrelay.config import AccountConfig
@@ -46,6 +48,10 @@ class AccountPace:
     #: The sum of the recipients in C{_day}, kept as it changes: summing the deque on
     #: every scheduling decision cost O(messages sent today) per message.
     _day_total: int = attrs.field(init=False, default=0)
+    #: The account is held (L{xrelay.delivery.accounts}): one attempt at a time, the probe.
+    probing: bool = False
+    #: Told of every start, to keep the day's count across restarts.
+    journal: Callable[[float, int], Any] | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
         self._day_total = sum(n for _, n in self._day)
@@ -71,7 +77,7 @@ class AccountPace:
         The earliest time a message with this many recipients may start;
         C{math.inf} while all connections are busy (a finishing attempt wakes us).
         """
-        if self.in_flight >= self.max_connections:
+        if self.in_flight >= self.max_connections or (self.probing and self.in_flight):
             return math.inf
         at = max(now, self.next_slot, self.paused_until)
         if self.recipients_per_day:
@@ -91,6 +97,35 @@ class AccountPace:
             self.next_slot = max(now, self.next_slot) + 60.0 / self.messages_per_minute
         self._day.append((now, recipients))
         self._day_total += recipients
+        if self.journal is not None:
+            self.journal(now, recipients)
+
+    def restore(self, records: Iterable[tuple[float, int]]) -> None:
+        """The day's starts remembered from before a restart (oldest first)."""
+        for at, n in records:
+            self._day.append((at, n))
+            self._day_total += n
+
+    def day_records(self, now: float) -> list[tuple[float, int]]:
+        """The (start, recipients) records of the rolling day, oldest first."""
+        self.recipients_today(now)
+        return list(self._day)
+
+    def oldest_start(self, now: float) -> float | None:
+        """The oldest start still counted in the rolling day."""
+        self.recipients_today(now)
+        return self._day[0][0] if self._day else None
+
+    def budget_resumes_at(self, now: float) -> float | None:
+        """When the day's budget has room for one more recipient, if it has none now."""
+        if not self.recipients_per_day or self.recipients_today(now) < self.recipients_per_day:
+            return None
+        used = self._day_total
+        for started, n in self._day:
+            used -= n
+            if used < self.recipients_per_day:
+                return started + DAY
+        return now
 
     def finish(self) -> None:
         self.in_flight = max(self.in_flight - 1, 0)

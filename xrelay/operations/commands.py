@@ -145,8 +145,25 @@ def accounts_command(args: argparse.Namespace) -> int:
                     f"{s['user']}\texpires {_when(s['expires_at'])}")
             if s.get("hint") and s["state"] not in USABLE:
                 line += f"\t{s['hint']}"
+            line += _account_state_text(s)
             print(line)
-    return EXIT_OK if all(s["state"] in USABLE for s in statuses) else EXIT_PROBLEM
+    return EXIT_OK if all(s["state"] in USABLE and s.get("account_state", "ok") == "ok"
+                          for s in statuses) else EXIT_PROBLEM
+
+
+def _account_state_text(s: dict[str, Any]) -> str:
+    """The provider state and the daily budget (from the daemon), tab-separated."""
+    text = ""
+    if s.get("account_state"):
+        text += f"\taccount {s['account_state_label']}"
+        if s["account_state"] != "ok" and s.get("held_fix"):
+            text += f"\t{s['held_fix']}"
+    if s.get("recipients_per_day"):
+        text += (f"\trecipients today {s['recipients_today']}/{s['recipients_per_day']} "
+                 f"({s['recipients_left']} left)")
+    if s.get("held_senders"):
+        text += f"\theld senders {', '.join(s['held_senders'])}"
+    return text
 
 
 # -- login ----------------------------------------------------------------------------

@@ -189,8 +189,10 @@ class ControlHandlers:
 
     async def op_accounts(self, event: Any) -> list[dict[str, Any]]:
         statuses = self.relay.tokens.status()
-        return [_status_json(statuses[a.name], a) for a in self.relay.config.accounts
-                if a.name in statuses]
+        held = self.relay.delivery.status().accounts  # provider state, daily budget
+        return [dict(_status_json(statuses[a.name], a),
+                     **(held[a.name].as_json() if a.name in held else {}))
+                for a in self.relay.config.accounts if a.name in statuses]
 
     async def op_queue_list(self, event: Any, state: str | None = None
                             ) -> list[dict[str, Any]]:

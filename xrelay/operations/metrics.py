@@ -119,6 +119,10 @@ class RelayMetrics:
         """Report the token states that C{statuses()} gives at every scrape."""
         self.registry.register(TokenCollector(statuses, self.clock))
 
+    def watch_accounts(self, statuses: Callable[[], Iterable[Any]]) -> None:
+        """Report the provider states (held or ok) that C{statuses()} gives."""
+        self.registry.register(AccountStateCollector(statuses))
+
     def exposition(self) -> bytes:
         """The whole registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -181,3 +185,22 @@ class TokenCollector(Collector):
                 expires.add_metric([status.account], status.expires_at - self.clock())
         yield state
         yield expires
+
+
+class AccountStateCollector(Collector):
+    """C{xrelay_account_state{account,state}}: 1 for the account's current provider
+    state (ok, blocked by provider, SMTP AUTH disabled, ...), 0 for the others."""
+
+    def __init__(self, statuses: Callable[[], Iterable[Any]]) -> None:
+        self.statuses = statuses
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from xrelay.delivery.accounts import STATES
+
+        family = GaugeMetricFamily("xrelay_account_state", "1 for the account's current "
+                                   "provider state.", labels=["account", "state"])
+        for status in self.statuses():
+            for name in STATES:
+                family.add_metric([status.account, name],
+                                  1.0 if status.state == name else 0.0)
+        yield family

@@ -50,6 +50,33 @@ SEND_AS_DIAGNOSTIC = (
 )
 
 
+#: Replies Exchange Online and Gmail give when the account (not the message) is in
+#: trouble, by name, with the step at which they come; for L{ExchangeServer.answer_as}.
+#: The texts and their sources are those of L{xrelay.replies.KNOWN_REPLIES}.
+PROVIDER_REPLIES: dict[str, tuple[str, str]] = {
+    "outbound-spam": ("END_OF_DATA", "554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade. OutboundSpamException: WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade.[EndDiagnosticData] [Hostname=SB1PR01MB0001.sandbox.prod.outlook.com]"),
+    "bad-outbound-sender": ("MAIL", "550 5.1.8 Access denied, bad outbound sender"),
+    "tenant-blocked": ("MAIL", "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. For more information please go to http://go.microsoft.com/fwlink/?LinkId=526653 AS(7230) [SB1PR01MB0001.sandbox.prod.outlook.com]"),
+    "smtp-auth-tenant": ("AUTH", "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information."),
+    "smtp-auth-mailbox": ("AUTH", "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information."),
+    "smtp-auth-security-defaults": ("AUTH", "535 5.7.139 Authentication unsuccessful, user is locked by your organization's security defaults policy. Contact your administrator."),
+    "send-as-5.7.60": ("END_OF_DATA", "550 5.7.60 SMTP; Client does not have permissions to send as this sender [SB1PR01MB0001.sandbox.prod.outlook.com]"),
+    "external-forwarding": ("RCPT", "550 5.7.520 Access denied, Your organization does not allow external forwarding. Please contact your administrator for further assistance. AS(7555)"),
+    "tenant-external-recipient-limit": ("MAIL", "550 5.7.233 Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients"),
+    "insufficient-resources": ("MAIL", "452 4.3.1 Insufficient system resources"),
+    "server-busy": ("MAIL", "451 4.7.500 Server busy. Please try again later from [127.0.0.1]. (AS761) [SB1PR01CA0001.outlook.office365.com]"),
+    "thread-limit": ("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"),
+    "submission-rate": ("MAIL", "421 4.4.2 Message submission rate for this client has exceeded the configured limit"),
+    "too-big": ("END_OF_DATA", "552 5.3.4 Message size exceeds fixed maximum message size"),
+    "gmail-bad-credentials": ("AUTH", "535-5.7.8 Username and Password not accepted. For more information, go to\r\n535 5.7.8  https://support.google.com/mail/?p=BadCredentials - gsmtp"),
+    "gmail-app-password": ("AUTH", "534-5.7.9 Application-specific password required. Learn more at\r\n534 5.7.9  https://support.google.com/mail/?p=InvalidSecondFactor - gsmtp"),
+    "gmail-auth-temporary": ("AUTH", "454 4.7.0 Too many login attempts, please try again later. - gsmtp"),
+    "gmail-try-later": ("MAIL", "421-4.7.0 Try again later, closing connection.\r\n421 4.7.0  - gsmtp"),
+    "gmail-daily-limit": ("MAIL", "550-5.4.5 Daily user sending limit exceeded. For more information on Gmail\r\n550 5.4.5 sending limits go to https://support.google.com/a/answer/166852 - gsmtp"),
+    "recipient-over-quota": ("RCPT", "552-5.2.2 The email account that you tried to reach is over quota.\r\n552 5.2.2  - gsmtp"),
+}
+
+
 def _matches(pattern: str, address: str) -> bool:
     return fnmatch.fnmatchcase(address.lower(), pattern.lower())
 
@@ -134,6 +161,10 @@ class ExchangeServer:
     rejected_recipients: dict[str, str] = attrs.field(factory=dict)
     transcripts: list[Transcript] = attrs.field(factory=list)
     _injections: list[Injection] = attrs.field(factory=list)
+    #: mailbox -> (step, reply): every session of that mailbox gets it (L{answer_as}).
+    mailbox_replies: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+    #: The upstream is down: every connection is dropped before the banner.
+    down: bool = False
     _sent: dict[str, list[float]] = attrs.field(factory=dict)
     _internal_id: int = 10000
     protocols: set["ExchangeSMTP"] = attrs.field(factory=set, repr=False)
@@ -167,6 +198,20 @@ class ExchangeServer:
     def drop_next(self, step: str) -> None:
         """Drop the connection (no reply) at the next C{step}, e.g. C{"DATA_BODY"}."""
         self._injections.append(Injection(self._step(step), None))
+
+    def answer_as(self, mailbox: str, name: str | None) -> None:
+        """
+        From now on every session of C{mailbox} gets the provider reply named C{name}
+        (a L{PROVIDER_REPLIES} key) at its step, until C{answer_as(mailbox, None)}.
+        """
+        if name is None:
+            self.mailbox_replies.pop(mailbox.lower(), None)
+        else:
+            self.mailbox_replies[mailbox.lower()] = PROVIDER_REPLIES[name]
+
+    def mailbox_reply(self, mailbox: str | None, step: str) -> str | None:
+        found = self.mailbox_replies.get((mailbox or "").lower())
+        return found[1] if found is not None and found[0] == step else None
 
     def reject_recipient(self, address: str, reply_line: str = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup") -> None:
         """Every RCPT TO this address gets C{reply_line} (until removed from L{rejected_recipients})."""
@@ -364,6 +409,10 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
         self.transcript = Transcript(len(self.server.transcripts) + 1, getattr(peer, "host", str(peer)))
         self.server.transcripts.append(self.transcript)
         self.setTimeout(self.server.idle_timeout)
+        if self.server.down:
+            self.closing = True
+            self.transport.abortConnection()
+            return
         if self._inject("CONNECT"):
             return
         self.reply(self.server.banner())
@@ -564,6 +613,10 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
             else:
                 self.reply(self.server.auth_failed())
             return
+        switched = self.server.mailbox_reply(session.mailbox, "AUTH")
+        if switched is not None:
+            self.reply(switched)
+            return
         self.session = session
         if self.transcript is not None:
             self.transcript.mailbox = session.mailbox
@@ -581,6 +634,13 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
             return
         if self.mail_from is not None:
             self.reply("503 5.5.2 Sender already specified")
+            return
+        switched = self.server.mailbox_reply(self.session.mailbox, "MAIL")
+        if switched is not None:
+            if switched.startswith("421"):
+                self.close_with(switched)
+            else:
+                self.reply(switched)
             return
         match = _MAIL.match("MAIL " + argument)
         if match is None:
@@ -615,7 +675,8 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
         if len(self.rcpt_to) >= self.server.max_recipients:
             self.reply(self.server.too_many_recipients())
             return
-        rejected = self.server.rejected_recipients.get(recipient.lower())
+        rejected = self.server.rejected_recipients.get(recipient.lower()) or (
+            self.server.mailbox_reply(self.session.mailbox if self.session else None, "RCPT"))
         if rejected is not None:
             self.reply(rejected)
             return
@@ -683,6 +744,11 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
         session = self.session
         assert session is not None and self.mail_from is not None
         if self._inject("END_OF_DATA"):
+            self.reset_transaction()
+            return
+        switched = self.server.mailbox_reply(session.mailbox, "END_OF_DATA")
+        if switched is not None:
+            self.reply(switched)
             self.reset_transaction()
             return
         if self.data_size > self.server.max_message_size:

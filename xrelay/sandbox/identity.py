@@ -36,23 +36,30 @@ from .google import GoogleIdentity
 
 #: Resources (application ID URIs) the sandbox issues tokens for, with the app roles
 #: an app-only token carries and the delegated permissions a user may grant.
-OUTLOOK_RESOURCES = ("https://outlook.office365.com", "https://outlook.office.com")
+#: The national clouds' Exchange Online resources (L{xrelay.clouds}) are accepted too,
+#: so that a C{cloud = "usgov"} or C{"china"} account can be tried end to end.
+OUTLOOK_RESOURCES = ("https://outlook.office365.com", "https://outlook.office.com",
+                     "https://outlook.office365.us", "https://outlook-dod.office365.us",
+                     "https://partner.outlook.cn")
 GRAPH_RESOURCE = "https://graph.microsoft.com"
+NATIONAL_GRAPH_RESOURCES = ("https://graph.microsoft.us", "https://dod-graph.microsoft.us",
+                            "https://microsoftgraph.chinacloudapi.cn")
 APP_ROLES: dict[str, tuple[str, ...]] = {
-    "https://outlook.office365.com": ("SMTP.SendAsApp",),
-    "https://outlook.office.com": ("SMTP.SendAsApp",),
+    **{r: ("SMTP.SendAsApp",) for r in OUTLOOK_RESOURCES},
     GRAPH_RESOURCE: ("Mail.Send",),
+    **{r: ("Mail.Send",) for r in NATIONAL_GRAPH_RESOURCES},
 }
 DELEGATED_PERMISSIONS: dict[str, tuple[str, ...]] = {
-    "https://outlook.office365.com": ("SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"),
-    "https://outlook.office.com": ("SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"),
+    **{r: ("SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All")
+       for r in OUTLOOK_RESOURCES},
     GRAPH_RESOURCE: ("Mail.Send", "User.Read", "Mail.ReadWrite"),
+    **{r: ("Mail.Send", "User.Read", "Mail.ReadWrite") for r in NATIONAL_GRAPH_RESOURCES},
 }
 #: What C{<resource>/.default} grants delegated: what an admin typically consents to.
 DEFAULT_DELEGATED: dict[str, tuple[str, ...]] = {
-    "https://outlook.office365.com": ("SMTP.Send",),
-    "https://outlook.office.com": ("SMTP.Send",),
+    **{r: ("SMTP.Send",) for r in OUTLOOK_RESOURCES},
     GRAPH_RESOURCE: ("Mail.Send", "User.Read"),
+    **{r: ("Mail.Send", "User.Read") for r in NATIONAL_GRAPH_RESOURCES},
 }
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 META_TENANTS = frozenset({"common", "organizations", "consumers"})
@@ -194,6 +201,8 @@ class TokenRequest:
     client_id: str
     tenant: str
     outcome: str
+    #: The C{scope} form field as sent (what msal asked for).
+    scope: str = ""
 
 
 @attrs.frozen
@@ -479,9 +488,9 @@ class IdentityPlatform:
                 raise TokenError("unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant_type}'.")
             body = handler(tenant_segment, form)
         except TokenError as e:
-            self._log("token", grant_type, client_id, tenant_segment, e.error)
+            self._log("token", grant_type, client_id, tenant_segment, e.error, form.get("scope", ""))
             return aad_error(e, self.now(), self.base_url, correlation_id)
-        self._log("token", grant_type, client_id, tenant_segment, "ok")
+        self._log("token", grant_type, client_id, tenant_segment, "ok", form.get("scope", ""))
         return Response(200, body)
 
     def device_authorization(self, tenant_segment: str, form: dict[str, str], correlation_id: str | None = None) -> Response:
@@ -730,8 +739,8 @@ class IdentityPlatform:
             response = attrs.evolve(response, headers=(("Retry-After", retry_after),))
         return response
 
-    def _log(self, endpoint: str, grant_type: str, client_id: str, tenant: str, outcome: str) -> None:
-        self.requests.append(TokenRequest(self.now(), endpoint, grant_type, client_id, tenant, outcome))
+    def _log(self, endpoint: str, grant_type: str, client_id: str, tenant: str, outcome: str, scope: str = "") -> None:
+        self.requests.append(TokenRequest(self.now(), endpoint, grant_type, client_id, tenant, outcome, scope))
 
     def _path_tenant(self, tenant_segment: str) -> Tenant | None:
         if tenant_segment.lower() in META_TENANTS:

@@ -57,10 +57,13 @@ RunBlocking = Callable[..., "Deferred[Any]"]
 
 def scopes_for(account: AccountConfig) -> list[str]:
     """The scopes to request; msal adds C{offline_access} (and rejects it if given)."""
+    from xrelay.clouds import cloud_of
+
+    cloud = cloud_of(getattr(account, "cloud", "global"))  # national clouds' hosts
     graph = account.transport == "graph"
     if account.flow == "client_credentials":
-        return [GRAPH_APP_SCOPE if graph else SMTP_APP_SCOPE]
-    return [GRAPH_DELEGATED_SCOPE if graph else SMTP_DELEGATED_SCOPE]
+        return [cloud.graph_app_scope() if graph else cloud.smtp_app_scope()]
+    return [cloud.graph_delegated_scope() if graph else cloud.smtp_delegated_scope()]
 
 
 def sign_in_hint(account: AccountConfig) -> str:

@@ -14,7 +14,20 @@ from xrelay.config import AccountConfig
 from xrelay.interfaces import ITokenSource, ITransport
 from xrelay.transport.smtp import Timeouts
 
-__all__ = ["transport_for", "Timeouts"]
+__all__ = ["transport_for", "Timeouts", "timeouts_for"]
+
+
+def timeouts_for(delivery: Any) -> Timeouts:
+    """
+    The upstream timeouts of C{[delivery]}: C{connect_timeout} for the connection, TLS
+    and the banner; C{command_timeout} for each command's reply (the DATA start keeps
+    RFC 5321's 2 minutes when that is shorter); C{data_timeout} after the final dot.
+    """
+    command = float(delivery.command_timeout)
+    return Timeouts(connect=float(delivery.connect_timeout),
+                    tls=float(delivery.connect_timeout),
+                    greeting=float(delivery.connect_timeout), command=command,
+                    data_start=min(command, 120.0), data_end=float(delivery.data_timeout))
 
 
 def transport_for(

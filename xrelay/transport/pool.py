@@ -22,6 +22,7 @@ from zope.interface import implementer
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, Outcome, Reply
 from xrelay.interfaces import ITokenSource, ITransport
+from xrelay.replies import recognise
 from xrelay.tokens.errors import NeedsSignIn, TokenUnavailable
 from xrelay.transport.classify import (
     authentication_detail,
@@ -170,7 +171,8 @@ class SMTPTransport:
             result = attrs.evolve(
                 result,
                 failure=FailureKind.SEND_AS_DENIED,
-                detail=send_as_detail(self.account.user, message.sender),
+                detail=send_as_detail(self.account.user, message.sender,
+                                      self.account.name),
             )
         for r in result.recipients:
             log.info(
@@ -253,6 +255,16 @@ class SMTPTransport:
                     else FailureKind.CONNECTION)
                 raise _AttemptFailed(reply, kind,
                                      f"The upstream {self.where} refused AUTH: {reply}")
+            row = recognise(reply, self.app_only)
+            if row is not None and row.keeps_token:
+                # A verdict on the account (SMTP AUTH disabled), not on the token:
+                # throwing a good token away and fetching another cannot help.
+                raise _AttemptFailed(reply, FailureKind.ACCOUNT_HELD,
+                                     f"The upstream {self.where} refused AUTH for "
+                                     f"{self.account.user}: {reply}.  " + row.advice(
+                                         user=self.account.user,
+                                         client_id=self.account.client_id or "",
+                                         account=self.account.name))
             self.tokens.token_rejected(token)
             log.warn(
                 "Upstream {where} refused the token of account {account} "
@@ -262,8 +274,14 @@ class SMTPTransport:
             )
         raise _AttemptFailed(
             reply, FailureKind.AUTHENTICATION,
-            authentication_detail(self.account.user, reply),
+            authentication_detail(self.account.user, reply, self.app_only,
+                                  self.account.client_id or ""),
         )
+
+    @property
+    def app_only(self) -> bool:
+        """Whether the account signs in as the app itself (client credentials)."""
+        return self.account.flow == "client_credentials"
 
     async def _token(self) -> str:
         try:
@@ -289,7 +307,10 @@ class SMTPTransport:
             reply = trouble_reply(self.where, trouble)
             raise _AttemptFailed(reply, FailureKind.CONNECTION, str(reply)) from None
         except UpstreamRefused as refused:
+            kind = failure_of(refused.reply)
+            if kind is FailureKind.NONE:  # an Enum member is always truthy: no `or`
+                kind = FailureKind.CONNECTION
             raise _AttemptFailed(
-                refused.reply, failure_of(refused.reply) or FailureKind.CONNECTION,
+                refused.reply, kind,
                 f"The upstream {self.where} refused {refused.step}: {refused.reply}",
             ) from None

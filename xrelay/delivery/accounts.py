@@ -1,0 +1,452 @@
+"""
+The state of each upstream account as the provider sees it, beyond its token: held
+(blocked by provider, SMTP AUTH disabled, app not authorised for the mailbox, daily
+limit reached, throttled, upstream unreachable) or ok, as an explicit state machine::
+
+    ok ──hold──▶ held(kind) ──probe──▶ probing ──probe_failed──▶ held(kind, longer wait)
+     ▲                                   │
+     └────────────resume─────────────────┘   (the probe delivered, or an operator)
+
+A held account keeps all its mail queued (nothing of it is bounced for the hold's sake
+before C{max_age}), keeps its token, sends nothing until the hold's time, then sends
+exactly one message (the probe); the probe's success resumes it and makes its whole
+queue due.  Changes are logged once each (never per message) and written under
+C{state_dir} (L{xrelay.delivery.accountstore}) so that a restart forgets neither a hold
+nor the daily recipient budget.
+
+The delivery engine asks this object before and after every attempt
+(L{AccountStates.started}, L{AccountStates.judge}); all policy about provider replies is
+in L{xrelay.replies}.  No secrets here: reply texts and fixes only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import attrs
+from twisted.logger import Logger
+
+from xrelay.config import AccountConfig
+from xrelay.delivery.accountstore import DayBudget, HoldStore
+from xrelay.delivery.retry import RetryPolicy
+from xrelay.delivery.scheduler import DAY, FairQueue
+from xrelay.envelope import DeliveryResult, FailureKind, Outcome, RecipientResult, Reply
+from xrelay.replies import Decision, Hold, KnownReply, recognise
+
+log = Logger()
+
+OK = "ok"
+#: Every state an account can show (the metric's label values).
+STATES: tuple[str, ...] = (OK,) + tuple(h.value for h in Hold)
+
+#: event -> (states it may happen in, what it leads to).  C{None}: "the kind of hold
+#: the event names" (hold) or "unchanged" (probe: one message goes out while held;
+#: probe_failed: held again, the wait doubled up to max_retry_interval).
+TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
+    "hold": (frozenset(STATES), None),
+    "probe": (frozenset(STATES) - {OK}, None),
+    "probe_failed": (frozenset(STATES) - {OK}, None),
+    "resume": (frozenset(STATES) - {OK}, OK),
+}
+
+#: The budget journal is rewritten with only the rolling day's records after this many
+#: appends, so that it never grows without bound on a relay that is never restarted.
+JOURNAL_COMPACT_EVERY = 20000
+
+#: When the provider reports a daily limit and xrelay has no record of when the rolling
+#: day began (mail sent by another client): probe again after this long.
+UNKNOWN_DAY_PROBE = 3600.0
+
+
+class InvalidTransition(Exception):
+    """A programming error: an event that cannot happen in the current state."""
+
+
+def clock_text(at: float) -> str:
+    return time.strftime("%H:%M", time.localtime(at))
+
+
+@attrs.frozen
+class AccountStatus:
+    """What C{xrelay accounts}, the admin page and the metrics show for one account."""
+
+    account: str
+    state: str
+    #: The state with its time, e.g. "daily limit reached (resumes at 14:05)".
+    label: str
+    since: float | None = None
+    next_probe: float | None = None
+    reason: str | None = None
+    fix: str | None = None
+    recipients_today: int = 0
+    recipients_per_day: int = 0
+    held_senders: tuple[str, ...] = ()
+
+    @property
+    def held(self) -> bool:
+        return self.state != OK
+
+    @property
+    def recipients_left(self) -> int | None:
+        if not self.recipients_per_day:
+            return None
+        return max(self.recipients_per_day - self.recipients_today, 0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"account_state": self.state, "account_state_label": self.label,
+                "held_since": self.since, "next_probe": self.next_probe,
+                "held_reason": self.reason, "held_fix": self.fix,
+                "recipients_today": self.recipients_today,
+                "recipients_per_day": self.recipients_per_day,
+                "recipients_left": self.recipients_left,
+                "held_senders": list(self.held_senders)}
+
+
+@attrs.define
+class AccountHold:
+    """One account's provider state; every change goes through L{_move}."""
+
+    account: str
+    state: str = OK
+    since: float | None = None
+    until: float = 0.0
+    backoff: float = 0.0
+    reason: str | None = None
+    fix: str | None = None
+    probe: str | None = None
+
+    def _move(self, event: str, target: str | None = None) -> None:
+        allowed, fixed = TRANSITIONS[event]
+        if self.state not in allowed:
+            raise InvalidTransition(f"{event} in state {self.state}")
+        self.state = fixed or target or self.state
+
+
+class AccountStates:
+    """
+    The provider state of every account of one delivery engine.
+
+    @param queue: the engine's queue: a hold pauses the account's pace there and lets
+        one attempt through at a time; a resume makes its queue due.
+    @param policy: the retry policy in force (called: it changes on reload).
+    @param on_resume: called after a resume, so that the engine starts the queue.
+    @param state_dir: where holds and daily budgets are kept; C{None}: memory only.
+    """
+
+    def __init__(self, queue: FairQueue, clock: Any, policy: Callable[[], RetryPolicy],
+                 on_resume: Callable[[], None], state_dir: str | None = None) -> None:
+        self.queue = queue
+        self.clock = clock
+        self.policy = policy
+        self.on_resume = on_resume
+        directory = os.path.join(state_dir, "accounts") if state_dir else None
+        self.budget = DayBudget(directory) if directory else None
+        self.store = HoldStore(directory) if directory else None
+        self.holds: dict[str, AccountHold] = {}
+        self.senders: dict[str, dict[str, str]] = {}
+        self._budget_held: dict[str, float] = {}
+
+    # -- start-up --------------------------------------------------------------
+
+    def attach(self, accounts: Iterable[AccountConfig]) -> None:
+        """Count each account's recipients on disk, from what was counted before (once
+        per account: a reload or a service restart must not count a record twice)."""
+        if self.budget is None:
+            return
+        now = self.clock.seconds()
+        for account in accounts:
+            pace = self.queue.pace(account.name)
+            if pace.journal is None:
+                pace.restore(self.budget.load(account.name, now))
+                pace.journal = (lambda at, n, name=account.name:
+                                self._journal(name, at, n))
+
+    def _journal(self, account: str, at: float, recipients: int) -> None:
+        assert self.budget is not None
+        self.budget.record(account, at, recipients)
+        if self.budget.appended.get(account, 0) >= JOURNAL_COMPACT_EVERY:
+            try:
+                self.budget.compact(account, self.queue.pace(account).day_records(at))
+            except OSError as e:
+                log.error("cannot compact the daily recipient count of account "
+                          "{account}: {error}", account=account, error=str(e))
+
+    def restore(self, accounts: Iterable[AccountConfig]) -> None:
+        """The budgets and holds written before a restart."""
+        now = self.clock.seconds()
+        accounts = list(accounts)
+        self.attach(accounts)
+        saved = self.store.load() if self.store is not None else {}
+        names = {a.name for a in accounts}
+        for name, data in saved.items():
+            if name not in names or data.get("state") not in STATES[1:]:
+                continue
+            hold = self._hold(name)
+            hold._move("hold", str(data["state"]))
+            hold.since = data.get("since")
+            hold.until = float(data.get("until") or now)
+            hold.backoff = float(data.get("backoff") or 0.0)
+            hold.reason = data.get("reason")
+            hold.fix = data.get("fix")
+            self._pause(name, hold)
+            log.warn("account {account} is still held after the restart: {state}; next "
+                     "probe at {at}", account=name, state=self._label(name, hold, now),
+                     at=clock_text(hold.until))
+
+    def close(self) -> None:
+        """Close the budget journals (at stop)."""
+        if self.budget is not None:
+            self.budget.close()
+
+    # -- around each attempt ---------------------------------------------------
+
+    def started(self, account: str, entry_id: str) -> None:
+        """An attempt starts: while the account is held it is the probe."""
+        hold = self.holds.get(account)
+        if hold is not None and hold.state != OK and hold.probe is None:
+            hold._move("probe")
+            hold.probe = entry_id
+
+    def finished(self, account: str, entry_id: str) -> None:
+        """An attempt is over; a probe that ended without a verdict (an internal
+        error) must not leave the account waiting for it for ever."""
+        hold = self.holds.get(account)
+        if hold is not None and hold.probe == entry_id:
+            hold.probe = None
+            hold.until = self.clock.seconds() + self.policy().first_retry
+            self._pause(account, hold)
+
+    def judge(self, account: AccountConfig, entry_id: str, sender: str,
+              result: DeliveryResult) -> DeliveryResult:
+        """
+        What the result says about the account, and the result the engine must
+        settle: while the account (or this sender) is held, nothing of it is
+        permanent.
+        """
+        now = self.clock.seconds()
+        hold = self._hold(account.name)
+        was_probe = hold.probe == entry_id
+        if was_probe:
+            hold.probe = None
+        kind, row, reply = self._account_trouble(account, result)
+        if kind is None and row is None:
+            if hold.state != OK and (was_probe or _delivered_any(result)):
+                self.resume(account.name, "the probe went through" if was_probe else
+                            "a message went through")
+            if _delivered_any(result):
+                self._sender_ok(account.name, sender)
+            return result
+        if kind is None and row is not None:  # hold this sender
+            fix = row.advice(user=account.user, sender=sender, client_id=account.client_id
+                             or "", account=account.name)
+            self._hold_sender(account.name, sender, reply, fix)
+            if hold.state != OK and was_probe:
+                self.resume(account.name, "the probe reached the upstream")
+            return _temporary(result, FailureKind.SEND_AS_DENIED, fix)
+        assert kind is not None
+        fix = (row.advice(user=account.user, client_id=account.client_id or "",
+                          account=account.name) if row is not None else
+               _UNREACHABLE_FIX.format(where=f"{account.smtp_host}:{account.smtp_port}"
+                                       if account.transport == "smtp" else account.graph_url,
+                                       account=account.name))
+        if hold.state == OK or hold.state != kind.value or was_probe:
+            self._enter(account.name, hold, kind, reply, fix, now, result.retry_after,
+                        again=was_probe and hold.state == kind.value)
+        failure = result.failure if result.failure is not FailureKind.NONE else \
+            FailureKind.ACCOUNT_HELD
+        return _temporary(result, failure, f"{result.detail}  {fix}".strip()
+                          if fix not in result.detail else result.detail)
+
+    def resume(self, account: str, why: str) -> None:
+        """The account works again: its whole queue is due now."""
+        hold = self.holds.get(account)
+        if hold is None or hold.state == OK:
+            return
+        held_for = self.clock.seconds() - (hold.since or self.clock.seconds())
+        was = hold.state
+        hold._move("resume")
+        hold.since = hold.reason = hold.fix = None
+        hold.until = hold.backoff = 0.0
+        hold.probe = None
+        pace = self.queue.pace(account)
+        pace.probing = False
+        pace.paused_until = 0.0
+        moved = self.queue.make_due(account, self.clock.seconds())
+        self._save()
+        log.info("account {account} resumed ({why}) after {held:.0f} s {state}; {count} "
+                 "messages due now", account=account, why=why, held=held_for, state=was,
+                 count=moved, account_state=OK)
+        self.on_resume()
+
+    # -- the daily budget ------------------------------------------------------
+
+    def check_budgets(self, now: float) -> None:
+        """Log once when an account's own recipient budget starts holding it, and when
+        delivery resumes (called by the engine whenever it schedules)."""
+        for name, pace in self.queue.paces.items():
+            if not pace.recipients_per_day:
+                continue
+            at = pace.budget_resumes_at(now)
+            held_until = self._budget_held.get(name)
+            if at is not None and held_until is None:
+                self._budget_held[name] = at
+                log.warn("account {account}: daily limit reached ({used} of "
+                         "recipients_per_day = {limit} in the last 24 h); delivery "
+                         "resumes at {at}; until then mail stays queued",
+                         account=name, used=pace.recipients_today(now),
+                         limit=pace.recipients_per_day, at=clock_text(at),
+                         account_state=Hold.DAILY_LIMIT.value)
+            elif at is None and held_until is not None:
+                del self._budget_held[name]
+                log.info("account {account}: the daily recipient budget allows delivery "
+                         "again", account=name, account_state=OK)
+
+    # -- what operators see ----------------------------------------------------
+
+    def status(self, account: AccountConfig) -> AccountStatus:
+        now = self.clock.seconds()
+        hold = self.holds.get(account.name) or AccountHold(account.name)
+        pace = self.queue.pace(account.name)
+        senders = tuple(sorted(self.senders.get(account.name, {})))
+        used = pace.recipients_today(now)
+        state, label = hold.state, self._label(account.name, hold, now)
+        reason, fix, next_probe = hold.reason, hold.fix, hold.until or None
+        if state == OK and pace.recipients_per_day:
+            at = pace.budget_resumes_at(now)
+            if at is not None:
+                state = Hold.DAILY_LIMIT.value
+                label = f"{state} (resumes at {clock_text(at)})"
+                reason = f"{used} of recipients_per_day = {pace.recipients_per_day} used"
+                fix = ("xrelay's own budget (recipients_per_day); delivery resumes by "
+                       "itself as the rolling day allows")
+                next_probe = at
+        return AccountStatus(account.name, state, label, hold.since, next_probe, reason,
+                             fix, used, pace.recipients_per_day, senders)
+
+    # -- internals -------------------------------------------------------------
+
+    def _hold(self, name: str) -> AccountHold:
+        if name not in self.holds:
+            self.holds[name] = AccountHold(name)
+        return self.holds[name]
+
+    def _label(self, name: str, hold: AccountHold, now: float) -> str:
+        if hold.state == Hold.DAILY_LIMIT.value:
+            return f"{hold.state} (resumes at {clock_text(hold.until)})"
+        return hold.state
+
+    def _account_trouble(self, account: AccountConfig, result: DeliveryResult
+                         ) -> tuple[Hold | None, KnownReply | None, Reply]:
+        """
+        (hold kind, row, reply) when the result is about the account; (None, row,
+        reply) for a Send As refusal; (None, None, ...) when the result is about the
+        message or its recipients only.
+        """
+        undelivered = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
+        if not undelivered:
+            return None, None, Reply(250, "")
+        reply = undelivered[0].reply
+        app_only = account.flow == "client_credentials"
+        if result.failure is FailureKind.CONNECTION and _could_not_connect(reply):
+            return Hold.UNREACHABLE, None, reply
+        for r in undelivered:
+            row = recognise(r.reply, app_only)
+            if row is None:
+                continue
+            if row.decision is Decision.HOLD_ACCOUNT and row.hold is not None:
+                return row.hold, row, r.reply
+            if row.decision is Decision.HOLD_SENDER:
+                return None, row, r.reply
+        return None, None, reply
+
+    def _enter(self, name: str, hold: AccountHold, kind: Hold, reply: Reply, fix: str,
+               now: float, retry_after: float | None, again: bool) -> None:
+        policy = self.policy()
+        first = hold.state == OK or hold.state != kind.value
+        hold.backoff = (min(max(hold.backoff * 2, policy.first_retry),
+                            policy.max_retry_interval) if again else policy.first_retry)
+        until = now + max(hold.backoff, retry_after or 0.0)
+        if kind is Hold.DAILY_LIMIT:
+            until = max(until, self._day_frees_at(name, now))
+        hold._move("probe_failed" if again else "hold", kind.value)
+        hold.until = until
+        hold.reason = str(reply)
+        hold.fix = fix
+        if first:
+            hold.since = now
+        self._pause(name, hold)
+        self._save()
+        if first:
+            log.warn("account {account} held: {state}: {upstream_reply}.  {fix}  Next "
+                     "probe at {at}.", account=name,
+                     state=self._label(name, hold, now), upstream_reply=str(reply),
+                     fix=fix, at=clock_text(until), account_state=kind.value)
+
+    def _day_frees_at(self, name: str, now: float) -> float:
+        """When the rolling day the provider counts frees up: a day after the oldest
+        start xrelay remembers, or (nothing remembered) a probe in an hour."""
+        oldest = self.queue.pace(name).oldest_start(now)
+        return oldest + DAY if oldest is not None else now + UNKNOWN_DAY_PROBE
+
+    def _pause(self, name: str, hold: AccountHold) -> None:
+        pace = self.queue.pace(name)
+        pace.probing = True
+        pace.paused_until = hold.until
+
+    def _hold_sender(self, account: str, sender: str, reply: Reply, fix: str) -> None:
+        held = self.senders.setdefault(account, {})
+        if sender.lower() not in held:
+            held[sender.lower()] = fix
+            log.warn("account {account}: sender <{sender}> held: {upstream_reply}.  {fix}",
+                     account=account, sender=sender, upstream_reply=str(reply), fix=fix)
+
+    def _sender_ok(self, account: str, sender: str) -> None:
+        held = self.senders.get(account, {})
+        if held.pop(sender.lower(), None) is not None:
+            log.info("account {account}: sender <{sender}> may send again",
+                     account=account, sender=sender)
+
+    def _save(self) -> None:
+        if self.store is not None:
+            self.store.save(self.holds)
+
+
+_UNREACHABLE_FIX = (
+    "xrelay cannot reach {where}: check the network, DNS, a firewall or proxy in between, "
+    "and smtp_host/smtp_port (or graph_url) of account {account}.  The account backs off "
+    "as a whole: one probe connection per back-off step, the mail stays queued.")
+
+
+#: The steps of setting up an upstream connection, as the transport names them in its
+#: "4.4.2 Upstream <host>: <why> during <step>" replies (L{xrelay.transport.pool}).
+_SETUP_STEPS = ("connect", "TLS handshake", "greeting", "EHLO", "STARTTLS", "AUTH")
+
+
+def _could_not_connect(reply: Reply) -> bool:
+    """
+    The upstream cannot be reached or set up (refused, timed out, dropped before AUTH
+    was done): the account backs off as a whole.  A connection lost in the middle of a
+    transaction is that message's trouble; the token endpoint being down is the token
+    states' (its replies are 4.7.0, not 4.4.2).
+    """
+    if reply.enhanced != "4.4.2":
+        return False
+    step = reply.text.rsplit(" during ", 1)[-1].strip() if " during " in reply.text else ""
+    return step in _SETUP_STEPS or step.startswith("AUTH") or \
+        reply.text.startswith("4.4.2 Graph request")
+
+
+def _delivered_any(result: DeliveryResult) -> bool:
+    return any(r.outcome is Outcome.DELIVERED for r in result.recipients)
+
+
+def _temporary(result: DeliveryResult, failure: FailureKind, detail: str
+               ) -> DeliveryResult:
+    """The same result with nothing permanent: held mail waits, it is not bounced."""
+    recipients = tuple(
+        r if r.outcome is not Outcome.PERMANENT else
+        RecipientResult(r.recipient, Outcome.TEMPORARY, r.reply)
+        for r in result.recipients)
+    return attrs.evolve(result, recipients=recipients, failure=failure, detail=detail)
