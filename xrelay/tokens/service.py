@@ -36,7 +36,8 @@ from xrelay.tokens.trust import trust_bundle
 
 log = Logger(namespace="xrelay.tokens")
 
-#: Seconds between looks at the cache files of accounts that need sign-in.
+#: Seconds between looks at the accounts' cache, secret, certificate and refresh token
+#: files (a C{stat} each): a changed file gets a token request at once.
 SIGN_IN_POLL_INTERVAL = 5.0
 #: Threads for msal: a device code sign-in occupies one while it waits.
 MAX_THREADS = 8
@@ -153,8 +154,9 @@ class TokenService(Service):
     def startService(self) -> None:
         super().startService()
         self._start_pool()
-        for source in self.sources.values():
-            source.start()
+        failing = self._failing_before()
+        for name, source in self.sources.items():
+            source.start(was_failing=name in failing)
         self._poll = LoopingCall(self._check_sign_ins)
         self._poll.clock = self.clock
         self._poll.start(SIGN_IN_POLL_INTERVAL, now=False)
@@ -181,6 +183,19 @@ class TokenService(Service):
         self.pool = _token_pool()
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), pool.stop)
 
+    def _failing_before(self) -> set[str]:
+        """
+        Accounts whose last recorded state (before this start) was a failure: their
+        mail was deferred for it, and goes out as soon as a token works again.
+        """
+        try:
+            recorded = stored_status(self.config)
+        except Exception:
+            log.failure("Could not read the recorded token states")
+            return set()
+        return {s.account for s in recorded if s.state not in ("ok", "expiring",
+                                                                "refreshing", "no token")}
+
     def _check_sign_ins(self) -> None:
         for source in self.sources.values():
             source.check_signed_in()
@@ -203,7 +218,13 @@ class TokenService(Service):
         for name, source in self.sources.items():
             if sources.get(name) is not source:
                 source.stop()
+        kept = [s for name, s in sources.items() if self.sources.get(name) is s]
         self.sources = sources
+        # Reload re-reads every secret, certificate and refresh token file: an account
+        # that is not ok, or whose files changed, asks for a token now.
+        if self.running:
+            for source in kept:
+                source.recheck()
 
     # -- status ---------------------------------------------------------------
 
