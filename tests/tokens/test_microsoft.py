@@ -446,3 +446,42 @@ def test_sign_in_refused_for_app_only_accounts(sandbox: Sandbox, tmp_path: Path,
     service.start_device_code("main").addErrback(failure.append)
     assert failure and failure[0].check(SignInFailed)
     assert "does not sign in interactively" in str(failure[0].value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_expired_client_secret_is_named_with_its_fix(sandbox: Sandbox, tmp_path: Path,
+                                                     services: Make):
+    sandbox.identity.expire_client_secret(sandbox.default_app.client_id)
+    account = app_only_account(sandbox)
+    service = services(config_for(tmp_path / "state", account))
+    with pytest.raises(NeedsSignIn) as e:
+        yield service.sources["main"].access_token()
+    assert e.value.state == "client secret expired"
+    status = service.status()["main"]
+    assert status.state == "client secret expired"
+    assert status.last_error.startswith("invalid_client: AADSTS7000222: ")
+    assert status.hint.startswith(
+        f"create a new client secret for app {account.client_id} (Entra ID > App "
+        "registrations > Certificates & secrets > New client secret")
+    assert account.client_secret_file in status.hint
+    assert str(e.value).startswith("account 'main': client secret expired (invalid_client: "
+                                   "AADSTS7000222: ")
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_secret_is_rejected_not_needs_sign_in(sandbox: Sandbox, tmp_path: Path,
+                                                    services: Make):
+    wrong = secret_file(tmp_path, "wrong.txt", "not-the-secret")
+    service = services(config_for(tmp_path / "state",
+                                  app_only_account(sandbox, client_secret_file=wrong)))
+    with pytest.raises(NeedsSignIn):
+        yield service.sources["main"].access_token()
+    assert service.status()["main"].state == "client secret rejected"
+    assert service.status()["main"].failing_since is not None
+    # the right secret into the same file: the next look at the files gets a token
+    secret_file(tmp_path, "wrong.txt", sandbox.default_app.client_secret)
+    assert service.sources["main"].grant.credentials_changed()
+    token = yield service.sources["main"].access_token()
+    assert sandbox.identity.check_access_token(token) is not None
+    assert service.status()["main"].state == "ok"
+    assert service.status()["main"].failing_since is None

@@ -98,6 +98,8 @@ class App:
     tenant: Tenant
     name: str
     client_secrets: list[str] = attrs.field(factory=list, repr=False)
+    #: Secrets past their expiry date: still the app's, refused with AADSTS7000222.
+    expired_client_secrets: list[str] = attrs.field(factory=list, repr=False)
     certificates: list[x509.Certificate] = attrs.field(factory=list, repr=False)
     redirect_uris: list[str] = attrs.field(factory=list)
     public_client: bool = False
@@ -295,6 +297,16 @@ class IdentityPlatform:
         self.apps[client_id].client_secrets.append(secret)
         return secret
 
+    def expire_client_secret(self, client_id: str, secret: str | None = None) -> None:
+        """
+        The app's secret (all of them when C{secret} is C{None}) passes its expiry date:
+        the token endpoint then answers C{invalid_client}, AADSTS7000222.
+        """
+        app = self.apps[client_id]
+        expiring = [s for s in app.client_secrets if secret is None or s == secret]
+        app.client_secrets = [s for s in app.client_secrets if s not in expiring]
+        app.expired_client_secrets.extend(expiring)
+
     def add_user(self, tenant: str, upn: str, password: str, display_name: str | None = None) -> User:
         t = self.add_tenant(tenant)
         user = User(upn, t, password, display_name or upn.split("@")[0])
@@ -380,6 +392,7 @@ class IdentityPlatform:
         found.update(self.auth_codes)
         for app in self.apps.values():
             found.update(app.client_secrets)
+            found.update(app.expired_client_secrets)
         found.update(u.password for u in self.users.values())
         found.update(self._id_tokens)
         found.update(self.google.issued_secrets())
@@ -768,6 +781,14 @@ class IdentityPlatform:
                 )
             return
         if secret is not None:
+            if any(secrets.compare_digest(secret.encode(), s.encode()) for s in app.expired_client_secrets):
+                # As Entra ID words it, e.g. https://github.com/dotnet/sign/issues/849;
+                # listed at https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+                raise TokenError(
+                    "invalid_client", 7000222,
+                    f"The provided client secret keys for app '{app.client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
+                    401,
+                )
             if not any(secrets.compare_digest(secret.encode(), s.encode()) for s in app.client_secrets):
                 raise TokenError(
                     "invalid_client", 7000215,
