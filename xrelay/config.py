@@ -95,6 +95,9 @@ class ServerConfig:
     max_auth_failures: int = 3
     #: Seconds to wait for transactions in flight at shutdown.
     shutdown_timeout: int = 30
+    health_grace: int = attrs.field(default=900, metadata={"doc": (
+        "Seconds an account may fail (no usable token) before `xrelay health` and "
+        "/healthz report the relay unhealthy; raise it where sign-ins take longer to fix.")})
 
     @property
     def has_tls(self) -> bool:
@@ -179,6 +182,9 @@ class AccountConfig:
     #: authorization endpoint; C{None} means L{GOOGLE_AUTHORIZATION_URL}).  Microsoft's
     #: comes from C{authority} (msal's discovery).
     authorization_url: str | None = None
+    client_secret_expires: str | None = attrs.field(default=None, metadata={"doc": (
+        "The date the client secret expires (\"YYYY-MM-DD\", as shown in the app "
+        "registration): xrelay warns 30 and 7 days ahead; update it with the secret.")})
 
     @property
     def msal_authority(self) -> str:
@@ -525,6 +531,8 @@ class _Reader:
             shutdown_timeout=self.non_negative(raw, "shutdown_timeout",
                                                "server.shutdown_timeout",
                                                defaults.shutdown_timeout),
+            health_grace=self.non_negative(raw, "health_grace", "server.health_grace",
+                                           defaults.health_grace),
         )
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
@@ -725,7 +733,26 @@ class _Reader:
                 raw, "messages_per_connection", k("messages_per_connection"), 100, 1),
             idle_timeout=self.non_negative(raw, "idle_timeout", k("idle_timeout"), 60, 1),
             authorization_url=authorization_url,
+            client_secret_expires=self.expiry_date(raw, "client_secret_expires",
+                                                   k("client_secret_expires")),
         )
+
+    def expiry_date(self, raw: dict[str, Any], key: str, name: str) -> str | None:
+        """A "YYYY-MM-DD" date (quoted, or a bare TOML date)."""
+        import datetime
+
+        if key not in raw:
+            return None
+        value = raw[key]
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            return value.isoformat()
+        if isinstance(value, str) and len(value) == 10:
+            try:
+                return datetime.date.fromisoformat(value).isoformat()
+            except ValueError:
+                pass
+        raise self.fail(name, f"{value!r} is not a date; write {key} = \"2027-06-30\" "
+                        "(the expiry shown in the app registration)")
 
     def choice(self, raw: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
                default: str) -> str:

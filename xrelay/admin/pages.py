@@ -115,7 +115,7 @@ def _sign_in_form(account: Any, csrf: str) -> Tag:
 
 def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                 oldest_age: float | None, recent: Iterable[Any], csrf: str,
-                can_sign_in: Any) -> list[Any]:
+                can_sign_in: Any, expiries: dict[str, Any] | None = None) -> list[Any]:
     """
     @param accounts: (AccountConfig, TokenStatus or None) pairs.
     @param recent: the delivery engine's outcome records, oldest first.
@@ -135,6 +135,7 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
             tags.td(_when(status.expires_at if status else None)),
             tags.td((status.last_error or "") if status else "", class_="reply"),
             tags.td((status.hint or "") if status and state not in GOOD_STATES else ""),
+            _expiry_cell(account.name, (expiries or {}).get(account.name)),
             tags.td(action)))
     queue_rows = [tags.tr(tags.td(state), tags.td(str(count), id=f"count-{state}"))
                   for state, count in sorted(counts.items())]
@@ -148,7 +149,7 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
         tags.table(id="accounts")(
             tags.tr(*[tags.th(h) for h in ("Account", "Provider / flow", "Mailbox",
                                             "Token", "Expires", "Last error", "What to do",
-                                            "")]),
+                                            "Credential expires", "")]),
             *rows),
         tags.h2("Queue"),
         tags.table(id="queue-counts")(tags.tr(tags.th("State"), tags.th("Messages")),
@@ -161,6 +162,16 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                                             "Outcome", "Upstream reply")]),
             *outcome_rows),
     ]
+
+
+def _expiry_cell(name: str, expiry: Any) -> Tag:
+    """When the account's first credential (certificate, client secret) ends."""
+    if expiry is None:
+        return tags.td("-", id=f"credential-expiry-{name}")
+    day = time.strftime("%Y-%m-%d", time.gmtime(expiry.expires_at))
+    soon = expiry.expires_at - time.time() < 30 * 86400
+    return tags.td(f"{expiry.credential.replace('_', ' ')} {day}",
+                   id=f"credential-expiry-{name}", class_="bad" if soon else "ok")
 
 
 def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:

@@ -63,6 +63,7 @@ class AdminService(Service):
         self.metrics = RelayMetrics()
         self.metrics.watch_queue(relay.spool)
         self.metrics.watch_tokens(lambda: relay.tokens.status().values())
+        self.metrics.watch_expiries(lambda: relay.tokens.expiries())
         self.observer = EventObserver(self.metrics)
         self.site = AdminSite(relay, self.metrics, reactor)
         self.port: Any = None

@@ -297,9 +297,12 @@ class AdminSite(Resource):
         accounts = [(a, statuses.get(a.name)) for a in self.config.accounts]
         engine = self.relay.delivery.status()
         notice, session.notice = session.notice, None
+        from xrelay.tokens.expiry import soonest_by_account
+
         return await self._html(pages.Page("status", pages.status_body(
             accounts, engine.counts, engine.oldest_age, engine.recent, session.csrf_token,
-            self.can_sign_in), csrf=session.csrf_token, notice=notice))
+            self.can_sign_in, soonest_by_account(self.relay.tokens.expiries())),
+            csrf=session.csrf_token, notice=notice))
 
     def _queue(self) -> QueueOperations:
         return QueueOperations(self.relay.spool, self.config, self.relay.delivery)

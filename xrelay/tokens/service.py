@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from xrelay.config import AccountConfig, Config
 from xrelay.tokens.cache import AccountCache, load_key
 from xrelay.tokens.errors import SignInFailed
+from xrelay.tokens.expiry import CredentialExpiry, ExpiryWatch
 from xrelay.tokens.google import GoogleGrant
 from xrelay.tokens.microsoft import DeviceCodePrompt, MicrosoftGrant, stored_expiry
 from xrelay.tokens.source import GrantResult, RefreshingTokenSource
@@ -39,6 +40,8 @@ log = Logger(namespace="xrelay.tokens")
 #: Seconds between looks at the accounts' cache, secret, certificate and refresh token
 #: files (a C{stat} each): a changed file gets a token request at once.
 SIGN_IN_POLL_INTERVAL = 5.0
+#: Seconds between looks at the credentials' expiry dates.
+EXPIRY_CHECK_INTERVAL = 3600.0
 #: Threads for msal: a device code sign-in occupies one while it waits.
 MAX_THREADS = 8
 
@@ -79,6 +82,8 @@ class TokenService(Service):
         self.pool = _token_pool()
         self._listeners: list[Callable[[str], None]] = []
         self._poll: LoopingCall | None = None
+        self._expiry_poll: LoopingCall | None = None
+        self.expiry = ExpiryWatch(config)
         self._key: bytes | None = None
         self._shutdown_trigger: Any = None
         self._device_codes: set[DeviceCodePrompt] = set()
@@ -160,12 +165,16 @@ class TokenService(Service):
         self._poll = LoopingCall(self._check_sign_ins)
         self._poll.clock = self.clock
         self._poll.start(SIGN_IN_POLL_INTERVAL, now=False)
+        self._expiry_poll = LoopingCall(lambda: self.expiry.check(self.clock.seconds()))
+        self._expiry_poll.clock = self.clock
+        self._expiry_poll.start(EXPIRY_CHECK_INTERVAL, now=True)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
-        self._poll = None
+        for poll in (self._poll, self._expiry_poll):
+            if poll is not None and poll.running:
+                poll.stop()
+        self._poll = self._expiry_poll = None
         for source in self.sources.values():
             source.stop()
         # stopping joins the threads; a device code wait ends at its next poll
@@ -207,6 +216,9 @@ class TokenService(Service):
         """
         old = {a.name: a for a in self.config.accounts}
         self.config = config
+        self.expiry.config = config
+        if self.running:
+            self.expiry.check(self.clock.seconds())
         sources: dict[str, RefreshingTokenSource] = {}
         for account in config.accounts:
             if old.get(account.name) == account and account.name in self.sources:
@@ -230,6 +242,10 @@ class TokenService(Service):
 
     def status(self) -> dict[str, TokenStatus]:
         return {name: source.status() for name, source in self.sources.items()}
+
+    def expiries(self) -> list[CredentialExpiry]:
+        """The credentials' end dates as last read (at start, hourly, at reload)."""
+        return list(self.expiry.expiries)
 
     # -- sign-in --------------------------------------------------------------
 
