@@ -204,6 +204,49 @@ def health_command(args: argparse.Namespace) -> int:
     return EXIT_OK if report["healthy"] else EXIT_PROBLEM
 
 
+# -- doctor ---------------------------------------------------------------------------
+
+
+def _doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("account", help="the [[accounts]] name to diagnose")
+    parser.add_argument("--script", action="store_true", help="print the PowerShell "
+                        "script (ExchangeOnlineManagement) that sets up the tenant for "
+                        "this account, instead of diagnosing")
+    parser.add_argument("--send-as-check", action="store_true", help="send one test "
+                        "message as each exact sender in the account's senders, to the "
+                        "account's own mailbox")
+
+
+@command("doctor", "walk one account's chain (configuration, authority and upstream "
+         "reachability, token, XOAUTH2 login, a test message, Send As) and print each "
+         "step ok / failed with the fix; exits 1 when a step failed", _doctor_arguments)
+@_guarded
+def doctor_command(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if config.path is None:
+        return _problem("no configuration given (--config FILE or $XRELAY_CONFIG); "
+                        "doctor diagnoses an account of a configuration")
+    try:
+        account = config.account(args.account)
+    except KeyError:
+        names = ", ".join(a.name for a in config.accounts) or "none"
+        return _problem(f"no account {args.account!r}; the accounts are: {names}")
+    from xrelay.operations.doctor import Doctor, powershell_script
+
+    if args.script:
+        print(powershell_script(account), end="")
+        return EXIT_OK
+    print(f"# xrelay doctor: account {account.name} ({account.provider}, {account.flow}, "
+          f"{account.user})", flush=True)
+    doctor = Doctor(config, account, send_as_check=args.send_as_check)
+    for step in doctor.walk():
+        for line in step.lines():
+            print(line, flush=True)
+    failed = [s.name for s in doctor.steps if s.ok is False]
+    print(f"# {len(failed)} failed: {', '.join(failed)}" if failed else "# all steps ok")
+    return EXIT_PROBLEM if failed else EXIT_OK
+
+
 # -- login ----------------------------------------------------------------------------
 
 

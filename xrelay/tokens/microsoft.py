@@ -207,6 +207,10 @@ class MicrosoftGrant:
     def record(self, status: TokenStatus) -> Deferred[None]:
         return self.run(self._record, status)
 
+    def fetch_here(self, force: bool) -> GrantResult:
+        """L{fetch} in the calling thread, for C{xrelay doctor} (which has no reactor)."""
+        return self._fetch(force)
+
     # -- blocking work, in the token thread pool ------------------------------
 
     def _load(self) -> None:
