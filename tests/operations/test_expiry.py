@@ -109,6 +109,11 @@ async def test_certificate_expiring_in_ten_days_warns_and_is_measured(world) -> 
     response, body = await browser.request("GET", "/")
     assert f'<td id="credential-expiry-sandbox" class="bad">certificate {day}</td>' in body
 
+    # `xrelay accounts` asks the relay (its control channel runs in this process too)
+    code, out, err = await xrelay(world, "accounts")
+    assert (f"\n# warning: account sandbox: the certificate {world.tmp / 'app.pem'} expires "
+            f"on {day} (in 10 days); upload a new certificate") in out, out + err
+
     code, out, err = await xrelay(world, "check-config")
     assert code == 0, err
     assert (f"# warning: account sandbox: the certificate {world.tmp / 'app.pem'} expires "
