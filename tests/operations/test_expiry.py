@@ -138,3 +138,28 @@ def test_the_daemon_warns_thirty_and_seven_days_ahead_once_each(tmp_path: Path) 
     gone = watch.check(end + 1)
     assert len(gone) == 1 and "expired on" in gone[0]
     assert watch.check(end + DAY) == []
+
+
+def test_client_secret_expires_and_health_grace_are_read(world) -> None:
+    import pytest
+
+    from xrelay.config import ConfigError, read_config
+
+    write_config(world, server_extra="health_grace = 120")
+    text = world.config_path.read_text()
+    world.config_path.write_text(text.replace('name = "sandbox"', 'name = "sandbox"\n'
+                                              "client_secret_expires = 2027-06-30"))
+    config = read_config(str(world.config_path))
+    assert config.account("sandbox").client_secret_expires == "2027-06-30"
+    assert config.server.health_grace == 120
+    [expiry] = credential_expiries(config)
+    assert (expiry.owner, expiry.credential) == ("sandbox", "client_secret")
+    assert expiry.expires_at == datetime.datetime(2027, 6, 30, 23, 59, 59,
+                                                  tzinfo=datetime.timezone.utc).timestamp()
+    world.config_path.write_text(text.replace('name = "sandbox"', 'name = "sandbox"\n'
+                                              'client_secret_expires = "June 2027"'))
+    with pytest.raises(ConfigError) as e:
+        read_config(str(world.config_path))
+    assert str(e.value).endswith('accounts."sandbox".client_secret_expires: \'June 2027\' is '
+                                 'not a date; write client_secret_expires = "2027-06-30" (the '
+                                 'expiry shown in the app registration)')
