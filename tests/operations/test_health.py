@@ -78,6 +78,7 @@ async def test_a_listener_that_is_not_bound_is_unhealthy(world) -> None:
         relay = start_relay(world)
         await relay.inbound._listening[0]
         await until(lambda: relay.inbound._listening[1].called)
+        relay.inbound._listening[1].addErrback(lambda failure: None)  # logged already
         status, report = await healthz(world)
     finally:
         taken.close()
