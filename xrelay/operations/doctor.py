@@ -77,6 +77,10 @@ class Step:
         return lines
 
 
+class _Skipped(Exception):
+    """A step this doctor cannot take for this account (not a failure)."""
+
+
 class _Failed(Exception):
     def __init__(self, detail: str, fix: str | None = None) -> None:
         super().__init__(detail)
@@ -130,6 +134,8 @@ class Doctor:
                 step = Step(name, True, check())
             except _Failed as e:
                 step = Step(name, False, e.detail, e.fix)
+            except _Skipped as e:
+                step = Step(name, None, str(e))
         self.steps.append(step)
         return step
 
@@ -270,8 +276,8 @@ class Doctor:
     def check_token(self) -> str:
         a = self.account
         if a.provider != "microsoft":
-            raise _Failed("doctor asks Microsoft's identity platform only; for Google "
-                          "accounts run `xrelay send-test --account " + a.name + "`")
+            raise _Skipped("doctor asks Microsoft's identity platform only; for Google "
+                           "accounts run `xrelay send-test --account " + a.name + "`")
         from xrelay.tokens import aadsts
         from xrelay.tokens.cache import AccountCache, load_key
         from xrelay.tokens.errors import GrantRefused, GrantUnavailable
