@@ -485,3 +485,24 @@ def test_wrong_secret_is_rejected_not_needs_sign_in(sandbox: Sandbox, tmp_path: 
     assert sandbox.identity.check_access_token(token) is not None
     assert service.status()["main"].state == "ok"
     assert service.status()["main"].failing_since is None
+
+
+@pytest.mark.parametrize("code, state, fix", [
+    (53003, "blocked by conditional access", "look up the sign-in of the app "),
+    (65001, "admin consent missing", "in Entra ID > App registrations > "),
+])
+@pytest_twisted.inlineCallbacks
+def test_tenant_policy_refusals_are_named(sandbox: Sandbox, tmp_path: Path, services: Make,
+                                          code: int, state: str, fix: str):
+    app = sandbox.default_app
+    sandbox.identity.refuse_app(app.client_id, code)
+    service = services(config_for(tmp_path / "state", app_only_account(sandbox)))
+    with pytest.raises(NeedsSignIn):
+        yield service.sources["main"].access_token()
+    status = service.status()["main"]
+    assert status.state == state
+    assert status.last_error.startswith(f"invalid_grant: AADSTS{code}: ")
+    assert status.hint.startswith(fix)
+    if code == 65001:
+        assert "Office 365 Exchange Online > SMTP.SendAsApp (Application)" in status.hint
+    sandbox.identity.refuse_app(app.client_id, None)

@@ -64,6 +64,17 @@ GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
+#: Refusals a tenant's policy causes, switchable per app (L{IdentityPlatform.refuse_app}):
+#: AADSTS code -> (OAuth error, description template).  Texts as Entra ID sends them:
+#: 53003 https://github.com/AzureAD/microsoft-identity-web/issues/2419,
+#: 65001 https://github.com/KelvinTegelaar/CIPP/issues/1716; meanings in
+#: https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+REFUSALS: dict[int, tuple[str, str]] = {
+    53003: ("invalid_grant", "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance."),
+    65001: ("invalid_grant", "The user or administrator has not consented to use the application with ID '{client_id}' named '{name}'. Send an interactive authorization request for this user and resource."),
+}
+
+
 def _secret(length: int = 32) -> str:
     return secrets.token_urlsafe(length)
 
@@ -104,6 +115,9 @@ class App:
     redirect_uris: list[str] = attrs.field(factory=list)
     public_client: bool = False
     roles: dict[str, tuple[str, ...]] = attrs.field(factory=lambda: dict(APP_ROLES))
+    #: When set, the token endpoint refuses this app with that AADSTS code
+    #: (L{REFUSALS}), as a tenant policy would; see L{IdentityPlatform.refuse_app}.
+    refusal: int | None = None
     service_principal_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
 
     @property
@@ -296,6 +310,15 @@ class IdentityPlatform:
         secret = secret or _client_secret()
         self.apps[client_id].client_secrets.append(secret)
         return secret
+
+    def refuse_app(self, client_id: str, code: int | None) -> None:
+        """
+        Refuse every token request of this app with AADSTS C{code} (one of L{REFUSALS});
+        C{None} lifts it.
+        """
+        if code is not None and code not in REFUSALS:
+            raise ValueError(f"no documented refusal {code}; one of {sorted(REFUSALS)}")
+        self.apps[client_id].refusal = code
 
     def expire_client_secret(self, client_id: str, secret: str | None = None) -> None:
         """
@@ -490,6 +513,10 @@ class IdentityPlatform:
             }.get(grant_type)
             if handler is None:
                 raise TokenError("unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant_type}'.")
+            refused = self.apps.get(client_id)
+            if refused is not None and refused.refusal is not None:
+                error, text = REFUSALS[refused.refusal]
+                raise TokenError(error, refused.refusal, text.format(client_id=refused.client_id, name=refused.name))
             body = handler(tenant_segment, form)
         except TokenError as e:
             self._log("token", grant_type, client_id, tenant_segment, e.error)
