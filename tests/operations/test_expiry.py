@@ -108,6 +108,9 @@ async def test_certificate_expiring_in_ten_days_warns_and_is_measured(world) -> 
     await browser.sign_in()
     response, body = await browser.request("GET", "/")
     assert f'<td id="credential-expiry-sandbox" class="bad">certificate {day}</td>' in body
+    tls_day = datetime.datetime.fromtimestamp(tls_end, datetime.timezone.utc).date().isoformat()
+    assert (f'<p id="tls-expiry">Listener TLS certificate expires: tls cert {tls_day}</p>'
+            in body), body
 
     # `xrelay accounts` asks the relay (its control channel runs in this process too)
     code, out, err = await xrelay(world, "accounts")

@@ -115,7 +115,8 @@ def _sign_in_form(account: Any, csrf: str) -> Tag:
 
 def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                 oldest_age: float | None, recent: Iterable[Any], csrf: str,
-                can_sign_in: Any, expiries: dict[str, Any] | None = None) -> list[Any]:
+                can_sign_in: Any, expiries: dict[str, Any] | None = None,
+                tls_expiry: Any = None) -> list[Any]:
     """
     @param accounts: (AccountConfig, TokenStatus or None) pairs.
     @param recent: the delivery engine's outcome records, oldest first.
@@ -151,6 +152,8 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                                             "Token", "Expires", "Last error", "What to do",
                                             "Credential expires", "")]),
             *rows),
+        tags.p("Listener TLS certificate expires: ", _expiry_text(tls_expiry),
+               id="tls-expiry") if tls_expiry is not None else "",
         tags.h2("Queue"),
         tags.table(id="queue-counts")(tags.tr(tags.th("State"), tags.th("Messages")),
                                       *queue_rows),
@@ -168,10 +171,14 @@ def _expiry_cell(name: str, expiry: Any) -> Tag:
     """When the account's first credential (certificate, client secret) ends."""
     if expiry is None:
         return tags.td("-", id=f"credential-expiry-{name}")
-    day = time.strftime("%Y-%m-%d", time.gmtime(expiry.expires_at))
     soon = expiry.expires_at - time.time() < 30 * 86400
-    return tags.td(f"{expiry.credential.replace('_', ' ')} {day}",
-                   id=f"credential-expiry-{name}", class_="bad" if soon else "ok")
+    return tags.td(_expiry_text(expiry), id=f"credential-expiry-{name}",
+                   class_="bad" if soon else "ok")
+
+
+def _expiry_text(expiry: Any) -> str:
+    day = time.strftime("%Y-%m-%d", time.gmtime(expiry.expires_at))
+    return f"{expiry.credential.replace('_', ' ')} {day}"
 
 
 def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:

@@ -310,9 +310,12 @@ class AdminSite(Resource):
         notice, session.notice = session.notice, None
         from xrelay.tokens.expiry import soonest_by_account
 
+        expiries = self.relay.tokens.expiries()
+        tls = min((e for e in expiries if e.scope == "listener"),
+                  key=lambda e: e.expires_at, default=None)
         return await self._html(pages.Page("status", pages.status_body(
             accounts, engine.counts, engine.oldest_age, engine.recent, session.csrf_token,
-            self.can_sign_in, soonest_by_account(self.relay.tokens.expiries())),
+            self.can_sign_in, soonest_by_account(expiries), tls),
             csrf=session.csrf_token, notice=notice))
 
     def _queue(self) -> QueueOperations:
