@@ -506,3 +506,27 @@ def test_tenant_policy_refusals_are_named(sandbox: Sandbox, tmp_path: Path, serv
     if code == 65001:
         assert "Office 365 Exchange Online > SMTP.SendAsApp (Application)" in status.hint
     sandbox.identity.refuse_app(app.client_id, None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_file_watch_leaves_a_working_account_alone(sandbox: Sandbox, tmp_path: Path,
+                                                      services: Make):
+    service = services(config_for(tmp_path / "state", app_only_account(sandbox)))
+    yield service.sources["main"].access_token()
+    yield sleep(0.5)  # the status record is written
+    asked = len(token_requests(sandbox))
+    for _ in range(3):
+        service._check_sign_ins()
+        yield sleep(0.2)
+    assert len(token_requests(sandbox)) == asked
+    # a rotated secret (same value, new file) is read and tried at once
+    secret_file(Path(app_only_account(sandbox).client_secret_file).parent,
+                "sandbox-client-secret.txt", sandbox.default_app.client_secret)
+    service._check_sign_ins()
+    for _ in range(50):
+        if len(token_requests(sandbox)) > asked:
+            break
+        yield sleep(0.1)
+    assert len(token_requests(sandbox)) == asked + 1
+    yield service.sources["main"].access_token()  # joins that refresh
+    assert service.status()["main"].state == "ok"
