@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from typing import Callable, Sequence
 
 import attrs
@@ -60,6 +61,10 @@ def check_config(args: argparse.Namespace) -> int:
     config = read_config(args.file) if args.file else config_from(args)
     print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
     for warning in config.warnings():
+        print(f"# warning: {warning}")
+    from xrelay.tokens.expiry import credential_expiries, expiry_warnings
+
+    for warning in expiry_warnings(credential_expiries(config), time.time()):
         print(f"# warning: {warning}")
     for line in describe(config):
         print(line)

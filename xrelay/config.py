@@ -107,6 +107,9 @@ class ServerConfig:
     tls_min_version: str = attrs.field(default="1.2", metadata={"doc": (
         'oldest TLS version any listener accepts unless it says otherwise, "1.0" | '
         '"1.1" | "1.2" | "1.3"; lower it per listener, not here, for legacy devices')})
+    health_grace: int = attrs.field(default=900, metadata={"doc": (
+        "Seconds an account may fail (no usable token) before `xrelay health` and "
+        "/healthz report the relay unhealthy; raise it where sign-ins take longer to fix.")})
 
     @property
     def has_tls(self) -> bool:
@@ -199,6 +202,9 @@ class AccountConfig:
         "Microsoft only: global | usgov (GCC High) | usgov-dod | china (21Vianet); "
         "derives authority, smtp_host, graph_url and the OAuth scopes (explicit "
         "overrides win); change it only for a national-cloud tenant")})
+    client_secret_expires: str | None = attrs.field(default=None, metadata={"doc": (
+        "The date the client secret expires (\"YYYY-MM-DD\", as shown in the app "
+        "registration): xrelay warns 30 and 7 days ahead; update it with the secret.")})
 
     @property
     def msal_authority(self) -> str:
@@ -597,6 +603,8 @@ class _Reader:
                                                defaults.shutdown_timeout),
             tls_min_version=self.tls_version(raw, "server.tls_min_version")
             or defaults.tls_min_version,
+            health_grace=self.non_negative(raw, "health_grace", "server.health_grace",
+                                           defaults.health_grace),
         )
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
@@ -828,7 +836,26 @@ class _Reader:
             idle_timeout=self.non_negative(raw, "idle_timeout", k("idle_timeout"), 60, 1),
             authorization_url=authorization_url,
             cloud=cloud,
+            client_secret_expires=self.expiry_date(raw, "client_secret_expires",
+                                                   k("client_secret_expires")),
         )
+
+    def expiry_date(self, raw: dict[str, Any], key: str, name: str) -> str | None:
+        """A "YYYY-MM-DD" date (quoted, or a bare TOML date)."""
+        import datetime
+
+        if key not in raw:
+            return None
+        value = raw[key]
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            return value.isoformat()
+        if isinstance(value, str) and len(value) == 10:
+            try:
+                return datetime.date.fromisoformat(value).isoformat()
+            except ValueError:
+                pass
+        raise self.fail(name, f"{value!r} is not a date; write {key} = \"2027-06-30\" "
+                        "(the expiry shown in the app registration)")
 
     def choice(self, raw: dict[str, Any], key: str, name: str, choices: tuple[str, ...],
                default: str) -> str:

@@ -218,7 +218,9 @@ async def test_without_a_daemon_the_command_locks_the_spool(world, daemons) -> N
     code, out, err = await xrelay(world, "queue", "list")
     assert code == 0 and f"{entry}\tdeferred\t" in out, err
     code, out, err = await xrelay(world, "accounts")
-    assert "# account states from the token cache (daemon not running)" in out
+    assert code == 1 and "the relay is not running" in err
+    code, out, err = await xrelay(world, "accounts", "--offline")
+    assert "# account states from the token cache (--offline" in out
 
     # Somebody else holds the lock (a daemon that does not answer): refuse, no race.
     with SpoolLock(str(world.state_dir)):

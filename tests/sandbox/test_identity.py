@@ -371,3 +371,23 @@ def test_issued_secrets_cover_tokens_and_client_secrets(sandbox: Sandbox):
     assert {body["access_token"], body["refresh_token"], body["id_token"], sandbox.default_app.client_secret} <= secrets
     assert sandbox.identity.requests[-1].grant_type == "urn:ietf:params:oauth:grant-type:device_code"
     assert not any(s in repr(sandbox.identity.requests) for s in secrets)
+
+
+@pytest_twisted.inlineCallbacks
+def test_expired_client_secret_is_invalid_client_7000222(sandbox: Sandbox):
+    app = sandbox.identity.register_app(TENANT)
+    secret = app.client_secret
+    sandbox.identity.expire_client_secret(app.client_id)
+    response = yield threads.deferToThread(
+        _post, sandbox, f"/{TENANT}/oauth2/v2.0/token",
+        {"grant_type": "client_credentials", "client_id": app.client_id, "client_secret": secret,
+         "scope": "https://outlook.office365.com/.default"},
+    )
+    assert response.status_code == 401
+    body = response.json()
+    _aad_error_shape(body, "invalid_client", 7000222)
+    assert body["error_description"].startswith(
+        f"AADSTS7000222: The provided client secret keys for app '{app.client_id}' are expired. "
+        "Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret")
+    assert secret not in response.text
+    assert secret in sandbox.issued_secrets()

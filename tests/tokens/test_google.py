@@ -87,3 +87,22 @@ def test_google_without_ca_file_does_not_trust_the_sandbox(sandbox: Sandbox,
         yield service.sources["gmail"].access_token()
     assert "gmail" in str(e.value)
     assert sandbox.identity.google.access_tokens == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_file_watch_leaves_a_working_account_alone(sandbox: Sandbox, tmp_path: Path,
+                                                      services: Make):
+    """The periodic look at the files asks for nothing while nothing changed."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    account, _ = google_account(sandbox, tmp_path)
+    service = services(config_for(tmp_path / "state", account))
+    yield service.sources["gmail"].access_token()
+    yield deferLater(reactor, 0.5, lambda: None)  # the status record is written
+    asked = len(sandbox.identity.google.access_tokens)
+    for _ in range(3):
+        service._check_sign_ins()
+        yield deferLater(reactor, 0.2, lambda: None)
+    assert len(sandbox.identity.google.access_tokens) == asked
+    assert not service.sources["gmail"].grant.credentials_changed()

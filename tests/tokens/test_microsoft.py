@@ -446,3 +446,87 @@ def test_sign_in_refused_for_app_only_accounts(sandbox: Sandbox, tmp_path: Path,
     service.start_device_code("main").addErrback(failure.append)
     assert failure and failure[0].check(SignInFailed)
     assert "does not sign in interactively" in str(failure[0].value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_expired_client_secret_is_named_with_its_fix(sandbox: Sandbox, tmp_path: Path,
+                                                     services: Make):
+    sandbox.identity.expire_client_secret(sandbox.default_app.client_id)
+    account = app_only_account(sandbox)
+    service = services(config_for(tmp_path / "state", account))
+    with pytest.raises(NeedsSignIn) as e:
+        yield service.sources["main"].access_token()
+    assert e.value.state == "client secret expired"
+    status = service.status()["main"]
+    assert status.state == "client secret expired"
+    assert status.last_error.startswith("invalid_client: AADSTS7000222: ")
+    assert status.hint.startswith(
+        f"create a new client secret for app {account.client_id} (Entra ID > App "
+        "registrations > Certificates & secrets > New client secret")
+    assert account.client_secret_file in status.hint
+    assert str(e.value).startswith("account 'main': client secret expired (invalid_client: "
+                                   "AADSTS7000222: ")
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_secret_is_rejected_not_needs_sign_in(sandbox: Sandbox, tmp_path: Path,
+                                                    services: Make):
+    wrong = secret_file(tmp_path, "wrong.txt", "not-the-secret")
+    service = services(config_for(tmp_path / "state",
+                                  app_only_account(sandbox, client_secret_file=wrong)))
+    with pytest.raises(NeedsSignIn):
+        yield service.sources["main"].access_token()
+    assert service.status()["main"].state == "client secret rejected"
+    assert service.status()["main"].failing_since is not None
+    # the right secret into the same file: the next look at the files gets a token
+    secret_file(tmp_path, "wrong.txt", sandbox.default_app.client_secret)
+    assert service.sources["main"].grant.credentials_changed()
+    token = yield service.sources["main"].access_token()
+    assert sandbox.identity.check_access_token(token) is not None
+    assert service.status()["main"].state == "ok"
+    assert service.status()["main"].failing_since is None
+
+
+@pytest.mark.parametrize("code, state, fix", [
+    (53003, "blocked by conditional access", "look up the sign-in of the app "),
+    (65001, "admin consent missing", "in Entra ID > App registrations > "),
+])
+@pytest_twisted.inlineCallbacks
+def test_tenant_policy_refusals_are_named(sandbox: Sandbox, tmp_path: Path, services: Make,
+                                          code: int, state: str, fix: str):
+    app = sandbox.default_app
+    sandbox.identity.refuse_app(app.client_id, code)
+    service = services(config_for(tmp_path / "state", app_only_account(sandbox)))
+    with pytest.raises(NeedsSignIn):
+        yield service.sources["main"].access_token()
+    status = service.status()["main"]
+    assert status.state == state
+    assert status.last_error.startswith(f"invalid_grant: AADSTS{code}: ")
+    assert status.hint.startswith(fix)
+    if code == 65001:
+        assert "Office 365 Exchange Online > SMTP.SendAsApp (Application)" in status.hint
+    sandbox.identity.refuse_app(app.client_id, None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_file_watch_leaves_a_working_account_alone(sandbox: Sandbox, tmp_path: Path,
+                                                      services: Make):
+    service = services(config_for(tmp_path / "state", app_only_account(sandbox)))
+    yield service.sources["main"].access_token()
+    yield sleep(0.5)  # the status record is written
+    asked = len(token_requests(sandbox))
+    for _ in range(3):
+        service._check_sign_ins()
+        yield sleep(0.2)
+    assert len(token_requests(sandbox)) == asked
+    # a rotated secret (same value, new file) is read and tried at once
+    secret_file(Path(app_only_account(sandbox).client_secret_file).parent,
+                "sandbox-client-secret.txt", sandbox.default_app.client_secret)
+    service._check_sign_ins()
+    for _ in range(50):
+        if len(token_requests(sandbox)) > asked:
+            break
+        yield sleep(0.1)
+    assert len(token_requests(sandbox)) == asked + 1
+    yield service.sources["main"].access_token()  # joins that refresh
+    assert service.status()["main"].state == "ok"

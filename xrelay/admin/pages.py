@@ -115,8 +115,9 @@ def _sign_in_form(account: Any, csrf: str) -> Tag:
 
 def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
                 oldest_age: float | None, recent: Iterable[Any], csrf: str,
-                can_sign_in: Any, account_states: dict[str, Any] | None = None
-                ) -> list[Any]:
+                can_sign_in: Any, account_states: dict[str, Any] | None = None,
+                expiries: dict[str, Any] | None = None,
+                tls_expiry: Any = None) -> list[Any]:
     """
     @param accounts: (AccountConfig, TokenStatus or None) pairs.
     @param recent: the delivery engine's outcome records, oldest first.
@@ -137,6 +138,7 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
             tags.td(_when(status.expires_at if status else None)),
             tags.td((status.last_error or "") if status else "", class_="reply"),
             tags.td((status.hint or "") if status and state not in GOOD_STATES else ""),
+            _expiry_cell(account.name, (expiries or {}).get(account.name)),
             tags.td(action),
             *_account_state_cells(account.name, (account_states or {}).get(account.name))))
     queue_rows = [tags.tr(tags.td(state), tags.td(str(count), id=f"count-{state}"))
@@ -151,8 +153,11 @@ def status_body(accounts: Iterable[tuple[Any, Any]], counts: dict[str, int],
         tags.table(id="accounts")(
             tags.tr(*[tags.th(h) for h in ("Account", "Provider / flow", "Mailbox",
                                             "Token", "Expires", "Last error", "What to do",
-                                            "", "Account state", "Recipients today")]),
+                                            "Credential expires", "", "Account state",
+                                            "Recipients today")]),
             *rows),
+        tags.p("Listener TLS certificate expires: ", _expiry_text(tls_expiry),
+               id="tls-expiry") if tls_expiry is not None else "",
         tags.h2("Queue"),
         tags.table(id="queue-counts")(tags.tr(tags.th("State"), tags.th("Messages")),
                                       *queue_rows),
@@ -177,6 +182,18 @@ def _account_state_cells(name: str, status: Any) -> list[Tag]:
               f"({status.recipients_left} left)" if status.recipients_per_day else
               str(status.recipients_today))
     return [state, tags.td(budget, id=f"budget-{name}")]
+def _expiry_cell(name: str, expiry: Any) -> Tag:
+    """When the account's first credential (certificate, client secret) ends."""
+    if expiry is None:
+        return tags.td("-", id=f"credential-expiry-{name}")
+    soon = expiry.expires_at - time.time() < 30 * 86400
+    return tags.td(_expiry_text(expiry), id=f"credential-expiry-{name}",
+                   class_="bad" if soon else "ok")
+
+
+def _expiry_text(expiry: Any) -> str:
+    day = time.strftime("%Y-%m-%d", time.gmtime(expiry.expires_at))
+    return f"{expiry.credential.replace('_', ' ')} {day}"
 
 
 def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:

@@ -64,6 +64,7 @@ class AdminService(Service):
         self.metrics.watch_queue(relay.spool)
         self.metrics.watch_tokens(lambda: relay.tokens.status().values())
         self.metrics.watch_accounts(lambda: relay.delivery.status().accounts.values())
+        self.metrics.watch_expiries(lambda: relay.tokens.expiries())
         self.observer = EventObserver(self.metrics)
         self.site = AdminSite(relay, self.metrics, reactor)
         self.port: Any = None

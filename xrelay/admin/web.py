@@ -2,7 +2,7 @@
 The admin web site: routing, sign-in, CSRF checks and security headers.
 
 Policy lives here, once, for every page: every response carries the security headers;
-every page but the sign-in form, the stylesheet, C{/metrics} and the identity platform's
+every page but the sign-in form, the stylesheet, C{/metrics}, C{/healthz} and the identity platform's
 return needs a signed-in session; every POST needs the session's CSRF token.  A refused
 request gets a short page and a log line with the client's address, never a traceback.
 
@@ -136,6 +136,7 @@ class AdminSite(Resource):
         routes: dict[tuple[str, str], Callable[[Any], Awaitable[Any]]] = {
             ("GET", "/style.css"): self.style,
             ("GET", "/metrics"): self.metrics_page,
+            ("GET", "/healthz"): self.healthz,
             ("GET", "/login"): self.login_form,
             ("POST", "/login"): self.login,
             ("GET", "/signin/callback"): self.sign_in_callback,
@@ -228,6 +229,16 @@ class AdminSite(Resource):
 
         return CONTENT_TYPE.encode("ascii"), self.metrics.exposition()
 
+    async def healthz(self, request: Any) -> tuple[bytes, bytes]:
+        """The health report as JSON, no password: 200 when healthy, else 503."""
+        import json
+
+        from xrelay.operations.health import health_report
+
+        report = health_report(self.relay)
+        request.setResponseCode(200 if report["healthy"] else 503)
+        return b"application/json", json.dumps(report, indent=1).encode("utf-8")
+
     async def login_form(self, request: Any, error: str | None = None) -> bytes:
         session = self._session_or_new(request)
         if session.authenticated and error is None:
@@ -297,10 +308,16 @@ class AdminSite(Resource):
         accounts = [(a, statuses.get(a.name)) for a in self.config.accounts]
         engine = self.relay.delivery.status()
         notice, session.notice = session.notice, None
+        from xrelay.tokens.expiry import soonest_by_account
+
+        expiries = self.relay.tokens.expiries()
+        tls = min((e for e in expiries if e.scope == "listener"),
+                  key=lambda e: e.expires_at, default=None)
         return await self._html(pages.Page("status", pages.status_body(
             accounts, engine.counts, engine.oldest_age, engine.recent, session.csrf_token,
-            self.can_sign_in, getattr(engine, "accounts", None)), csrf=session.csrf_token,
-            notice=notice))
+            self.can_sign_in, getattr(engine, "accounts", None),
+            soonest_by_account(expiries), tls),
+            csrf=session.csrf_token, notice=notice))
 
     def _queue(self) -> QueueOperations:
         return QueueOperations(self.relay.spool, self.config, self.relay.delivery)

@@ -124,6 +124,8 @@ class InboundService(MultiService):
         self.auth_failures = AuthFailures()
         self.live: set[ESMTPServer] = set()
         self.ports: list[IListeningPort] = []
+        #: endpoint description -> its port, once bound (for the health check).
+        self.bound: dict[str, IListeningPort] = {}
         self._run_blocking = run_blocking or (
             lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self._listening: list[Deferred[IListeningPort]] = []
@@ -198,6 +200,7 @@ class InboundService(MultiService):
             def listening(port: IListeningPort, listener: ListenerConfig = listener
                           ) -> IListeningPort:
                 self.ports.append(port)
+                self.bound[listener.endpoint] = port
                 log.info("inbound: listening on {endpoint} ({address})",
                          endpoint=listener.endpoint, address=port.getHost())
                 return port
@@ -237,6 +240,7 @@ class InboundService(MultiService):
         super().stopService()
         stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         self.ports = []
+        self.bound = {}
         self._listening = []
         for protocol in list(self.live):
             protocol.shutdown()

@@ -1,13 +1,14 @@
 """
-The operator's subcommands of C{xrelay}: C{accounts}, C{login}, C{queue}, C{send-test}
-and C{reload}.
+The operator's subcommands of C{xrelay}: C{accounts}, C{health}, C{doctor}, C{login},
+C{queue}, C{send-test} and C{reload}.
 
 Each asks the running daemon over its control channel when it answers; otherwise the
-queue commands take the spool lock and work on the spool directly, C{accounts} reads
-the token cache files, and C{login} signs in on its own (the daemon, when it starts or
+queue commands take the spool lock and work on the spool directly, C{accounts} says the
+daemon is not running (C{--offline} reads the token cache files), C{health} reports the
+daemon check failed, and C{login} signs in on its own (the daemon, when it starts or
 while it polls, picks the stored tokens up).  Exit status: 0 done (for C{accounts}: every
 account usable), 1 a problem the message names, 2 a usage mistake.  Nothing here prints
-a token or a secret.
+a token or a secret, and none writes anything when it was given no configuration.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def _ask(config: Config, op: str, **args: Any) -> Any:
         return ControlClient(state_dir).request(op, **args)
     except DaemonNotRunning:
         pass
+    if config.path is None:
+        # Without a configuration there is no spool of ours: do not make one here.
+        raise ControlRefusal("the relay is not running and no configuration was given "
+                             "(--config FILE or $XRELAY_CONFIG); nothing to look at")
     lock = SpoolLock(state_dir)
     try:
         lock.acquire()
@@ -119,23 +124,45 @@ def _json_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-@command("accounts", "show each upstream account and its token state (ok / expiring / "
-         "needs sign-in); exits 1 when any account cannot deliver", _json_argument)
+def _accounts_arguments(parser: argparse.ArgumentParser) -> None:
+    _json_argument(parser)
+    parser.add_argument("--offline", action="store_true", help="read the states the "
+                        "daemon last recorded in the token cache instead of asking it")
+
+
+@command("accounts", "show each upstream account and its token state as the running "
+         "daemon sees it (ok / expiring / client secret rejected / needs sign-in ...); "
+         "exits 1 when any account cannot deliver or the daemon is not running",
+         _accounts_arguments)
 @_guarded
 def accounts_command(args: argparse.Namespace) -> int:
     config = config_from(args)
-    try:
-        statuses = ControlClient(config.server.state_dir).request("accounts")
-        source = "daemon"
-    except DaemonNotRunning:
+    if args.offline:
+        if config.path is None:
+            return _problem("no configuration given (--config FILE or $XRELAY_CONFIG), "
+                            "so there is no token cache to read")
         from xrelay.tokens import stored_status
+        from xrelay.tokens.expiry import credential_expiries, expiry_warnings
 
+        now = time.time()
+        expiries = credential_expiries(config)
         statuses = [{"account": s.account, "state": s.state, "provider": s.provider,
                      "flow": s.flow, "user": config.account(s.account).user,
                      "expires_at": s.expires_at, "last_refresh": s.last_refresh,
-                     "last_error": s.last_error, "hint": s.hint}
+                     "last_error": s.last_error, "hint": s.hint,
+                     "expiry_warnings": expiry_warnings(
+                         [e for e in expiries if e.scope == "account"
+                          and e.owner == s.account], now)}
                     for s in stored_status(config)]
-        source = "token cache (daemon not running)"
+        source = "token cache (--offline: as last recorded; the daemon was not asked)"
+    else:
+        try:
+            statuses = ControlClient(config.server.state_dir, timeout=15).request("accounts")
+        except DaemonNotRunning:
+            return _problem("the relay is not running, so no account is delivering "
+                            "(start it with `twistd xrelay` or `systemctl start xrelay`); "
+                            "`xrelay accounts --offline` shows the states it last recorded")
+        source = "daemon"
     if args.json:
         print(json.dumps(statuses, indent=1))
     else:
@@ -147,6 +174,8 @@ def accounts_command(args: argparse.Namespace) -> int:
                 line += f"\t{s['hint']}"
             line += _account_state_text(s)
             print(line)
+            for warning in s.get("expiry_warnings") or ():
+                print(f"# warning: {warning}")
     return EXIT_OK if all(s["state"] in USABLE and s.get("account_state", "ok") == "ok"
                           for s in statuses) else EXIT_PROBLEM
 
@@ -164,6 +193,75 @@ def _account_state_text(s: dict[str, Any]) -> str:
     if s.get("held_senders"):
         text += f"\theld senders {', '.join(s['held_senders'])}"
     return text
+
+
+# -- health ---------------------------------------------------------------------------
+
+
+@command("health", "ask the running daemon whether it is healthy (listeners bound, "
+         "spool writable with free space, no account failing past server.health_grace);"
+         " exits 0 only when it is: for HEALTHCHECK and systemd", _json_argument)
+@_guarded
+def health_command(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    try:
+        report = ControlClient(config.server.state_dir, timeout=20).request("health")
+    except DaemonNotRunning:
+        report = {"healthy": False, "failed": ["daemon"], "checks": {"daemon": {
+            "ok": False, "detail": "not running (nothing answers on "
+            f"{config.server.state_dir}/control.sock)"}}}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print("healthy" if report["healthy"] else
+              f"unhealthy: {', '.join(report['failed'])}")
+        for name, check in report["checks"].items():
+            detail = f": {check['detail']}" if check.get("detail") else ""
+            print(f"{'ok' if check['ok'] else 'FAILED':<7}{name}{detail}")
+    return EXIT_OK if report["healthy"] else EXIT_PROBLEM
+
+
+# -- doctor ---------------------------------------------------------------------------
+
+
+def _doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("account", help="the [[accounts]] name to diagnose")
+    parser.add_argument("--script", action="store_true", help="print the PowerShell "
+                        "script (ExchangeOnlineManagement) that sets up the tenant for "
+                        "this account, instead of diagnosing")
+    parser.add_argument("--send-as-check", action="store_true", help="send one test "
+                        "message as each exact sender in the account's senders, to the "
+                        "account's own mailbox")
+
+
+@command("doctor", "walk one account's chain (configuration, authority and upstream "
+         "reachability, token, XOAUTH2 login, a test message, Send As) and print each "
+         "step ok / failed with the fix; exits 1 when a step failed", _doctor_arguments)
+@_guarded
+def doctor_command(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if config.path is None:
+        return _problem("no configuration given (--config FILE or $XRELAY_CONFIG); "
+                        "doctor diagnoses an account of a configuration")
+    try:
+        account = config.account(args.account)
+    except KeyError:
+        names = ", ".join(a.name for a in config.accounts) or "none"
+        return _problem(f"no account {args.account!r}; the accounts are: {names}")
+    from xrelay.operations.doctor import Doctor, powershell_script
+
+    if args.script:
+        print(powershell_script(account), end="")
+        return EXIT_OK
+    print(f"# xrelay doctor: account {account.name} ({account.provider}, {account.flow}, "
+          f"{account.user})", flush=True)
+    doctor = Doctor(config, account, send_as_check=args.send_as_check)
+    for step in doctor.walk():
+        for line in step.lines():
+            print(line, flush=True)
+    failed = [s.name for s in doctor.steps if s.ok is False]
+    print(f"# {len(failed)} failed: {', '.join(failed)}" if failed else "# all steps ok")
+    return EXIT_PROBLEM if failed else EXIT_OK
 
 
 # -- login ----------------------------------------------------------------------------

@@ -188,11 +188,27 @@ class ControlHandlers:
         return {"pid": os.getpid(), "config": self.relay.config.path}
 
     async def op_accounts(self, event: Any) -> list[dict[str, Any]]:
+        import time
+
+        from xrelay.tokens.expiry import expiry_warnings
+
         statuses = self.relay.tokens.status()
         held = self.relay.delivery.status().accounts  # provider state, daily budget
-        return [dict(_status_json(statuses[a.name], a),
-                     **(held[a.name].as_json() if a.name in held else {}))
-                for a in self.relay.config.accounts if a.name in statuses]
+        result = [dict(_status_json(statuses[a.name], a),
+                       **(held[a.name].as_json() if a.name in held else {}))
+                  for a in self.relay.config.accounts if a.name in statuses]
+        warnings: dict[str, list[str]] = {}
+        for e in self.relay.tokens.expiries():
+            if e.scope == "account":
+                warnings.setdefault(e.owner, []).extend(expiry_warnings([e], time.time()))
+        for item in result:
+            item["expiry_warnings"] = warnings.get(item["account"], [])
+        return result
+
+    async def op_health(self, event: Any) -> dict[str, Any]:
+        from xrelay.operations.health import health_report
+
+        return health_report(self.relay)
 
     async def op_queue_list(self, event: Any, state: str | None = None
                             ) -> list[dict[str, Any]]:
@@ -263,6 +279,7 @@ def _status_json(status: Any, account: Any) -> dict[str, Any]:
         "last_refresh": status.last_refresh,
         "last_error": status.last_error,
         "hint": status.hint,
+        "failing_since": getattr(status, "failing_since", None),
     }
 
 

@@ -21,8 +21,12 @@ from typing import Any, Callable, Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["RelayMetrics", "QueueCollector", "TokenCollector", "CONTENT_TYPE"]
+from xrelay.tokens.status import TokenState
+
+__all__ = ["RelayMetrics", "QueueCollector", "TokenCollector", "ExpiryCollector",
+           "CONTENT_TYPE"]
 
 #: What C{/metrics} answers with: the Prometheus text format, version 0.0.4.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -122,6 +126,9 @@ class RelayMetrics:
     def watch_accounts(self, statuses: Callable[[], Iterable[Any]]) -> None:
         """Report the provider states (held or ok) that C{statuses()} gives."""
         self.registry.register(AccountStateCollector(statuses))
+    def watch_expiries(self, expiries: Callable[[], Iterable[Any]]) -> None:
+        """Report the credentials' end dates that C{expiries()} gives at every scrape."""
+        self.registry.register(ExpiryCollector(expiries))
 
     def exposition(self) -> bytes:
         """The whole registry in the Prometheus text format."""
@@ -165,7 +172,7 @@ class QueueCollector(Collector):
 class TokenCollector(Collector):
     """One gauge per account and token state (1 for the current one), and expiry."""
 
-    STATES = ("ok", "expiring", "refreshing", "no token", "unavailable", "needs sign-in")
+    STATES = tuple(s.value for s in TokenState)
 
     def __init__(self, statuses: Callable[[], Iterable[Any]],
                  clock: Callable[[], float]) -> None:
@@ -204,3 +211,23 @@ class AccountStateCollector(Collector):
                 family.add_metric([status.account, name],
                                   1.0 if status.state == name else 0.0)
         yield family
+class ExpiryCollector(Collector):
+    """
+    C{xrelay_credential_expiry_timestamp_seconds}: when each credential stops working,
+    labelled C{account} (client certificates and secrets) or C{listener} (the server's
+    TLS certificate), and C{credential}.  Alert on C{... - time() < 14 * 86400}.
+    """
+
+    NAME = "xrelay_credential_expiry_timestamp_seconds"
+
+    def __init__(self, expiries: Callable[[], Iterable[Any]]) -> None:
+        self.expiries = expiries
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self.NAME, "When the credential expires (POSIX time): client "
+                        "certificates and secrets of accounts, TLS certificates of "
+                        "listeners.", "gauge")
+        for e in self.expiries():
+            metric.add_sample(self.NAME, {e.scope: e.owner, "credential": e.credential},
+                              e.expires_at)
+        yield metric

@@ -71,6 +71,17 @@ GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
+#: Refusals a tenant's policy causes, switchable per app (L{IdentityPlatform.refuse_app}):
+#: AADSTS code -> (OAuth error, description template).  Texts as Entra ID sends them:
+#: 53003 https://github.com/AzureAD/microsoft-identity-web/issues/2419,
+#: 65001 https://github.com/KelvinTegelaar/CIPP/issues/1716; meanings in
+#: https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+REFUSALS: dict[int, tuple[str, str]] = {
+    53003: ("invalid_grant", "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance."),
+    65001: ("invalid_grant", "The user or administrator has not consented to use the application with ID '{client_id}' named '{name}'. Send an interactive authorization request for this user and resource."),
+}
+
+
 def _secret(length: int = 32) -> str:
     return secrets.token_urlsafe(length)
 
@@ -105,10 +116,15 @@ class App:
     tenant: Tenant
     name: str
     client_secrets: list[str] = attrs.field(factory=list, repr=False)
+    #: Secrets past their expiry date: still the app's, refused with AADSTS7000222.
+    expired_client_secrets: list[str] = attrs.field(factory=list, repr=False)
     certificates: list[x509.Certificate] = attrs.field(factory=list, repr=False)
     redirect_uris: list[str] = attrs.field(factory=list)
     public_client: bool = False
     roles: dict[str, tuple[str, ...]] = attrs.field(factory=lambda: dict(APP_ROLES))
+    #: When set, the token endpoint refuses this app with that AADSTS code
+    #: (L{REFUSALS}), as a tenant policy would; see L{IdentityPlatform.refuse_app}.
+    refusal: int | None = None
     service_principal_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
 
     @property
@@ -304,6 +320,25 @@ class IdentityPlatform:
         self.apps[client_id].client_secrets.append(secret)
         return secret
 
+    def refuse_app(self, client_id: str, code: int | None) -> None:
+        """
+        Refuse every token request of this app with AADSTS C{code} (one of L{REFUSALS});
+        C{None} lifts it.
+        """
+        if code is not None and code not in REFUSALS:
+            raise ValueError(f"no documented refusal {code}; one of {sorted(REFUSALS)}")
+        self.apps[client_id].refusal = code
+
+    def expire_client_secret(self, client_id: str, secret: str | None = None) -> None:
+        """
+        The app's secret (all of them when C{secret} is C{None}) passes its expiry date:
+        the token endpoint then answers C{invalid_client}, AADSTS7000222.
+        """
+        app = self.apps[client_id]
+        expiring = [s for s in app.client_secrets if secret is None or s == secret]
+        app.client_secrets = [s for s in app.client_secrets if s not in expiring]
+        app.expired_client_secrets.extend(expiring)
+
     def add_user(self, tenant: str, upn: str, password: str, display_name: str | None = None) -> User:
         t = self.add_tenant(tenant)
         user = User(upn, t, password, display_name or upn.split("@")[0])
@@ -389,6 +424,7 @@ class IdentityPlatform:
         found.update(self.auth_codes)
         for app in self.apps.values():
             found.update(app.client_secrets)
+            found.update(app.expired_client_secrets)
         found.update(u.password for u in self.users.values())
         found.update(self._id_tokens)
         found.update(self.google.issued_secrets())
@@ -486,6 +522,10 @@ class IdentityPlatform:
             }.get(grant_type)
             if handler is None:
                 raise TokenError("unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant_type}'.")
+            refused = self.apps.get(client_id)
+            if refused is not None and refused.refusal is not None:
+                error, text = REFUSALS[refused.refusal]
+                raise TokenError(error, refused.refusal, text.format(client_id=refused.client_id, name=refused.name))
             body = handler(tenant_segment, form)
         except TokenError as e:
             self._log("token", grant_type, client_id, tenant_segment, e.error, form.get("scope", ""))
@@ -777,6 +817,14 @@ class IdentityPlatform:
                 )
             return
         if secret is not None:
+            if any(secrets.compare_digest(secret.encode(), s.encode()) for s in app.expired_client_secrets):
+                # As Entra ID words it, e.g. https://github.com/dotnet/sign/issues/849;
+                # listed at https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+                raise TokenError(
+                    "invalid_client", 7000222,
+                    f"The provided client secret keys for app '{app.client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
+                    401,
+                )
             if not any(secrets.compare_digest(secret.encode(), s.encode()) for s in app.client_secrets):
                 raise TokenError(
                     "invalid_client", 7000215,

@@ -25,17 +25,23 @@ class NeedsSignIn(TokenError):
     @ivar account: the C{[[accounts]]} name.
     @ivar hint: what to do about it, e.g. C{run `xrelay login main`}.
     @ivar reason: the platform's error, without secrets.
+    @ivar state: what the refusal is (C{"needs sign-in"}, C{"client secret expired"},
+        ...: a L{xrelay.tokens.status.TokenState} value).
     """
 
-    def __init__(self, account: str, hint: str, reason: str = "") -> None:
+    def __init__(self, account: str, hint: str, reason: str = "",
+                 state: str = "needs sign-in") -> None:
         super().__init__(account, hint, reason)
         self.account = account
         self.hint = hint
         self.reason = reason
+        self.state = state
 
     def __str__(self) -> str:
         because = f" ({self.reason})" if self.reason else ""
-        return f"account {self.account!r} needs sign-in{because}: {self.hint}"
+        if self.state == "needs sign-in":
+            return f"account {self.account!r} needs sign-in{because}: {self.hint}"
+        return f"account {self.account!r}: {self.state}{because}: {self.hint}"
 
 
 class TokenUnavailable(TokenError):

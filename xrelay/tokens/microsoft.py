@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from xrelay.config import AccountConfig
+from xrelay.tokens import aadsts
 from xrelay.tokens.cache import AccountCache
 from xrelay.tokens.errors import GrantRefused, GrantUnavailable, SignInFailed
 from xrelay.tokens.source import GrantResult, ITokenGrant
@@ -68,16 +69,27 @@ def scopes_for(account: AccountConfig) -> list[str]:
 
 def sign_in_hint(account: AccountConfig) -> str:
     """What to tell the operator when the account's credentials are refused."""
-    if account.flow == "client_credentials":
-        what = (f"the client secret in {account.client_secret_file}"
-                if account.client_secret_file else
-                f"the certificate in {account.certificate_file}")
-        return (f"check the app registration {account.client_id} and {what} "
-                "(it may have expired); then restart or reload xrelay")
-    if account.flow == "refresh_token" and account.refresh_token_file:
-        return (f"run `xrelay login {account.name}` (or use Sign in on the admin page), "
-                f"or put a new refresh token in {account.refresh_token_file}")
-    return f"run `xrelay login {account.name}` or use Sign in on the admin page"
+    return aadsts.explain("", account)[1]
+
+
+def credential_files(account: AccountConfig) -> list[str]:
+    """The files whose contents make up the account's credentials."""
+    paths = [account.client_secret_file, account.certificate_file,
+             account.certificate_key_file, account.refresh_token_file]
+    return [p for p in paths if p]
+
+
+def files_signature(paths: list[str]) -> list[list[int] | None]:
+    """Inode, size and mtime of each file: cheap to take every few seconds."""
+    found: list[list[int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append([st.st_ino, st.st_size, st.st_mtime_ns])
+    return found
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -165,10 +177,23 @@ class MicrosoftGrant:
     _app: msal.ClientApplication | None = attrs.field(init=False, default=None, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
     _loaded: bool = attrs.field(init=False, default=False)
+    #: The secret/certificate files as they were when C{_app} was built.
+    _app_files: list[list[int] | None] | None = attrs.field(init=False, default=None,
+                                                           repr=False)
 
     @property
     def hint(self) -> str:
         return sign_in_hint(self.account)
+
+    def explain(self, reason: str) -> tuple[Any, str]:
+        """The refusal's state and fix (L{xrelay.tokens.aadsts})."""
+        state, fix, _ = aadsts.explain(reason, self.account)
+        return state, fix
+
+    def _client_files(self) -> list[list[int] | None]:
+        paths = [self.account.client_secret_file, self.account.certificate_file,
+                 self.account.certificate_key_file]
+        return files_signature([p for p in paths if p])
 
     # -- ITokenGrant ----------------------------------------------------------
 
@@ -178,10 +203,16 @@ class MicrosoftGrant:
     def credentials_changed(self) -> bool:
         if self.cache.changed():
             return True
+        if self._app_files is not None and self._client_files() != self._app_files:
+            return True  # a new client secret or certificate was put in place
         return self._refresh_token_file_signature() not in (None, self._meta.get("rt_file"))
 
     def record(self, status: TokenStatus) -> Deferred[None]:
         return self.run(self._record, status)
+
+    def fetch_here(self, force: bool) -> GrantResult:
+        """L{fetch} in the calling thread, for C{xrelay doctor} (which has no reactor)."""
+        return self._fetch(force)
 
     # -- blocking work, in the token thread pool ------------------------------
 
@@ -203,7 +234,11 @@ class MicrosoftGrant:
             self._msal_cache.has_state_changed = False
 
     def _application(self) -> msal.ClientApplication:
+        files = self._client_files()
+        if self._app is not None and files != self._app_files:
+            self._app = None  # the secret or certificate changed: read it again
         if self._app is None:
+            self._app_files = files
             try:
                 self._app = build_application(self.account, self.bundle, self._msal_cache)
             except (ValueError, requests.RequestException, msal.exceptions.MsalError) as e:

@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from xrelay.config import AccountConfig, Config
 from xrelay.tokens.cache import AccountCache, load_key
 from xrelay.tokens.errors import SignInFailed
+from xrelay.tokens.expiry import CredentialExpiry, ExpiryWatch
 from xrelay.tokens.google import GoogleGrant
 from xrelay.tokens.microsoft import DeviceCodePrompt, MicrosoftGrant, stored_expiry
 from xrelay.tokens.source import GrantResult, RefreshingTokenSource
@@ -36,8 +37,11 @@ from xrelay.tokens.trust import trust_bundle
 
 log = Logger(namespace="xrelay.tokens")
 
-#: Seconds between looks at the cache files of accounts that need sign-in.
+#: Seconds between looks at the accounts' cache, secret, certificate and refresh token
+#: files (a C{stat} each): a changed file gets a token request at once.
 SIGN_IN_POLL_INTERVAL = 5.0
+#: Seconds between looks at the credentials' expiry dates.
+EXPIRY_CHECK_INTERVAL = 3600.0
 #: Threads for msal: a device code sign-in occupies one while it waits.
 MAX_THREADS = 8
 
@@ -78,6 +82,8 @@ class TokenService(Service):
         self.pool = _token_pool()
         self._listeners: list[Callable[[str], None]] = []
         self._poll: LoopingCall | None = None
+        self._expiry_poll: LoopingCall | None = None
+        self.expiry = ExpiryWatch(config)
         self._key: bytes | None = None
         self._shutdown_trigger: Any = None
         self._device_codes: set[DeviceCodePrompt] = set()
@@ -153,17 +159,22 @@ class TokenService(Service):
     def startService(self) -> None:
         super().startService()
         self._start_pool()
-        for source in self.sources.values():
-            source.start()
+        failing = self._failing_before()
+        for name, source in self.sources.items():
+            source.start(was_failing=name in failing)
         self._poll = LoopingCall(self._check_sign_ins)
         self._poll.clock = self.clock
         self._poll.start(SIGN_IN_POLL_INTERVAL, now=False)
+        self._expiry_poll = LoopingCall(lambda: self.expiry.check(self.clock.seconds()))
+        self._expiry_poll.clock = self.clock
+        self._expiry_poll.start(EXPIRY_CHECK_INTERVAL, now=True)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
-        self._poll = None
+        for poll in (self._poll, self._expiry_poll):
+            if poll is not None and poll.running:
+                poll.stop()
+        self._poll = self._expiry_poll = None
         for source in self.sources.values():
             source.stop()
         # stopping joins the threads; a device code wait ends at its next poll
@@ -181,6 +192,19 @@ class TokenService(Service):
         self.pool = _token_pool()
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), pool.stop)
 
+    def _failing_before(self) -> set[str]:
+        """
+        Accounts whose last recorded state (before this start) was a failure: their
+        mail was deferred for it, and goes out as soon as a token works again.
+        """
+        try:
+            recorded = stored_status(self.config)
+        except Exception:
+            log.failure("Could not read the recorded token states")
+            return set()
+        return {s.account for s in recorded if s.state not in ("ok", "expiring",
+                                                                "refreshing", "no token")}
+
     def _check_sign_ins(self) -> None:
         for source in self.sources.values():
             source.check_signed_in()
@@ -192,6 +216,9 @@ class TokenService(Service):
         """
         old = {a.name: a for a in self.config.accounts}
         self.config = config
+        self.expiry.config = config
+        if self.running:
+            self.expiry.check(self.clock.seconds())
         sources: dict[str, RefreshingTokenSource] = {}
         for account in config.accounts:
             if old.get(account.name) == account and account.name in self.sources:
@@ -203,12 +230,22 @@ class TokenService(Service):
         for name, source in self.sources.items():
             if sources.get(name) is not source:
                 source.stop()
+        kept = [s for name, s in sources.items() if self.sources.get(name) is s]
         self.sources = sources
+        # Reload re-reads every secret, certificate and refresh token file: an account
+        # that is not ok, or whose files changed, asks for a token now.
+        if self.running:
+            for source in kept:
+                source.recheck()
 
     # -- status ---------------------------------------------------------------
 
     def status(self) -> dict[str, TokenStatus]:
         return {name: source.status() for name, source in self.sources.items()}
+
+    def expiries(self) -> list[CredentialExpiry]:
+        """The credentials' end dates as last read (at start, hourly, at reload)."""
+        return list(self.expiry.expiries)
 
     # -- sign-in --------------------------------------------------------------
 

@@ -28,7 +28,8 @@ from zope.interface import Attribute, Interface, implementer
 from xrelay.interfaces import ITokenSource
 from xrelay.tokens.errors import (GrantRefused, GrantUnavailable, NeedsSignIn,
                                   TokenUnavailable)
-from xrelay.tokens.status import Token, TokenLifecycle, TokenState, TokenStatus
+from xrelay.tokens.status import (REFUSED, Token, TokenLifecycle, TokenState,
+                                  TokenStatus)
 
 log = Logger(namespace="xrelay.tokens")
 
@@ -87,6 +88,7 @@ class RefreshingTokenSource:
     _timer: IDelayedCall | None = attrs.field(init=False, default=None)
     _force_next: bool = attrs.field(init=False, default=False)
     _stopped: bool = attrs.field(init=False, default=False)
+    _announce_first: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         self.lifecycle = TokenLifecycle(self.account_name)
@@ -99,7 +101,7 @@ class RefreshingTokenSource:
         if state is TokenState.FRESH:
             assert self.lifecycle.token is not None
             return succeed(self.lifecycle.token.value)
-        if state is TokenState.NEEDS_SIGN_IN and not self.grant.credentials_changed():
+        if state in REFUSED and not self.grant.credentials_changed():
             return fail(self._needs_sign_in())
         if state is TokenState.UNAVAILABLE:
             usable = self.lifecycle.usable_token(now)
@@ -144,19 +146,47 @@ class RefreshingTokenSource:
 
     def check_signed_in(self) -> None:
         """
-        Called periodically: an account that needs sign-in looks at its stored
-        credentials, and resumes if somebody signed in (maybe in another process).
+        Called periodically (every few seconds): when the stored credentials changed
+        (somebody signed in, maybe in another process; a secret, certificate or refresh
+        token file was replaced), ask for a token now, whatever the state: a refused
+        account resumes at once, and a bad new secret shows before the old token ends.
         """
         if self._stopped:
             return
         now = self.clock.seconds()
-        if (self.lifecycle.state(now) is TokenState.NEEDS_SIGN_IN
+        if (self.lifecycle.state(now) is not TokenState.REFRESHING
                 and self.grant.credentials_changed()):
+            log.info("The credentials of account {account} changed; asking for a token",
+                     account=self.account_name)
             self._refresh().addErrback(lambda f: None)  # logged in _refresh
 
-    def start(self) -> None:
-        """Fetch a first token in the background, so that problems show at start."""
+    def recheck(self) -> None:
+        """
+        At reload: an account that is not ok, or whose credentials changed, asks for a
+        token now (not at its back-off time); an ok one keeps its token.
+        """
+        if self._stopped:
+            return
+        state = self.lifecycle.state(self.clock.seconds())
+        if state is TokenState.REFRESHING:
+            return
+        if self.grant.credentials_changed() or state not in (TokenState.FRESH,
+                                                             TokenState.EXPIRING):
+            log.info("Reload: asking for a token for account {account} (was {state})",
+                     account=self.account_name, state=state.value)
+            self.lifecycle.retry_at = None  # the back-off is for unchanged conditions
+            self._refresh().addErrback(lambda f: None)  # logged in _refresh
+
+    def start(self, was_failing: bool = False) -> None:
+        """
+        Fetch a first token in the background, so that problems show at start.
+
+        @param was_failing: the account had no working token when the relay last
+            recorded its state (before a restart): its waiting mail goes out as soon as
+            this first token arrives, not at its back-off time.
+        """
         self._stopped = False
+        self._announce_first = was_failing
         self._refresh().addErrback(lambda f: None)
 
     def stop(self) -> None:
@@ -169,7 +199,19 @@ class RefreshingTokenSource:
 
     def _needs_sign_in(self) -> NeedsSignIn:
         return NeedsSignIn(self.account_name, self.lifecycle.sign_in_hint or self.grant.hint,
-                           self.lifecycle.last_error or "")
+                           self.lifecycle.last_error or "", self.lifecycle.refusal.value)
+
+    def _explain(self, reason: str) -> tuple[TokenState, str]:
+        """What the refusal is and what to do: the grant's table, if it has one."""
+        explain = getattr(self.grant, "explain", None)
+        if explain is not None:
+            try:
+                state, hint = explain(reason)
+                return state, hint
+            except Exception:
+                log.failure("Could not explain the refusal for account {account}",
+                            account=self.account_name)
+        return TokenState.NEEDS_SIGN_IN, self.grant.hint
 
     def _refresh(self) -> Deferred[Token]:
         """Start a refresh, or join the one in flight."""
@@ -195,6 +237,9 @@ class RefreshingTokenSource:
     def _fetched(self, result: GrantResult) -> None:
         now = self.clock.seconds()
         was_usable = self.lifecycle.sign_in_hint is None and self.lifecycle.backoff == 0
+        if self._announce_first:
+            self._announce_first = False
+            was_usable = False
         token = Token(result.access_token, now + result.expires_in, now)
         self.lifecycle.refreshed(token, now)
         self._force_next = False
@@ -209,11 +254,12 @@ class RefreshingTokenSource:
         now = self.clock.seconds()
         if failure.check(GrantRefused):
             reason = failure.value.reason
-            self.lifecycle.refused(reason, self.grant.hint, now)
+            state, hint = self._explain(reason)
+            self.lifecycle.refused(reason, hint, now, state)
             self._force_next = False  # a new sign-in brings its own fresh token
-            log.error("Account {account} needs sign-in: {error}. Its mail waits in the "
+            log.error("Account {account}: {state}: {error}. Its mail waits in the "
                       "queue; to resume, {hint}", account=self.account_name,
-                      error=reason, hint=self.grant.hint)
+                      state=state.value, error=reason, hint=hint)
             outcome = self._needs_sign_in()
             self._record().addCallback(lambda _: self._release(outcome))
             return

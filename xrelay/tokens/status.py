@@ -7,8 +7,15 @@ States and the events that move between them are listed once, in L{TRANSITIONS}:
         ▲                   │   │  ▲                │                │
         │              failed  refused └──refresh───┴────────────────┘
         │                   ▼   ▼
-        │          unavailable  needs sign-in ──signed_in──▶ ok
+        │          unavailable  refused: needs sign-in | client secret rejected |
+        │                       client secret expired | certificate rejected | ...
+        │                                 ──signed_in──▶ ok
         └──rejected── ok / expiring
+
+A refusal is named for what it is (L{REFUSED}; the platform's AADSTS code decides which,
+see L{xrelay.tokens.aadsts}): "needs sign-in" only where a person signing in helps
+(delegated flows); an app's wrong or expired secret is "client secret rejected" or
+"client secret expired".
 
 "ok" becomes "expiring" by the passing of time alone (the refresh margin before expiry),
 so those two are computed from the clock rather than stored.  This module decides and
@@ -31,18 +38,38 @@ class TokenState(enum.Enum):
     REFRESHING = "refreshing"
     UNAVAILABLE = "unavailable"
     NEEDS_SIGN_IN = "needs sign-in"
+    CLIENT_SECRET_REJECTED = "client secret rejected"
+    CLIENT_SECRET_EXPIRED = "client secret expired"
+    CERTIFICATE_REJECTED = "certificate rejected"
+    APP_NOT_FOUND = "app not found in tenant"
+    CONSENT_MISSING = "admin consent missing"
+    MFA_REQUIRED = "MFA required"
+    REFRESH_TOKEN_EXPIRED = "refresh token expired"
+    CONDITIONAL_ACCESS = "blocked by conditional access"
+    #: An app-only refusal that no AADSTS row explains.
+    CREDENTIALS_REFUSED = "credentials refused"
 
 
 S = TokenState
 
+#: The states of a permanent refusal: an operator must act, the account's mail waits.
+REFUSED: frozenset[TokenState] = frozenset({
+    S.NEEDS_SIGN_IN, S.CLIENT_SECRET_REJECTED, S.CLIENT_SECRET_EXPIRED,
+    S.CERTIFICATE_REJECTED, S.APP_NOT_FOUND, S.CONSENT_MISSING, S.MFA_REQUIRED,
+    S.REFRESH_TOKEN_EXPIRED, S.CONDITIONAL_ACCESS, S.CREDENTIALS_REFUSED})
+
+#: States in which the account delivers mail.
+USABLE: frozenset[TokenState] = frozenset({S.FRESH, S.EXPIRING, S.REFRESHING})
+
 #: event -> (states it may happen in, state it leads to).  C{None} as the target means
-#: "whatever the clock says now" (ok or expiring).
-TRANSITIONS: dict[str, tuple[frozenset[TokenState], TokenState | None]] = {
-    "refresh": (frozenset({S.EMPTY, S.FRESH, S.EXPIRING, S.UNAVAILABLE, S.NEEDS_SIGN_IN}),
+#: "whatever the clock says now" (ok or expiring); L{REFUSED} as the target means "the
+#: refusal the platform's error names".
+TRANSITIONS: dict[str, tuple[frozenset[TokenState], TokenState | frozenset[TokenState] | None]] = {
+    "refresh": (frozenset({S.EMPTY, S.FRESH, S.EXPIRING, S.UNAVAILABLE}) | REFUSED,
                 S.REFRESHING),
     "refreshed": (frozenset({S.REFRESHING}), None),
     "failed": (frozenset({S.REFRESHING}), S.UNAVAILABLE),
-    "refused": (frozenset({S.REFRESHING}), S.NEEDS_SIGN_IN),
+    "refused": (frozenset({S.REFRESHING}), REFUSED),
     "signed_in": (frozenset(S), None),
     "rejected": (frozenset({S.FRESH, S.EXPIRING, S.UNAVAILABLE}), S.EMPTY),
 }
@@ -79,6 +106,9 @@ class TokenStatus:
     hint: str | None = None
     provider: str | None = None
     flow: str | None = None
+    #: POSIX time since which the account has had no usable token (failures or a
+    #: refusal), for the health check's grace period; C{None} while it works.
+    failing_since: float | None = None
 
 
 @attrs.frozen
@@ -109,10 +139,13 @@ class TokenLifecycle:
     backoff: float = 0.0
     last_refresh: float | None = None
     last_error: str | None = None
+    #: Which refusal (one of L{REFUSED}) while C{sign_in_hint} is set.
+    refusal: TokenState = S.NEEDS_SIGN_IN
+    failing_since: float | None = None
 
     def state(self, now: float) -> TokenState:
         if self.sign_in_hint is not None and not self.refreshing:
-            return S.NEEDS_SIGN_IN
+            return self.refusal
         if self.refreshing:
             return S.REFRESHING
         if self.retry_at is not None and now < self.retry_at:
@@ -134,6 +167,8 @@ class TokenLifecycle:
         current = self.state(now)
         if current not in allowed:
             raise InvalidTransition(f"{event} in state {current.value}")
+        if isinstance(target, frozenset):
+            return self.refusal
         return target if target is not None else S.FRESH
 
     # -- events ---------------------------------------------------------------
@@ -151,16 +186,27 @@ class TokenLifecycle:
         self._move("failed", now)
         self.refreshing = False
         self.last_error = error
+        self._failing(now)
         self.backoff = min(MAX_BACKOFF, self.backoff * 2 if self.backoff else FIRST_BACKOFF)
         self.retry_at = now + self.backoff
         return self.retry_at
 
-    def refused(self, error: str, hint: str, now: float) -> None:
+    def refused(self, error: str, hint: str, now: float,
+                state: TokenState = S.NEEDS_SIGN_IN) -> None:
+        """A permanent refusal, named C{state} (one of L{REFUSED})."""
+        if state not in REFUSED:
+            raise InvalidTransition(f"refused into {state.value}")
         self._move("refused", now)
         self.refreshing = False
         self.token = None
         self.last_error = error
         self.sign_in_hint = hint
+        self.refusal = state
+        self._failing(now)
+
+    def _failing(self, now: float) -> None:
+        if self.failing_since is None:
+            self.failing_since = now
 
     def signed_in(self, token: Token, now: float) -> None:
         self._move("signed_in", now)
@@ -182,6 +228,8 @@ class TokenLifecycle:
         self.backoff = 0.0
         self.last_refresh = now
         self.last_error = None
+        self.refusal = S.NEEDS_SIGN_IN
+        self.failing_since = None
 
     def status(self, now: float, provider: str | None = None,
                flow: str | None = None) -> TokenStatus:
@@ -194,4 +242,5 @@ class TokenLifecycle:
             hint=self.sign_in_hint,
             provider=provider,
             flow=flow,
+            failing_since=self.failing_since,
         )
