@@ -19,9 +19,9 @@ Pure data and matching: no I/O, no clock, no secrets.  The reply texts in the co
 are the providers' documented wording (the source is cited next to each row); the
 sandbox (L{xrelay.sandbox.exchange}) answers with exactly these texts.
 
-Token-endpoint errors (AADSTS codes) are a second table owned by the token service
-(L{xrelay.tokens}); L{TOKEN_REPLIES} is where those rows are merged so that
-L{recognise_token_error} answers from one place.
+Token-endpoint errors (AADSTS codes) are the other table, L{xrelay.tokens.aadsts}: they
+decide token states (C{client secret expired}, C{admin consent missing}, ...), not what
+happens to a message, so they live beside the token lifecycle they drive.
 """
 
 from __future__ import annotations
@@ -426,31 +426,3 @@ def decision_of(reply: Reply, app_only: bool | None = None) -> Decision:
     if 500 <= reply.code < 600:
         return Decision.BOUNCE_RECIPIENT
     return Decision.RETRY_MESSAGE
-
-
-# -- the token endpoint --------------------------------------------------------------
-
-@attrs.frozen
-class TokenReply:
-    """
-    One row of the token-endpoint table (AADSTS codes, Google's OAuth errors): filled by
-    the token service (the C{creds} work in L{xrelay.tokens}), not here.
-    """
-
-    code: str
-    meaning: str
-    fix: str
-
-
-#: Rows the token service merges in (L{register_token_replies}).
-TOKEN_REPLIES: dict[str, TokenReply] = {}
-
-
-def register_token_replies(rows: Iterable[TokenReply]) -> None:
-    """Where the token service puts its AADSTS rows, so both tables answer from here."""
-    for row in rows:
-        TOKEN_REPLIES[row.code] = row
-
-
-def recognise_token_error(code: str) -> TokenReply | None:
-    return TOKEN_REPLIES.get(code)

@@ -20,7 +20,7 @@ import treq
 from twisted.internet.threads import deferToThread
 
 from tests.admin.conftest import start_relay, write_config
-from tests.admin.test_web import until
+from tests.admin.test_web import smtp_send, until
 from tests.conftest import bin_path, free_port
 from tests.operations.test_commands import start_daemon, xrelay
 from xrelay.operations import health
@@ -110,6 +110,28 @@ async def test_an_account_failing_past_the_grace_period_is_unhealthy(world) -> N
     await until(lambda: time.time() - since > 1.5)
     status, served = await healthz(world)
     assert status == 503 and served["failed"] == ["accounts"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_account_held_by_the_provider_past_the_grace_period_is_unhealthy(
+        world) -> None:
+    # The token is fine; Exchange refuses SMTP AUTH for the tenant (535 5.7.139).
+    from xrelay.sandbox.service import DEFAULT_MAILBOX
+
+    world.sandbox.exchange.answer_as(DEFAULT_MAILBOX, "smtp-auth-tenant")
+    relay = start_relay(world)
+    await smtp_send(world.smtp_port, "printer@sandbox.example", ["client@example.net"])
+    await until(lambda: relay.delivery.status().accounts["sandbox"].held)
+    held = relay.delivery.status().accounts["sandbox"]
+    assert relay.tokens.status()["sandbox"].state in ("ok", "expiring")
+    def sandbox_failing(now: float) -> list[dict[str, Any]]:
+        return [f for f in failing_accounts(relay, now) if f["account"] == "sandbox"]
+
+    assert sandbox_failing(held.since + 899) == []
+    [sandbox] = sandbox_failing(held.since + 901)
+    assert sandbox["state"] == "SMTP AUTH disabled"
+    assert "Set-TransportConfig" in sandbox["hint"] or "Set-CASMailbox" in sandbox["hint"]
+    assert "accounts" in health_report(relay, held.since + 901)["failed"]
 
 
 @pytest_twisted.ensureDeferred

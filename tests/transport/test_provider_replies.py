@@ -101,20 +101,3 @@ async def test_refused_greeting_falls_back_to_connection(sandbox: Sandbox, tmp_p
 def test_graph_replies_hold_the_account(reply: Reply, hold: Hold) -> None:
     row = recognise(reply, app_only=True)
     assert row.decision is Decision.HOLD_ACCOUNT and row.hold is hold
-
-
-def test_token_endpoint_rows_merge_into_the_same_place() -> None:
-    """The token service registers its AADSTS rows here (the creds work); one place
-    answers for both tables."""
-    from xrelay.replies import (TOKEN_REPLIES, TokenReply, recognise_token_error,
-                                register_token_replies)
-
-    saved = dict(TOKEN_REPLIES)
-    try:
-        register_token_replies([TokenReply("AADSTS7000222", "client secret expired",
-                                           "create a new client secret")])
-        assert recognise_token_error("AADSTS7000222").meaning == "client secret expired"
-        assert recognise_token_error("AADSTS0") is None
-    finally:
-        TOKEN_REPLIES.clear()
-        TOKEN_REPLIES.update(saved)

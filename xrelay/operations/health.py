@@ -56,7 +56,29 @@ def failing_accounts(relay: Any, now: float) -> list[dict[str, Any]]:
             continue
         failing.append({"account": name, "state": status.state, "since": since,
                         "last_error": status.last_error, "hint": status.hint})
+    failing.extend(_held_accounts(relay, now, grace, {f["account"] for f in failing}))
     return failing
+
+
+def _held_accounts(relay: Any, now: float, grace: float, already: set[str]
+                   ) -> list[dict[str, Any]]:
+    """
+    Accounts the provider has held (blocked, SMTP AUTH disabled, app not authorised,
+    unreachable, throttled) for longer than the grace period, while their token may be
+    fine.  A daily limit is not a failure: it is the provider's budget, and delivery
+    resumes by itself at a known time.
+    """
+    from xrelay.replies import Hold
+
+    held = getattr(relay.delivery.status(), "accounts", {}) or {}
+    found = []
+    for name, status in sorted(held.items()):
+        if (name in already or not status.held or status.since is None
+                or status.state == Hold.DAILY_LIMIT.value or now - status.since <= grace):
+            continue
+        found.append({"account": name, "state": status.state, "since": status.since,
+                      "last_error": status.reason, "hint": status.fix})
+    return found
 
 
 def listeners_check(relay: Any) -> dict[str, Any]:
