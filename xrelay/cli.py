@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_command_modules() -> None:
     """Import the modules that register more subcommands (operations, sign-in)."""
+    import xrelay.foreground  # noqa: F401
     import xrelay.operations.commands  # noqa: F401
 
 

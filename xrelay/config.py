@@ -362,12 +362,42 @@ def sandbox_default(directory: str | None = None) -> Config:
     loopback, deliver to the embedded sandbox providers, state under C{./xrelay-sandbox}.
     """
     directory = os.path.abspath(directory or "xrelay-sandbox")
+    listen, networks = _sandbox_reach()
     return Config(
         server=ServerConfig(
-            hostname="localhost", state_dir=os.path.join(directory, "state")
+            listen=listen, hostname="localhost", state_dir=os.path.join(directory, "state")
         ),
+        relay=RelayConfig(allow_networks=networks),
         sandbox_dir=directory,
     )
+
+
+#: Set by the container image (C{0.0.0.0}): the sandbox default then listens there and
+#: accepts the private networks a published port's connections come from.  Unset,
+#: the sandbox listens on loopback only.
+SANDBOX_INTERFACE_VARIABLE = "XRELAY_SANDBOX_INTERFACE"
+_PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128",
+    "fc00::/7"))
+
+
+def _sandbox_reach() -> tuple[tuple[ListenerConfig, ...], tuple[Network, ...]]:
+    """
+    Where the sandbox default listens, and whom it accepts.  Opening the sandbox to the
+    private networks opens nothing else: it delivers only into its own mailbox folder.
+    """
+    text = os.environ.get(SANDBOX_INTERFACE_VARIABLE, "")
+    if not text:
+        return ServerConfig().listen, RelayConfig().allow_networks
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"${SANDBOX_INTERFACE_VARIABLE}", "", f"{text!r} is not an IP "
+                          "address; write e.g. 0.0.0.0 (every IPv4 interface) or unset "
+                          "it for loopback") from None
+    endpoint = (f"tcp6:2525:interface={text.replace(':', chr(92) + ':')}"
+                if address.version == 6 else f"tcp:2525:interface={text}")
+    return (ListenerConfig(endpoint),), _PRIVATE_NETWORKS
 
 
 def load_config(explicit: str | None = None) -> Config:
