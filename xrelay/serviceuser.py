@@ -3,11 +3,11 @@ Checking a configuration as the user the daemon runs as.
 
 Root reads every file, so C{xrelay check-config} run as root would say OK for a secret
 that the daemon, running as C{xrelay}, cannot open.  When run as root, check-config
-therefore reads the configuration again in a forked child process that has the service user's
-uid, gid and groups: the kernel, not a guess from mode bits, decides what is readable
-(ACLs and parent folders included).  The child hands back the one-line L{ConfigError}
-it finds.  This module never changes the identity of the calling process, and never prints
-a file's contents.
+therefore reads the configuration again in a forked child process that has the service
+user's uid, gid and groups: the kernel, not a guess from mode bits, decides what is
+readable (ACLs and parent folders included).  The child hands back the one-line
+L{ConfigError} it finds.  This module never changes the identity of the calling
+process, and never prints a file's contents.
 """
 
 from __future__ import annotations
