@@ -253,7 +253,7 @@ class AccountConfig:
         "for a TLS-inspecting proxy or the sandbox.")})
     rewrite_from: bool = attrs.field(default=False, metadata={"doc": (
         "Send as `user` (envelope sender and From:), keeping the original sender in "
-        "Reply-To:: the way to send when Send As cannot be granted.")})
+        "Reply-To:, the way to send when Send As cannot be granted.")})
     messages_per_connection: int = attrs.field(default=100, metadata={"doc": (
         "Messages sent over one upstream connection before it is replaced.")})
     idle_timeout: int = attrs.field(default=60, metadata={"doc": (
