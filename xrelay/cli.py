@@ -53,12 +53,19 @@ def config_from(args: argparse.Namespace) -> Config:
 def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", help="the file to check (default: --config, "
                         "$XRELAY_CONFIG, /etc/xrelay/xrelay.toml)")
+    parser.add_argument("--as-user", metavar="USER", help="also read it as this user "
+                        "(default when run as root: the service user xrelay, if it exists)")
 
 
 @command("check-config", "validate a configuration file and print the effective "
          "settings, secrets masked", _check_config_arguments)
 def check_config(args: argparse.Namespace) -> int:
     config = read_config(args.file) if args.file else config_from(args)
+    from xrelay.serviceuser import check_as, checking_user
+
+    if (user := checking_user(args.as_user)) is not None and config.path is not None:
+        check_as(user, config.path)
+        print(f"# {config.path}: readable by the service user {user.pw_name}")
     print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
     for warning in config.warnings():
         print(f"# warning: {warning}")
@@ -165,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_command_modules() -> None:
     """Import the modules that register more subcommands (operations, sign-in)."""
+    import xrelay.foreground  # noqa: F401
     import xrelay.operations.commands  # noqa: F401
     import xrelay.operations.makecert  # noqa: F401
 

@@ -63,19 +63,20 @@ class ConfigError(Exception):
 @attrs.frozen
 class ListenerConfig:
     """
-    One listening endpoint.
-
-    @ivar endpoint: a Twisted server endpoint description (C{tcp:25}, C{ssl:465:...},
-        C{haproxy:tcp:2525}, C{tcp6:25:interface=\\:\\:1}).
-    @ivar implicit_tls: TLS from the first byte (port 465 style) using the server
-        certificate; STARTTLS is then not offered.
-    @ivar pass_through: answer the end of DATA only once the upstream has answered, with
-        its code and text.
+    One listening endpoint: an entry of C{server.listen}, a string or a table.
     """
 
-    endpoint: str
-    implicit_tls: bool = False
-    pass_through: bool = False
+    endpoint: str = attrs.field(metadata={"doc": (
+        "A Twisted server endpoint description: `tcp:25`, "
+        "`tcp:587:interface=192.168.10.5`, `tcp6:25:interface=\\:\\:`, "
+        "`haproxy:tcp:2525` behind a load balancer speaking the PROXY protocol.")})
+    implicit_tls: bool = attrs.field(default=False, metadata={"doc": (
+        "TLS from the first byte (port 465 style) with `server.tls_cert`; STARTTLS is "
+        "then not offered on this listener.")})
+    pass_through: bool = attrs.field(default=False, metadata={"doc": (
+        "Answer the end of DATA only once the upstream has answered, with its code and "
+        "text; when nothing was delivered the device keeps the message and xrelay "
+        "neither retries nor bounces it.")})
     starttls: bool | None = attrs.field(default=None, metadata={"doc": (
         "offer STARTTLS on this listener; unset: offered when server.tls_cert is set. "
         "Set false for a device that tries STARTTLS when offered and then fails")})
@@ -86,24 +87,54 @@ class ListenerConfig:
 
 @attrs.frozen
 class ServerConfig:
-    listen: tuple[ListenerConfig, ...] = (ListenerConfig("tcp:2525:interface=127.0.0.1"),)
-    hostname: str = attrs.field(factory=socket.getfqdn)
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    require_tls_for_auth: bool = True
-    max_message_size: int = 36700160
-    max_recipients: int = 500
-    state_dir: str = "/var/lib/xrelay"
-    #: Longest command or data line accepted (RFC 5321 requires 1000 with the CRLF).
-    max_line_length: int = 4096
-    #: Seconds a client may stay silent in any state before it is disconnected.
-    idle_timeout: int = 300
-    max_connections: int = 200
-    max_connections_per_client: int = 20
-    #: Failed AUTH attempts allowed on one connection before 421 and disconnect.
-    max_auth_failures: int = 3
-    #: Seconds to wait for transactions in flight at shutdown.
-    shutdown_timeout: int = 30
+    listen: tuple[ListenerConfig, ...] = attrs.field(
+        default=(ListenerConfig("tcp:2525:interface=127.0.0.1"),), metadata={"doc": (
+            "Where devices connect: a list of endpoint descriptions or listener tables "
+            "(see below); e.g. `[\"tcp:25:interface=0.0.0.0\", \"tcp:587\"]`. Changes "
+            "only at restart.")})
+    hostname: str = attrs.field(factory=socket.getfqdn, metadata={
+        "default": "the machine's fully qualified domain name",
+        "doc": "The name in the banner, in the EHLO reply, in Received: fields and in "
+        "the relay's own EHLO upstream; set it when the machine's name is not the one "
+        "devices and DNS know."})
+    tls_cert: str | None = attrs.field(default=None, metadata={"doc": (
+        "Certificate chain (PEM) offered with STARTTLS and implicit TLS; with "
+        "`tls_key` it enables STARTTLS. Without it the relay speaks plain SMTP only.")})
+    tls_key: str | None = attrs.field(default=None, metadata={"doc": (
+        "The certificate's unencrypted private key (PEM), readable only by the service "
+        "user.")})
+    require_tls_for_auth: bool = attrs.field(default=True, metadata={"doc": (
+        "Offer SMTP AUTH only after STARTTLS (or on implicit TLS), so that passwords "
+        "never cross the network in clear; set false only on a trusted network for "
+        "devices that cannot do TLS.")})
+    max_message_size: int = attrs.field(default=36700160, metadata={"doc": (
+        "Largest message accepted, in bytes, advertised with SIZE (35 MiB, Exchange "
+        "Online's limit); at least 1024.")})
+    max_recipients: int = attrs.field(default=500, metadata={"doc": (
+        "Recipients accepted per message (Exchange Online's limit); more get "
+        "452 4.5.3.")})
+    state_dir: str = attrs.field(default="/var/lib/xrelay", metadata={
+        "default": "`/var/lib/xrelay` (or `$STATE_DIRECTORY` under systemd)",
+        "doc": "Folder for the spool, the encrypted token cache and its key "
+        "(`keys/cache.key`), the lock and the control socket; back it up. Changes only "
+        "at restart."})
+    max_line_length: int = attrs.field(default=4096, metadata={"doc": (
+        "Longest command or data line accepted, in bytes with the CRLF (RFC 5321 "
+        "requires 1000 at least); longer lines are refused, never split.")})
+    idle_timeout: int = attrs.field(default=300, metadata={"doc": (
+        "Seconds a client may stay silent in any state before 421 and disconnect "
+        "(RFC 5321 asks servers for 5 minutes).")})
+    max_connections: int = attrs.field(default=200, metadata={"doc": (
+        "Concurrent client connections, over all listeners; more are refused with "
+        "421.")})
+    max_connections_per_client: int = attrs.field(default=20, metadata={"doc": (
+        "Concurrent connections from one client address; raise it for an application "
+        "server that opens many at once.")})
+    max_auth_failures: int = attrs.field(default=3, metadata={"doc": (
+        "Failed AUTH attempts allowed on one connection before 421 and disconnect.")})
+    shutdown_timeout: int = attrs.field(default=30, metadata={"doc": (
+        "Seconds to wait at stop (SIGTERM) for transactions and deliveries in flight; "
+        "keep the service manager's stop timeout above it.")})
     tls_min_version: str = attrs.field(default="1.2", metadata={"doc": (
         'oldest TLS version any listener accepts unless it says otherwise, "1.0" | '
         '"1.1" | "1.2" | "1.3"; lower it per listener, not here, for legacy devices')})
@@ -118,17 +149,19 @@ class ServerConfig:
 
 @attrs.frozen
 class RelayConfig:
-    #: Clients in these networks may relay without SMTP AUTH.  Loopback only by
-    #: default: a relay must never be open because nobody wrote this key.
-    allow_networks: tuple[Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
-    #: Envelope senders that clients admitted by network may use.
-    senders: tuple[SenderPattern, ...] = ANY_SENDER
-    #: Account used for senders that match no account's C{senders}; none by default,
-    #: so that such senders are refused at MAIL FROM.
-    default_account: str | None = None
+    allow_networks: tuple[Network, ...] = attrs.field(
+        default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        metadata={"doc": (
+            "Client networks (CIDR) that may relay without SMTP AUTH: your printers' and "
+            "servers' subnets. Loopback only by default: a relay must never be open "
+            "because nobody wrote this key.")})
+    senders: tuple[SenderPattern, ...] = attrs.field(default=ANY_SENDER, metadata={
+        "doc": "Envelope senders that clients admitted by network may use (`*`, "
+        "`*@example.com`, `scanner@example.com`); the accounts' own `senders` still "
+        "decide what can be delivered."})
+    default_account: str | None = attrs.field(default=None, metadata={"doc": (
+        "Account used for senders that match no account's `senders`; unset, such "
+        "senders are refused at MAIL FROM.")})
     bare_lf_end_of_data: str = attrs.field(default="trusted", metadata={"doc": (
         '"trusted": for clients admitted by allow_networks (not authenticated) a "." '
         'line ends DATA whatever its line ending (LF.LF, as Postfix exempts '
@@ -137,9 +170,14 @@ class RelayConfig:
 
 @attrs.frozen
 class UserConfig:
-    name: str
-    password_hash: str = attrs.field(repr=lambda _: "'<hash>'")
-    senders: tuple[SenderPattern, ...] = ANY_SENDER
+    name: str = attrs.field(metadata={"doc": (
+        "The username a device logs in with (SMTP AUTH PLAIN or LOGIN).")})
+    password_hash: str = attrs.field(repr=lambda _: "'<hash>'", metadata={"doc": (
+        "The password's hash from `xrelay hash-password`; plaintext passwords are "
+        "refused.")})
+    senders: tuple[SenderPattern, ...] = attrs.field(default=ANY_SENDER, metadata={
+        "doc": "Envelope senders this user may use; give each device its own address, "
+        "e.g. `[\"scanner@example.com\"]`."})
 
 
 PROVIDERS = ("microsoft", "google")
@@ -162,42 +200,87 @@ SMTP_HOSTS = {"microsoft": "smtp.office365.com", "google": "smtp.gmail.com"}
 class AccountConfig:
     """
     One upstream identity: whose token xrelay uses, and for which envelope senders.
+    Secret files are paths only: secrets are read when needed, never kept on config
+    objects.
     """
 
-    name: str
-    provider: str
-    user: str
-    flow: str
-    senders: tuple[SenderPattern, ...]
-    tenant: str | None = None
-    client_id: str | None = None
-    #: Paths only: secrets are read when needed, never kept on config objects.
-    client_secret_file: str | None = None
-    certificate_file: str | None = None
-    certificate_key_file: str | None = None
-    refresh_token_file: str | None = None
-    transport: str = "smtp"
-    messages_per_minute: int = 30
-    recipients_per_day: int = 10000
-    max_connections: int = 3
-    authority: str = MICROSOFT_AUTHORITY
-    smtp_host: str = "smtp.office365.com"
-    smtp_port: int = 587
-    #: TLS from the first byte (port 465) instead of STARTTLS.
-    smtp_implicit_tls: bool = False
-    graph_url: str = GRAPH_URL
-    ca_file: str | None = None
-    #: Rewrite the envelope sender and From: to C{user}, keeping the original sender in
-    #: Reply-To: the way to send without Send As permission.
-    rewrite_from: bool = False
-    #: Messages sent over one upstream connection before it is replaced.
-    messages_per_connection: int = 100
-    #: Seconds an idle upstream connection is kept open for reuse.
-    idle_timeout: int = 60
-    #: Google only: where the browser sign-in sends the person (Google's OAuth 2.0
-    #: authorization endpoint; C{None} means L{GOOGLE_AUTHORIZATION_URL}).  Microsoft's
-    #: comes from C{authority} (msal's discovery).
-    authorization_url: str | None = None
+    name: str = attrs.field(metadata={"doc": (
+        "The account's name, used by `relay.default_account`, `xrelay login NAME`, the "
+        "logs and the metrics.")})
+    provider: str = attrs.field(metadata={"default": "`\"microsoft\"`", "doc": (
+        "`microsoft` (Exchange Online) or `google` (Gmail, Google Workspace).")})
+    user: str = attrs.field(metadata={"doc": (
+        "The mailbox xrelay signs in as and sends through (the XOAUTH2 user), e.g. "
+        "`relay@example.com`.")})
+    flow: str = attrs.field(metadata={
+        "default": "`\"client_credentials\"` (Microsoft), `\"refresh_token\"` (Google)",
+        "doc": "How xrelay obtains tokens: `client_credentials` (app-only, unattended), "
+        "`device_code` (`xrelay login`), `auth_code` (sign in on the admin page), "
+        "`refresh_token` (Google, a token file)."})
+    senders: tuple[SenderPattern, ...] = attrs.field(metadata={
+        "default": "`[user]`", "doc": "Envelope senders routed through this account "
+        "(`*@example.com`); the first account whose patterns match wins."})
+    tenant: str | None = attrs.field(default=None, metadata={
+        "default": "required for Microsoft", "doc": "The Entra ID tenant: its "
+        "`*.onmicrosoft.com` domain or its directory (tenant) id."})
+    client_id: str | None = attrs.field(default=None, metadata={
+        "default": "required", "doc": "The application (client) id of the app "
+        "registration (Microsoft) or OAuth client (Google)."})
+    client_secret_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "File holding the client secret's value, readable only by the service user "
+        "(`root:xrelay 0640`); needed by `client_credentials` unless a certificate is "
+        "set, and by Google.")})
+    certificate_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "Microsoft app-only sign-in with a certificate instead of a secret: the "
+        "certificate (PEM) uploaded to the app registration.")})
+    certificate_key_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "The private key (PEM) of `certificate_file`; readable only by the service "
+        "user.")})
+    refresh_token_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "Google: file holding a refresh token for `user` with the scope "
+        "`https://mail.google.com/`; the newer of this file and an admin-page sign-in "
+        "is used.")})
+    transport: str = attrs.field(default="smtp", metadata={"doc": (
+        "`smtp` (SMTP with STARTTLS and AUTH XOAUTH2) or `graph` (Microsoft Graph "
+        "`sendMail` over HTTPS, Microsoft only).")})
+    messages_per_minute: int = attrs.field(default=30, metadata={
+        "default": "`30` (Microsoft), `0` (Google)", "doc": "Sending rate limit of the "
+        "mailbox (Exchange Online allows 30 a minute); 0 for none."})
+    recipients_per_day: int = attrs.field(default=10000, metadata={
+        "default": "`10000` (Microsoft), `0` (Google)", "doc": "Recipients per rolling "
+        "24 hours (Exchange Online allows 10,000); mail beyond it waits; 0 for none."})
+    max_connections: int = attrs.field(default=3, metadata={"doc": (
+        "Concurrent upstream connections (or Graph requests) for this account "
+        "(Exchange Online allows 3 per mailbox).")})
+    authority: str = attrs.field(default=MICROSOFT_AUTHORITY, metadata={
+        "default": f"`\"{MICROSOFT_AUTHORITY}\"` (Microsoft), `\"{GOOGLE_AUTHORITY}\"` "
+        "(Google)", "doc": "The identity platform's base URL (https only); change it "
+        "for national clouds and tests."})
+    smtp_host: str = attrs.field(default="smtp.office365.com", metadata={
+        "default": "`\"smtp.office365.com\"` (Microsoft), `\"smtp.gmail.com\"` (Google)",
+        "doc": "The upstream SMTP server."})
+    smtp_port: int = attrs.field(default=587, metadata={"doc": (
+        "The upstream SMTP port; 465 implies `smtp_implicit_tls`.")})
+    smtp_implicit_tls: bool = attrs.field(default=False, metadata={
+        "default": "`true` when `smtp_port` is 465, else `false`", "doc": "TLS from the "
+        "first byte (port 465) instead of STARTTLS."})
+    graph_url: str = attrs.field(default=GRAPH_URL, metadata={"doc": (
+        "Microsoft Graph's base URL for `transport = \"graph\"` (https only); change it "
+        "for national clouds and tests.")})
+    ca_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "Extra CA certificates (PEM) trusted for the authority and the upstream, e.g. "
+        "for a TLS-inspecting proxy or the sandbox.")})
+    rewrite_from: bool = attrs.field(default=False, metadata={"doc": (
+        "Send as `user` (envelope sender and From:), keeping the original sender in "
+        "Reply-To:, the way to send when Send As cannot be granted.")})
+    messages_per_connection: int = attrs.field(default=100, metadata={"doc": (
+        "Messages sent over one upstream connection before it is replaced.")})
+    idle_timeout: int = attrs.field(default=60, metadata={"doc": (
+        "Seconds an idle upstream connection is kept open for reuse.")})
+    authorization_url: str | None = attrs.field(default=None, metadata={
+        "default": f"`\"{GOOGLE_AUTHORIZATION_URL}\"` (Google only)", "doc": "Google "
+        "only: where the browser sign-in sends the person (Google's OAuth 2.0 "
+        "authorization endpoint, https only); Microsoft's follows from `authority`."})
     cloud: str = attrs.field(default="global", metadata={"doc": (
         "Microsoft only: global | usgov (GCC High) | usgov-dod | china (21Vianet); "
         "derives authority, smtp_host, graph_url and the OAuth scopes (explicit "
@@ -213,11 +296,17 @@ class AccountConfig:
 
 @attrs.frozen
 class DeliveryConfig:
-    first_retry: int = 60
-    max_retry_interval: int = 3600
-    max_age: int = 432000
-    #: Copies of every bounce go here too: devices rarely read their mail.
-    bounce_to: str | None = None
+    first_retry: int = attrs.field(default=60, metadata={"doc": (
+        "Seconds before the first retry of a temporary failure; each retry waits twice "
+        "as long, with jitter, up to `max_retry_interval`.")})
+    max_retry_interval: int = attrs.field(default=3600, metadata={"doc": (
+        "Longest wait between two retries, in seconds.")})
+    max_age: int = attrs.field(default=432000, metadata={"doc": (
+        "Seconds a message may stay queued before it is bounced to its sender (5 "
+        "days).")})
+    bounce_to: str | None = attrs.field(default=None, metadata={"doc": (
+        "An address that gets a copy of every bounce: devices rarely read their "
+        "mail.")})
     connect_timeout: int = attrs.field(default=60, metadata={"doc": (
         "seconds to connect to the upstream, finish TLS and receive its banner (RFC "
         "5321 4.5.3.2 allows 5 minutes for the banner); raise it on a slow link")})
@@ -231,10 +320,15 @@ class DeliveryConfig:
 
 @attrs.frozen
 class AdminConfig:
-    listen: str = "tcp:8025:interface=127.0.0.1"
-    password_hash: str = attrs.field(default="", repr=lambda _: "'<hash>'")
-    #: The address browsers use to reach the admin page, for the OAuth redirect URI.
-    public_url: str | None = None
+    listen: str = attrs.field(default="tcp:8025:interface=127.0.0.1", metadata={"doc": (
+        "Endpoint of the admin page and `/metrics`; loopback by default. Put it behind "
+        "TLS if you expose it.")})
+    password_hash: str = attrs.field(default="", repr=lambda _: "'<hash>'", metadata={
+        "default": "required", "doc": "The admin password's hash from `xrelay "
+        "hash-password`."})
+    public_url: str | None = attrs.field(default=None, metadata={"doc": (
+        "The address browsers use to reach the admin page (behind a proxy), for the "
+        "OAuth redirect URI `public_url/signin/callback` and the cookie's Secure flag.")})
 
 
 @attrs.frozen
@@ -336,12 +430,42 @@ def sandbox_default(directory: str | None = None) -> Config:
     loopback, deliver to the embedded sandbox providers, state under C{./xrelay-sandbox}.
     """
     directory = os.path.abspath(directory or "xrelay-sandbox")
+    listen, networks = _sandbox_reach()
     return Config(
         server=ServerConfig(
-            hostname="localhost", state_dir=os.path.join(directory, "state")
+            listen=listen, hostname="localhost", state_dir=os.path.join(directory, "state")
         ),
+        relay=RelayConfig(allow_networks=networks),
         sandbox_dir=directory,
     )
+
+
+#: Set by the container image (C{0.0.0.0}): the sandbox default then listens there and
+#: accepts the private networks a published port's connections come from.  Unset,
+#: the sandbox listens on loopback only.
+SANDBOX_INTERFACE_VARIABLE = "XRELAY_SANDBOX_INTERFACE"
+_PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128",
+    "fc00::/7"))
+
+
+def _sandbox_reach() -> tuple[tuple[ListenerConfig, ...], tuple[Network, ...]]:
+    """
+    Where the sandbox default listens, and whom it accepts.  Opening the sandbox to the
+    private networks opens nothing else: it delivers only into its own mailbox folder.
+    """
+    text = os.environ.get(SANDBOX_INTERFACE_VARIABLE, "")
+    if not text:
+        return ServerConfig().listen, RelayConfig().allow_networks
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"${SANDBOX_INTERFACE_VARIABLE}", "", f"{text!r} is not an IP "
+                          "address; write e.g. 0.0.0.0 (every IPv4 interface) or unset "
+                          "it for loopback") from None
+    endpoint = (f"tcp6:2525:interface={text.replace(':', chr(92) + ':')}"
+                if address.version == 6 else f"tcp:2525:interface={text}")
+    return (ListenerConfig(endpoint),), _PRIVATE_NETWORKS
 
 
 def load_config(explicit: str | None = None) -> Config:
