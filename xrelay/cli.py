@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_command_modules() -> None:
     """Import the modules that register more subcommands (operations, sign-in)."""
     import xrelay.operations.commands  # noqa: F401
+    import xrelay.operations.trace  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -192,6 +192,14 @@ class DeliveryConfig:
     max_age: int = 432000
     #: Copies of every bounce go here too: devices rarely read their mail.
     bounce_to: str | None = None
+    history_days: int = attrs.field(default=30, metadata={"doc": (
+        "Days the message trace (state_dir/history.sqlite) keeps each message and its "
+        "attempts; 0 keeps no history at all.  Raise it to answer older questions.")})
+    history_subject: bool = attrs.field(default=True, metadata={"doc": (
+        "Record each message's Subject: in the message trace; false for privacy (the "
+        "trace then searches by address and time only).")})
+    history_message_id: bool = attrs.field(default=True, metadata={"doc": (
+        "Record each message's Message-ID: in the message trace; false for privacy.")})
 
 
 @attrs.frozen
@@ -757,6 +765,13 @@ class _Reader:
                                                  d.max_retry_interval, 1),
             max_age=self.non_negative(raw, "max_age", "delivery.max_age", d.max_age, 1),
             bounce_to=bounce_to,
+            history_days=self.non_negative(raw, "history_days", "delivery.history_days",
+                                           d.history_days),
+            history_subject=bool(self.get(raw, "history_subject", "delivery.history_subject",
+                                          bool, d.history_subject)),
+            history_message_id=bool(self.get(raw, "history_message_id",
+                                             "delivery.history_message_id", bool,
+                                             d.history_message_id)),
         )
 
     def admin(self, raw: dict[str, Any]) -> AdminConfig:

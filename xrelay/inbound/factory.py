@@ -107,6 +107,10 @@ class InboundFactory(Factory):
         return self.service.delivery
 
     @property
+    def history(self) -> Any:
+        return self.service.history
+
+    @property
     def tls_options(self) -> Any:
         return self.service.tls_options
 

@@ -32,6 +32,7 @@ from xrelay.config import Config, ListenerConfig
 from xrelay.inbound.auth import PasswordChecker
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.protocol import ESMTPServer
+from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ISpool
 from xrelay.policy import AuthFailures
 
@@ -97,7 +98,7 @@ class InboundService(MultiService):
     def __init__(self, config: Config, spool: ISpool, delivery: IDelivery,
                  reactor: Any = None,
                  run_blocking: Callable[..., "Deferred[Any]"] | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, history: Any = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -107,6 +108,8 @@ class InboundService(MultiService):
         self.clock = clock if clock is not None else reactor
         self.spool = spool
         self.delivery = delivery
+        #: Where accepted messages are recorded for the message trace (IMessageHistory).
+        self.history = history if history is not None else NullHistory()
         self.connections = ConnectionCounter()
         self.auth_failures = AuthFailures()
         self.live: set[ESMTPServer] = set()

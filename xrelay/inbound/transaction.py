@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, Envelope, Outcome
+from xrelay.history.records import AcceptedMessage
 from xrelay.inbound.errors import SpoolFull
 from xrelay.inbound.headers import HeaderBlock
 from xrelay.inbound.lines import Line, data_line_bytes
@@ -376,6 +377,7 @@ class MailCommands(_Base):
                  sender=transaction.sender, user=self.user.name if self.user else None,
                  account=transaction.account.name, count=len(transaction.recipients),
                  size=transaction.received)
+        self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
         if not self.factory.listener.pass_through:
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
