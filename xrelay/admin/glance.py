@@ -1,0 +1,142 @@
+"""
+The status page's reading of the relay's state: one line that says whether all is well,
+and one plain row per account.
+
+It gathers what the stages already report (token states, the engine's holds and daily
+budgets, credential expiry where the configuration or the token status carries it) into
+values the page only has to print; a field a stage does not report is C{None} and is
+shown as a dash.  Pure: no I/O, the time is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import attrs
+
+from xrelay.history.query import local_time
+
+__all__ = ["AccountView", "account_views", "overall_line", "age_text", "GOOD_STATES",
+           "WAITING_STATES"]
+
+#: Token states in which the account delivers.
+GOOD_STATES = frozenset({"ok", "expiring", "refreshing"})
+#: Spool states that count as waiting for delivery.
+WAITING_STATES = ("queued", "active", "deferred")
+
+
+@attrs.frozen
+class AccountView:
+    """One account's row on the status page."""
+
+    name: str
+    user: str
+    provider: str
+    flow: str
+    #: The token state ("ok", "needs sign-in", ...).
+    state: str
+    #: The engine holds the account's mail until then (throttled, token trouble).
+    held_until: float | None
+    #: "9,990 of 10,000 recipients", "no limit", or None when not known.
+    budget: str | None
+    #: When the account's credential (client secret, certificate) stops working.
+    credential_expires: str | None
+    token_expires: float | None
+    last_error: str | None
+    hint: str | None
+
+    @property
+    def delivering(self) -> bool:
+        return self.state in GOOD_STATES and self.held_until is None
+
+    @property
+    def condition(self) -> str:
+        """What the row says in words."""
+        if self.state not in GOOD_STATES:
+            return self.state
+        if self.held_until is not None:
+            return f"held until {local_time(self.held_until)}"
+        return "delivering"
+
+
+def _credential_expiry(account: Any, status: Any) -> str | None:
+    at = getattr(status, "credential_expires_at", None)
+    if at:
+        return local_time(at)
+    configured = getattr(account, "client_secret_expires", None)
+    return str(configured) if configured else None
+
+
+def _budget(account: Any, status: Any, engine: Any, now: float) -> str | None:
+    reported = getattr(status, "budget_left", None)
+    if reported is not None:
+        return str(reported)
+    limit = getattr(account, "recipients_per_day", 0)
+    if not limit:
+        return "no limit"
+    pace = getattr(getattr(engine, "queue", None), "paces", {}).get(account.name)
+    if pace is None:
+        return None
+    left = max(limit - pace.recipients_today(now), 0)
+    return f"{left:,} of {limit:,} recipients"
+
+
+def account_views(accounts: Iterable[Any], statuses: dict[str, Any], engine: Any,
+                  paused_until: dict[str, float], now: float) -> list[AccountView]:
+    """
+    @param accounts: the configured accounts.
+    @param statuses: account name -> its token status.
+    @param engine: the delivery engine (for the daily budgets), or None.
+    @param paused_until: account name -> until when the engine holds its mail.
+    """
+    views = []
+    for account in accounts:
+        status = statuses.get(account.name)
+        held = paused_until.get(account.name)
+        views.append(AccountView(
+            name=account.name, user=account.user, provider=account.provider,
+            flow=account.flow, state=status.state if status is not None else "unknown",
+            held_until=held if held and held > now else None,
+            budget=_budget(account, status, engine, now),
+            credential_expires=_credential_expiry(account, status),
+            token_expires=getattr(status, "expires_at", None),
+            last_error=getattr(status, "last_error", None),
+            hint=getattr(status, "hint", None)))
+    return views
+
+
+def age_text(seconds: float) -> str:
+    """An age as people say it: 40 s, 12 min, 2 h, 3 d."""
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"
+
+
+def overall_line(views: list[AccountView], counts: dict[str, int],
+                 oldest_age: float | None) -> tuple[str, bool]:
+    """
+    The one line at the top of the status page, and whether all is well:
+    "All accounts delivering; 0 waiting", "1 account needs attention; 12 waiting,
+    oldest 2 h".
+    """
+    trouble = [v for v in views if not v.delivering]
+    if not views:
+        head = "No upstream account configured"
+    elif not trouble:
+        head = "All accounts delivering"
+    elif len(trouble) == 1:
+        head = "1 account needs attention"
+    else:
+        head = f"{len(trouble)} accounts need attention"
+    waiting = sum(counts.get(state, 0) for state in WAITING_STATES)
+    tail = f"{waiting} waiting"
+    if waiting and oldest_age is not None:
+        tail += f", oldest {age_text(oldest_age)}"
+    failed = counts.get("failed", 0)
+    if failed:
+        tail += f"; {failed} failed kept for inspection"
+    return f"{head}; {tail}", bool(views) and not trouble
