@@ -21,6 +21,9 @@ __all__ = ["AccountView", "account_views", "overall_line", "age_text", "GOOD_STA
 
 #: Token states in which the account delivers.
 GOOD_STATES = frozenset({"ok", "expiring", "refreshing"})
+#: Token states that need nobody: an account that has not needed a token yet gets one
+#: when it does (a delegated one that cannot shows "needs sign-in" then).
+FINE_STATES = GOOD_STATES | {"no token"}
 #: Spool states that count as waiting for delivery.
 WAITING_STATES = ("queued", "active", "deferred")
 
@@ -47,12 +50,12 @@ class AccountView:
 
     @property
     def delivering(self) -> bool:
-        return self.state in GOOD_STATES and self.held_until is None
+        return self.state in FINE_STATES and self.held_until is None
 
     @property
     def condition(self) -> str:
         """What the row says in words."""
-        if self.state not in GOOD_STATES:
+        if self.state not in FINE_STATES:
             return self.state
         if self.held_until is not None:
             return f"held until {local_time(self.held_until)}"

@@ -77,6 +77,7 @@ input, select { font: inherit; padding: 0.25em 0.4em; border: 1px solid #b8c1cc;
 dl.facts { display: grid; grid-template-columns: 11em 1fr; gap: 0.3em 1em;
            background: #fff; border: 1px solid #dfe3e8; padding: 0.8em 1em; margin: 0; }
 dl.facts dt { color: #5a6570; } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+.domain { display: inline-block; }
 ul.plain { list-style: none; margin: 0; padding: 0; }
 ul.plain li + li { margin-top: 0.3em; }
 .p4 { width: 4%; } .p6 { width: 6%; } .p7 { width: 7%; } .p8 { width: 8%; } .p9 { width: 9%; }
@@ -187,7 +188,9 @@ def address(text: str | None) -> Any:
     if not text:
         return "<>"
     local, at, domain = text.partition("@")
-    return [local, at, tags.wbr(), domain] if at else text
+    # An inline block may start a new line: no <wbr> (the flattener does not know it
+    # is void) and nothing that a copy and paste would carry along.
+    return [local + at, tags.span(domain, class_="domain")] if at else text
 
 
 def addresses(texts: Sequence[str]) -> Any:
