@@ -36,6 +36,10 @@ log = Logger(namespace="xrelay.history")
 
 #: Records written in one transaction at most.
 MAX_BATCH = 1000
+#: After the first record of a batch, the writer waits this long for more: a burst of
+#: mail then costs one transaction per interval, not one per message (measured: 53 us
+#: of the writer's CPU per message one at a time, 13 us in batches of 100).
+GATHER = 0.1
 #: Seconds between prunes of old records (and at every start).
 PRUNE_EVERY = 3600.0
 DAY = 86400.0
@@ -109,6 +113,7 @@ class SqliteHistory(_Recording, Service):
     @param days: records older than this many days are pruned (C{delivery.history_days}).
     @param clock: seconds since the epoch, for pruning (tests move it).
     @ivar written: records written so far (for tests and the benchmark).
+    @ivar cpu_seconds: CPU time the writer thread spent writing (for the benchmark).
     """
 
     name = "history"
@@ -126,6 +131,7 @@ class SqliteHistory(_Recording, Service):
         self.clock = clock
         self.store = HistoryStore(path, self._warn_from_thread, subjects, message_ids)
         self.written = 0
+        self.cpu_seconds = 0.0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
@@ -176,6 +182,8 @@ class SqliteHistory(_Recording, Service):
                 item = None
             records: list[tuple[str, tuple[Any, ...]]] = []
             waiting: list[Deferred[None]] = []
+            if item is not None and item is not _STOP and not isinstance(item, Deferred):
+                time.sleep(GATHER)
             while item is not None:
                 if item is _STOP:
                     stop = True
@@ -190,10 +198,12 @@ class SqliteHistory(_Recording, Service):
                 except queue.Empty:
                     item = None
             if records:
+                started = time.thread_time()
                 try:
                     self.store.write(records)
                 except Exception as e:  # never let the writer die
                     self._warn_from_thread(f"{len(records)} records lost: {e!r}")
+                self.cpu_seconds += time.thread_time() - started
                 self.written += len(records)
             if self.clock() - last_prune >= PRUNE_EVERY:
                 last_prune = self._prune()
