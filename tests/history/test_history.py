@@ -173,3 +173,33 @@ async def test_history_days_zero_keeps_nothing(world) -> None:
     await until(lambda: len(world.sandbox.mailbox.messages) == 1)
     assert not os.path.exists(history_path(str(world.state_dir)))
     assert relay.history.__class__.__name__ == "NullHistory"
+
+
+def test_history_keys_are_read_and_checked(world) -> None:
+    import pytest
+
+    from xrelay.config import ConfigError, DeliveryConfig, read_config
+
+    path, text = world.config_path, world.config_path.read_text()
+
+    def with_delivery(lines: str) -> str:
+        path.write_text(text.replace("[delivery]\n", "[delivery]\n" + lines))
+        return str(path)
+
+    delivery = read_config(with_delivery("history_days = 7\nhistory_subject = false\n"
+                                         "history_message_id = false\n")).delivery
+    assert (delivery.history_days, delivery.history_subject,
+            delivery.history_message_id) == (7, False, False)
+    assert read_config(with_delivery("")).delivery == attrs_evolve_defaults(delivery)
+    assert (DeliveryConfig().history_days, DeliveryConfig().history_subject) == (30, True)
+    with pytest.raises(ConfigError, match="delivery.history_subject"):
+        read_config(with_delivery('history_subject = "no"\n'))
+    with pytest.raises(ConfigError, match="delivery.history_days"):
+        read_config(with_delivery("history_days = -1\n"))
+
+
+def attrs_evolve_defaults(delivery: Any) -> Any:
+    import attrs
+
+    return attrs.evolve(delivery, history_days=30, history_subject=True,
+                        history_message_id=True)

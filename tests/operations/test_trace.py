@@ -134,3 +134,23 @@ async def test_trace_finds_delivered_bounced_and_deferred_messages(world) -> Non
     assert code == 1 and "the trace knows no message no-such-entry" in err
     code, out, err = await xrelay(world, "trace", "--since", "yesterday")
     assert code == 2 and "give a duration" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delete_with_the_daemon_stopped_is_in_the_trace(world) -> None:
+    """`xrelay queue delete` on a stopped relay's spool writes to the history file."""
+    write_config(world, first_retry=600)
+    world.sandbox.exchange.reject_recipient("later@example.net", LATER)
+    relay = start_relay(world)
+    entry_id = await smtp_send(world.smtp_port, "printer@sandbox.example",
+                               "later@example.net")
+    await until(lambda: relay.delivery.totals["deferred"] == 1)
+    await relay.stopService()
+    (before,) = await trace(world, "--json")
+    assert before["outcome"] == "waiting"
+
+    code, out, err = await xrelay(world, "queue", "delete", entry_id)
+    assert (code, out) == (0, f"{entry_id}: deleted\n"), err
+    (after,) = await trace(world, "--json")
+    assert (after["entry_id"], after["outcome"]) == (entry_id, "deleted")
+    assert f"finished " in await trace(world, entry_id)
