@@ -203,3 +203,57 @@ def attrs_evolve_defaults(delivery: Any) -> Any:
 
     return attrs.evolve(delivery, history_days=30, history_subject=True,
                         history_message_id=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_way_a_message_ends_is_recorded(tmp_path: Path) -> None:
+    """delivered, bounced, expired, handed back, deleted; partial stays waiting."""
+    from xrelay.delivery.bounce import FailedRecipient
+    from xrelay.delivery.engine import OutcomeRecord
+    from xrelay.envelope import Outcome, RecipientResult, Reply
+
+    path = str(tmp_path / "history.sqlite")
+    history = SqliteHistory(path, days=30)
+    history.startService()
+    now = time.time()
+    ok = Reply(250, "2.6.0 <abc@EX.PROD.OUTLOOK.COM> [InternalId=1, Hostname=X] Queued "
+                    "mail for delivery")
+    busy = Reply(451, "4.7.500 Server busy. Please try again later.")
+    gone = Reply(550, "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by "
+                      "SMTP address lookup")
+
+    def record(entry_id: str, outcome: str, reply: Reply) -> OutcomeRecord:
+        return OutcomeRecord(entry_id, "scan@example.com", "main", now, outcome, 0, 0, 0,
+                             str(reply))
+
+    for entry_id in ("d", "b", "x", "h", "r", "p"):
+        history.received(accepted(entry_id, now))
+    history.attempted(record("d", "delivered", ok),
+                      [RecipientResult("it@example.net", Outcome.DELIVERED, ok)], [], [])
+    history.attempted(record("b", "failed", gone), [], [],
+                      [FailedRecipient("it@example.net", gone)])
+    history.bounced("b", "b-dsn", ["scan@example.com"], "main", now)
+    history.attempted(record("x", "failed", busy), [], [],
+                      [FailedRecipient("it@example.net", busy, expired=True)])
+    history.attempted(record("h", "handed back", gone), [], [],
+                      [RecipientResult("it@example.net", Outcome.PERMANENT, gone)])
+    history.finished("r", "deleted", now)
+    history.attempted(record("p", "partial", busy),
+                      [RecipientResult("it@example.net", Outcome.DELIVERED, ok)],
+                      [RecipientResult("boss@example.net", Outcome.TEMPORARY, busy)], [])
+    await history.stopService()
+
+    found = {m.entry_id: m for m in search(path, TraceQuery())}
+    assert {k: m.outcome for k, m in found.items()} == {
+        "d": "delivered", "b": "bounced", "x": "expired", "h": "handed back",
+        "r": "deleted", "p": "waiting"}
+    assert found["d"].upstream_id == "<abc@EX.PROD.OUTLOOK.COM>"
+    assert found["p"].upstream_id == "<abc@EX.PROD.OUTLOOK.COM>"  # from the recipient
+    s = story(path, "b")
+    assert s is not None and [b.entry_id for b, _ in s.bounces] == ["b-dsn"]
+    assert s.bounces[0][0].recipients == ("scan@example.com",)
+    (attempt,) = story(path, "p").attempts  # type: ignore[union-attr]
+    assert attempt.recipients == (("it@example.net", "delivered", str(ok)),
+                                  ("boss@example.net", "deferred", str(busy)))
+    # The bounce itself is not listed as a message of its own.
+    assert "b-dsn" not in found
