@@ -338,10 +338,10 @@ def _search_form(values: dict[str, str]) -> Tag:
                for value, label in (("", "any"), ("delivered", "delivered"),
                                     ("failed", "failed"), ("waiting", "waiting"))]
     return tags.form(method="get", action="/trace", class_="search", id="trace-search")(
-        field("From", "from", "scanner@ or *@example.com"),
+        field("From", "from", "*@example.com"),
         field("To", "to", "someone@example.net"),
         field("Subject", "subject", "text in the subject"),
-        field("Since", "since", "2h, 3d, 2026-12-01", 14),
+        field("Since", "since", "2h, 3d, a date", 14),
         tags.label("Status", tags.select(name="status", id="search-status")(*options)),
         tags.button("Search", type="submit", id="search"))
 
