@@ -257,3 +257,14 @@ async def test_each_way_a_message_ends_is_recorded(tmp_path: Path) -> None:
                                   ("boss@example.net", "deferred", str(busy)))
     # The bounce itself is not listed as a message of its own.
     assert "b-dsn" not in found
+
+
+def test_the_sinks_provide_the_interface(tmp_path: Path) -> None:
+    from zope.interface.verify import verifyObject
+
+    from xrelay.history import NullHistory
+    from xrelay.interfaces import IMessageHistory
+
+    assert verifyObject(IMessageHistory, NullHistory())
+    assert verifyObject(IMessageHistory, SqliteHistory(str(tmp_path / "h.sqlite"), 30,
+                                                       reactor=object()))
