@@ -4,10 +4,12 @@ Acceptance without delivery: the inbound listener and the real spool in this pro
 Tells what acceptance costs by itself, apart from the delivery work the full relay does
 at the same time on the same cores.
 
-    .venv/bin/python bench/inbound_only.py [--concurrency 100] [--messages 10]
+    .venv/bin/python bench/inbound_only.py [--concurrency 100] [--messages 10] [--history]
 
 Prints one JSON object: the load generator's summary plus the spool's group-commit
-counters (batches, messages per batch).
+counters (batches, messages per batch).  With C{--history} the message trace records
+every accepted message (its SQLite writer thread in this process, as in the relay);
+C{bench/history_ab.py} compares the two.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--messages", type=int, default=10, help="per connection")
     parser.add_argument("--dir", default="/var/tmp", help="on the disk under test")
+    parser.add_argument("--history", action="store_true",
+                        help="record every message in the message trace (SQLite)")
     args = parser.parse_args()
 
     from twisted.internet import defer, reactor, threads
@@ -62,21 +66,45 @@ def main() -> None:
                                 senders=(SenderPattern.parse("*"),),
                                 tenant="example.onmicrosoft.com", client_id="bench"),))
     spool = Spool(os.path.join(directory, "spool"), reactor=reactor)
-    service = InboundService(config, spool, RecordingDelivery(), reactor=reactor)
+    history = None
+    if args.history:
+        from xrelay.history import SqliteHistory, history_path
+
+        history = SqliteHistory(history_path(directory), days=30, reactor=reactor)
+    service = InboundService(config, spool, RecordingDelivery(), reactor=reactor,
+                             history=history)
+
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # this process: not the load
+        return usage.ru_utime + usage.ru_stime
 
     async def run() -> None:
+        if history is not None:
+            history.startService()
         service.startService()
         port = (await service.when_listening())[0].getHost().port
+        cpu_before = cpu()
         code = LOAD.format(here=str(HERE), port=port, concurrency=args.concurrency,
                            messages=args.messages)
         done = await threads.deferToThread(
             subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True)
+        cpu_used = cpu() - cpu_before
         summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        summary["server_cpu_ms_per_message"] = round(
+            cpu_used * 1000 / max(summary["messages_ok"], 1), 3)
         summary.update(concurrency=args.concurrency, per_connection=args.messages,
                        commit_batches=spool.commit_batches,
                        messages_per_batch=round(spool.committed_messages
                                                 / max(spool.commit_batches, 1), 1))
         await service.stopService()
+        if history is not None:
+            await history.stopService()
+            summary["history_records"] = history.written
+            summary["history_writer_cpu_us_per_message"] = round(
+                history.cpu_seconds * 1e6 / max(history.written, 1), 1)
+        summary["history"] = history is not None
         print(json.dumps(summary))
 
     try:

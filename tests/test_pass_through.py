@@ -97,6 +97,12 @@ async def test_send_as_denied_reaches_the_device_and_nothing_is_bounced(relay, s
     counts = relay.spool.counts()
     assert counts["queued"] == counts["deferred"] == counts["failed"] == 0
     assert sandbox.mailbox.messages == []  # no bounce: the device was told
+    # The message trace says so too.
+    from xrelay.history import TraceQuery, history_path, search
+
+    await relay.history.flush()
+    (traced,) = search(history_path(relay.config.server.state_dir), TraceQuery())
+    assert traced.outcome == "handed back" and traced.last_reply.startswith("554 5.2.252")
 
 
 @pytest_twisted.ensureDeferred

@@ -175,6 +175,7 @@ def _load_command_modules() -> None:
     import xrelay.foreground  # noqa: F401
     import xrelay.operations.commands  # noqa: F401
     import xrelay.operations.makecert  # noqa: F401
+    import xrelay.operations.trace  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

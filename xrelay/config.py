@@ -316,6 +316,14 @@ class DeliveryConfig:
     data_timeout: int = attrs.field(default=600, metadata={"doc": (
         "seconds to wait for the upstream's reply after the final dot (RFC 5321 "
         "4.5.3.2: 10 minutes)")})
+    history_days: int = attrs.field(default=30, metadata={"doc": (
+        "Days the message trace (state_dir/history.sqlite) keeps each message and its "
+        "attempts; 0 keeps no history at all.  Raise it to answer older questions.")})
+    history_subject: bool = attrs.field(default=True, metadata={"doc": (
+        "Record each message's Subject: in the message trace; false for privacy (the "
+        "trace then searches by address and time only).")})
+    history_message_id: bool = attrs.field(default=True, metadata={"doc": (
+        "Record each message's Message-ID: in the message trace; false for privacy.")})
 
 
 @attrs.frozen
@@ -1019,6 +1027,13 @@ class _Reader:
                                               d.command_timeout, 1),
             data_timeout=self.non_negative(raw, "data_timeout", "delivery.data_timeout",
                                            d.data_timeout, 1),
+            history_days=self.non_negative(raw, "history_days", "delivery.history_days",
+                                           d.history_days),
+            history_subject=bool(self.get(raw, "history_subject", "delivery.history_subject",
+                                          bool, d.history_subject)),
+            history_message_id=bool(self.get(raw, "history_message_id",
+                                             "delivery.history_message_id", bool,
+                                             d.history_message_id)),
         )
 
     def admin(self, raw: dict[str, Any]) -> AdminConfig:

@@ -9,14 +9,16 @@ C{@implementer}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from xrelay.delivery.engine import OutcomeRecord
     from xrelay.envelope import DeliveryResult, Envelope, OutboundMessage
+    from xrelay.history.records import AcceptedMessage
     from xrelay.tokens.status import TokenStatus
 
 
@@ -122,3 +124,34 @@ class IDelivery(Interface):
         upstream's result, so that the device sees the upstream's own reply.  The entry
         stays in the spool (and is retried normally) if the result is temporary.
         """
+
+
+class IMessageHistory(Interface):
+    """
+    Where the relay tells what happened to each message, for the message trace
+    (C{xrelay trace}, the admin page's Trace page).
+
+    Every method is called on the reactor thread in the path of mail and must return at
+    once: an implementation queues the record and writes it elsewhere (another thread),
+    and never raises, blocks or slows the reply to the client.  Losing a record is
+    acceptable; losing or delaying mail because of one is not.
+    """
+
+    def received(message: "AcceptedMessage") -> None:
+        """A message was accepted and is durable in the spool (after its commit)."""
+
+    def attempted(record: "OutcomeRecord", delivered: "Sequence[Any]",
+                  deferred: "Sequence[Any]", failed: "Sequence[Any]") -> None:
+        """
+        One delivery attempt ended.  C{record} is the engine's outcome of it (its
+        C{outcome} says whether the message is finished: "delivered", "failed" and
+        "handed back" are final); the sequences hold the recipients (objects with
+        C{recipient} and C{reply}, failed ones with C{expired}) by what became of them.
+        """
+
+    def bounced(entry_id: str, bounce_id: str, to: "Sequence[str]", account: str,
+                at: float) -> None:
+        """A bounce (DSN) for C{entry_id} was spooled as C{bounce_id}, addressed to C{to}."""
+
+    def finished(entry_id: str, outcome: str, at: float) -> None:
+        """The message left the queue another way ("deleted" or "bounced" by an operator)."""

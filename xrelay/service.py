@@ -69,6 +69,7 @@ class RelayService(MultiService):
     inbound: Any
     transports: dict[str, Any]
     control: Any
+    history: Any = None
     sandbox: Any = None
     admin: Any = None
     reactor: Any = None
@@ -180,6 +181,7 @@ def makeService(config: Config, reactor: Any = None,
         reactor = global_reactor
 
     from xrelay.delivery import DeliveryEngine
+    from xrelay.history import open_history
     from xrelay.inbound import InboundService
     from xrelay.operations.control import ControlService
     from xrelay.spool import Spool
@@ -211,13 +213,18 @@ def makeService(config: Config, reactor: Any = None,
     # Listed before the engine, so stopped after it: in-flight attempts finish on
     # their connections, then the idle connections are closed.
     _TransportsClosing(top).setServiceParent(top)
+    # Before the engine and the listeners, so stopped after them: the last records of a
+    # stopping relay are still written.
+    top.history = open_history(config, reactor)
+    top.history.setServiceParent(top)
     top.delivery = DeliveryEngine(config, top.spool, top.transports, reactor=reactor,
-                                  state_dir=config.server.state_dir)
+                                  state_dir=config.server.state_dir, history=top.history)
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 
     top.inbound = InboundService(config, top.spool, top.delivery, reactor=reactor,
-                                 credentials_checker=credentials_checker)
+                                 credentials_checker=credentials_checker,
+                                 history=top.history)
     top.inbound.setServiceParent(top)
 
     if config.admin is not None:

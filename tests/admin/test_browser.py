@@ -4,6 +4,8 @@ page, see a delegated account in "needs sign-in", click Sign in, sign in on the 
 identity platform's page, land back, see the account "ok", and see the message that
 waited for it delivered; then the same with "Sign in with Google" for a Google account,
 whose sign-in page is on another origin (so Chromium's CSP form-action check is real).
+Then the pages an operator looks at (status, queue, trace, one message's story) at
+1280x900: the overall state line, no table wider than the window, a trace search.
 Screenshots go to tests/artifacts/.
 
 The sandbox's TLS certificate is trusted by its public key hash
@@ -45,7 +47,7 @@ def spki_hash(cert_file: str) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def make_driver(tmp: Path, spki: str) -> Any:
+def make_driver(tmp: Path, spki: str, size: str = "1200,900") -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -54,7 +56,7 @@ def make_driver(tmp: Path, spki: str) -> Any:
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,900",
+                 "--disable-dev-shm-usage", f"--window-size={size}",
                  f"--user-data-dir={tmp / 'chromium-profile'}",
                  f"--ignore-certificate-errors-spki-list={spki}"):
         options.add_argument(flag)
@@ -211,3 +213,135 @@ async def test_sign_in_with_google_in_the_browser(world) -> None:
         raise
     finally:
         await deferToThread(driver.quit)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_queue_and_trace_pages_fit_the_window(world) -> None:
+    """
+    Delivered, bounced (SendAsDenied, a long reply), deferred and failed messages, one
+    account waiting for sign-in: the status page says so in one line, every table fits
+    1280 pixels, the queue offers Retry, Bounce and Delete and shows a failed entry's
+    recipients, and a trace search in the browser leads to the message's story.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.admin.conftest import write_config
+    from tests.operations.test_trace import LATER, deny_send_as_except
+
+    write_config(world, delegated=True, first_retry=600)
+    deny_send_as_except(world, "printer@sandbox.example")
+    sandbox = world.sandbox
+    sandbox.exchange.reject_recipient("later@example.net", LATER)
+    sandbox.exchange.reject_recipient(
+        "gone@example.net", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not "
+        "found by SMTP address lookup")
+    relay = start_relay(world)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await smtp_send(world.smtp_port, "printer@sandbox.example", ["a@example.net"])
+    await smtp_send(world.smtp_port, "scanner@example.com", ["b@example.net"])
+    await smtp_send(world.smtp_port, "printer@sandbox.example", ["later@example.net"])
+    await smtp_send(world.smtp_port, "printer@sandbox.example", ["gone@example.net"])
+    await smtp_send(world.smtp_port, BOSS, ["customer@example.net"])
+    totals = relay.delivery.totals
+    await until(lambda: totals["delivered"] == 3 and totals["failed"] == 2
+                and totals["deferred"] >= 2)
+    await relay.history.flush()
+    later_id = next(e.entry_id for e in relay.spool.entries("deferred")
+                    if e.recipients == ("later@example.net",))
+    gone_id = next(e.entry_id for e in relay.spool.entries("failed")
+                   if e.sender == "printer@sandbox.example")
+    denied_id = next(e.entry_id for e in relay.spool.entries("failed")
+                     if e.sender == "scanner@example.com")
+
+    driver = await deferToThread(make_driver, world.tmp,
+                                 spki_hash(sandbox.server_certificate.cert_file),
+                                 "1280,900")
+
+    def steps() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        def wait_for(element_id: str) -> None:
+            WebDriverWait(driver, 30).until(
+                expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+        def fits(name: str) -> None:
+            viewport = driver.execute_script("return document.documentElement.clientWidth")
+            assert viewport <= 1280
+            for table in driver.find_elements(By.TAG_NAME, "table"):
+                rect = table.rect
+                assert rect["x"] + rect["width"] <= viewport, (name, table.get_attribute(
+                    "id"), rect, viewport)
+            scroll = driver.execute_script("return document.documentElement.scrollWidth")
+            assert scroll <= viewport, (name, scroll, viewport)
+            driver.save_screenshot(str(ARTIFACTS / f"browser-{name}.png"))
+
+        driver.get(world.admin_url + "/login")
+        driver.find_element(By.ID, "password").send_keys(ADMIN_PASSWORD)
+        driver.find_element(By.ID, "signin").click()
+        wait_for("overall")
+        seen["overall"] = driver.find_element(By.ID, "overall").text
+        seen["boss"] = driver.find_element(By.ID, "state-boss").text
+        seen["headers"] = [th.text for th in driver.find_elements(
+            By.CSS_SELECTOR, "#accounts th")]
+        fits("status")
+
+        driver.find_element(By.LINK_TEXT, "Queue").click()
+        wait_for("queue")
+        seen["later_buttons"] = [driver.find_element(By.ID, f"{b}-{later_id}").text
+                                 for b in ("retry", "bounce", "delete")]
+        seen["gone_recipients"] = driver.find_element(
+            By.ID, f"entry-recipients-{gone_id}").text
+        seen["queue_headers"] = [th.text for th in driver.find_elements(
+            By.CSS_SELECTOR, "#queue th")]
+        fits("queue")
+
+        driver.find_element(By.LINK_TEXT, "Trace").click()
+        wait_for("trace-search")
+        driver.find_element(By.ID, "search-to").send_keys("later@")
+        driver.find_element(By.ID, "search").click()
+        wait_for("trace-results")
+        seen["trace_url"] = driver.current_url
+        seen["trace_rows"] = [row.text for row in driver.find_elements(
+            By.CSS_SELECTOR, "#trace-results tbody tr")]
+        fits("trace")
+        driver.get(world.admin_url + "/trace")
+        wait_for("trace-results")
+        fits("trace-all")
+
+        driver.get(world.admin_url + "/trace?to=later%40")
+        wait_for("trace-results")
+        driver.find_element(By.LINK_TEXT, later_id).click()
+        wait_for("entry-attempts")
+        seen["entry_outcome"] = driver.find_element(By.ID, "entry-outcome").text
+        seen["entry_reply"] = driver.find_element(By.ID, "entry-last-reply").text
+        fits("trace-entry")
+
+        driver.get(world.admin_url + f"/trace/entry?id={denied_id}")
+        wait_for("entry-bounces")
+        seen["bounce_rows"] = [row.text for row in driver.find_elements(
+            By.CSS_SELECTOR, "#entry-bounces tbody tr")]
+        fits("trace-entry-bounced")
+        return seen
+
+    try:
+        seen = await deferToThread(steps)
+    except BaseException:
+        await deferToThread(driver.save_screenshot, str(ARTIFACTS / "browser-pages-failed.png"))
+        raise
+    finally:
+        await deferToThread(driver.quit)
+    assert seen["overall"].startswith("1 account needs attention; ")
+    assert " waiting, oldest " in seen["overall"]
+    assert seen["boss"] == "needs sign-in"
+    assert all(seen["headers"]) and "Budget left today" in seen["headers"]
+    assert "Credential expires" in seen["headers"] and "Action" in seen["headers"]
+    assert seen["later_buttons"] == ["Retry", "Bounce", "Delete"]
+    assert seen["gone_recipients"] == "gone@example.net"
+    assert all(seen["queue_headers"])
+    assert "to=later%40" in seen["trace_url"]
+    assert len(seen["trace_rows"]) == 1 and later_id in seen["trace_rows"][0]
+    assert seen["entry_outcome"] == "waiting" and seen["entry_reply"] == LATER
+    (bounce_row,) = seen["bounce_rows"]
+    assert "scanner@example.com" in bounce_row and "delivered" in bounce_row

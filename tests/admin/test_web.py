@@ -7,6 +7,7 @@ headers, the status and queue pages, and /metrics parsed with prometheus_client.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -237,13 +238,15 @@ async def test_metrics_after_a_known_sequence(world) -> None:
     assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
     s = metric_samples((await response.content()).decode())
     assert s[("xrelay_messages_accepted_total", (("account", "sandbox"),))] == 3
-    assert s[("xrelay_messages_delivered_total", (("account", "sandbox"),))] == 3
+    # The bounce reached the upstream too, but it is not a device's message.
+    assert s[("xrelay_messages_delivered_total", (("account", "sandbox"),))] == 2
+    assert s[("xrelay_bounces_sent_total", (("account", "sandbox"),))] == 1
     assert s[("xrelay_messages_bounced_total",
               (("account", "sandbox"), ("reason", "rejected")))] == 1
     listener = f"tcp:{world.smtp_port}:interface=127.0.0.1"
     assert s[("xrelay_connections_total", (("listener", listener),))] == 3
     assert s[("xrelay_token_refreshes_total", (("account", "sandbox"),))] == 1
-    assert s[("xrelay_delivery_latency_seconds_count", (("account", "sandbox"),))] == 3
+    assert s[("xrelay_delivery_latency_seconds_count", (("account", "sandbox"),))] == 2
     assert s[("xrelay_queue_messages", (("state", "failed"),))] == 1
     assert s[("xrelay_queue_messages", (("state", "queued"),))] == 0
     assert s[("xrelay_token_state", (("account", "sandbox"), ("state", "ok")))] == 1
@@ -413,3 +416,86 @@ async def test_google_refresh_token_account_offers_sign_in_and_decline_is_shown(
     assert response.code == 400
     assert "Sign-in for gmail did not complete: access_denied" in body
     assert relay.tokens.status()["gmail"].state != "ok"
+
+
+# -- the status line, the Trace page, the Bounce button ----------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_page_says_in_one_line_whether_mail_flows(world) -> None:
+    from tests.admin.conftest import write_config
+
+    write_config(world, delegated=False)
+    relay = start_relay(world)
+    browser = Browser(world.admin_url)
+    await browser.sign_in()
+    _, body = await browser.request("GET", "/")
+    assert re.search(r'id="overall"[^>]*>All accounts delivering; 0 waiting<', body), body
+    relay.delivery.stopService()
+    await spool_message(relay)
+    _, body = await browser.request("GET", "/")
+    # spool_message dates its entry at POSIX time 1: decades old.
+    assert re.search(r'id="overall"[^>]*>All accounts delivering; 1 waiting, oldest '
+                     r'\d+ d<', body), body
+    assert '<th scope="col"></th>' not in body  # every column has a heading
+
+
+@pytest_twisted.ensureDeferred
+async def test_trace_page_searches_and_links_each_message_to_its_story(world) -> None:
+    relay = start_relay(world)
+    await smtp_send(world.smtp_port, "printer@sandbox.example", ["a@example.net"])
+    await smtp_send(world.smtp_port, "printer@sandbox.example", ["b@example.net"])
+    await until(lambda: relay.delivery.totals["delivered"] == 2)
+    await relay.history.flush()
+    browser = Browser(world.admin_url)
+    await browser.sign_in()
+
+    response, body = await browser.request("GET", "/trace?to=b%40example&status=delivered")
+    assert response.code == 200
+    links = re.findall(r'href="/trace/entry\?id=([^"]+)"', body)
+    assert len(links) == 1, body
+    zone = time.strftime("%Z")
+    assert re.search(rf">\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {zone}<", body), body
+    assert 'value="b@example"' in body and '<option value="delivered" selected' in body
+    _, body = await browser.request("GET", f"/trace/entry?id={links[0]}")
+    assert re.search(r'id="entry-outcome"[^>]*>delivered<', body)
+    assert "250 2.6.0 &lt;" in body and "Queued mail for delivery" in body  # in full
+    assert "b@example.net" in body and 'id="entry-attempts"' in body
+
+    _, body = await browser.request("GET", "/trace?status=waiting")
+    assert "0 messages" in body
+    _, body = await browser.request("GET", "/trace?since=last+tuesday")
+    assert 'id="trace-problem"' in body and "give a duration" in body
+    _, body = await browser.request("GET", "/trace/entry?id=nothing-like-it")
+    assert 'id="entry-missing"' in body
+    anonymous = Browser(world.admin_url)
+    response, _ = await anonymous.request("GET", "/trace")
+    assert response.code == 303 and location(response) == "/login"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bounce_button_returns_a_waiting_message_to_its_sender(world) -> None:
+    relay = start_relay(world)
+    relay.delivery.stopService()
+    entry_id = await spool_message(relay)
+    browser = Browser(world.admin_url)
+    await browser.sign_in()
+    _, body = await browser.request("GET", "/queue")
+    for action in ("retry", "bounce", "delete"):
+        assert f'id="{action}-{entry_id}"' in body
+    token = await browser.csrf("/queue")
+    response, _ = await browser.request("POST", "/queue/bounce", {"id": entry_id})
+    assert response.code == 403  # no CSRF token: refused like every form
+    response, _ = await browser.request("POST", "/queue/bounce",
+                                        {"id": entry_id, "csrf_token": token})
+    assert response.code == 303 and location(response) == "/queue"
+    entry = relay.spool.get(entry_id)
+    assert entry.state == "failed" and entry.recipients == ()
+    (bounce,) = [e for e in relay.spool.entries("queued") if e.bounce_of == entry_id]
+    assert bounce.recipients == ("printer@sandbox.example",)
+    _, body = await browser.request("GET", "/queue")
+    assert f"{entry_id} bounced to its sender." in body
+    # The failed entry still says whom it was for.
+    assert re.search(rf'id="entry-recipients-{re.escape(entry_id)}"[^>]*>someone@'
+                     r'<span class="domain">example.net</span><', body), body
+    assert f'id="bounce-{entry_id}"' not in body

@@ -439,8 +439,11 @@ async def test_a_held_account_shows_in_metrics_admin_page_and_accounts(relay: Re
     line = _account_state_text(dict(status.as_json()))
     assert "account blocked by provider" in line and "Restricted entities" in line
     assert "recipients today 1/50 (49 left)" in line
-    body = pages.status_body([(relay.account, None)], {}, None, [], "csrf",
-                             lambda a: False, relay.engine.status().accounts)
+    from xrelay.admin.glance import account_views, overall_line
+
+    views = account_views([relay.account], {}, {}, 0.0, relay.engine.status().accounts)
+    body = pages.status_body(overall_line(views, {}, None), views, {}, None, [], "csrf",
+                             lambda name: None)
     html = (await flattenString(None, pages.Page("status", body))).decode()
     assert 'id="account-state-sandbox"' in html and "blocked by provider" in html
     assert "1 of 50 (49 left)" in html

@@ -64,11 +64,13 @@ def test_delivery_outcomes_are_counted_with_latency() -> None:
     received = entry_received_at("20261129T060000.500000-1-000000")
     assert received == 1795932000.5
 
-    def outcome(entry_id: str, outcome: str, failure: str) -> None:
+    def outcome(entry_id: str, outcome: str, failure: str,
+                bounce_of: str | None = None) -> None:
         engine.info("{entry_id} ... {outcome} ... upstream: {upstream_reply}",
                     entry_id=entry_id, sender="a@example.com", account="main",
                     outcome=outcome, delivered=1, deferred=0, failed=0, recipient_count=1,
-                    upstream_reply="250 ok", failure=failure, attempts=1)
+                    upstream_reply="250 ok", failure=failure, attempts=1,
+                    bounce_of=bounce_of)
 
     outcome("20261129T060000.500000-1-000000", "delivered", "none")
     outcome("20261129T060001.000000-1-000001", "deferred", "connection")
@@ -76,6 +78,9 @@ def test_delivery_outcomes_are_counted_with_latency() -> None:
     outcome("20261129T060003.000000-1-000003", "failed", "send_as_denied")
     outcome("20261129T060004.000000-1-000004", "failed", "none")
     outcome("20261129T060005.000000-1-000005", "handed back", "send_as_denied")
+    # The bounce for ...003 delivered: a bounce sent, not a device's message delivered.
+    outcome("20261129T060006.000000-1-000006", "delivered", "none",
+            bounce_of="20261129T060003.000000-1-000003")
 
     s = samples(metrics)
     assert s[("xrelay_messages_delivered_total", (("account", "main"),))] == 1
@@ -90,6 +95,7 @@ def test_delivery_outcomes_are_counted_with_latency() -> None:
     assert s[("xrelay_messages_handed_back_total",
               (("account", "main"), ("reason", "send_as_denied")))] == 1
     assert s[("xrelay_delivery_latency_seconds_count", (("account", "main"),))] == 1
+    assert s[("xrelay_bounces_sent_total", (("account", "main"),))] == 1
 
 
 def test_a_broken_event_never_breaks_logging() -> None:

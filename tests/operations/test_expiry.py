@@ -107,9 +107,9 @@ async def test_certificate_expiring_in_ten_days_warns_and_is_measured(world) -> 
     browser = Browser(world.admin_url)
     await browser.sign_in()
     response, body = await browser.request("GET", "/")
-    assert f'<td id="credential-expiry-sandbox" class="bad">certificate {day}</td>' in body
+    assert f'<td id="credential-expiry-sandbox" class="small bad">certificate {day}</td>' in body
     tls_day = datetime.datetime.fromtimestamp(tls_end, datetime.timezone.utc).date().isoformat()
-    assert (f'<p id="tls-expiry">Listener TLS certificate expires: tls cert {tls_day}</p>'
+    assert (f'<p id="tls-expiry" class="small">Listener TLS certificate expires: tls cert {tls_day}</p>'
             in body), body
 
     # `xrelay accounts` asks the relay (its control channel runs in this process too)

@@ -31,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import flattenString
 
 from xrelay.admin import pages
+from xrelay.admin.glance import account_views, overall_line
 from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore
 from xrelay.operations.queue import QueueOperations, QueueProblem
 
@@ -144,6 +145,9 @@ class AdminSite(Resource):
         authenticated: dict[tuple[str, str], Callable[[Any, Session], Awaitable[Any]]] = {
             ("GET", "/"): self.status_page,
             ("GET", "/queue"): self.queue_page,
+            ("GET", "/trace"): self.trace_page,
+            ("GET", "/trace/entry"): self.entry_page,
+            ("POST", "/queue/bounce"): self.queue_bounce,
             ("POST", "/logout"): self.logout,
             ("POST", "/queue/retry"): self.queue_retry,
             ("POST", "/queue/delete"): self.queue_delete,
@@ -305,19 +309,26 @@ class AdminSite(Resource):
 
     async def status_page(self, request: Any, session: Session) -> bytes:
         statuses = self.relay.tokens.status()
-        accounts = [(a, statuses.get(a.name)) for a in self.config.accounts]
         engine = self.relay.delivery.status()
-        notice, session.notice = session.notice, None
         from xrelay.tokens.expiry import soonest_by_account
 
         expiries = self.relay.tokens.expiries()
         tls = min((e for e in expiries if e.scope == "listener"),
                   key=lambda e: e.expires_at, default=None)
+        views = account_views(self.config.accounts, statuses, engine.paused_until,
+                              self.reactor.seconds(), engine.accounts,
+                              soonest_by_account(expiries))
+        overall = overall_line(views, engine.counts, engine.oldest_age)
+        accounts = {a.name: a for a in self.config.accounts}
+
+        def sign_in_for(name: str) -> Any:
+            account = accounts.get(name)
+            return account if account is not None and self.can_sign_in(account) else None
+        notice, session.notice = session.notice, None
         return await self._html(pages.Page("status", pages.status_body(
-            accounts, engine.counts, engine.oldest_age, engine.recent, session.csrf_token,
-            self.can_sign_in, getattr(engine, "accounts", None),
-            soonest_by_account(expiries), tls),
-            csrf=session.csrf_token, notice=notice))
+            overall, views, engine.counts, engine.oldest_age, engine.recent,
+            session.csrf_token, sign_in_for, tls), csrf=session.csrf_token, notice=notice,
+            current="status"))
 
     def _queue(self) -> QueueOperations:
         return QueueOperations(self.relay.spool, self.config, self.relay.delivery)
@@ -326,7 +337,53 @@ class AdminSite(Resource):
         notice, session.notice = session.notice, None
         return await self._html(pages.Page("queue", pages.queue_body(
             self._queue().entries(), session.csrf_token), csrf=session.csrf_token,
-            notice=notice))
+            notice=notice, current="queue"))
+
+    def _history_path(self) -> str:
+        from xrelay.history import history_path
+
+        return history_path(self.config.server.state_dir)
+
+    async def trace_page(self, request: Any, session: Session) -> bytes:
+        """The message trace's search: a GET form, so a search is a link to share."""
+        from xrelay.history import HistoryMissing, TraceQuery, parse_since, search
+
+        values = {name: (self._form(request, name) or "").strip()
+                  for name in ("from", "to", "subject", "since", "status")}
+        problem, messages = None, None
+        try:
+            since = parse_since(values["since"]) if values["since"] else None
+            query = TraceQuery(sender=values["from"] or None, recipient=values["to"] or None,
+                               subject=values["subject"] or None, since=since,
+                               status=values["status"] or None)
+            messages = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                               search, self._history_path(), query)
+        except ValueError as e:
+            problem = str(e).replace("--since", "Since")
+        except HistoryMissing as e:
+            problem = str(e)
+        return await self._html(pages.Page("message trace", pages.trace_body(
+            values, messages, problem), csrf=session.csrf_token, current="trace"))
+
+    async def entry_page(self, request: Any, session: Session) -> bytes:
+        """One message's whole story, with the full upstream replies."""
+        from xrelay.history import HistoryMissing, story
+
+        entry_id = (self._form(request, "id") or "").strip()
+        found = None
+        try:
+            found = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                            story, self._history_path(), entry_id)
+        except HistoryMissing as e:
+            return await self._html(pages.Page("message " + entry_id, pages.message_body(
+                str(e), "/trace", "Back to the trace"), csrf=session.csrf_token,
+                current="trace"))
+        try:
+            in_queue: str | None = self.relay.spool.get(entry_id).state
+        except Exception:
+            in_queue = None
+        return await self._html(pages.Page("message " + entry_id, pages.entry_body(
+            found, entry_id, in_queue), csrf=session.csrf_token, current="trace"))
 
     async def _queue_action(self, request: Any, session: Session, action: str) -> None:
         entry_id = self._form(request, "id") or ""
@@ -334,6 +391,11 @@ class AdminSite(Resource):
             if action == "retry":
                 await self._queue().retry(entry_id)
                 session.notice = f"{entry_id} is due now."
+            elif action == "bounce":
+                entry = await self._queue().bounce(entry_id)
+                session.notice = f"{entry_id} bounced to its sender."
+                log.info("{entry_id} from <{sender}> bounced by the operator on the admin "
+                         "page", entry_id=entry_id, sender=entry.sender)
             else:
                 entry = await self._queue().delete(entry_id)
                 session.notice = f"{entry_id} deleted."
@@ -348,6 +410,9 @@ class AdminSite(Resource):
 
     async def queue_delete(self, request: Any, session: Session) -> None:
         await self._queue_action(request, session, "delete")
+
+    async def queue_bounce(self, request: Any, session: Session) -> None:
+        await self._queue_action(request, session, "bounce")
 
     async def queue_retry_all(self, request: Any, session: Session) -> None:
         count = await self._queue().retry_all()

@@ -39,6 +39,7 @@ from xrelay.delivery.rewrite import rewrite_from
 from xrelay.delivery.scheduler import FairQueue
 from xrelay.envelope import (DeliveryResult, Envelope, FailureKind, OutboundMessage,
                              Outcome, RecipientResult, Reply)
+from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ITransport
 from xrelay.routing import route_sender
 from xrelay.spool import (ACTIVE, DEFERRED, FAILED, QUEUED, Spool, SpoolEntry,
@@ -101,7 +102,7 @@ class DeliveryEngine(Service):
     def __init__(self, config: Config, spool: Spool, transports: Mapping[str, ITransport],
                  reactor: Any = None, clock: Any = None,
                  random: Callable[[], float] | None = None,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None, history: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -118,6 +119,8 @@ class DeliveryEngine(Service):
         self._stopping = False
         self.accounts = AccountStates(self.queue, self.clock, lambda: self.policy,
                                       lambda: self._pump(), state_dir)
+        #: Where each attempt's result goes for the message trace (IMessageHistory).
+        self.history = history if history is not None else NullHistory()
         self.reconfigure(config)
 
     # -- configuration -------------------------------------------------------------
@@ -356,6 +359,7 @@ class DeliveryEngine(Service):
         self.recent.append(OutcomeRecord(entry.entry_id, entry.sender, key,
                                          self.clock.seconds(), "handed back", 0, 0, 0,
                                          str(first)))
+        self.history.attempted(self.recent[-1], (), (), result.recipients)
         log.info(
             "{entry_id} from <{sender}> via {account}: handed back to the client "
             "(pass-through; {recipient_count} recipients); upstream: {upstream_reply}",
@@ -427,6 +431,7 @@ class DeliveryEngine(Service):
                                len(delivered), len(temporary), len(permanent),
                                str(last_reply) if last_reply else "")
         self.recent.append(record)
+        self.history.attempted(record, delivered, temporary, permanent)
         log.info(
             "{entry_id} from <{sender}> via {account}: {outcome} ({delivered} delivered, "
             "{deferred} deferred, {failed} failed; {recipient_count} recipients); "
@@ -435,7 +440,7 @@ class DeliveryEngine(Service):
             outcome=outcome, delivered=len(delivered), deferred=len(temporary),
             failed=len(permanent), recipient_count=len(entry.recipients),
             upstream_reply=record.reply, failure=result.failure.value,
-            attempts=attempts)
+            attempts=attempts, bounce_of=entry.bounce_of)
 
     async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult, failed: list[FailedRecipient],
@@ -483,6 +488,7 @@ class DeliveryEngine(Service):
                         entry_id=entry.entry_id, sender=entry.sender)
             return
         self.totals["bounces"] += 1
+        self.history.bounced(entry.entry_id, bounce_id, to, account.name, now)
         log.info("{entry_id}: bounce {bounce_id} to {to} for {count} recipients",
                  entry_id=entry.entry_id, bounce_id=bounce_id, to=", ".join(to),
                  count=len(failed))

@@ -107,6 +107,10 @@ class InboundFactory(Factory):
         return self.service.delivery
 
     @property
+    def history(self) -> Any:
+        return self.service.history
+
+    @property
     def tls_options(self) -> Any:
         """What STARTTLS uses; C{None} where it is not offered (C{starttls = false})."""
         return self.service.starttls_options(self.listener)

@@ -33,6 +33,7 @@ from xrelay.inbound.credentials import authenticator_for
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
+from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ISpool
 from xrelay.policy import AuthFailures
 
@@ -110,7 +111,8 @@ class InboundService(MultiService):
                  reactor: Any = None,
                  run_blocking: Callable[..., "Deferred[Any]"] | None = None,
                  clock: Any = None,
-                 credentials_checker: ICredentialsChecker | None = None) -> None:
+                 credentials_checker: ICredentialsChecker | None = None,
+                 history: Any = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -120,6 +122,8 @@ class InboundService(MultiService):
         self.clock = clock if clock is not None else reactor
         self.spool = spool
         self.delivery = delivery
+        #: Where accepted messages are recorded for the message trace (IMessageHistory).
+        self.history = history if history is not None else NullHistory()
         self.connections = ConnectionCounter()
         self.auth_failures = AuthFailures()
         self.live: set[ESMTPServer] = set()

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, Envelope, Outcome
+from xrelay.history.records import AcceptedMessage
 from xrelay.inbound.errors import SpoolFull
 from xrelay.inbound.headers import HeaderBlock
 from xrelay.inbound.leniency import bare_lf_ends_data, lenient_greeting, strict_end_of_data_hint
@@ -451,6 +452,7 @@ class MailCommands(_Base):
                  sender=transaction.sender, user=self.user.name if self.user else None,
                  account=transaction.account.name, count=len(transaction.recipients),
                  size=transaction.received)
+        self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
         if not self.factory.listener.pass_through:
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")

@@ -90,7 +90,9 @@ class EventObserver:
             account = "none"
         outcome = event["outcome"]
         failure = str(event.get("failure") or "none")
-        if outcome == "delivered":
+        if outcome == "delivered" and event.get("bounce_of"):
+            m.bounce_sent(account)  # the relay's own DSN, not a device's message
+        elif outcome == "delivered":
             m.delivered(account, self._latency(event))
         elif outcome in ("deferred", "partial"):
             m.deferred(account, failure if failure != "none" else "temporary")

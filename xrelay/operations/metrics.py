@@ -56,7 +56,11 @@ class RelayMetrics:
             ["account"], registry=r)
         self.messages_delivered = Counter(
             "xrelay_messages_delivered", "Messages delivered upstream (all recipients "
-            "done).", ["account"], registry=r)
+            "done), bounces not included (see xrelay_bounces_sent).", ["account"],
+            registry=r)
+        self.bounces_sent = Counter(
+            "xrelay_bounces_sent", "Bounces (DSNs the relay wrote) delivered upstream to "
+            "the senders of failed messages.", ["account"], registry=r)
         self.messages_deferred = Counter(
             "xrelay_messages_deferred", "Delivery attempts that ended in a retry later.",
             ["account", "reason"], registry=r)
@@ -91,6 +95,9 @@ class RelayMetrics:
         self.messages_delivered.labels(account=account or "none").inc()
         if latency is not None and latency >= 0:
             self.delivery_latency.labels(account=account or "none").observe(latency)
+
+    def bounce_sent(self, account: str) -> None:
+        self.bounces_sent.labels(account=account or "none").inc()
 
     def deferred(self, account: str, reason: str) -> None:
         self.messages_deferred.labels(account=account or "none", reason=reason).inc()

@@ -21,6 +21,8 @@ import attrs
 
 from xrelay.config import Config
 from xrelay.envelope import DeliveryResult, Reply
+from xrelay.history.records import BOUNCED, DELETED
+from xrelay.history.sink import history_for
 from xrelay.spool import ACTIVE, DEFERRED, FAILED, QUEUED, SpoolEntry, UnknownEntry
 
 __all__ = ["QueueOperations", "QueueProblem", "OPERATOR_BOUNCE"]
@@ -108,6 +110,7 @@ class QueueOperations:
         entry = self.get(entry_id)
         self._hold(entry, "delete")
         await self.spool.remove(entry)
+        history_for(self.delivery, self.config).finished(entry_id, DELETED, time.time())
         return entry
 
     async def bounce(self, entry_id: str) -> SpoolEntry:
@@ -127,6 +130,7 @@ class QueueOperations:
         await engine._bounce(entry, account,
                              DeliveryResult((), detail="The relay's operator returned "
                                             "this message."), failed, time.time())
+        history_for(self.delivery, self.config).finished(entry_id, BOUNCED, time.time())
         return await self.spool.move(
             entry, FAILED, recipients=(), last_reply=OPERATOR_BOUNCE,
             failed_recipients=entry.failed_recipients + tuple(
