@@ -316,6 +316,11 @@ class DeliveryConfig:
     data_timeout: int = attrs.field(default=600, metadata={"doc": (
         "seconds to wait for the upstream's reply after the final dot (RFC 5321 "
         "4.5.3.2: 10 minutes)")})
+    send_as_denied: str = attrs.field(default="bounce", metadata={"doc": (
+        "What a Send As refusal (`554 5.2.252 SendAsDenied`, `550 5.7.60`) does: "
+        "`bounce` (the sender learns at once, the bounce names the PowerShell fix) or "
+        "`hold` (that sender's mail waits in the queue, with the fix shown, until Send "
+        "As is granted or `max_age` passes); other senders flow either way.")})
     history_days: int = attrs.field(default=30, metadata={"doc": (
         "Days the message trace (state_dir/history.sqlite) keeps each message and its "
         "attempts; 0 keeps no history at all.  Raise it to answer older questions.")})
@@ -1027,6 +1032,8 @@ class _Reader:
                                               d.command_timeout, 1),
             data_timeout=self.non_negative(raw, "data_timeout", "delivery.data_timeout",
                                            d.data_timeout, 1),
+            send_as_denied=self.choice(raw, "send_as_denied", "delivery.send_as_denied",
+                                       ("bounce", "hold"), d.send_as_denied),
             history_days=self.non_negative(raw, "history_days", "delivery.history_days",
                                            d.history_days),
             history_subject=bool(self.get(raw, "history_subject", "delivery.history_subject",

@@ -186,10 +186,26 @@ def test_token_trouble_defers_never_bounces_and_resumes(harness, kind) -> None:
     assert list(harness.spool.entries()) == []
 
 
+def test_send_as_denied_bounce_explains(harness) -> None:
+    """By default a Send As refusal bounces at once, and the bounce names the fix."""
+    engine = harness.start()
+    harness.transport.script = [fail_all(SEND_AS, FailureKind.SEND_AS_DENIED,
+                                         detail="Grant Send As or use rewrite_from.")]
+    entry_id = harness.receive()
+    assert harness.spool.get(entry_id).state == FAILED
+    assert engine.status().accounts["main"].held_senders == ()
+    dsn = email.message_from_bytes(harness.transport.sent[1].data)
+    text = dsn.get_payload()[0].get_payload(decode=True).decode()
+    assert "Send As" in text and "rewrite_from = true" in text
+    assert "Add-RecipientPermission -Identity scanner@example.com -Trustee " \
+        "relay-main@example.com" in text
+    assert dsn.get_payload()[1].get_payload()[1]["Status"] == "5.2.252"
+
+
 def test_send_as_denied_holds_the_sender_then_the_bounce_explains(harness) -> None:
-    """Send As missing: the sender's mail waits (hold this sender, with the fix) until
-    max_age, then the bounce says how to grant Send As."""
-    engine = harness.start(config(first_retry=60, max_age=100))
+    """delivery.send_as_denied = "hold": the sender's mail waits (hold this sender, with
+    the fix) until max_age, then the bounce says how to grant Send As."""
+    engine = harness.start(config(first_retry=60, max_age=100, send_as_denied="hold"))
     harness.transport.script = [fail_all(SEND_AS, FailureKind.SEND_AS_DENIED,
                                          detail="Grant Send As or use rewrite_from.")] * 3
     entry_id = harness.receive()

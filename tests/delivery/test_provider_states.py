@@ -72,7 +72,7 @@ class Relay:
     token_service: Any = None
 
     def start(self, first_retry: int = 60, max_age: int = 432000, gmail: bool = False,
-              **account: Any) -> None:
+              send_as_denied: str = "bounce", **account: Any) -> None:
         self.clock.advance(START)
         values = dict(messages_per_minute=0, recipients_per_day=0, max_connections=1)
         values.update(account)
@@ -84,7 +84,8 @@ class Relay:
         self.transport = transport_for(self.account, self.tokens, reactor)
         cfg = Config(server=ServerConfig(hostname="relay.example.com", shutdown_timeout=5),
                      accounts=(self.account,),
-                     delivery=DeliveryConfig(first_retry=first_retry, max_age=max_age))
+                     delivery=DeliveryConfig(first_retry=first_retry, max_age=max_age,
+                                             send_as_denied=send_as_denied))
         self.spool = Spool(str(self.tmp_path / "spool"), run_blocking=run_inline)
         self.engine = DeliveryEngine(cfg, self.spool, {self.account.name: self.transport},
                                      reactor=reactor, clock=self.clock, random=lambda: 0.5,
@@ -323,9 +324,35 @@ async def test_retry_this_message_leaves_the_account_alone(relay: Relay, name: s
 
 @pytest.mark.parametrize("code", ["5.7.60", "5.2.252"])
 @pytest_twisted.ensureDeferred
+async def test_send_as_refusal_bounces_with_the_fix_and_the_account_works_on(
+        relay: Relay, code: str) -> None:
+    relay.start(first_retry=60)
+    relay.sandbox.exchange.fail_next("END_OF_DATA", (
+        "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
+        if code == "5.7.60" else
+        relay.sandbox.exchange.send_as_denied(relay.account.user, "ceo@example.com")))
+    [refused] = relay.receive(1, sender="ceo@example.com")
+    relay.receive(1)
+    await relay.idle()
+    status = relay.engine.status().accounts["sandbox"]
+    assert status.state == "ok" and status.held_senders == ()
+    [failed] = relay.failed()
+    assert failed.entry_id == refused and failed.last_reply.text.startswith(code)
+    # the other message and the bounce (with the Send As fix) went out
+    bounce = [m for m in relay.sandbox.mailbox.messages if m.rcpt_to == ("ceo@example.com",)]
+    assert relay.mails == 2 and len(bounce) == 1
+    import email
+
+    dsn = email.message_from_bytes(bounce[0].data)
+    text = dsn.get_payload()[0].get_payload(decode=True).decode()
+    assert "Send As" in text and "Add-RecipientPermission" in text
+
+
+@pytest.mark.parametrize("code", ["5.7.60", "5.2.252"])
+@pytest_twisted.ensureDeferred
 async def test_send_as_refusal_holds_the_sender_not_the_account(relay: Relay, code: str
                                                                 ) -> None:
-    relay.start(first_retry=60)
+    relay.start(first_retry=60, send_as_denied="hold")
     relay.sandbox.exchange.fail_next("END_OF_DATA", (
         "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
         if code == "5.7.60" else

@@ -146,6 +146,9 @@ class AccountStates:
         self.store = HoldStore(directory) if directory else None
         self.holds: dict[str, AccountHold] = {}
         self.senders: dict[str, dict[str, str]] = {}
+        #: C{delivery.send_as_denied = "hold"}: a Send As refusal holds that sender's
+        #: mail instead of letting it bounce (set by the engine on every reload).
+        self.hold_refused_senders = False
         self._budget_held: dict[str, float] = {}
 
     # -- start-up --------------------------------------------------------------
@@ -237,6 +240,11 @@ class AccountStates:
                             "a message went through")
             if _delivered_any(result):
                 self._sender_ok(account.name, sender)
+            return result
+        if kind is None and row is not None and not self.hold_refused_senders:
+            # Send As refused, and bounced (the default): the bounce names the fix.
+            if hold.state != OK and was_probe:
+                self.resume(account.name, "the probe reached the upstream")
             return result
         if kind is None and row is not None:  # hold this sender
             fix = row.advice(user=account.user, sender=sender, client_id=account.client_id

@@ -130,6 +130,7 @@ class DeliveryEngine(Service):
         """Take a reloaded configuration; limits already used stay counted."""
         self.config = config
         self.policy = RetryPolicy.from_config(config.delivery, self._random)
+        self.accounts.hold_refused_senders = config.delivery.send_as_denied == "hold"
         if transports is not None:
             self.transports = dict(transports)
         for account in config.accounts:
