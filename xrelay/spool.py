@@ -696,10 +696,14 @@ class Spool:
                     self._quarantine(state, entry_id, str(e))
                     continue
                 found[entry_id] = entry
-        for stem, size in data_sizes.items():
+        for stem in data_sizes:
             if stem not in found:
-                self._set_aside(self._data_path(stem), stem + ".eml",
-                                "message data without a record")
+                target = self._set_aside(self._data_path(stem), stem + ".eml",
+                                         "message data without a record")
+                if target is not None:  # None: set aside with its record already
+                    self._write_reason(
+                        os.path.basename(target)[:-4] if target.endswith(".eml")
+                        else stem, "message data without a record (was in data/)")
         self._withdraw_unreleased_bounces(found)
         for sub in ("data", QUEUED, CORRUPT):
             _fsync_directory(os.path.join(self.directory, sub))
@@ -752,7 +756,7 @@ class Spool:
 
     # -- corrupt entries ---------------------------------------------------------
 
-    def _set_aside(self, path: str, name: str, reason: str) -> str:
+    def _set_aside(self, path: str, name: str, reason: str) -> str | None:
         """Move one file (or folder) into C{corrupt/} under a free name; never delete."""
         folder = os.path.join(self.directory, CORRUPT)
         target = os.path.join(folder, name)
@@ -763,7 +767,7 @@ class Spool:
         try:
             os.rename(path, target)
         except FileNotFoundError:
-            return target  # moved on meanwhile (another reader set it aside)
+            return None  # moved on meanwhile (another reader set it aside)
         log.error("spool: set aside {path} as {target}: {reason}; inspect it, then "
                   "delete it or repair and move it back", path=path, target=target,
                   reason=reason)
@@ -775,13 +779,20 @@ class Spool:
         folder = os.path.join(self.directory, CORRUPT)
         target = self._set_aside(self._json_path(state, entry_id), entry_id + ".json",
                                  f"{reason} (was in {state}/)")
+        if target is None:
+            return  # another reader got there first
         stem = os.path.basename(target)[:-5] if target.endswith(".json") else entry_id
         if with_data and os.path.exists(self._data_path(entry_id)):
             self._set_aside(self._data_path(entry_id), stem + ".eml",
                             f"the message data of {entry_id}")
+        self._write_reason(stem, f"{reason} (was in {state}/)")
+
+    def _write_reason(self, stem: str, reason: str) -> None:
+        """Why C{corrupt/<stem>.*} is there, for C{xrelay queue show}."""
         try:
-            with open(os.path.join(folder, stem + ".reason"), "w", encoding="utf-8") as f:
-                f.write(f"{reason} (was in {state}/)\n")
+            with open(os.path.join(self.directory, CORRUPT, stem + ".reason"), "w",
+                      encoding="utf-8") as f:
+                f.write(reason + "\n")
         except OSError:
             pass  # a full disk: the log line says why
 

@@ -41,7 +41,7 @@ from xrelay.envelope import (DeliveryResult, Envelope, FailureKind, OutboundMess
 from xrelay.interfaces import IDelivery, ITransport
 from xrelay.routing import route_sender
 from xrelay.spool import (ACTIVE, DEFERRED, FAILED, QUEUED, Spool, SpoolEntry,
-                          UnknownEntry)
+                          SpoolFull, UnknownEntry)
 
 log = Logger()
 
@@ -53,6 +53,10 @@ NO_ACCOUNT = Reply(451, "4.3.5 No upstream account can send as this sender; add 
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error while delivering; will retry")
 NO_RESULT = Reply(451, "4.3.0 The upstream gave no result for this recipient")
 SHUTTING_DOWN = Reply(421, "4.3.2 The relay is shutting down; the message is queued")
+
+
+class BounceNotSpooled(Exception):
+    """A bounce could not be stored; the original must stay queued."""
 
 
 @attrs.frozen
@@ -298,12 +302,18 @@ class DeliveryEngine(Service):
                 return await self._hand_back(entry, account, result)
             await self._settle(entry, account, result)
             return result
-        except Exception:
+        except Exception as e:
             # The entry stays on disk (active: requeued at the next start); try again
-            # later in this run too.
-            log.failure("delivery of {entry_id} failed unexpectedly", entry_id=entry_id)
+            # later in this run too, backing off like any retry.
+            if isinstance(e, SpoolFull):
+                log.error("delivery of {entry_id}: the disk is full ({error}); the "
+                          "message stays queued; free space in server.state_dir",
+                          entry_id=entry_id, error=str(e))
+            else:
+                log.failure("delivery of {entry_id} failed unexpectedly",
+                            entry_id=entry_id)
             self.queue.add(entry_id, self._key(entry),
-                           self.clock.seconds() + self.policy.delay(1), 1)
+                           self.clock.seconds() + self.policy.delay(entry.attempts + 1), 1)
             return DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
                                           INTERNAL_ERROR)
 
@@ -384,31 +394,49 @@ class DeliveryEngine(Service):
             # Nothing of this account can go until the token works: hold all of it.
             pace.throttle(now + delay)
 
+        bounce_id = None
+        if permanent:
+            # The bounce and the entry's new record are one step (no lost bounce, no
+            # second one): the bounce is committed but not released, the record is
+            # written, and only then is the bounce sent; if the record cannot be
+            # written the bounce is withdrawn.  No bounce stored: those recipients wait
+            # like temporary failures and are tried again with back-off.
+            try:
+                bounce_id = await self._bounce(entry, account, result, permanent, now)
+            except BounceNotSpooled:
+                temporary += [RecipientResult(f.recipient, Outcome.TEMPORARY, f.reply)
+                              for f in permanent]
+                permanent = []
         problem = [r.reply for r in temporary] + [f.reply for f in permanent]
         last_reply = problem[0] if problem else (delivered[0].reply if delivered
                                                  else entry.last_reply)
-        if permanent:
-            await self._bounce(entry, account, result, permanent, now)
         failed_recipients = entry.failed_recipients + tuple(
             (f.recipient, f.reply) for f in permanent)
         changes = dict(attempts=attempts, last_attempt=now, last_reply=last_reply,
                        failed_recipients=failed_recipients)
-        if temporary:
-            next_attempt = now + delay
-            entry = await self.spool.move(
-                entry, DEFERRED, recipients=tuple(r.recipient for r in temporary),
-                next_attempt=next_attempt, **changes)
-            self.queue.add(entry.entry_id, key, next_attempt, len(temporary))
-            outcome = "partial" if delivered else "deferred"
-            self.totals["deferred"] += 1
-        elif failed_recipients:
-            await self.spool.move(entry, FAILED, recipients=(), **changes)
-            outcome = "failed"
-            self.totals["failed"] += 1
-        else:
-            await self.spool.remove(entry)
-            outcome = "delivered"
-            self.totals["delivered"] += 1
+        try:
+            if temporary:
+                next_attempt = now + delay
+                entry = await self.spool.move(
+                    entry, DEFERRED, recipients=tuple(r.recipient for r in temporary),
+                    next_attempt=next_attempt, **changes)
+                self.queue.add(entry.entry_id, key, next_attempt, len(temporary))
+                outcome = "partial" if delivered else "deferred"
+                self.totals["deferred"] += 1
+            elif failed_recipients:
+                await self.spool.move(entry, FAILED, recipients=(), **changes)
+                outcome = "failed"
+                self.totals["failed"] += 1
+            else:
+                await self.spool.remove(entry)
+                outcome = "delivered"
+                self.totals["delivered"] += 1
+        except Exception:
+            if bounce_id is not None:
+                await self._withdraw_bounce(entry.entry_id, bounce_id)
+            raise
+        if bounce_id is not None:
+            self._release_bounce(bounce_id)
         record = OutcomeRecord(entry.entry_id, entry.sender, key, now, outcome,
                                len(delivered), len(temporary), len(permanent),
                                str(last_reply) if last_reply else "")
@@ -425,16 +453,22 @@ class DeliveryEngine(Service):
 
     async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult, failed: list[FailedRecipient],
-                      now: float) -> None:
-        """Spool a DSN for these recipients, unless bouncing is wrong or impossible."""
+                      now: float) -> str | None:
+        """
+        Spool a DSN for these recipients, unless bouncing is wrong or impossible, and
+        return its id.  It is not sent until L{_release_bounce}: the caller first makes
+        the original's new record durable.
+
+        @raise BounceNotSpooled: it could not be stored (full disk); nothing remains.
+        """
         if entry.bounce_of is not None or not entry.sender:
             log.warn("{entry_id}: not bouncing a bounce or a null-sender message",
                      entry_id=entry.entry_id)
-            return
+            return None
         if account is None:
             log.error("{entry_id}: cannot bounce to <{sender}>: no account can send it",
                       entry_id=entry.entry_id, sender=entry.sender)
-            return
+            return None
         explanation = result.detail
         if result.failure is FailureKind.SEND_AS_DENIED:
             help_text = SEND_AS_HELP.format(user=account.user, sender=entry.sender,
@@ -464,15 +498,36 @@ class DeliveryEngine(Service):
             incoming = self.spool.incoming(envelope, bounce_of=entry.entry_id)
             incoming.write(data)
             bounce_id = await incoming.commit()
+        except SpoolFull as e:
+            log.error("{entry_id}: could not spool the bounce to <{sender}>: the disk is "
+                      "full ({error}); the message stays queued and is tried again; free "
+                      "space in server.state_dir", entry_id=entry.entry_id,
+                      sender=entry.sender, error=str(e))
+            raise BounceNotSpooled(entry.entry_id) from None
         except Exception:
-            log.failure("{entry_id}: could not spool the bounce to <{sender}>",
+            log.failure("{entry_id}: could not spool the bounce to <{sender}>; the "
+                        "message stays queued and is tried again",
                         entry_id=entry.entry_id, sender=entry.sender)
-            return
-        self.totals["bounces"] += 1
+            raise BounceNotSpooled(entry.entry_id) from None
         log.info("{entry_id}: bounce {bounce_id} to {to} for {count} recipients",
                  entry_id=entry.entry_id, bounce_id=bounce_id, to=", ".join(to),
                  count=len(failed))
+        return bounce_id
+
+    def _release_bounce(self, bounce_id: str) -> None:
+        """The original's record is durable: the bounce may go."""
+        self.totals["bounces"] += 1
         self.submitted(bounce_id)
+
+    async def _withdraw_bounce(self, entry_id: str, bounce_id: str) -> None:
+        """The original's record could not be written: its bounce must not exist."""
+        try:
+            await self.spool.remove(self.spool.get(bounce_id))
+        except UnknownEntry:
+            return
+        log.warn("{entry_id}: bounce {bounce_id} withdrawn: the message's record could "
+                 "not be written; both are tried again", entry_id=entry_id,
+                 bounce_id=bounce_id)
 
     # -- what operators see --------------------------------------------------------
 
