@@ -120,7 +120,13 @@ class RelayService(MultiService):
         return True
 
     def startService(self) -> None:
-        MultiService.startService(self)
+        from xrelay.startup import StartupRefused, refuse_to_start
+
+        try:
+            MultiService.startService(self)
+        except StartupRefused as e:
+            refuse_to_start(str(e))
+        self._all_listening()
         if self.config.path is not None and hasattr(signal, "SIGHUP"):
 
             def on_hup(signum: int, frame: Any) -> None:
@@ -132,6 +138,38 @@ class RelayService(MultiService):
                 # Not the main thread (an embedding program runs the reactor
                 # elsewhere): it can call reload() itself.
                 log.info("xrelay: SIGHUP not handled here; call RelayService.reload()")
+
+
+    def _all_listening(self) -> None:
+        """
+        All or nothing: a listener that could not be opened ends the process (TCP
+        listeners fail at once, here; any that fail later end it from the reactor).
+        """
+        from twisted.python.failure import Failure
+
+        from xrelay.startup import cannot_listen, refuse_to_start, say
+
+        failures = [("server.listen", endpoint, failure)
+                    for endpoint, failure in self.inbound.listen_failures]
+        admin_failure = getattr(self.admin, "listen_failure", None)
+        if admin_failure is not None:
+            failures.append(("admin.listen", self.config.admin.listen,  # type: ignore
+                             admin_failure))
+        if failures:
+            what, endpoint, failure = failures[0]
+            # Reported here, in one line: not again as an unhandled error at exit.
+            self.inbound.when_listening().addErrback(lambda _: None)
+            refuse_to_start(cannot_listen(what, endpoint, failure))
+
+        def later(failure: Failure) -> None:
+            if not self.inbound.listen_failures:
+                return
+            endpoint, first = self.inbound.listen_failures[0]
+            line = cannot_listen("server.listen", endpoint, first)
+            say(line)
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            self.reactor.stop()
+        self.inbound.when_listening().addErrback(later)
 
 
 def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:

@@ -296,9 +296,12 @@ class ControlService(Service):
         try:
             lock.acquire()
         except SpoolLocked:
-            log.error("another xrelay process holds {path}; two daemons must not share "
-                      "one state_dir", path=lock.path)
-            raise
+            from xrelay.startup import StartupRefused
+
+            raise StartupRefused(
+                f"xrelay: another xrelay process holds {lock.path}; two daemons must "
+                "not share one state_dir: stop the other one, or give this one its own "
+                "server.state_dir") from None
         self._lock = lock
         path = control_socket_path(self.state_dir)
         try:
