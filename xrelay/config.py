@@ -95,6 +95,10 @@ class ServerConfig:
     max_auth_failures: int = 3
     #: Seconds to wait for transactions in flight at shutdown.
     shutdown_timeout: int = 30
+    min_free_space: int = attrs.field(default=104857600, metadata={
+        "doc": "Bytes kept free in state_dir: below it new mail gets 452 4.3.1 while "
+               "bounces, state changes and the token cache still have room; raise it "
+               "for large messages, 0 turns the reserve off."})
 
     @property
     def has_tls(self) -> bool:
@@ -525,6 +529,9 @@ class _Reader:
             shutdown_timeout=self.non_negative(raw, "shutdown_timeout",
                                                "server.shutdown_timeout",
                                                defaults.shutdown_timeout),
+            min_free_space=self.non_negative(raw, "min_free_space",
+                                             "server.min_free_space",
+                                             defaults.min_free_space),
         )
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:

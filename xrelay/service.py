@@ -248,7 +248,11 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 
-    top.inbound = InboundService(config, top.spool, top.delivery, reactor=reactor)
+    from xrelay.diskspace import ReservingSpool
+
+    # New mail only through the reserve: bounces and state changes keep their room.
+    inbound_spool = ReservingSpool(top.spool, lambda: top.config.server.min_free_space)
+    top.inbound = InboundService(config, inbound_spool, top.delivery, reactor=reactor)
     top.inbound.setServiceParent(top)
 
     if config.admin is not None:

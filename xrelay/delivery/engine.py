@@ -112,6 +112,8 @@ class DeliveryEngine(Service):
         self.recent: collections.deque[OutcomeRecord] = collections.deque(maxlen=100)
         self.totals = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
         self._in_flight: dict[str, Deferred[DeliveryResult]] = {}
+        #: Results waiting to be recorded (the disk was full): entry id -> the timer.
+        self._unsettled: dict[str, Any] = {}
         self._timer: Any = None
         self._stopping = False
         self.reconfigure(config)
@@ -162,6 +164,10 @@ class DeliveryEngine(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for pending in self._unsettled.values():
+            if pending.active():
+                pending.cancel()  # still active on disk: queued again at the next start
+        self._unsettled.clear()
         waiting = list(self._in_flight.values())
         if not waiting:
             return defer.succeed(None)
@@ -300,7 +306,12 @@ class DeliveryEngine(Service):
             if hand_back and not any(r.outcome is Outcome.DELIVERED
                                      for r in result.recipients):
                 return await self._hand_back(entry, account, result)
-            await self._settle(entry, account, result)
+            try:
+                await self._settle(entry, account, result)
+            except Exception as e:
+                # The upstream has answered; only recording it failed (a full disk).
+                # Sending again would repeat what was delivered: record it later.
+                self._settle_later(entry_id, account, result, e, 1)
             return result
         except Exception as e:
             # The entry stays on disk (active: requeued at the next start); try again
@@ -316,6 +327,38 @@ class DeliveryEngine(Service):
                            self.clock.seconds() + self.policy.delay(entry.attempts + 1), 1)
             return DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
                                           INTERNAL_ERROR)
+
+    def _settle_later(self, entry_id: str, account: AccountConfig | None,
+                      result: DeliveryResult, error: BaseException, tries: int) -> None:
+        """
+        Record an attempt's result again after a back-off, until the disk takes it.
+        The entry stays C{active} meanwhile (operators are told it is in flight; a
+        restart puts it back in the queue).
+        """
+        delay = self.policy.delay(tries)
+        if isinstance(error, SpoolFull):
+            log.error("{entry_id}: the result of its delivery cannot be recorded: the "
+                      "disk is full ({error}); trying again in {delay:.0f} s; free space "
+                      "in server.state_dir", entry_id=entry_id, error=str(error),
+                      delay=delay)
+        else:
+            log.failure("{entry_id}: the result of its delivery cannot be recorded; "
+                        "trying again in {delay:.0f} s", failure=Failure(error),
+                        entry_id=entry_id, delay=delay)
+
+        def again() -> None:
+            self._unsettled.pop(entry_id, None)
+            try:
+                entry = self.spool.get(entry_id)
+            except UnknownEntry:
+                return  # recorded after all (removed: delivered)
+            if entry.state != ACTIVE:
+                return  # the record was written before the failure
+            d = defer.ensureDeferred(self._settle(entry, account, result))
+            d.addCallback(lambda _: self._pump())
+            d.addErrback(lambda f: self._settle_later(entry_id, account, result,
+                                                      f.value, tries + 1))
+        self._unsettled[entry_id] = self.clock.callLater(delay, again)
 
     async def _send(self, entry: SpoolEntry, account: AccountConfig,
                     transport: ITransport) -> DeliveryResult:
@@ -524,6 +567,12 @@ class DeliveryEngine(Service):
         try:
             await self.spool.remove(self.spool.get(bounce_id))
         except UnknownEntry:
+            return
+        except Exception:
+            # Still unreleased: recovery removes it at the next start (the original's
+            # record never recorded this attempt).
+            log.failure("{entry_id}: bounce {bounce_id} could not be withdrawn",
+                        entry_id=entry_id, bounce_id=bounce_id)
             return
         log.warn("{entry_id}: bounce {bounce_id} withdrawn: the message's record could "
                  "not be written; both are tried again", entry_id=entry_id,

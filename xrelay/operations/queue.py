@@ -88,6 +88,7 @@ class QueueOperations:
         """Take the entry out of the engine's schedule, unless it is being sent now."""
         if entry.state == ACTIVE or (self.delivery is not None
                                      and entry.entry_id in self.delivery._in_flight):
+            # (active also while its result waits to be recorded on a full disk)
             raise QueueProblem(f"{entry.entry_id} is being delivered right now; "
                                f"cannot {doing} it; try again in a moment")
         if entry.state == CORRUPT and doing != "delete":
