@@ -57,9 +57,16 @@ def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
 @command("check-config", "validate a configuration file and print the effective "
          "settings, secrets masked", _check_config_arguments)
 def check_config(args: argparse.Namespace) -> int:
+    from xrelay.checks import problems, warnings
+
     config = read_config(args.file) if args.file else config_from(args)
+    refusals = problems(config)
+    for line in refusals:
+        print(f"xrelay: {line}", file=sys.stderr)
+    if refusals:
+        return EXIT_PROBLEM
     print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
-    for warning in config.warnings():
+    for warning in warnings(config):
         print(f"# warning: {warning}")
     for line in describe(config):
         print(line)

@@ -225,7 +225,12 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
         config, top.sandbox, sandbox_service = _start_sandbox(config, reactor)
         sandbox_service.setServiceParent(top)
 
-    for warning in config.warnings():
+    from xrelay.checks import problems, warnings
+    from xrelay.startup import StartupRefused
+
+    for problem in problems(config):
+        raise StartupRefused(f"xrelay: {problem}")
+    for warning in warnings(config):
         log.warn("xrelay: {warning}", warning=warning)
     os.makedirs(config.server.state_dir, mode=0o700, exist_ok=True)
     top.config = config
