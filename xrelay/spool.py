@@ -236,30 +236,28 @@ class SpoolEntry:
 
     @classmethod
     def from_json(cls, record: dict[str, Any], state: str, data_path: str) -> "SpoolEntry":
+        get = record.get
+        failed = get("failed_recipients")
         return cls(
-            entry_id=record["id"],
-            state=state,
-            sender=record["sender"],
-            recipients=tuple(record["recipients"]),
-            data_path=data_path,
-            size=record["size"],
-            account=record.get("account", ""),
-            client_address=record.get("client_address", ""),
-            client_helo=record.get("client_helo", ""),
-            authenticated_user=record.get("authenticated_user"),
-            received_at=record.get("received_at", 0.0),
-            smtputf8=record.get("smtputf8", False),
-            body_8bitmime=record.get("body_8bitmime", False),
-            original_recipients=tuple(record.get("original_recipients", ())),
-            attempts=record.get("attempts", 0),
-            next_attempt=record.get("next_attempt", 0.0),
-            last_attempt=record.get("last_attempt"),
-            last_reply=_reply_from(record.get("last_reply")),
+            record["id"], state, record["sender"], tuple(record["recipients"]),
+            data_path, record["size"],
+            account=get("account", ""),
+            client_address=get("client_address", ""),
+            client_helo=get("client_helo", ""),
+            authenticated_user=get("authenticated_user"),
+            received_at=get("received_at", 0.0),
+            smtputf8=get("smtputf8", False),
+            body_8bitmime=get("body_8bitmime", False),
+            original_recipients=tuple(get("original_recipients", ())),
+            attempts=get("attempts", 0),
+            next_attempt=get("next_attempt", 0.0),
+            last_attempt=get("last_attempt"),
+            last_reply=_reply_from(get("last_reply")),
             failed_recipients=tuple(
                 (f["recipient"], _reply_from(f["reply"]) or Reply(554, ""))
-                for f in record.get("failed_recipients", ())
-            ),
-            bounce_of=record.get("bounce_of"),
+                for f in failed
+            ) if failed else (),
+            bounce_of=get("bounce_of"),
         )
 
 
@@ -797,26 +795,43 @@ class Spool:
             pass  # a full disk: the log line says why
 
     def _read(self, state: str, entry_id: str,
-              data_sizes: dict[str, int] | None = None) -> SpoolEntry:
+              data_sizes: dict[str, int] | None = None,
+              data_names: set[str] | None = None) -> SpoolEntry:
         """
         Read and check one record.
 
+        @param data_sizes: the sizes of the data files, when already known (recovery).
+        @param data_names: the names in C{data/}, listed after the state folder (a
+            listing): only whether the data exists is checked then, not its size.
         @raise UnknownEntry: it is not there (moved on meanwhile).
         @raise CorruptEntry: it cannot be trusted.
         """
-        path = self._json_path(state, entry_id)
+        # os.open/os.read rather than open(): a listing reads tens of thousands of
+        # small records, and the buffered file object was the largest cost per entry.
+        path = f"{self.directory}/{state}/{entry_id}.json"
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise UnknownEntry(entry_id) from None
+        except OSError as e:
+            raise CorruptEntry(f"cannot be read ({e.strerror})") from None
+        try:
+            chunks = [os.read(fd, 1 << 16)]
+            while len(chunks[-1]) == 1 << 16:  # a regular file gives all it has
+                chunks.append(os.read(fd, 1 << 16))
         except IsADirectoryError:
             raise CorruptEntry("a folder, not a record") from None
         except OSError as e:
             raise CorruptEntry(f"cannot be read ({e.strerror})") from None
-        data_path = self._data_path(entry_id)
+        finally:
+            os.close(fd)
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data_path = f"{self.directory}/data/{entry_id}.eml"
+        size: int | None
         if data_sizes is not None:
             size = data_sizes.get(entry_id)
+        elif data_names is not None and entry_id + ".eml" in data_names:
+            size = 1  # exists; its size is checked at start and before each delivery
         else:
             try:
                 size = os.stat(data_path).st_size
@@ -849,9 +864,14 @@ class Spool:
             if preloaded is not None:
                 yield from preloaded
                 continue
-            for entry_id in self.ids(s):
+            ids = self.ids(s)
+            # Listed after the state folder: data is renamed into data/ before its
+            # record reaches a state folder, and removed after it; a name missing here
+            # is checked once more with stat before anything is set aside.
+            data_names = set(os.listdir(os.path.join(self.directory, "data")))
+            for entry_id in ids:
                 try:
-                    yield self._load(s, entry_id)
+                    yield self._load(s, entry_id, data_names)
                 except UnknownEntry:
                     continue  # moved on while we were listing
 
@@ -896,13 +916,14 @@ class Spool:
             return _corrupt_entry(self.directory, entry_id)
         raise UnknownEntry(entry_id)
 
-    def _load(self, state: str, entry_id: str) -> SpoolEntry:
+    def _load(self, state: str, entry_id: str,
+              data_names: set[str] | None = None) -> SpoolEntry:
         """
         @raise UnknownEntry: not in this state; also when it was unreadable (it is
             then set aside, with a log line).
         """
         try:
-            return self._read(state, entry_id)
+            return self._read(state, entry_id, data_names=data_names)
         except CorruptEntry as e:
             self._quarantine(state, entry_id, str(e))
             raise UnknownEntry(entry_id) from None
