@@ -758,10 +758,13 @@ class Spool:
         """Move one file (or folder) into C{corrupt/} under a free name; never delete."""
         folder = os.path.join(self.directory, CORRUPT)
         target = os.path.join(folder, name)
+        stem, dot, suffix = name.rpartition(".")
         n = 0
         while os.path.lexists(target):
+            # Another one of that name was set aside before: X~1.json, X~2.json...
             n += 1
-            target = os.path.join(folder, f"{name}.{n}")
+            target = os.path.join(folder, f"{stem}~{n}{dot}{suffix}" if stem
+                                  else f"{name}~{n}")
         try:
             os.rename(path, target)
         except FileNotFoundError:
@@ -782,7 +785,7 @@ class Spool:
         stem = os.path.basename(target)[:-5] if target.endswith(".json") else entry_id
         if with_data and os.path.exists(self._data_path(entry_id)):
             self._set_aside(self._data_path(entry_id), stem + ".eml",
-                            f"the message data of {entry_id}")
+                            f"the message data of {entry_id} (now {stem}.eml)")
         self._write_reason(stem, f"{reason} (was in {state}/)")
 
     def _write_reason(self, stem: str, reason: str) -> None:

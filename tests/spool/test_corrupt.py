@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import pytest_twisted
 from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 
+from tests.admin.conftest import world  # noqa: F401
 from tests.delivery.delivery_harness import MESSAGE, START, config
 from xrelay.delivery import DeliveryEngine
 from xrelay.delivery.testing import ScriptedTransport
@@ -55,8 +57,8 @@ def truncated(spool: Path) -> None:
     plant_json(spool, json.dumps(record(BAD)).encode()[:30])
 
 
-def garbage(spool: Path) -> None:
-    plant_json(spool, b"\x00\xff\xfe not json at all", state=DEFERRED)
+def garbage(spool: Path, entry_id: str = BAD) -> None:
+    plant_json(spool, b"\x00\xff\xfe not json at all", state=DEFERRED, entry_id=entry_id)
 
 
 def missing_keys(spool: Path) -> None:
@@ -238,3 +240,45 @@ def test_the_lifecycle_table_is_enforced(tmp_path: Path) -> None:
     with pytest.raises(TransitionRefused):
         spool.move(failed, ACTIVE)
     assert spool.get(entry.entry_id).state == FAILED  # nothing moved
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_admin_page_and_control_socket_set_aside_and_show(world) -> None:  # noqa: F811
+    """The daemon's readers: a record that turns bad under a running relay."""
+    from twisted.internet.threads import deferToThread
+
+    from tests.admin.conftest import start_relay
+    from tests.admin.test_web import Browser
+    from xrelay.operations.control import ControlClient
+
+    relay = start_relay(world)
+    relay.delivery.stopService()  # keep the good entry queued
+    incoming = relay.spool.incoming(Envelope("printer@sandbox.example",
+                                             ("someone@example.net",), account="sandbox"))
+    incoming.write(b"Subject: fine\r\n\r\nbody\r\n")
+    good = await incoming.commit()
+    directory = Path(relay.spool.directory)
+    a_list(directory)
+    browser = Browser(world.admin_url)
+    await browser.sign_in()
+    response, body = await browser.request("GET", "/queue")
+    assert response.code == 200
+    assert good in body and f'id="entry-state-{BAD}">corrupt<' in body
+    assert "the record is a JSON list, not an object (was in queued/)" in body
+    # Another one, for the control socket; and one more of the same name.
+    other = "20260101T000000.000000-1-000098"
+    garbage(directory, other)
+    listing = await deferToThread(ControlClient(str(world.state_dir)).request,
+                                  "queue.list")
+    assert [(e["id"], e["state"], e["problem"]) for e in listing] == [
+        (good, "queued", None),
+        (other, "corrupt", "not JSON (was in deferred/)"),
+        (BAD, "corrupt", "the record is a JSON list, not an object (was in queued/)")]
+    a_list(directory)
+    await deferToThread(ControlClient(str(world.state_dir)).request, "queue.list")
+    listing = await deferToThread(ControlClient(str(world.state_dir)).request,
+                                  "queue.list", state="corrupt")
+    assert [e["id"] for e in listing] == [other, BAD, f"{BAD}~1"]
+    assert sorted(os.listdir(directory / CORRUPT)) == sorted(
+        f"{stem}{suffix}" for stem in (other, BAD, f"{BAD}~1")
+        for suffix in (".json", ".eml", ".reason"))

@@ -177,7 +177,8 @@ def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
             tags.td(e.entry_id), tags.td(e.state, id=f"entry-state-{e.entry_id}"),
             tags.td(e.sender), tags.td(", ".join(e.recipients) or "-"),
             tags.td(str(e.attempts)), tags.td(_when(e.next_attempt)),
-            tags.td(str(e.last_reply) if e.last_reply else "", class_="reply"),
+            tags.td(str(e.last_reply) if e.last_reply else getattr(e, "problem", ""),
+                    class_="reply"),
             tags.td(*actions)))
     return [
         tags.form(method="post", action="/queue/retry-all")(
