@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
@@ -124,3 +125,45 @@ def test_the_lines_for_each_cause() -> None:
         "server.listen", "ssl:465:privateKey=k.pem", failure(errno.EACCES, 465))
     assert "port 25 needs root" in cannot_listen(
         "server.listen", "haproxy:tcp:25", failure(errno.EACCES, 25))
+
+
+def test_port_25_without_the_capability_ends_the_daemon_with_the_fix(tmp_path: Path
+                                                                     ) -> None:
+    """
+    A real unprivileged start (uid 65534, every capability dropped) on port 25, the
+    way a unit without AmbientCapabilities=CAP_NET_BIND_SERVICE would run it.
+    """
+    import shutil
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("dropping to another user needs root and setpriv")
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            if int(f.read()) <= 25:
+                pytest.skip("this kernel lets anyone bind port 25")
+    except OSError:
+        pass
+    # Outside the test's root-only tmp folder, so that the unprivileged user reaches it.
+    work = Path(tempfile.mkdtemp(prefix="xrelay-port25-", dir="/tmp"))
+    try:
+        config = write_config(work, ["tcp:25:interface=127.0.0.1"])
+        for path in [work, *work.iterdir()]:
+            os.chown(path, 65534, 65534)
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "--inh-caps=-all", "--bounding-set=-all",
+             os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+             f"--logfile={work / 'twistd.log'}", "xrelay", "--config", str(config)],
+            cwd=work, capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "XRELAY_CONFIG"})
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [
+            "xrelay: cannot listen on tcp:25:interface=127.0.0.1 (server.listen): "
+            "permission denied; port 25 needs root or CAP_NET_BIND_SERVICE; the systemd "
+            "unit grants it (AmbientCapabilities=CAP_NET_BIND_SERVICE), or listen on a "
+            "port above 1023 in server.listen"]
+        assert "Traceback" not in (work / "twistd.log").read_text()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -54,20 +54,31 @@ class ReservingSpool:
         self._clock = clock
         self._warned = -WARN_EVERY
 
+    def shortfall(self) -> str | None:
+        """
+        Why new mail cannot be taken now (free space below the reserve), or C{None}.
+        The inbound side may ask at MAIL already, to answer 452 4.3.1 there.
+        """
+        minimum = self._minimum()
+        if not minimum:
+            return None
+        free = self._free()
+        if free >= minimum:
+            return None
+        now = self._clock()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warn("spool: {free} bytes free in {directory}, below "
+                     "server.min_free_space ({minimum}); new mail gets 452 4.3.1 until "
+                     "space is freed", free=free, minimum=minimum,
+                     directory=self.spool.directory)
+        return f"{free} bytes free, below server.min_free_space"
+
     def incoming(self, envelope: Envelope, bounce_of: str | None = None
                  ) -> IIncomingMessage:
-        minimum = self._minimum()
-        if minimum:
-            free = self._free()
-            if free < minimum:
-                now = self._clock()
-                if now - self._warned >= WARN_EVERY:
-                    self._warned = now
-                    log.warn("spool: {free} bytes free in {directory}, below "
-                             "server.min_free_space ({minimum}); new mail gets 452 "
-                             "4.3.1 until space is freed", free=free, minimum=minimum,
-                             directory=self.spool.directory)
-                raise SpoolFull(f"{free} bytes free, below server.min_free_space")
+        why = self.shortfall()
+        if why is not None:
+            raise SpoolFull(why)
         return self.spool.incoming(envelope, bounce_of)
 
     def recover(self) -> None:
