@@ -246,7 +246,9 @@ def send(port: int, recipient: str) -> tuple[int, bytes]:
 
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("scanner")
-        client.mail(SENDER)
+        code, text = client.mail(SENDER)
+        if code != 250:  # the reserve is reached: refused at MAIL
+            return code, text
         client.rcpt(recipient)
         try:
             return client.data(b"Subject: scan\r\n\r\n" + b"x" * 2000 + b"\r\n")
@@ -282,7 +284,7 @@ def test_real_small_disk(small_filesystem: Path) -> Any:
         return [s for s in transport.sent if s.message.sender == RELAY_USER]
     try:
         yield inbound.when_listening()
-        # Below the reserve: new mail is refused before the 354, a bounce still fits.
+        # Below the reserve: new mail is refused at MAIL, a bounce still fits.
         transport.hold = True
         transport.script = []
         code, _ = yield threads.deferToThread(send, port, "gone@example.org")

@@ -1,6 +1,7 @@
 """
 The disk reserve (C{server.min_free_space}) without a small file system: new mail is
-refused before the 354 with 452 4.3.1 while the free space reported is below it, the
+refused at MAIL with 452 4.3.1 (and, should space run out between MAIL and DATA,
+before the 354) while the free space reported is below it, the
 delivery engine's own writes (bounces) are not, and mail is taken again as soon as
 space returns.  The free space is the one thing faked here.
 """
@@ -49,7 +50,9 @@ def test_reserve_refuses_new_mail_only(tmp_path: Path) -> None:
 def send(port: int) -> tuple[int, bytes]:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("scanner")
-        client.mail("scanner@example.com")
+        code, text = client.mail("scanner@example.com")
+        if code != 250:
+            return code, text
         client.rcpt("a@example.org")
         try:
             return client.data(b"Subject: scan\r\n\r\nbody\r\n")
@@ -58,7 +61,7 @@ def send(port: int) -> tuple[int, bytes]:
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_client_gets_452_before_the_354(tmp_path: Path) -> Any:
+def test_a_client_gets_452_at_mail(tmp_path: Path) -> Any:
     from twisted.internet import reactor
 
     from xrelay.inbound import InboundService
@@ -84,6 +87,19 @@ def test_a_client_gets_452_before_the_354(tmp_path: Path) -> Any:
         free["bytes"] = 200 * 1024 * 1024
         code, _ = yield threads.deferToThread(send, port)
         assert code == 250
+
+        def space_goes_after_mail() -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo("scanner")
+                assert client.mail("scanner@example.com")[0] == 250
+                assert client.rcpt("a@example.org")[0] == 250
+                free["bytes"] = 10
+                try:
+                    return client.data(b"Subject: scan\r\n\r\nbody\r\n")
+                except smtplib.SMTPDataError as e:  # at DATA, before the 354
+                    return e.smtp_code, e.smtp_error
+        code, text = yield threads.deferToThread(space_goes_after_mail)
+        assert (code, text) == (452, b"4.3.1 Insufficient system storage")
     finally:
         yield inbound.stopService()
         yield engine.stopService()
