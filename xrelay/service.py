@@ -206,6 +206,9 @@ def makeService(config: Config, reactor: Any = None) -> RelayService:
     Build the relay for this configuration.
 
     @param reactor: the reactor to use; the global one by default.
+    @raise xrelay.startup.StartupRefused: when the machine around the configuration
+        would make the relay fail later (L{xrelay.checks.problems}: an unusable or
+        unsafe state_dir); its text is the one line to show.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
