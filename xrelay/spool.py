@@ -261,6 +261,9 @@ class SpoolEntry:
         )
 
 
+#: One decoder for every record (json.loads on bytes first guesses their encoding).
+_decode = json.JSONDecoder().decode
+
 #: Keys every record has, and their JSON types.
 _REQUIRED = {"id": str, "sender": str, "recipients": list, "size": int}
 
@@ -274,7 +277,7 @@ def _parse_record(raw: bytes, state: str, entry_id: str, data_path: str,
     @raise CorruptEntry: with the reason, when the record cannot be trusted.
     """
     try:
-        record = json.loads(raw)
+        record = _decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptEntry("not JSON" if raw.strip() else "empty record") from e
     if not isinstance(record, dict):
