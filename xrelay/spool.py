@@ -717,7 +717,7 @@ class Spool:
             log.info("{count} interrupted deliveries back in the queue", count=moved)
 
     def _data_sizes(self) -> dict[str, int]:
-        """Size of every message data file, by entry id (other names: set aside)."""
+        """Size of every message data file, by entry id (other names: left alone)."""
         sizes = {}
         for item in os.scandir(os.path.join(self.directory, "data")):
             if item.name.endswith(".eml") and item.is_file(follow_symlinks=False):
@@ -816,7 +816,9 @@ class Spool:
         # small records, and the buffered file object was the largest cost per entry.
         path = f"{self.directory}/{state}/{entry_id}.json"
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # No symlinks: a record is a file the spool wrote, never a link elsewhere.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise UnknownEntry(entry_id) from None
         except OSError as e:
