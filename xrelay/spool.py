@@ -708,10 +708,13 @@ class Spool:
         self._withdraw_unreleased_bounces(found)
         for sub in ("data", QUEUED, CORRUPT):
             _fsync_directory(os.path.join(self.directory, sub))
-        by_state: dict[str, list[SpoolEntry]] = {}
+        # Only what the engine reads at its start (once each); nothing else is served
+        # from memory, so a listing never shows a stale record.
+        by_state: dict[str, list[SpoolEntry]] = {QUEUED: [], DEFERRED: []}
         for entry_id in sorted(found):
             entry = found[entry_id]
-            by_state.setdefault(entry.state, []).append(entry)
+            if entry.state in by_state:
+                by_state[entry.state].append(entry)
         self._recovered = by_state
         if moved:
             log.info("{count} interrupted deliveries back in the queue", count=moved)
