@@ -12,6 +12,7 @@ from twisted.application.service import Application
 
 from xrelay.config import ConfigError, load_config
 from xrelay.service import makeService
+from xrelay.startup import StartupRefused
 
 try:
     config = load_config(None)
@@ -20,4 +21,8 @@ except ConfigError as e:
     raise SystemExit(1)
 
 application = Application("xrelay")
-makeService(config).setServiceParent(application)
+try:
+    makeService(config).setServiceParent(application)
+except StartupRefused as e:  # an unsafe state_dir: one line, status 1
+    sys.stderr.write(f"{e}\n")
+    raise SystemExit(1)

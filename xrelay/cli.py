@@ -60,14 +60,21 @@ def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
 @command("check-config", "validate a configuration file and print the effective "
          "settings, secrets masked", _check_config_arguments)
 def check_config(args: argparse.Namespace) -> int:
+    from xrelay.checks import problems, warnings
+
     config = read_config(args.file) if args.file else config_from(args)
     from xrelay.serviceuser import check_as, checking_user
 
     if (user := checking_user(args.as_user)) is not None and config.path is not None:
         check_as(user, config.path)
         print(f"# {config.path}: readable by the service user {user.pw_name}")
+    refusals = problems(config)
+    for line in refusals:
+        print(f"xrelay: {line}", file=sys.stderr)
+    if refusals:
+        return EXIT_PROBLEM
     print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
-    for warning in config.warnings():
+    for warning in warnings(config):
         print(f"# warning: {warning}")
     from xrelay.tokens.expiry import credential_expiries, expiry_warnings
 

@@ -141,6 +141,10 @@ class ServerConfig:
     health_grace: int = attrs.field(default=900, metadata={"doc": (
         "Seconds an account may fail (no usable token) before `xrelay health` and "
         "/healthz report the relay unhealthy; raise it where sign-ins take longer to fix.")})
+    min_free_space: int = attrs.field(default=104857600, metadata={
+        "doc": "Bytes kept free in state_dir: below it new mail gets 452 4.3.1 while "
+               "bounces, state changes and the token cache still have room; raise it "
+               "for large messages, 0 turns the reserve off."})
 
     @property
     def has_tls(self) -> bool:
@@ -166,6 +170,10 @@ class RelayConfig:
         '"trusted": for clients admitted by allow_networks (not authenticated) a "." '
         'line ends DATA whatever its line ending (LF.LF, as Postfix exempts '
         '$mynetworks); "never": only CRLF.CRLF ends DATA, for every client')})
+    allow_public_networks: bool = attrs.field(default=False, metadata={
+        "doc": "Must be true for allow_networks to hold 0.0.0.0/0, ::/0 or any public "
+               "range (an open relay through the account's identity otherwise); leave "
+               "it false unless the relay sits behind something that filters clients."})
 
 
 @attrs.frozen
@@ -742,6 +750,9 @@ class _Reader:
             or defaults.tls_min_version,
             health_grace=self.non_negative(raw, "health_grace", "server.health_grace",
                                            defaults.health_grace),
+            min_free_space=self.non_negative(raw, "min_free_space",
+                                             "server.min_free_space",
+                                             defaults.min_free_space),
         )
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
@@ -789,21 +800,44 @@ class _Reader:
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+        from cryptography.hazmat.primitives.serialization import (Encoding,
+                                                                  PublicFormat)
+
         try:
             with open(cert, "rb") as f:
-                x509.load_pem_x509_certificates(f.read())
+                leaf = x509.load_pem_x509_certificates(f.read())[0]
         except ValueError:
             raise self.fail("server.tls_cert", f"{cert} holds no PEM certificate") from None
         try:
             with open(key, "rb") as f:
-                load_pem_private_key(f.read(), password=None)
+                private = load_pem_private_key(f.read(), password=None)
         except (ValueError, TypeError):
             raise self.fail("server.tls_key", f"{key} holds no unencrypted PEM private "
                             "key") from None
 
+        def spki(public: Any) -> bytes:
+            return bytes(public.public_bytes(Encoding.DER,
+                                             PublicFormat.SubjectPublicKeyInfo))
+        if spki(leaf.public_key()) != spki(private.public_key()):
+            raise self.fail("server.tls_key", f"{key} does not belong to the certificate "
+                            f"in {cert} (their public keys differ); use the key the "
+                            "certificate was issued for (the first certificate in "
+                            "tls_cert must be the server's own)")
+        import datetime
+
+        expires = leaf.not_valid_after_utc
+        if expires <= datetime.datetime.now(datetime.timezone.utc):
+            raise self.fail("server.tls_cert", f"{cert} expired on "
+                            f"{expires:%Y-%m-%d %H:%M} UTC; renew it (clients refuse an "
+                            "expired certificate at STARTTLS)")
+
     def relay(self, raw: dict[str, Any]) -> RelayConfig:
         self.known_keys(raw, "relay", ["allow_networks", "senders", "default_account",
-                                       "bare_lf_end_of_data"])
+                                       "bare_lf_end_of_data", "allow_public_networks"])
+        allow_public = bool(self.get(raw, "allow_public_networks",
+                                     "relay.allow_public_networks", bool, False))
+        allow_public = bool(self.get(raw, "allow_public_networks",
+                                     "relay.allow_public_networks", bool, False))
         defaults = RelayConfig()
         networks = defaults.allow_networks
         texts = self.string_list(raw, "allow_networks", "relay.allow_networks")
@@ -818,11 +852,20 @@ class _Reader:
                         f"{text!r} is not a network in CIDR form ({e}); write e.g. "
                         '"192.168.10.0/24" or "2001:db8::/64"') from None
             networks = tuple(parsed)
+            for i, network in enumerate(networks):
+                if not allow_public and _is_public(network):
+                    raise self.fail(
+                        f"relay.allow_networks[{i}]",
+                        f'"{network}" includes public addresses: anyone there could '
+                        "relay through your account's identity (an open relay); list "
+                        'your LAN\'s ranges (e.g. "192.168.10.0/24"), or set '
+                        "relay.allow_public_networks = true if you really mean it")
         return RelayConfig(
             allow_networks=networks,
             senders=self.patterns(raw, "senders", "relay.senders") or defaults.senders,
             default_account=self.get(raw, "default_account", "relay.default_account", str),
             bare_lf_end_of_data=self.bare_lf_end_of_data(raw, defaults),
+            allow_public_networks=allow_public,
         )
 
     def bare_lf_end_of_data(self, raw: dict[str, Any], defaults: RelayConfig) -> str:
@@ -1056,6 +1099,14 @@ class _Reader:
             password_hash=self.hash(raw, "password_hash", "admin.password_hash"),
             public_url=public_url.rstrip("/") if public_url else None,
         )
+
+
+def _is_public(network: Network) -> bool:
+    """Whether the network holds any address outside private, loopback, link-local."""
+    first, last = network.network_address, network.broadcast_address
+    return not all(a.is_private or a.is_loopback or a.is_link_local
+                   for a in (first, last)) or network.prefixlen < (
+        8 if network.version == 4 else 7)
 
 
 class _NoReactor:

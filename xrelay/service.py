@@ -122,7 +122,13 @@ class RelayService(MultiService):
         return True
 
     def startService(self) -> None:
-        MultiService.startService(self)
+        from xrelay.startup import StartupRefused, refuse_to_start
+
+        try:
+            MultiService.startService(self)
+        except StartupRefused as e:
+            refuse_to_start(str(e))
+        self._all_listening()
         if self.config.path is not None and hasattr(signal, "SIGHUP"):
 
             def on_hup(signum: int, frame: Any) -> None:
@@ -134,6 +140,38 @@ class RelayService(MultiService):
                 # Not the main thread (an embedding program runs the reactor
                 # elsewhere): it can call reload() itself.
                 log.info("xrelay: SIGHUP not handled here; call RelayService.reload()")
+
+
+    def _all_listening(self) -> None:
+        """
+        All or nothing: a listener that could not be opened ends the process (TCP
+        listeners fail at once, here; any that fail later end it from the reactor).
+        """
+        from twisted.python.failure import Failure
+
+        from xrelay.startup import cannot_listen, refuse_to_start, say
+
+        failures = [("server.listen", endpoint, failure)
+                    for endpoint, failure in self.inbound.listen_failures]
+        admin_failure = getattr(self.admin, "listen_failure", None)
+        if admin_failure is not None:
+            failures.append(("admin.listen", self.config.admin.listen,  # type: ignore
+                             admin_failure))
+        if failures:
+            what, endpoint, failure = failures[0]
+            # Reported here, in one line: not again as an unhandled error at exit.
+            self.inbound.when_listening().addErrback(lambda _: None)
+            refuse_to_start(cannot_listen(what, endpoint, failure))
+
+        def later(failure: Failure) -> None:
+            if not self.inbound.listen_failures:
+                return
+            endpoint, first = self.inbound.listen_failures[0]
+            line = cannot_listen("server.listen", endpoint, first)
+            say(line)
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            self.reactor.stop()
+        self.inbound.when_listening().addErrback(later)
 
 
 def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
@@ -174,6 +212,9 @@ def makeService(config: Config, reactor: Any = None,
     @param credentials_checker: who may SMTP AUTH: any C{twisted.cred}
         C{ICredentialsChecker} for C{IUsernamePassword} (an embedding program's LDAP or
         database); the configuration's C{[[users]]} by default.
+    @raise xrelay.startup.StartupRefused: when the machine around the configuration
+        would make the relay fail later (L{xrelay.checks.problems}: an unusable or
+        unsafe state_dir); its text is the one line to show.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -194,7 +235,12 @@ def makeService(config: Config, reactor: Any = None,
         config, top.sandbox, sandbox_service = _start_sandbox(config, reactor)
         sandbox_service.setServiceParent(top)
 
-    for warning in config.warnings():
+    from xrelay.checks import problems, warnings
+    from xrelay.startup import StartupRefused
+
+    for problem in problems(config):
+        raise StartupRefused(f"xrelay: {problem}")
+    for warning in warnings(config):
         log.warn("xrelay: {warning}", warning=warning)
     os.makedirs(config.server.state_dir, mode=0o700, exist_ok=True)
     top.config = config
@@ -222,7 +268,11 @@ def makeService(config: Config, reactor: Any = None,
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 
-    top.inbound = InboundService(config, top.spool, top.delivery, reactor=reactor,
+    from xrelay.diskspace import ReservingSpool
+
+    # New mail only through the reserve: bounces and state changes keep their room.
+    inbound_spool = ReservingSpool(top.spool, lambda: top.config.server.min_free_space)
+    top.inbound = InboundService(config, inbound_spool, top.delivery, reactor=reactor,
                                  credentials_checker=credentials_checker,
                                  history=top.history)
     top.inbound.setServiceParent(top)

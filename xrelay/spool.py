@@ -9,12 +9,22 @@ Layout under the spool folder, readable with ordinary tools::
     active/<id>.json                 an attempt is in flight
     deferred/<id>.json               waiting for its next attempt (see next_attempt)
     failed/<id>.json                 permanently failed and bounced; kept for inspection
+    corrupt/<name>                   set aside: records that cannot be read, their data,
+                                     data files without a record (never deleted here)
 
 An entry exists exactly when its C{.json} is in one of the state folders, and the C{.json}
 is renamed there only after the C{.eml} is fsynced and renamed into C{data/} (and that
 folder fsynced).  So a crash at any instant leaves either no entry or a complete one;
 L{Spool.recover} removes the leftovers.  A state transition is one C{rename} of the
 C{.json}; a changed record is first rewritten in place (temporary file, fsync, rename).
+Which transitions exist is one table, L{LIFECYCLE}, and L{Spool.move} refuses any other.
+
+A record that cannot be read (not JSON, not an object, missing or mistyped keys, an id
+that differs from its file name, a folder named C{*.json}, no or empty message data) is
+moved to C{corrupt/} with an error log line naming the file and the reason, by recovery
+and by every reader (the engine, C{xrelay queue}, the control socket, the admin page):
+one bad file never stops the relay or a listing.  Folders the spool does not know (an
+operator's C{hold/}) are left alone, with a warning.
 
 Commits of messages arriving together are fsynced as one batch in a thread (group
 commit): acceptance is not capped at one fsync per message, and the reactor thread never
@@ -32,6 +42,8 @@ import errno
 import itertools
 import json
 import os
+import re
+import shutil
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -46,10 +58,16 @@ from xrelay.envelope import Envelope, Reply
 from xrelay.interfaces import IIncomingMessage, ISpool
 
 __all__ = [
+    "CORRUPT",
+    "LIFECYCLE",
+    "NotAnEntryId",
     "Spool",
     "SpoolEntry",
     "SpoolFull",
     "STATES",
+    "TransitionRefused",
+    "check_entry_id",
+    "is_entry_id",
     "run_inline",
 ]
 
@@ -60,6 +78,31 @@ T = TypeVar("T")
 #: The state folders, in the order an entry normally passes through them.
 QUEUED, ACTIVE, DEFERRED, FAILED = "queued", "active", "deferred", "failed"
 STATES = (QUEUED, ACTIVE, DEFERRED, FAILED)
+#: Where unreadable entries and data without a record are set aside (not a live state:
+#: nothing in it is delivered).
+CORRUPT = "corrupt"
+#: The two ends of the lifecycle that are not folders: being received (C{tmp/}), and
+#: gone from the spool (delivered, or deleted by the operator, or handed back to a
+#: pass-through client).
+RECEIVED, DELIVERED = "received", "delivered"
+
+#: The message lifecycle: received -> queued -> active -> deferred -> delivered | failed
+#: | corrupt.  Every change of state is one of these; L{Spool.move} and L{Spool.remove}
+#: refuse anything else.  A state to itself is a rewrite of the record in place (an
+#: entry left C{active} by a failed write is taken again from there).
+LIFECYCLE: dict[str, frozenset[str]] = {
+    RECEIVED: frozenset({QUEUED}),
+    QUEUED: frozenset({ACTIVE, DEFERRED, FAILED, DELIVERED, CORRUPT}),
+    ACTIVE: frozenset({ACTIVE, QUEUED, DEFERRED, FAILED, DELIVERED, CORRUPT}),
+    DEFERRED: frozenset({ACTIVE, QUEUED, DEFERRED, FAILED, DELIVERED, CORRUPT}),
+    FAILED: frozenset({DELIVERED, CORRUPT}),
+    CORRUPT: frozenset({DELIVERED}),
+}
+
+#: The spool's own entry ids (L{Spool._new_id}): UTC time, microseconds, pid, counter.
+#: Anything else given as an entry id (a path, a NUL, a glob) is refused before any file
+#: is touched.
+ENTRY_ID = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}-[0-9]{1,10}-[0-9]{6}")
 
 #: errno values that mean "no room": the client is told to try again later.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -79,6 +122,45 @@ class SpoolFull(Exception):
 
 class UnknownEntry(KeyError):
     """No entry with this id exists in the spool (already delivered or removed)."""
+
+
+class NotAnEntryId(ValueError):
+    """Text given as an entry id that is not one; C{str()} is the operator's message."""
+
+    def __init__(self, text: object) -> None:
+        shown = repr(text if not isinstance(text, str) or len(text) <= 80
+                     else text[:80] + "...")
+        super().__init__(f"{shown} is not an entry id (ids look like "
+                         "20261201T232515.123456-4242-000001; see `xrelay queue list`)")
+
+
+class TransitionRefused(ValueError):
+    """A state change that the lifecycle (L{LIFECYCLE}) does not have."""
+
+
+class CorruptEntry(Exception):
+    """A record that cannot be read; C{str()} is the reason, for the log line."""
+
+
+def is_entry_id(text: object) -> bool:
+    return isinstance(text, str) and ENTRY_ID.fullmatch(text) is not None
+
+
+def check_entry_id(text: object) -> str:
+    """
+    The text, if it is an entry id in the spool's own syntax.
+
+    @raise NotAnEntryId: otherwise (nothing on disk has been looked at).
+    """
+    if not is_entry_id(text):
+        raise NotAnEntryId(text)
+    assert isinstance(text, str)
+    return text
+
+
+def _allow(old: str, new: str, entry_id: str) -> None:
+    if new not in LIFECYCLE.get(old, frozenset()):
+        raise TransitionRefused(f"{entry_id}: no transition from {old} to {new}")
 
 
 def run_inline(f: Callable[..., T], *args: Any) -> "Deferred[T]":
@@ -121,6 +203,8 @@ class SpoolEntry:
     last_reply: Reply | None = None
     failed_recipients: tuple[tuple[str, Reply], ...] = ()
     bounce_of: str | None = None
+    #: For an entry set aside in C{corrupt/}: why (never stored in a record).
+    problem: str = ""
 
     @property
     def envelope(self) -> Envelope:
@@ -138,7 +222,7 @@ class SpoolEntry:
 
     def to_json(self) -> dict[str, Any]:
         record = attrs.asdict(self, recurse=False)
-        for transient in ("entry_id", "state", "data_path"):
+        for transient in ("entry_id", "state", "data_path", "problem"):
             del record[transient]
         record["id"] = self.entry_id
         record["recipients"] = list(self.recipients)
@@ -152,31 +236,109 @@ class SpoolEntry:
 
     @classmethod
     def from_json(cls, record: dict[str, Any], state: str, data_path: str) -> "SpoolEntry":
+        get = record.get
+        failed = get("failed_recipients")
         return cls(
-            entry_id=record["id"],
-            state=state,
-            sender=record["sender"],
-            recipients=tuple(record["recipients"]),
-            data_path=data_path,
-            size=record["size"],
-            account=record.get("account", ""),
-            client_address=record.get("client_address", ""),
-            client_helo=record.get("client_helo", ""),
-            authenticated_user=record.get("authenticated_user"),
-            received_at=record.get("received_at", 0.0),
-            smtputf8=record.get("smtputf8", False),
-            body_8bitmime=record.get("body_8bitmime", False),
-            original_recipients=tuple(record.get("original_recipients", ())),
-            attempts=record.get("attempts", 0),
-            next_attempt=record.get("next_attempt", 0.0),
-            last_attempt=record.get("last_attempt"),
-            last_reply=_reply_from(record.get("last_reply")),
+            record["id"], state, record["sender"], tuple(record["recipients"]),
+            data_path, record["size"],
+            account=get("account", ""),
+            client_address=get("client_address", ""),
+            client_helo=get("client_helo", ""),
+            authenticated_user=get("authenticated_user"),
+            received_at=get("received_at", 0.0),
+            smtputf8=get("smtputf8", False),
+            body_8bitmime=get("body_8bitmime", False),
+            original_recipients=tuple(get("original_recipients", ())),
+            attempts=get("attempts", 0),
+            next_attempt=get("next_attempt", 0.0),
+            last_attempt=get("last_attempt"),
+            last_reply=_reply_from(get("last_reply")),
             failed_recipients=tuple(
                 (f["recipient"], _reply_from(f["reply"]) or Reply(554, ""))
-                for f in record.get("failed_recipients", ())
-            ),
-            bounce_of=record.get("bounce_of"),
+                for f in failed
+            ) if failed else (),
+            bounce_of=get("bounce_of"),
         )
+
+
+#: One decoder for every record (json.loads on bytes first guesses their encoding).
+_decode = json.JSONDecoder().decode
+
+#: Keys every record has, and their JSON types.
+_REQUIRED = {"id": str, "sender": str, "recipients": list, "size": int}
+
+
+def _parse_record(raw: bytes, state: str, entry_id: str, data_path: str,
+                  data_size: int | None) -> SpoolEntry:
+    """
+    The entry a record's bytes describe.
+
+    @param data_size: the size of its message data file, C{None} when there is none.
+    @raise CorruptEntry: with the reason, when the record cannot be trusted.
+    """
+    try:
+        record = _decode(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptEntry("not JSON" if raw.strip() else "empty record") from e
+    if not isinstance(record, dict):
+        raise CorruptEntry(f"the record is a JSON {type(record).__name__}, not an object")
+    for key, kind in _REQUIRED.items():
+        if key not in record:
+            raise CorruptEntry(f"the record has no {key!r}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise CorruptEntry(f"{key!r} in the record is not a {kind.__name__}")
+    if record["id"] != entry_id:
+        raise CorruptEntry(f"the record's id {str(record['id'])[:80]!r} differs from its "
+                           "file name")
+    if not all(isinstance(r, str) for r in record["recipients"]):
+        raise CorruptEntry("'recipients' in the record are not all strings")
+    if data_size is None:
+        raise CorruptEntry("its message data is missing")
+    if data_size == 0:
+        raise CorruptEntry("its message data is empty (zero bytes)")
+    try:
+        return SpoolEntry.from_json(record, state, data_path)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CorruptEntry(f"the record does not parse ({type(e).__name__}: "
+                           f"{str(e)[:80]})") from None
+
+
+def _corrupt_entry(directory: str, stem: str) -> SpoolEntry:
+    """What is known of an entry set aside in C{corrupt/}: whatever its record gives."""
+    folder = os.path.join(directory, CORRUPT)
+    record: Any = None
+    try:
+        with open(os.path.join(folder, stem + ".json"), "rb") as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    if not isinstance(record, dict):
+        record = {}
+    try:
+        problem = open(os.path.join(folder, stem + ".reason"), encoding="utf-8",
+                       errors="replace").read().strip()
+    except OSError:
+        problem = "set aside (no reason recorded)"
+    data_path = os.path.join(folder, stem + ".eml")
+    try:
+        size = os.stat(data_path).st_size
+    except OSError:
+        size = 0
+
+    def text(key: str) -> str:
+        value = record.get(key)
+        return value if isinstance(value, str) else ""
+
+    recipients = record.get("recipients")
+    number = record.get("received_at")
+    return SpoolEntry(
+        entry_id=stem, state=CORRUPT, sender=text("sender"),
+        recipients=tuple(r for r in recipients if isinstance(r, str))
+        if isinstance(recipients, list) else (),
+        data_path=data_path, size=size, account=text("account"),
+        client_address=text("client_address"),
+        received_at=float(number) if isinstance(number, (int, float)) else 0.0,
+        problem=problem)
 
 
 def _reply_json(reply: Reply | None) -> dict[str, Any] | None:
@@ -349,7 +511,10 @@ class Spool:
         #: How many group commits ran, and how many messages they carried (metrics).
         self.commit_batches = 0
         self.committed_messages = 0
-        for sub in ("tmp", "data") + STATES:
+        #: Entries read by L{recover}, handed once to the first L{entries} call for
+        #: their state (the engine's start), so that start-up reads each record once.
+        self._recovered: dict[str, list[SpoolEntry]] = {}
+        for sub in ("tmp", "data") + STATES + (CORRUPT,):
             os.makedirs(os.path.join(self.directory, sub), mode=0o700, exist_ok=True)
 
     def _in_thread(self, f: Callable[..., T], *args: Any) -> "Deferred[T]":
@@ -482,71 +647,262 @@ class Spool:
 
     def recover(self) -> None:
         """
-        Discard what was never acknowledged and put interrupted attempts back in the
-        queue.  Runs once, at start, before anything is received or delivered; it blocks
-        (it is start-up work, with nothing else to serve yet).
+        Discard what was never acknowledged, put interrupted attempts back in the queue,
+        and set aside what cannot be read.  Runs once, at start, before anything is
+        received or delivered; it blocks (it is start-up work, with nothing else to
+        serve yet).  One pass over each folder: linear in the number of entries.
         """
         if self.recovered:
             return
         self.recovered = True
         tmp = os.path.join(self.directory, "tmp")
         for name in os.listdir(tmp):
-            _unlink_quietly(os.path.join(tmp, name))
+            path = os.path.join(tmp, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                self._set_aside(path, name, "a folder in tmp/")
+                continue
+            _unlink_quietly(path)
             log.info("discarded incomplete spool file {name}", name=name)
+        self._warn_about_strangers()
         moved = 0
         for name in os.listdir(os.path.join(self.directory, ACTIVE)):
             if name.endswith(".json"):
+                _allow(ACTIVE, QUEUED, name[:-5])
                 os.rename(os.path.join(self.directory, ACTIVE, name),
                           os.path.join(self.directory, QUEUED, name))
                 moved += 1
-        known: set[str] = set()
+        data_sizes = self._data_sizes()
+        found: dict[str, SpoolEntry] = {}
         for state in STATES:
-            for name in os.listdir(os.path.join(self.directory, state)):
+            folder = os.path.join(self.directory, state)
+            for item in os.scandir(folder):
+                name = item.name
                 if name.endswith(".json.tmp"):
-                    _unlink_quietly(os.path.join(self.directory, state, name))
-                elif name.endswith(".json"):
-                    entry_id = name[:-5]
-                    if entry_id in known:
-                        # A crash between the two renames of a transition: keep one.
-                        _unlink_quietly(os.path.join(self.directory, state, name))
-                        continue
-                    known.add(entry_id)
-                    if not os.path.exists(self._data_path(entry_id)):
-                        log.error("spool entry {entry_id} has no message data; removed",
-                                  entry_id=entry_id)
-                        _unlink_quietly(os.path.join(self.directory, state, name))
-        for name in os.listdir(os.path.join(self.directory, "data")):
-            if name.endswith(".eml") and name[:-4] not in known:
-                _unlink_quietly(os.path.join(self.directory, "data", name))
-                log.info("discarded unacknowledged message data {name}", name=name)
-        for sub in ("data", QUEUED):
+                    _unlink_quietly(item.path)
+                    continue
+                if not name.endswith(".json"):
+                    log.warn("spool: {path} is not a spool record; left alone",
+                             path=item.path)
+                    continue
+                entry_id = name[:-5]
+                if entry_id in found:
+                    # A crash between the two renames of a transition: keep one.
+                    self._quarantine(state, entry_id, f"a second record of {entry_id} "
+                                     f"(the one in {found[entry_id].state}/ is kept)",
+                                     with_data=False)
+                    continue
+                try:
+                    entry = self._read(state, entry_id, data_sizes)
+                except CorruptEntry as e:
+                    self._quarantine(state, entry_id, str(e))
+                    continue
+                found[entry_id] = entry
+        for stem in data_sizes:
+            if stem not in found:
+                target = self._set_aside(self._data_path(stem), stem + ".eml",
+                                         "message data without a record")
+                if target is not None:  # None: set aside with its record already
+                    self._write_reason(
+                        os.path.basename(target)[:-4] if target.endswith(".eml")
+                        else stem, "message data without a record (was in data/)")
+        self._withdraw_unreleased_bounces(found)
+        for sub in ("data", QUEUED, CORRUPT):
             _fsync_directory(os.path.join(self.directory, sub))
+        # Only what the engine reads at its start (once each); nothing else is served
+        # from memory, so a listing never shows a stale record.
+        by_state: dict[str, list[SpoolEntry]] = {QUEUED: [], DEFERRED: []}
+        for entry_id in sorted(found):
+            entry = found[entry_id]
+            if entry.state in by_state:
+                by_state[entry.state].append(entry)
+        self._recovered = by_state
         if moved:
             log.info("{count} interrupted deliveries back in the queue", count=moved)
+
+    def _data_sizes(self) -> dict[str, int]:
+        """Size of every message data file, by entry id (other names: left alone)."""
+        sizes = {}
+        for item in os.scandir(os.path.join(self.directory, "data")):
+            if item.name.endswith(".eml") and item.is_file(follow_symlinks=False):
+                sizes[item.name[:-4]] = item.stat(follow_symlinks=False).st_size
+            else:
+                log.warn("spool: {path} is not message data; left alone", path=item.path)
+        return sizes
+
+    def _warn_about_strangers(self) -> None:
+        known = {"tmp", "data", CORRUPT} | set(STATES)
+        for item in os.scandir(self.directory):
+            if item.name not in known:
+                log.warn("spool: {path} is not part of the spool (the folders are tmp, "
+                         "data, {states}, corrupt); left alone and never delivered from",
+                         path=item.path, states=", ".join(STATES))
+
+    def _withdraw_unreleased_bounces(self, found: dict[str, SpoolEntry]) -> None:
+        """
+        A bounce is committed before its original's record changes, and released only
+        after (L{xrelay.delivery.engine}): a crash in between leaves a bounce whose
+        original never recorded that attempt (its C{last_attempt} is older than the
+        bounce).  That original is tried again and bounced again, so this copy goes.
+        """
+        for entry_id, bounce in list(found.items()):
+            if bounce.bounce_of is None or bounce.attempts or bounce.state != QUEUED:
+                continue
+            original = found.get(bounce.bounce_of)
+            if original is None or original.state not in (QUEUED, DEFERRED):
+                continue
+            if (original.last_attempt or 0.0) < bounce.received_at:
+                log.info("spool: bounce {entry_id} of {original} was never released "
+                         "(interrupted); removed, the original is retried",
+                         entry_id=entry_id, original=original.entry_id)
+                del found[entry_id]
+                _unlink_quietly(self._json_path(QUEUED, entry_id))
+                _unlink_quietly(self._data_path(entry_id))
+
+    # -- corrupt entries ---------------------------------------------------------
+
+    def _set_aside(self, path: str, name: str, reason: str) -> str | None:
+        """Move one file (or folder) into C{corrupt/} under a free name; never delete."""
+        folder = os.path.join(self.directory, CORRUPT)
+        target = os.path.join(folder, name)
+        stem, dot, suffix = name.rpartition(".")
+        n = 0
+        while os.path.lexists(target):
+            # Another one of that name was set aside before: X~1.json, X~2.json...
+            n += 1
+            target = os.path.join(folder, f"{stem}~{n}{dot}{suffix}" if stem
+                                  else f"{name}~{n}")
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None  # moved on meanwhile (another reader set it aside)
+        log.error("spool: set aside {path} as {target}: {reason}; inspect it, then "
+                  "delete it or repair and move it back", path=path, target=target,
+                  reason=reason)
+        return target
+
+    def _quarantine(self, state: str, entry_id: str, reason: str,
+                    with_data: bool = True) -> None:
+        """Set an unreadable entry aside: its record, its data, and why."""
+        folder = os.path.join(self.directory, CORRUPT)
+        target = self._set_aside(self._json_path(state, entry_id), entry_id + ".json",
+                                 f"{reason} (was in {state}/)")
+        if target is None:
+            return  # another reader got there first
+        stem = os.path.basename(target)[:-5] if target.endswith(".json") else entry_id
+        if with_data and os.path.exists(self._data_path(entry_id)):
+            self._set_aside(self._data_path(entry_id), stem + ".eml",
+                            f"the message data of {entry_id} (now {stem}.eml)")
+        self._write_reason(stem, f"{reason} (was in {state}/)")
+
+    def _write_reason(self, stem: str, reason: str) -> None:
+        """Why C{corrupt/<stem>.*} is there, for C{xrelay queue show}."""
+        try:
+            with open(os.path.join(self.directory, CORRUPT, stem + ".reason"), "w",
+                      encoding="utf-8") as f:
+                f.write(reason + "\n")
+        except OSError:
+            pass  # a full disk: the log line says why
+
+    def _read(self, state: str, entry_id: str,
+              data_sizes: dict[str, int] | None = None,
+              data_names: set[str] | None = None) -> SpoolEntry:
+        """
+        Read and check one record.
+
+        @param data_sizes: the sizes of the data files, when already known (recovery).
+        @param data_names: the names in C{data/}, listed after the state folder (a
+            listing): only whether the data exists is checked then, not its size.
+        @raise UnknownEntry: it is not there (moved on meanwhile).
+        @raise CorruptEntry: it cannot be trusted.
+        """
+        # os.open/os.read rather than open(): a listing reads tens of thousands of
+        # small records, and the buffered file object was the largest cost per entry.
+        path = f"{self.directory}/{state}/{entry_id}.json"
+        try:
+            # No symlinks: a record is a file the spool wrote, never a link elsewhere.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise UnknownEntry(entry_id) from None
+        except OSError as e:
+            raise CorruptEntry(f"cannot be read ({e.strerror})") from None
+        try:
+            chunks = [os.read(fd, 1 << 16)]
+            while len(chunks[-1]) == 1 << 16:  # a regular file gives all it has
+                chunks.append(os.read(fd, 1 << 16))
+        except IsADirectoryError:
+            raise CorruptEntry("a folder, not a record") from None
+        except OSError as e:
+            raise CorruptEntry(f"cannot be read ({e.strerror})") from None
+        finally:
+            os.close(fd)
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data_path = f"{self.directory}/data/{entry_id}.eml"
+        size: int | None
+        if data_sizes is not None:
+            size = data_sizes.get(entry_id)
+        elif data_names is not None and entry_id + ".eml" in data_names:
+            size = 1  # exists; its size is checked at start and before each delivery
+        else:
+            try:
+                size = os.stat(data_path).st_size
+            except FileNotFoundError:
+                size = None
+        return _parse_record(raw, state, entry_id, data_path, size)
 
     # -- reading -----------------------------------------------------------------
 
     def ids(self, state: str) -> list[str]:
-        """Entry ids in one state, oldest first."""
+        """Entry ids in one state (or set aside in C{corrupt/}), oldest first."""
         names = os.listdir(os.path.join(self.directory, state))
+        if state == CORRUPT:
+            return sorted({n.rsplit(".", 1)[0] for n in names if not n.endswith(".reason")}
+                          | {n[:-7] for n in names if n.endswith(".reason")})
         return sorted(n[:-5] for n in names if n.endswith(".json"))
 
     def entries(self, state: str | None = None) -> Iterator[SpoolEntry]:
-        """Every entry (or those in one state), oldest first within a state."""
-        for s in (state,) if state else STATES:
-            for entry_id in self.ids(s):
+        """
+        Every entry (or those in one state), oldest first within a state; those set
+        aside in C{corrupt/} come last.  Unreadable entries met on the way are set
+        aside and skipped.
+        """
+        for s in (state,) if state else STATES + (CORRUPT,):
+            if s == CORRUPT:
+                for stem in self.ids(CORRUPT):
+                    yield _corrupt_entry(self.directory, stem)
+                continue
+            preloaded = self._recovered.pop(s, None)
+            if preloaded is not None:
+                yield from preloaded
+                continue
+            ids = self.ids(s)
+            # Listed after the state folder: data is renamed into data/ before its
+            # record reaches a state folder, and removed after it; a name missing here
+            # is checked once more with stat before anything is set aside.
+            data_names = set(os.listdir(os.path.join(self.directory, "data")))
+            for entry_id in ids:
                 try:
-                    yield self._load(s, entry_id)
+                    yield self._load(s, entry_id, data_names)
                 except UnknownEntry:
                     continue  # moved on while we were listing
 
     def counts(self) -> dict[str, int]:
-        return {state: len(self.ids(state)) for state in STATES}
+        """Entries per state; C{corrupt} appears only when something was set aside."""
+        counts = {state: len(self.ids(state)) for state in STATES}
+        corrupt = len(self.ids(CORRUPT))
+        if corrupt:
+            counts[CORRUPT] = corrupt
+        return counts
 
     def get(self, entry_id: str) -> SpoolEntry:
         """
-        @raise UnknownEntry: when the entry is not (or no longer) in the spool.
+        A live entry (not one set aside).
+
+        @raise UnknownEntry: when the entry is not (or no longer) in the spool, or was
+            set aside as corrupt.
         """
+        if not is_entry_id(entry_id):
+            raise UnknownEntry(entry_id)
         for state in STATES:
             try:
                 return self._load(state, entry_id)
@@ -554,13 +910,34 @@ class Spool:
                 continue
         raise UnknownEntry(entry_id)
 
-    def _load(self, state: str, entry_id: str) -> SpoolEntry:
+    def find(self, entry_id: str) -> SpoolEntry:
+        """
+        Like L{get}, but also what is known of an entry set aside in C{corrupt/}.
+
+        @raise NotAnEntryId: for text that is not an entry id (nothing is touched).
+        """
+        check_entry_id(entry_id)
         try:
-            with open(self._json_path(state, entry_id), "rb") as f:
-                record = json.load(f)
-        except FileNotFoundError:
+            return self.get(entry_id)
+        except UnknownEntry:
+            pass
+        folder = os.path.join(self.directory, CORRUPT)
+        if any(os.path.lexists(os.path.join(folder, entry_id + suffix))
+               for suffix in (".json", ".eml", ".reason")):
+            return _corrupt_entry(self.directory, entry_id)
+        raise UnknownEntry(entry_id)
+
+    def _load(self, state: str, entry_id: str,
+              data_names: set[str] | None = None) -> SpoolEntry:
+        """
+        @raise UnknownEntry: not in this state; also when it was unreadable (it is
+            then set aside, with a log line).
+        """
+        try:
+            return self._read(state, entry_id, data_names=data_names)
+        except CorruptEntry as e:
+            self._quarantine(state, entry_id, str(e))
             raise UnknownEntry(entry_id) from None
-        return SpoolEntry.from_json(record, state, self._data_path(entry_id))
 
     def read_data(self, entry_id: str) -> bytes:
         """The whole message (for operators and small tests; delivery streams the file)."""
@@ -577,6 +954,8 @@ class Spool:
         """
         if state not in STATES:
             raise ValueError(state)
+        _allow(entry.state, state, entry.entry_id)
+        self._recovered.clear()
         new = attrs.evolve(entry, state=state, **changes)
         return self._run(self._move, entry, new)
 
@@ -587,7 +966,14 @@ class Spool:
         changed = attrs.evolve(new, state=old.state) != old
         if changed:
             tmp = source + ".tmp"
-            _write_durably(tmp, json.dumps(new.to_json(), indent=1).encode())
+            try:
+                _write_durably(tmp, json.dumps(new.to_json(), indent=1).encode())
+            except OSError as e:
+                # A full disk: the old record is untouched, so nothing happened.
+                _unlink_quietly(tmp)
+                if _full(e):
+                    raise SpoolFull(str(e.strerror)) from None
+                raise
             os.rename(tmp, source)
         if new.state != old.state:
             os.rename(source, self._json_path(new.state, new.entry_id))
@@ -604,9 +990,22 @@ class Spool:
 
     def remove(self, entry: SpoolEntry) -> "Deferred[None]":
         """Delivered: the entry leaves the spool (record first, then data)."""
+        _allow(entry.state, DELIVERED, entry.entry_id)
+        self._recovered.clear()
         return self._run(self._remove, entry)
 
     def _remove(self, entry: SpoolEntry) -> None:
+        if entry.state == CORRUPT:
+            # The operator deletes what was set aside: every file of that name.
+            folder = os.path.join(self.directory, CORRUPT)
+            for suffix in (".json", ".eml", ".reason"):
+                path = os.path.join(folder, entry.entry_id + suffix)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    _unlink_quietly(path)
+            _fsync_directory(folder)
+            return
         _unlink_quietly(self._json_path(entry.state, entry.entry_id))
         _fsync_directory(os.path.join(self.directory, entry.state))
         _unlink_quietly(self._data_path(entry.entry_id))

@@ -40,6 +40,12 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     from xrelay.service import makeService as make
+    from xrelay.startup import StartupRefused
 
     config: Config = options["xrelay-config"]
-    return make(config)
+    try:
+        return make(config)
+    except StartupRefused as e:  # one line, status 1, no traceback
+        sys.stderr.write(f"{e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)

@@ -182,10 +182,11 @@ async def test_status_and_queue_pages_show_escaped_state(world) -> None:
 
     token = await browser.csrf("/queue")
     response, _ = await browser.request("POST", "/queue/retry",
-                                        {"id": "no-such-entry", "csrf_token": token})
+                                        {"id": "20990101T000000.000000-1-000001",
+                                         "csrf_token": token})
     assert response.code == 303
     _, body = await browser.request("GET", "/queue")
-    assert "no entry no-such-entry in the queue" in body
+    assert "no entry 20990101T000000.000000-1-000001 in the queue" in body
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -316,7 +316,8 @@ def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
             tags.td(address(e.sender)),
             tags.td(addresses(recipients), id=f"entry-recipients-{e.entry_id}"),
             tags.td(str(e.attempts)),
-            tags.td(folded(str(e.last_reply) if e.last_reply else None), class_="reply"),
+            tags.td(folded(str(e.last_reply) if e.last_reply else
+                           getattr(e, "problem", None)), class_="reply"),
             tags.td(*actions, class_="actions") if actions else tags.td("-")))
     return [
         tags.form(method="post", action="/queue/retry-all")(

@@ -82,6 +82,7 @@ class AdminService(Service):
                      listen=self.config.admin.listen)  # type: ignore[union-attr]
 
         def failed(failure: Any) -> None:
+            self.listen_failure = failure  # the relay refuses to run without it
             log.failure("admin page cannot listen on {listen}", failure=failure,
                         listen=self.config.admin.listen)  # type: ignore[union-attr]
         return d.addCallbacks(listening, failed)

@@ -43,7 +43,7 @@ from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ITransport
 from xrelay.routing import route_sender
 from xrelay.spool import (ACTIVE, DEFERRED, FAILED, QUEUED, Spool, SpoolEntry,
-                          UnknownEntry)
+                          SpoolFull, UnknownEntry)
 
 log = Logger()
 
@@ -55,6 +55,10 @@ NO_ACCOUNT = Reply(451, "4.3.5 No upstream account can send as this sender; add 
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error while delivering; will retry")
 NO_RESULT = Reply(451, "4.3.0 The upstream gave no result for this recipient")
 SHUTTING_DOWN = Reply(421, "4.3.2 The relay is shutting down; the message is queued")
+
+
+class BounceNotSpooled(Exception):
+    """A bounce could not be stored; the original must stay queued."""
 
 
 @attrs.frozen
@@ -115,6 +119,8 @@ class DeliveryEngine(Service):
         self.recent: collections.deque[OutcomeRecord] = collections.deque(maxlen=100)
         self.totals = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
         self._in_flight: dict[str, Deferred[DeliveryResult]] = {}
+        #: Results waiting to be recorded (the disk was full): entry id -> the timer.
+        self._unsettled: dict[str, Any] = {}
         self._timer: Any = None
         self._stopping = False
         self.accounts = AccountStates(self.queue, self.clock, lambda: self.policy,
@@ -173,6 +179,10 @@ class DeliveryEngine(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for pending in self._unsettled.values():
+            if pending.active():
+                pending.cancel()  # still active on disk: queued again at the next start
+        self._unsettled.clear()
         waiting = list(self._in_flight.values())
         if not waiting:
             return defer.succeed(None)
@@ -316,16 +326,59 @@ class DeliveryEngine(Service):
             if hand_back and not any(r.outcome is Outcome.DELIVERED
                                      for r in result.recipients):
                 return await self._hand_back(entry, account, result)
-            await self._settle(entry, account, result)
+            try:
+                await self._settle(entry, account, result)
+            except Exception as e:
+                # The upstream has answered; only recording it failed (a full disk).
+                # Sending again would repeat what was delivered: record it later.
+                self._settle_later(entry_id, account, result, e, 1)
             return result
-        except Exception:
+        except Exception as e:
             # The entry stays on disk (active: requeued at the next start); try again
-            # later in this run too.
-            log.failure("delivery of {entry_id} failed unexpectedly", entry_id=entry_id)
+            # later in this run too, backing off like any retry.
+            if isinstance(e, SpoolFull):
+                log.error("delivery of {entry_id}: the disk is full ({error}); the "
+                          "message stays queued; free space in server.state_dir",
+                          entry_id=entry_id, error=str(e))
+            else:
+                log.failure("delivery of {entry_id} failed unexpectedly",
+                            entry_id=entry_id)
             self.queue.add(entry_id, self._key(entry),
-                           self.clock.seconds() + self.policy.delay(1), 1)
+                           self.clock.seconds() + self.policy.delay(entry.attempts + 1), 1)
             return DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
                                           INTERNAL_ERROR)
+
+    def _settle_later(self, entry_id: str, account: AccountConfig | None,
+                      result: DeliveryResult, error: BaseException, tries: int) -> None:
+        """
+        Record an attempt's result again after a back-off, until the disk takes it.
+        The entry stays C{active} meanwhile (operators are told it is in flight; a
+        restart puts it back in the queue).
+        """
+        delay = self.policy.delay(tries)
+        if isinstance(error, SpoolFull):
+            log.error("{entry_id}: the result of its delivery cannot be recorded: the "
+                      "disk is full ({error}); trying again in {delay:.0f} s; free space "
+                      "in server.state_dir", entry_id=entry_id, error=str(error),
+                      delay=delay)
+        else:
+            log.failure("{entry_id}: the result of its delivery cannot be recorded; "
+                        "trying again in {delay:.0f} s", failure=Failure(error),
+                        entry_id=entry_id, delay=delay)
+
+        def again() -> None:
+            self._unsettled.pop(entry_id, None)
+            try:
+                entry = self.spool.get(entry_id)
+            except UnknownEntry:
+                return  # recorded after all (removed: delivered)
+            if entry.state != ACTIVE:
+                return  # the record was written before the failure
+            d = defer.ensureDeferred(self._settle(entry, account, result))
+            d.addCallback(lambda _: self._pump())
+            d.addErrback(lambda f: self._settle_later(entry_id, account, result,
+                                                      f.value, tries + 1))
+        self._unsettled[entry_id] = self.clock.callLater(delay, again)
 
     async def _send(self, entry: SpoolEntry, account: AccountConfig,
                     transport: ITransport) -> DeliveryResult:
@@ -403,31 +456,49 @@ class DeliveryEngine(Service):
             # Nothing of this account can go until the token works: hold all of it.
             pace.throttle(now + delay)
 
+        bounce_id = None
+        if permanent:
+            # The bounce and the entry's new record are one step (no lost bounce, no
+            # second one): the bounce is committed but not released, the record is
+            # written, and only then is the bounce sent; if the record cannot be
+            # written the bounce is withdrawn.  No bounce stored: those recipients wait
+            # like temporary failures and are tried again with back-off.
+            try:
+                bounce_id = await self._bounce(entry, account, result, permanent, now)
+            except BounceNotSpooled:
+                temporary += [RecipientResult(f.recipient, Outcome.TEMPORARY, f.reply)
+                              for f in permanent]
+                permanent = []
         problem = [r.reply for r in temporary] + [f.reply for f in permanent]
         last_reply = problem[0] if problem else (delivered[0].reply if delivered
                                                  else entry.last_reply)
-        if permanent:
-            await self._bounce(entry, account, result, permanent, now)
         failed_recipients = entry.failed_recipients + tuple(
             (f.recipient, f.reply) for f in permanent)
         changes = dict(attempts=attempts, last_attempt=now, last_reply=last_reply,
                        failed_recipients=failed_recipients)
-        if temporary:
-            next_attempt = now + delay
-            entry = await self.spool.move(
-                entry, DEFERRED, recipients=tuple(r.recipient for r in temporary),
-                next_attempt=next_attempt, **changes)
-            self.queue.add(entry.entry_id, key, next_attempt, len(temporary))
-            outcome = "partial" if delivered else "deferred"
-            self.totals["deferred"] += 1
-        elif failed_recipients:
-            await self.spool.move(entry, FAILED, recipients=(), **changes)
-            outcome = "failed"
-            self.totals["failed"] += 1
-        else:
-            await self.spool.remove(entry)
-            outcome = "delivered"
-            self.totals["delivered"] += 1
+        try:
+            if temporary:
+                next_attempt = now + delay
+                entry = await self.spool.move(
+                    entry, DEFERRED, recipients=tuple(r.recipient for r in temporary),
+                    next_attempt=next_attempt, **changes)
+                self.queue.add(entry.entry_id, key, next_attempt, len(temporary))
+                outcome = "partial" if delivered else "deferred"
+                self.totals["deferred"] += 1
+            elif failed_recipients:
+                await self.spool.move(entry, FAILED, recipients=(), **changes)
+                outcome = "failed"
+                self.totals["failed"] += 1
+            else:
+                await self.spool.remove(entry)
+                outcome = "delivered"
+                self.totals["delivered"] += 1
+        except Exception:
+            if bounce_id is not None:
+                await self._withdraw_bounce(entry.entry_id, bounce_id)
+            raise
+        if bounce_id is not None:
+            self._release_bounce(bounce_id)
         record = OutcomeRecord(entry.entry_id, entry.sender, key, now, outcome,
                                len(delivered), len(temporary), len(permanent),
                                str(last_reply) if last_reply else "")
@@ -445,16 +516,22 @@ class DeliveryEngine(Service):
 
     async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult, failed: list[FailedRecipient],
-                      now: float) -> None:
-        """Spool a DSN for these recipients, unless bouncing is wrong or impossible."""
+                      now: float) -> str | None:
+        """
+        Spool a DSN for these recipients, unless bouncing is wrong or impossible, and
+        return its id.  It is not sent until L{_release_bounce}: the caller first makes
+        the original's new record durable.
+
+        @raise BounceNotSpooled: it could not be stored (full disk); nothing remains.
+        """
         if entry.bounce_of is not None or not entry.sender:
             log.warn("{entry_id}: not bouncing a bounce or a null-sender message",
                      entry_id=entry.entry_id)
-            return
+            return None
         if account is None:
             log.error("{entry_id}: cannot bounce to <{sender}>: no account can send it",
                       entry_id=entry.entry_id, sender=entry.sender)
-            return
+            return None
         explanation = result.detail
         if result.failure is FailureKind.SEND_AS_DENIED:
             help_text = SEND_AS_HELP.format(user=account.user, sender=entry.sender,
@@ -484,16 +561,43 @@ class DeliveryEngine(Service):
             incoming = self.spool.incoming(envelope, bounce_of=entry.entry_id)
             incoming.write(data)
             bounce_id = await incoming.commit()
+        except SpoolFull as e:
+            log.error("{entry_id}: could not spool the bounce to <{sender}>: the disk is "
+                      "full ({error}); the message stays queued and is tried again; free "
+                      "space in server.state_dir", entry_id=entry.entry_id,
+                      sender=entry.sender, error=str(e))
+            raise BounceNotSpooled(entry.entry_id) from None
         except Exception:
-            log.failure("{entry_id}: could not spool the bounce to <{sender}>",
+            log.failure("{entry_id}: could not spool the bounce to <{sender}>; the "
+                        "message stays queued and is tried again",
                         entry_id=entry.entry_id, sender=entry.sender)
-            return
-        self.totals["bounces"] += 1
+            raise BounceNotSpooled(entry.entry_id) from None
         self.history.bounced(entry.entry_id, bounce_id, to, account.name, now)
         log.info("{entry_id}: bounce {bounce_id} to {to} for {count} recipients",
                  entry_id=entry.entry_id, bounce_id=bounce_id, to=", ".join(to),
                  count=len(failed))
+        return bounce_id
+
+    def _release_bounce(self, bounce_id: str) -> None:
+        """The original's record is durable: the bounce may go."""
+        self.totals["bounces"] += 1
         self.submitted(bounce_id)
+
+    async def _withdraw_bounce(self, entry_id: str, bounce_id: str) -> None:
+        """The original's record could not be written: its bounce must not exist."""
+        try:
+            await self.spool.remove(self.spool.get(bounce_id))
+        except UnknownEntry:
+            return
+        except Exception:
+            # Still unreleased: recovery removes it at the next start (the original's
+            # record never recorded this attempt).
+            log.failure("{entry_id}: bounce {bounce_id} could not be withdrawn",
+                        entry_id=entry_id, bounce_id=bounce_id)
+            return
+        log.warn("{entry_id}: bounce {bounce_id} withdrawn: the message's record could "
+                 "not be written; both are tried again", entry_id=entry_id,
+                 bounce_id=bounce_id)
 
     # -- what operators see --------------------------------------------------------
 

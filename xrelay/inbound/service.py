@@ -133,6 +133,9 @@ class InboundService(MultiService):
         self._run_blocking = run_blocking or (
             lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self._listening: list[Deferred[IListeningPort]] = []
+        #: (endpoint, failure) of each listener that could not be opened: the relay
+        #: refuses to run without all of them (L{xrelay.service.RelayService}).
+        self.listen_failures: list[tuple[str, Failure]] = []
         self.config = config
         self.tls_options = server_tls_options(config)
         self._listener_tls = self._tls_by_listener(config)
@@ -210,8 +213,9 @@ class InboundService(MultiService):
                 return port
 
             def failed(failure: Any, listener: ListenerConfig = listener) -> Any:
-                log.failure("inbound: cannot listen on {endpoint}", failure,
-                            endpoint=listener.endpoint)
+                # Reported by whoever waits on when_listening (the relay: one line
+                # with the cause and the fix, then it exits), never as a traceback.
+                self.listen_failures.append((listener.endpoint, failure))
                 return failure
 
             d.addCallbacks(listening, failed)

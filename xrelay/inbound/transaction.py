@@ -172,6 +172,14 @@ class MailCommands(_Base):
             assert refusal is not None
             self.refuse(refusal)
             return
+        # The disk reserve (server.min_free_space): say so at MAIL already, as Postfix
+        # does, rather than after the client has sent its recipients.
+        shortfall = getattr(self.factory.spool, "shortfall", None)
+        if shortfall is not None and shortfall() is not None:
+            log.warn("inbound client {client}: sender {sender} refused: disk reserve "
+                     "reached", client=self.client_address, sender=sender)
+            self.reply(452, "4.3.1", "Insufficient system storage")
+            return
         self.transaction = Transaction(sender, account, size, smtputf8, body_8bit)
         self.reply(250, "2.1.0", "Ok")
 

@@ -324,7 +324,8 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
                         "retry --all | delete ID | bounce ID")
     parser.add_argument("id", nargs="?", help="the entry id (from `xrelay queue list`)")
     parser.add_argument("--all", action="store_true", help="with retry: every waiting entry")
-    parser.add_argument("--state", choices=("queued", "active", "deferred", "failed"),
+    parser.add_argument("--state", choices=("queued", "active", "deferred", "failed",
+                                             "corrupt"),
                         help="with list: only entries in this state")
     _json_argument(parser)
 
@@ -351,6 +352,8 @@ def queue_command(args: argparse.Namespace) -> int:
         else:
             for e in entries:
                 last = f"\tlast: {e['last_reply']}" if e["last_reply"] else ""
+                if e.get("problem"):
+                    last += f"\tproblem: {e['problem']}"
                 print(f"{e['id']}\t{e['state']}\t{e['attempts']} attempts\t<{e['sender']}> "
                       f"-> {', '.join(e['recipients']) or '-'}{last}")
             print(f"# {len(entries)} entries")
@@ -363,6 +366,8 @@ def queue_command(args: argparse.Namespace) -> int:
             for key in ("id", "state", "sender", "recipients", "account", "size",
                         "attempts", "last_reply", "failed_recipients", "client_address"):
                 print(f"{key}: {entry[key]}")
+            if entry.get("problem"):
+                print(f"problem: {entry['problem']}")
             print(f"received: {_when(entry['received_at'])}")
             print(f"next attempt: {_when(entry['next_attempt'])}")
             print("")

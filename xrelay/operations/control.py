@@ -315,9 +315,12 @@ class ControlService(Service):
         try:
             lock.acquire()
         except SpoolLocked:
-            log.error("another xrelay process holds {path}; two daemons must not share "
-                      "one state_dir", path=lock.path)
-            raise
+            from xrelay.startup import StartupRefused
+
+            raise StartupRefused(
+                f"xrelay: another xrelay process holds {lock.path}; two daemons must "
+                "not share one state_dir: stop the other one, or give this one its own "
+                "server.state_dir") from None
         self._lock = lock
         path = control_socket_path(self.state_dir)
         try:
@@ -395,14 +398,23 @@ class ControlClient:
 
 
 def _lines(sock: socket.socket) -> Iterator[dict[str, Any]]:
-    buffer = b""
+    """
+    The JSON lines of an answer.  A long queue listing is one line of many megabytes:
+    chunks are collected and joined once per line (growing one bytes object chunk by
+    chunk, and searching all of it for the newline each time, was quadratic).
+    """
+    pending: list[bytes] = []
     while True:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(1 << 20)
         if not chunk:
             return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
+        while True:
+            end = chunk.find(b"\n")
+            if end < 0:
+                pending.append(chunk)
+                break
+            pending.append(chunk[:end])
+            line, pending, chunk = b"".join(pending), [], chunk[end + 1:]
             if line.strip():
                 yield json.loads(line)
 

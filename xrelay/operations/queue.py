@@ -23,7 +23,8 @@ from xrelay.config import Config
 from xrelay.envelope import DeliveryResult, Reply
 from xrelay.history.records import BOUNCED, DELETED
 from xrelay.history.sink import history_for
-from xrelay.spool import ACTIVE, DEFERRED, FAILED, QUEUED, SpoolEntry, UnknownEntry
+from xrelay.spool import (ACTIVE, CORRUPT, DEFERRED, FAILED, QUEUED, NotAnEntryId,
+                          SpoolEntry, SpoolFull, UnknownEntry, check_entry_id)
 
 __all__ = ["QueueOperations", "QueueProblem", "OPERATOR_BOUNCE"]
 
@@ -57,9 +58,18 @@ class QueueOperations:
     def entries(self, state: str | None = None) -> list[SpoolEntry]:
         return list(self.spool.entries(state))
 
-    def get(self, entry_id: str) -> SpoolEntry:
+    def get(self, entry_id: Any) -> SpoolEntry:
+        """
+        The entry, live or set aside in C{corrupt/}.
+
+        @raise QueueProblem: "not an entry id" for anything but the spool's own id
+            syntax (checked before any file is touched), or no such entry.
+        """
         try:
-            return self.spool.get(entry_id)
+            check_entry_id(entry_id)
+            return self.spool.find(entry_id)
+        except NotAnEntryId as e:
+            raise QueueProblem(str(e)) from None
         except UnknownEntry:
             raise QueueProblem(f"no entry {entry_id} in the queue (delivered, removed, "
                                "or a mistyped id; see `xrelay queue list`)") from None
@@ -67,19 +77,46 @@ class QueueOperations:
     def headers(self, entry_id: str, limit: int = 64 * 1024) -> str:
         """The message's header section, for C{show} (never the whole body)."""
         entry = self.get(entry_id)
-        with open(entry.data_path, "rb") as f:
-            head = f.read(limit)
+        try:
+            with open(entry.data_path, "rb") as f:
+                head = f.read(limit)
+        except OSError as e:
+            return f"(no message data to show: {e.strerror})"
         end = head.find(b"\r\n\r\n")
         return head[: end if end >= 0 else len(head)].decode("utf-8", "replace").replace(
             "\r\n", "\n")
 
     def _hold(self, entry: SpoolEntry, doing: str) -> None:
         """Take the entry out of the engine's schedule, unless it is being sent now."""
-        if entry.state == ACTIVE:
+        if entry.state == ACTIVE or (self.delivery is not None
+                                     and entry.entry_id in self.delivery._in_flight):
+            # (active also while its result waits to be recorded on a full disk)
             raise QueueProblem(f"{entry.entry_id} is being delivered right now; "
                                f"cannot {doing} it; try again in a moment")
+        if entry.state == CORRUPT and doing != "delete":
+            raise QueueProblem(f"{entry.entry_id} was set aside as corrupt "
+                               f"({entry.problem}); cannot {doing} it; inspect its "
+                               "files in the spool's corrupt/ folder, then delete it")
         if self.delivery is not None:
             self.delivery.queue.discard(entry.entry_id)
+
+    def _unhold(self, entry: SpoolEntry, doing: str, error: BaseException) -> QueueProblem:
+        """
+        The change failed: the entry goes back into the engine's schedule as it was,
+        and the operator is told why.
+        """
+        if self.delivery is not None and entry.state in (QUEUED, DEFERRED):
+            self.delivery._enqueue(entry, entry.next_attempt if entry.state == DEFERRED
+                                   else 0.0)
+            self.delivery._pump()
+        if isinstance(error, SpoolFull):
+            why = ("the disk is full; free space in server.state_dir and try again")
+        elif isinstance(error, UnknownEntry):
+            why = "it was delivered or removed meanwhile"
+        else:
+            why = f"{type(error).__name__}: {error}; see the log"
+        return QueueProblem(f"could not {doing} {entry.entry_id}: {why}; the entry is "
+                            "unchanged and stays scheduled")
 
     async def retry(self, entry_id: str) -> SpoolEntry:
         """Make a waiting entry due now."""
@@ -89,13 +126,19 @@ class QueueOperations:
                                "it cannot be retried")
         self._hold(entry, "retry")
         if entry.state == DEFERRED:
-            entry = await self.spool.move(entry, QUEUED, next_attempt=0.0)
+            try:
+                entry = await self.spool.move(entry, QUEUED, next_attempt=0.0)
+            except Exception as e:
+                raise self._unhold(entry, "retry", e) from None
         if self.delivery is not None:
-            self.delivery.submitted(entry_id)
+            self.delivery.submitted(entry.entry_id)
         return entry
 
     async def retry_all(self) -> int:
-        """Every queued and deferred entry due now; returns how many."""
+        """
+        Every queued and deferred entry due now; returns how many.  Entries that are
+        being delivered, or go away, while this runs are skipped, never an abort.
+        """
         count = 0
         for entry in self.entries(DEFERRED) + self.entries(QUEUED):
             try:
@@ -109,14 +152,18 @@ class QueueOperations:
         """Remove the entry and its data without telling anyone."""
         entry = self.get(entry_id)
         self._hold(entry, "delete")
-        await self.spool.remove(entry)
+        try:
+            await self.spool.remove(entry)
+        except Exception as e:
+            raise self._unhold(entry, "delete", e) from None
         history_for(self.delivery, self.config).finished(entry_id, DELETED, time.time())
         return entry
 
     async def bounce(self, entry_id: str) -> SpoolEntry:
         """
         Give up on the entry: a bounce (DSN) to its sender for every recipient still
-        waiting, and the entry kept under C{failed/} for inspection.
+        waiting, and the entry kept under C{failed/} for inspection.  The bounce and
+        the move are one step: if either cannot be stored, neither happened.
         """
         entry = self.get(entry_id)
         if entry.state == FAILED:
@@ -124,17 +171,33 @@ class QueueOperations:
         self._hold(entry, "bounce")
         engine = self.delivery if self.delivery is not None else self._bounce_engine()
         from xrelay.delivery.bounce import FailedRecipient
+        from xrelay.delivery.engine import BounceNotSpooled
 
         account = engine._account(entry)
         failed = [FailedRecipient(r, OPERATOR_BOUNCE) for r in entry.recipients]
-        await engine._bounce(entry, account,
-                             DeliveryResult((), detail="The relay's operator returned "
-                                            "this message."), failed, time.time())
+        now = time.time()
+        try:
+            bounce_id = await engine._bounce(
+                entry, account, DeliveryResult((), detail="The relay's operator returned "
+                                               "this message."), failed, now)
+        except BounceNotSpooled:
+            raise self._unhold(entry, "bounce", SpoolFull("bounce not stored")) from None
+        try:
+            moved = await self.spool.move(
+                entry, FAILED, recipients=(), last_reply=OPERATOR_BOUNCE,
+                last_attempt=now, failed_recipients=entry.failed_recipients + tuple(
+                    (r, OPERATOR_BOUNCE) for r in entry.recipients))
+        except Exception as e:
+            if bounce_id is not None:
+                await engine._withdraw_bounce(entry.entry_id, bounce_id)
+            raise self._unhold(entry, "bounce", e) from None
+        if bounce_id is not None:
+            if self.delivery is not None:
+                engine._release_bounce(bounce_id)
+            else:
+                engine.totals["bounces"] += 1  # sent when the daemon starts
         history_for(self.delivery, self.config).finished(entry_id, BOUNCED, time.time())
-        return await self.spool.move(
-            entry, FAILED, recipients=(), last_reply=OPERATOR_BOUNCE,
-            failed_recipients=entry.failed_recipients + tuple(
-                (r, OPERATOR_BOUNCE) for r in entry.recipients))
+        return moved
 
     def _bounce_engine(self) -> Any:
         """An engine that is never started: only its bounce writing is used."""
@@ -160,4 +223,5 @@ def describe_entry(entry: SpoolEntry) -> dict[str, Any]:
         "failed_recipients": [[r, str(reply)] for r, reply in entry.failed_recipients],
         "client_address": entry.client_address,
         "bounce_of": entry.bounce_of,
+        "problem": entry.problem or None,
     }

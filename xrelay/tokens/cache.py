@@ -112,6 +112,11 @@ class AccountCache:
     path: str
     _fernet: Fernet = attrs.field(repr=False)
     signature: Signature | None = None
+    #: Contents that could not be written (a full disk), and the file's signature at
+    #: that moment: while the file stays as it was, they are what L{read} returns, so a
+    #: new token is used from memory and written at the next chance.
+    _unwritten: dict[str, Any] | None = attrs.field(default=None, repr=False)
+    _unwritten_over: Signature | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def open(cls, state_dir: str, account: str, key: bytes) -> AccountCache:
@@ -146,6 +151,11 @@ class AccountCache:
         (a lost or changed key means signing in again, never a crash).
         """
         signature = self._stat()
+        if self._unwritten is not None:
+            if signature == self._unwritten_over:
+                self.signature = signature
+                return json.loads(json.dumps(self._unwritten))  # a copy, like a read
+            self._unwritten = None  # another process wrote the file since: it wins
         try:
             with open(self.path, "rb") as f:
                 blob = f.read()
@@ -162,20 +172,41 @@ class AccountCache:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def write(self, data: dict[str, Any]) -> None:
-        """Replace the file atomically: never a moment with a partial or open file."""
+    def write(self, data: dict[str, Any]) -> bool:
+        """
+        Replace the file atomically: never a moment with a partial or open file.
+
+        A file that cannot be written (a full disk, a read-only state_dir) does not
+        lose the contents: they stay in memory (L{read} returns them), the failure is
+        logged, and the next write tries again.  Returns whether the file was written.
+        """
         blob = self._fernet.encrypt(json.dumps(data).encode("utf-8"))
         folder = os.path.dirname(self.path)
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(folder)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(folder)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            self._unwritten = json.loads(json.dumps(data))
+            self._unwritten_over = self._stat()
+            self.signature = self._unwritten_over
+            log.error("The token cache {path} could not be written ({error}); the token "
+                      "is used from memory and written at the next refresh; free space "
+                      "in server.state_dir", path=self.path, error=e.strerror or str(e))
+            return False
+        self._unwritten = None
         self.signature = self._stat()
+        return True

@@ -1,0 +1,191 @@
+"""
+What would fail later, found before anything listens: checks of the machine around a
+valid configuration (the state folder, file modes, certificate lifetime) and settings
+that are allowed but probably wrong (shadowed senders, senders nobody routes, an admin
+page open to the network in clear).
+
+C{xrelay check-config} prints them; the daemon logs the warnings and refuses to start on
+a problem (L{problems}), with the same lines.  Pure reads: nothing here changes a file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import stat
+from typing import Iterable
+
+from xrelay.addresses import SenderPattern
+from xrelay.config import Config
+
+__all__ = ["problems", "warnings", "EXPIRY_WARNING_DAYS"]
+
+#: A server certificate expiring within this many days is warned about.
+EXPIRY_WARNING_DAYS = 30
+
+#: The address a pattern stands for when comparing patterns (no real mailbox has it).
+_PROBE = "xrelay-probe-7f3a"
+
+
+def problems(config: Config) -> list[str]:
+    """
+    Reasons the relay must not start, one line each (name the setting, say the fix).
+    Empty when all is well.
+    """
+    where = config.path or "sandbox default"
+    found = []
+    problem = _state_dir_problem(config.server.state_dir)
+    if problem:
+        found.append(f"{where}: server.state_dir: {problem}")
+    return found
+
+
+def _state_dir_problem(path: str) -> str | None:
+    """The state folder must exist or be creatable, be writable, be ours, be private."""
+    me = os.geteuid()
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return (f"{path} does not exist and cannot be created ({parent} is not "
+                    f"writable by uid {me}); create it owned by the user xrelay runs as, "
+                    "mode 0700")
+        return None
+    except OSError as e:
+        return f"{path} cannot be examined ({e.strerror}); fix its permissions"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a folder; point state_dir at a folder"
+    if st.st_uid != me:
+        return (f"{path} is owned by uid {st.st_uid}, but xrelay runs as uid {me}: "
+                f"another user could move the spool; chown -R {me} {path} (run "
+                "check-config as the relay's user, e.g. sudo -u xrelay)")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (f"{path} is writable by group or others (mode {mode:04o}): another local "
+                f"user could move or plant spool files; chmod 700 {path}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable by uid {me}; chmod u+rwx {path}"
+    return None
+
+
+def warnings(config: Config) -> list[str]:
+    """Everything L{Config.warnings} says, and what the machine around it shows."""
+    where = config.path or "sandbox default"
+    found = list(config.warnings())
+    found += _certificate_expiry(config, where)
+    found += _secret_modes(config, where)
+    found += _shadowed_senders(config, where)
+    found += _unrouted_users(config, where)
+    found += _admin_in_clear(config, where)
+    return found
+
+
+def _certificate_expiry(config: Config, where: str) -> list[str]:
+    path = config.server.tls_cert
+    if path is None:
+        return []
+    from cryptography import x509
+
+    try:
+        with open(path, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+    except (OSError, ValueError):
+        return []  # the reader already refused what it could not load
+    expires = leaf.not_valid_after_utc
+    left = expires - datetime.datetime.now(datetime.timezone.utc)
+    if left < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+        return [f"{where}: server.tls_cert: {path} expires on {expires:%Y-%m-%d} (in "
+                f"{max(left.days, 0)} days); renew it before clients refuse it"]
+    return []
+
+
+def _secret_modes(config: Config, where: str) -> list[str]:
+    files = [("server.tls_key", config.server.tls_key)]
+    for account in config.accounts:
+        for key in ("client_secret_file", "certificate_key_file", "refresh_token_file"):
+            files.append((f'accounts."{account.name}".{key}', getattr(account, key)))
+    found = []
+    for key, path in files:
+        if not path:
+            continue
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            found.append(f"{where}: {key}: {path} is readable by group or others (mode "
+                         f"{mode:04o}); chmod 600 {path}")
+    return found
+
+
+def _sample(pattern: SenderPattern) -> str:
+    """One address the pattern matches, chosen not to be matched by accident."""
+    text = pattern.text if pattern.text != "*" else "*@*"
+    local, _, domain = text.rpartition("@")
+    local = re.sub(r"[*?]", _PROBE, local) or _PROBE
+    domain = re.sub(r"[*?]", _PROBE, domain) + (".invalid" if "*" in domain else "")
+    return f"{local}@{domain}"
+
+
+def _covers(wide: SenderPattern, narrow: SenderPattern) -> bool:
+    return wide.matches(_sample(narrow))
+
+
+def _overlap(a: SenderPattern, b: SenderPattern) -> bool:
+    return a.matches(_sample(b)) or b.matches(_sample(a))
+
+
+def _shadowed_senders(config: Config, where: str) -> list[str]:
+    """An account's sender pattern that an earlier account always takes first."""
+    found = []
+    for i, account in enumerate(config.accounts):
+        for pattern in account.senders:
+            for earlier in config.accounts[:i]:
+                wide = next((p for p in earlier.senders if _covers(p, pattern)), None)
+                if wide is not None:
+                    found.append(
+                        f'{where}: accounts."{account.name}".senders: "{pattern.text}" is '
+                        f'never used: account "{earlier.name}" comes first and takes it '
+                        f'("{wide.text}"); put "{account.name}" first or narrow '
+                        f'"{earlier.name}"\'s senders')
+                    break
+    return found
+
+
+def _routes(config: Config) -> Iterable[SenderPattern]:
+    for account in config.accounts:
+        yield from account.senders
+
+
+def _unrouted_users(config: Config, where: str) -> list[str]:
+    """A user's sender that no account would carry: its mail is refused at MAIL."""
+    if config.relay.default_account is not None:
+        return []
+    found = []
+    for user in config.users:
+        for pattern in user.senders:
+            if not any(_overlap(pattern, route) for route in _routes(config)):
+                found.append(
+                    f'{where}: users."{user.name}".senders: no account routes '
+                    f'"{pattern.text}": its mail would be refused at MAIL FROM; add it to '
+                    "an account's senders or set relay.default_account")
+    return found
+
+
+_LOOPBACK = re.compile(r"(?:^|:)interface=(?:127\.[0-9.]+|\\?:\\?:1|localhost)(?::|$)")
+
+
+def _admin_in_clear(config: Config, where: str) -> list[str]:
+    if config.admin is None:
+        return []
+    listen = config.admin.listen
+    kind = listen.split(":", 1)[0].lower()
+    if kind in ("ssl", "unix") or _LOOPBACK.search(listen):
+        return []
+    return [f'{where}: admin.listen: "{listen}" is reachable from the network without '
+            "TLS: the admin password and session cookie would cross it in clear; listen "
+            'on 127.0.0.1 (behind a TLS proxy) or use an "ssl:" endpoint']
