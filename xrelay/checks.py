@@ -10,7 +10,6 @@ a problem (L{problems}), with the same lines.  Pure reads: nothing here changes 
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import stat
@@ -19,10 +18,7 @@ from typing import Iterable
 from xrelay.addresses import SenderPattern
 from xrelay.config import Config
 
-__all__ = ["problems", "warnings", "EXPIRY_WARNING_DAYS"]
-
-#: A server certificate expiring within this many days is warned about.
-EXPIRY_WARNING_DAYS = 30
+__all__ = ["problems", "warnings"]
 
 #: The address a pattern stands for when comparing patterns (no real mailbox has it).
 _PROBE = "xrelay-probe-7f3a"
@@ -76,7 +72,7 @@ def warnings(config: Config) -> list[str]:
     """Everything L{Config.warnings} says, and what the machine around it shows."""
     where = config.path or "sandbox default"
     found = list(config.warnings())
-    found += _certificate_expiry(config, where)
+    found += _credential_expiry(config)
     found += _secret_modes(config, where)
     found += _shadowed_senders(config, where)
     found += _unrouted_users(config, where)
@@ -84,23 +80,13 @@ def warnings(config: Config) -> list[str]:
     return found
 
 
-def _certificate_expiry(config: Config, where: str) -> list[str]:
-    path = config.server.tls_cert
-    if path is None:
-        return []
-    from cryptography import x509
+def _credential_expiry(config: Config) -> list[str]:
+    """Certificates (the listeners', the accounts') and client secrets ending soon."""
+    import time
 
-    try:
-        with open(path, "rb") as f:
-            leaf = x509.load_pem_x509_certificates(f.read())[0]
-    except (OSError, ValueError):
-        return []  # the reader already refused what it could not load
-    expires = leaf.not_valid_after_utc
-    left = expires - datetime.datetime.now(datetime.timezone.utc)
-    if left < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
-        return [f"{where}: server.tls_cert: {path} expires on {expires:%Y-%m-%d} (in "
-                f"{max(left.days, 0)} days); renew it before clients refuse it"]
-    return []
+    from xrelay.tokens.expiry import credential_expiries, expiry_warnings
+
+    return expiry_warnings(credential_expiries(config), time.time())
 
 
 def _secret_modes(config: Config, where: str) -> list[str]:

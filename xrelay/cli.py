@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-import time
 from typing import Callable, Sequence
 
 import attrs
@@ -75,10 +74,6 @@ def check_config(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
     print(f"# {config.path or 'sandbox default (no configuration file)'}: OK")
     for warning in warnings(config):
-        print(f"# warning: {warning}")
-    from xrelay.tokens.expiry import credential_expiries, expiry_warnings
-
-    for warning in expiry_warnings(credential_expiries(config), time.time()):
         print(f"# warning: {warning}")
     for line in describe(config):
         print(line)

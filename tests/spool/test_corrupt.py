@@ -263,7 +263,7 @@ async def test_the_admin_page_and_control_socket_set_aside_and_show(world) -> No
     await browser.sign_in()
     response, body = await browser.request("GET", "/queue")
     assert response.code == 200
-    assert good in body and f'id="entry-state-{BAD}">corrupt<' in body
+    assert good in body and f'id="entry-state-{BAD}" class="bad">corrupt<' in body
     assert "the record is a JSON list, not an object (was in queued/)" in body
     # Another one, for the control socket; and one more of the same name.
     other = "20260101T000000.000000-1-000098"

@@ -309,7 +309,7 @@ def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
         rows.append(tags.tr(
             tags.td(entry_link(e.entry_id)),
             tags.td(tags.span(e.state, id=f"entry-state-{e.entry_id}",
-                              class_="bad" if e.state == "failed" else ""),
+                              class_="bad" if e.state in ("failed", "corrupt") else "muted"),
                     *([tags.br(), tags.span(f"next {_when(e.next_attempt)}",
                                             class_="small muted")]
                       if e.state == "deferred" else [])),
