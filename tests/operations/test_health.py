@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -64,29 +63,27 @@ async def test_a_running_relay_is_healthy_and_a_stopped_one_is_not(world, daemon
 
 @pytest_twisted.ensureDeferred
 async def test_a_listener_that_is_not_bound_is_unhealthy(world) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen(1)
-    busy = taken.getsockname()[1]
-    try:
-        write_config(world, delegated=True)
-        text = world.config_path.read_text().replace(
-            f'listen = ["tcp:{world.smtp_port}:interface=127.0.0.1"]',
-            f'listen = ["tcp:{world.smtp_port}:interface=127.0.0.1", '
-            f'"tcp:{busy}:interface=127.0.0.1"]')
-        world.config_path.write_text(text)
-        relay = start_relay(world)
-        await relay.inbound._listening[0]
-        await until(lambda: relay.inbound._listening[1].called)
-        relay.inbound._listening[1].addErrback(lambda failure: None)  # logged already
-        status, report = await healthz(world)
-    finally:
-        taken.close()
+    # A listener that cannot bind at start ends the daemon (tests/test_startup.py); one
+    # that stops listening while the relay runs is what health has to catch.
+    second = free_port()
+    write_config(world, delegated=True)
+    text = world.config_path.read_text().replace(
+        f'listen = ["tcp:{world.smtp_port}:interface=127.0.0.1"]',
+        f'listen = ["tcp:{world.smtp_port}:interface=127.0.0.1", '
+        f'"tcp:{second}:interface=127.0.0.1"]')
+    world.config_path.write_text(text)
+    relay = start_relay(world)
+    await relay.inbound.when_listening()
+    status, report = await healthz(world)
+    assert status == 200 and report["checks"]["listeners"]["ok"] is True
+    endpoint = f"tcp:{second}:interface=127.0.0.1"
+    await relay.inbound.bound[endpoint].stopListening()
+    status, report = await healthz(world)
     assert status == 503
     assert report["healthy"] is False and report["failed"] == ["listeners"]
     listeners = report["checks"]["listeners"]
-    assert listeners["not_bound"] == [f"tcp:{busy}:interface=127.0.0.1"]
-    assert listeners["detail"].startswith(f"not listening on tcp:{busy}:interface=127.0.0.1;")
+    assert listeners["not_bound"] == [endpoint]
+    assert listeners["detail"].startswith(f"not listening on {endpoint};")
 
 
 @pytest_twisted.ensureDeferred
