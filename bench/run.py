@@ -138,11 +138,16 @@ class Processes:
         wait_for(info.exists, 60, "the sandbox")
         return json.loads(info.read_text())
 
-    def start_relay(self, account: dict[str, Any], port: int, name: str) -> subprocess.Popen[bytes]:
+    def start_relay(self, account: dict[str, Any], port: int, name: str,
+                    pass_through_port: int | None = None) -> subprocess.Popen[bytes]:
         state = self.workdir / f"state-{name}"
         account = dict(account, messages_per_minute=0, recipients_per_day=0,
                        max_connections=3)  # Exchange Online allows 3 per mailbox
-        lines = ["[server]", f'listen = ["tcp:{port}:interface=127.0.0.1"]',
+        listen = f'"tcp:{port}:interface=127.0.0.1"'
+        if pass_through_port is not None:
+            listen += (f', {{ endpoint = "tcp:{pass_through_port}:interface=127.0.0.1", '
+                       "pass_through = true }")
+        lines = ["[server]", f"listen = [{listen}]",
                  'hostname = "bench.test"', f'state_dir = "{state}"',
                  "max_message_size = 200000000", "max_connections = 2000",
                  "max_connections_per_client = 2000", "", "[relay]",
