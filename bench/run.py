@@ -139,7 +139,13 @@ class Processes:
         return json.loads(info.read_text())
 
     def start_relay(self, account: dict[str, Any], port: int, name: str,
-                    pass_through_port: int | None = None) -> subprocess.Popen[bytes]:
+                    pass_through_port: int | None = None,
+                    log_pipe: bool = False) -> subprocess.Popen[bytes]:
+        """
+        @param log_pipe: log to standard output, a pipe, as the systemd unit does
+            (journald reads it), instead of C{--logfile} on the spool's disk, where
+            each line's write can wait for the journal.
+        """
         state = self.workdir / f"state-{name}"
         account = dict(account, messages_per_minute=0, recipients_per_day=0,
                        max_connections=3)  # Exchange Online allows 3 per mailbox
@@ -156,10 +162,20 @@ class Processes:
         config = self.workdir / f"{name}.toml"
         config.write_text("\n".join(lines) + "\n")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        child = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", f"--logfile={self.workdir / (name + '.log')}",
-             "xrelay", "--config", str(config)], cwd=self.workdir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = self.workdir / (name + ".log")
+        if log_pipe:
+            reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=open(log, "wb"))
+            self.children.append(reader)
+            child = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", "xrelay", "--config", str(config)],
+                cwd=self.workdir, stdout=reader.stdin, stderr=subprocess.STDOUT)
+            assert reader.stdin is not None
+            reader.stdin.close()  # the relay holds the pipe; cat ends when it does
+        else:
+            child = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", f"--logfile={log}",
+                 "xrelay", "--config", str(config)], cwd=self.workdir,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.children.append(child)
         wait_for(lambda: listening(port), 60, "the relay")
         return child
