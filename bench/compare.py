@@ -15,7 +15,8 @@ What runs, each server a process of its own, the load generator in this one:
   Rates, ratios to the sink and to Postfix, CPU seconds of the server's processes per
   1,000 accepted messages.
 - end to end: 300 messages over 10 connections into an idle xrelay whose upstream is
-  the sandbox behind C{bench/delayproxy.py} (5 ms and 20 ms each way), 3 upstream
+  the sandbox (its mailbox on a tmpfs: it stands for a remote service, whose storage
+  is not this disk) behind C{bench/delayproxy.py} (5 ms and 20 ms each way), 3 upstream
   connections: messages per second from the first byte to the last message in the
   sandbox mailbox, and round trips per message counted by the proxy.  Postfix the
   same way into a plain sink behind the proxy (it cannot do XOAUTH2).
@@ -337,6 +338,7 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     children: list[subprocess.Popen[bytes]] = []
     processes = Processes(work)
     postfix: Postfix | None = None
+    shm: Path | None = None
     try:
         why = await in_thread(Postfix.available)
         if why is None:
@@ -352,7 +354,9 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sink_port = free_port()
         sink = await in_thread(start_sink, work, sink_port, True)
         children.append(sink)
-        sandbox = await in_thread(processes.start_sandbox)
+        shm = Path(tempfile.mkdtemp(prefix="xrelay-compare-sandbox-", dir="/dev/shm")) \
+            if os.path.isdir("/dev/shm") else None
+        sandbox = await in_thread(processes.start_sandbox, shm)
         sandbox_dir = Path(sandbox["directory"])
         account = sandbox["account"]
         relay_port = free_port()
@@ -501,6 +505,8 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             stop(p)
         if postfix is not None:
             postfix.stop()
+        if shm is not None:
+            shutil.rmtree(shm, ignore_errors=True)
     results["machine"]["load_average_after"] = load_average()
     return results
 

@@ -129,11 +129,16 @@ class Processes:
         self.workdir = workdir
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def start_sandbox(self) -> dict[str, Any]:
+    def start_sandbox(self, directory: Path | None = None) -> dict[str, Any]:
+        """
+        @param directory: where the sandbox keeps its mailbox (default: under the work
+            dir); C{compare.py} puts it on a tmpfs, since it stands for a remote service
+            whose storage is not the relay's disk.
+        """
         info = self.workdir / "sandbox.json"
         child = subprocess.Popen(
-            [sys.executable, str(HERE / "sandbox_server.py"), str(self.workdir / "sandbox"),
-             str(info)], stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sandbox.log", "wb"))
+            [sys.executable, str(HERE / "sandbox_server.py"),
+             str(directory or self.workdir / "sandbox"), str(info)], stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sandbox.log", "wb"))
         self.children.append(child)
         wait_for(info.exists, 60, "the sandbox")
         return json.loads(info.read_text())
