@@ -338,7 +338,15 @@ async def test_falls_back_to_pipelined_data_without_chunking(sandbox: Sandbox,
 @pytest_twisted.ensureDeferred
 async def test_a_line_that_is_exactly_two_dots(sandbox: Sandbox, tmp_path: Any,
                                                chunking: bool) -> None:
-    """A content line ".." (and "."): stuffed to "..." by DATA, as is in BDAT; never an end."""
+    """
+    A client's DATA line that is exactly ".." is a stuffed "." and stored as "."; a
+    stored ".." came as "...".  Upstream, DATA stuffs them again ("..", "...") and BDAT
+    sends them as they are; neither ends the data early.
+    """
+    from xrelay.inbound.lines import Line, data_line_bytes
+
+    assert data_line_bytes(Line(b"..", True)) == b".\r\n"
+    assert data_line_bytes(Line(b"...", True)) == b"..\r\n"
     sandbox.exchange.chunking = chunking
     data = simple_message() + b"..\r\n.\r\n..\r\nafter\r\n"
     transport = transport_for(account_for(sandbox), tokens_for(sandbox), reactor)
@@ -346,3 +354,26 @@ async def test_a_line_that_is_exactly_two_dots(sandbox: Sandbox, tmp_path: Any,
     await transport.close()
     assert [r.outcome for r in result.recipients] == [Outcome.DELIVERED]
     assert [m.data for m in sandbox.mailbox.messages] == [data]
+
+
+def test_a_slow_final_reply_is_waited_for_not_taken_for_a_stall(tmp_path: Any) -> None:
+    """The progress timeout is for sending; the reply to BDAT LAST gets data_end."""
+    conn, transport, clock = connection(CHUNKING)
+    d = ensureDeferred(conn.send_message(message(tmp_path)))
+    pump(transport)
+    conn.protocol.dataReceived(b"250 ok\r\n250 ok\r\n")
+    clock.advance(Timeouts().data_block + 1)
+    assert not d.called and not transport.disconnected
+    conn.protocol.dataReceived(b"250 2.6.0 queued\r\n")
+    assert [r.outcome for r in d.result.recipients] == [Outcome.DELIVERED]
+
+
+def test_a_stall_while_sending_names_the_message_data(tmp_path: Any) -> None:
+    conn, transport, clock = connection(CHUNKING)
+    d = ensureDeferred(conn.send_message(message(tmp_path, b"x" * 200000)))
+    transport.producer.resumeProducing()  # one piece, then the upstream stops reading
+    clock.advance(Timeouts().data_block)
+    error: list[Any] = []
+    d.addErrback(error.append)
+    assert transport.disconnected
+    assert str(error[0].value) == "timed out after 180s without progress during message data"

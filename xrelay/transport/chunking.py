@@ -109,6 +109,9 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
             if not any(reply.code // 100 == 2 for reply in rcpt_replies):
                 refused_seen.append(True)
         complete = await _sent(sending, connection, stalled)
+        if watchdog.active():
+            # The data is out: from here the reply timeouts apply, as after DATA's dot.
+            watchdog.cancel()
         chunk_replies = []
         for i, w in enumerate(chunk_waits):
             last = complete and i == len(chunk_waits) - 1
@@ -117,6 +120,8 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
             chunk_replies.append(await connection.wait(w, step, seconds))
     except ConnectionTrouble:
         quiet()
+        if stalled:  # we gave up on the upstream, whatever was awaited when it happened
+            raise _stalled(connection) from None
         if mail_reply is not None and mail_reply.code // 100 != 2:
             return _whole(message, mail_reply)  # the refusal is the news, not the close
         if len(rcpt_replies) == len(message.recipients) and not any(
@@ -167,6 +172,13 @@ def _length(data: Any) -> int:
     return os.fstat(data.fileno()).st_size
 
 
+def _stalled(connection: "UpstreamConnection") -> Exception:
+    from xrelay.transport.smtp import ConnectionTrouble
+
+    return ConnectionTrouble(
+        "message data", f"timed out after {connection.timeouts.data_block:g}s without progress")
+
+
 def _stall(connection: "UpstreamConnection", stalled: list[bool]) -> None:
     stalled.append(True)
     connection.broken = True
@@ -184,10 +196,7 @@ async def _sent(sending: "Deferred[bool]", connection: "UpstreamConnection",
         connection.broken = True
         connection.protocol.abort()
         if stalled:
-            raise ConnectionTrouble(
-                "message data",
-                f"timed out after {connection.timeouts.data_block:g}s without progress",
-            ) from None
+            raise _stalled(connection) from None
         if isinstance(e, DataInterrupted):
             raise ConnectionTrouble("message data", "the connection was lost",
                                     dropped=True) from None
