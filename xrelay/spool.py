@@ -4,7 +4,9 @@ The durable spool: accepted messages on disk until they are delivered or bounced
 Layout under the spool folder, readable with ordinary tools::
 
     tmp/<id>.eml, tmp/<id>.json      being received or committed; never an entry
-    data/<id>.eml                    message bytes exactly as received (CRLF wire format)
+    data/<id>.eml                    message bytes exactly as received (CRLF wire format);
+                                     while busy, also a few empty ones made ahead for
+                                     messages about to arrive (no entry yet)
     queued/<id>.json                 envelope + delivery record, ready to be sent
     active/<id>.json                 an attempt is in flight
     deferred/<id>.json               waiting for its next attempt (see next_attempt)
@@ -65,8 +67,12 @@ STATES = (QUEUED, ACTIVE, DEFERRED, FAILED)
 #: errno values that mean "no room": the client is told to try again later.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
-#: Empty files kept ready in tmp/ (see Spool._make_spares).
+#: Empty message files kept ready in data/ while busy (see Spool._make_spares).
 _SPARES = 32
+#: Spares are made only when messages arrive less than this many seconds apart ...
+_BUSY = 0.5
+#: ... and not used when older than this (their ids carry the time they were made).
+_SPARE_AGE = 1.0
 
 #: Committed entries kept for the delivery engine to take without reading them back;
 #: more than this are not taken by anyone (no engine running) and are dropped.
@@ -252,7 +258,8 @@ class _Incoming:
     _file: Any = attrs.field(repr=False)
     size: int = 0
     finished: bool = False
-    #: The file in C{tmp/} being written: C{<id>.eml}, or a spare made ahead of time.
+    #: A spare's C{data/<id>.eml}, made ahead (see L{Spool._make_spares}); else the
+    #: message is written to C{tmp/<id>.eml} and renamed into C{data/} at commit.
     spare_path: str = ""
     #: The entry as committed, handed to the delivery engine without a re-read.
     entry: "SpoolEntry | None" = attrs.field(default=None, repr=False)
@@ -363,12 +370,13 @@ class Spool:
         self._committing = 0
         #: Empty files made in C{tmp/} ahead of time by a thread, so that the reactor
         #: thread never waits for the journal to create one (see L{incoming}).
-        self._spares: collections.deque[str] = collections.deque()
+        self._spares: collections.deque[tuple[str, str, float]] = collections.deque()
+        self._stale_spares: list[str] = []
+        self._last_incoming = float("-inf")
         #: Only with a thread pool: with work run inline there is no reactor thread
         #: to spare, and tests see exactly the files they made.
         self._spares_wanted = self._run == self._in_thread
         self._making_spares = False
-        self._spare_names = itertools.count()
         #: The last attempt to make spares ran out of space: create in place instead,
         #: which reports the full disk before the 354.
         self._spares_full = False
@@ -413,9 +421,12 @@ class Spool:
 
         @raise SpoolFull: when not even the empty file can be created.
         """
-        entry_id = self._new_id()
+        now = time.monotonic()
+        busy, self._last_incoming = now - self._last_incoming < _BUSY, now
+        if self._spares and now - self._spares[0][2] > _SPARE_AGE:
+            self._drop_spares()  # ids stamped too long ago for the time of arrival
         while self._spares and not self._spares_full:
-            path = self._spares.popleft()
+            entry_id, path, _ = self._spares.popleft()
             self._make_spares()
             try:
                 # Opening an existing empty file does not wait for the journal.
@@ -424,6 +435,7 @@ class Spool:
                 continue  # removed under us (recovery of another process): make one
             f = os.fdopen(fd, "wb", buffering=_BUFFER)
             return _Incoming(self, entry_id, envelope, bounce_of, f, spare_path=path)
+        entry_id = self._new_id()
         path = os.path.join(self.directory, "tmp", entry_id + ".eml")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -433,38 +445,54 @@ class Spool:
                 self._out_of_space()
                 raise SpoolFull(str(e.strerror)) from None
             raise
-        self._make_spares()
+        if busy:
+            self._make_spares()
         f = os.fdopen(fd, "wb", buffering=_BUFFER)
         return _Incoming(self, entry_id, envelope, bounce_of, f)
 
     def _make_spares(self) -> None:
         """
-        Keep a few empty files ready in C{tmp/}.  Creating a file waits for a running
-        journal commit (0.4-1 ms under load, 14 % of the reactor thread at 100 clients);
-        a thread does it instead, ahead of need.  After running out of space there are
-        no spares until a commit succeeds again: L{incoming} creates in place, so a
-        full disk is refused before the 354 as it always was.
+        While messages arrive in quick succession, keep a few empty message files
+        ready: C{data/<id>.eml} under the id of a message still to come, made by a
+        thread, with C{data/} fsynced, before L{incoming} hands one out.  The reactor
+        thread then never waits for the journal to create a file (0.4-1 ms under load,
+        14 % of it at 100 clients), and a commit needs no rename of the data and no
+        fsync of C{data/}: only the envelope gets a new name (bench/commit_rounds.py:
+        name changes are what the journal makes expensive).  Until committed, a spare
+        is data without an entry, which recovery removes, as it removes any.  Ids of
+        spares older than L{_SPARE_AGE} are not used (an id says when its message
+        arrived).  After running out of space there are none until a commit succeeds
+        again: L{incoming} creates in place, so a full disk is refused before the 354
+        as it always was.
         """
         if (not self._spares_wanted or self._making_spares or self._spares_full
                 or len(self._spares) >= _SPARES // 2):
             return
         self._making_spares = True
-        self._run(self._create_spares, _SPARES - len(self._spares)).addBoth(
-            self._spares_made)
+        self._run(self._create_spares, _SPARES - len(self._spares),
+                  self._stale_spares).addBoth(self._spares_made)
+        self._stale_spares = []
 
-    def _create_spares(self, count: int) -> tuple[list[str], bool]:
-        made: list[str] = []
+    def _create_spares(self, count: int, stale: list[str]
+                       ) -> tuple[list[tuple[str, str, float]], bool]:
+        for path in stale:
+            _unlink_quietly(path)
+        made: list[tuple[str, str, float]] = []
+        full = False
         for _ in range(count):
-            path = os.path.join(self.directory, "tmp",
-                                f"spare-{os.getpid()}-{next(self._spare_names)}.eml")
+            entry_id = self._new_id()
+            path = self._data_path(entry_id)
             try:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             except OSError as e:
-                if _full(e):
-                    return made, True
-                raise
-            made.append(path)
-        return made, False
+                if not _full(e):
+                    raise
+                full = True
+                break
+            made.append((entry_id, path, time.monotonic()))
+        if made:
+            _fsync_directory(os.path.join(self.directory, "data"))
+        return made, full
 
     def _spares_made(self, result: Any) -> None:
         self._making_spares = False
@@ -478,12 +506,18 @@ class Spool:
         if full or self._spares_full:
             self._out_of_space()
 
+    def _drop_spares(self) -> None:
+        """Forget the spares; a thread removes them with the next ones it makes."""
+        self._stale_spares += [path for _, path, _ in self._spares]
+        self._spares.clear()
+
     def _out_of_space(self) -> None:
         """The disk is full: give back the spares (inodes, and nothing left over)."""
         self._spares_full = True
         spares, self._spares = list(self._spares), collections.deque()
-        for path in spares:
+        for path in [p for _, p, _ in spares] + self._stale_spares:
             _unlink_quietly(path)
+        self._stale_spares = []
 
     def committed(self, entry_id: str) -> "SpoolEntry | None":
         """
@@ -541,15 +575,17 @@ class Spool:
         if not good:
             return errors
         try:
+            renamed = False
             for m in good:
-                os.rename(m.data_tmp, self._data_path(m.entry_id))
+                if not m.spare_path:  # a spare is in data/ already, durably named
+                    os.rename(m.data_tmp, self._data_path(m.entry_id))
+                    renamed = True
                 os.rename(m.json_tmp, self._json_path(QUEUED, m.entry_id))
             # Both folders in one round: their fsyncs are issued together, so the
             # journal commits them as one transaction.  Until both return nothing is
             # acknowledged; a crash in between leaves at most an entry without data
             # or data without an entry, which recovery removes (never acknowledged).
-            if len(good) == 1 and len(messages) == 1:
-                _fsync_directory(os.path.join(self.directory, "data"))
+            if not renamed:
                 _fsync_directory(os.path.join(self.directory, QUEUED))
             else:
                 data_synced = _fsync_workers().submit(
@@ -577,7 +613,6 @@ class Spool:
             result = [result.value] * len(batch)
         if any(error is None for error in result):
             self._spares_full = False  # there is room again
-            self._make_spares()
         elif any(isinstance(error, SpoolFull) for error in result):
             self._out_of_space()
         try:

@@ -1,8 +1,9 @@
 """
-The commit path's shortcuts keep the promise: message files are created by a thread
-ahead of need (the reactor thread only opens one), a full disk still refuses before
-the 354, and the entry just committed is handed to the delivery engine as written
-instead of being read back.
+The commit path's shortcuts keep the promise: while busy, message files are created
+by a thread ahead of need in data/ under the id of a message to come (the reactor
+thread only opens one, and a commit renames only the envelope), a full disk still
+refuses before the 354, and the entry just committed is handed to the delivery engine
+as written instead of being read back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from xrelay.spool import ACTIVE, QUEUED, Spool, SpoolFull, run_inline
 
 
 async def _spares_ready(spool: Spool) -> None:
+    spool.incoming(ENVELOPE).abort()  # two arrivals in quick succession: busy
+    spool.incoming(ENVELOPE).abort()
     for _ in range(500):
         if len(spool._spares) >= 16:
             return
@@ -50,27 +53,58 @@ async def test_reactor_thread_creates_no_file_once_spares_exist(
     first = await receive(spool)
     await _spares_ready(spool)
     del creations[:]
-    message = spool.incoming(ENVELOPE)
-    assert threading.current_thread().name not in creations
-    message.write(MESSAGE)
-    entry_id = await message.commit()
+    renames: list[str] = []
+    real_rename = os.rename
+    monkeypatch_rename(renames, real_rename)
+    try:
+        message = spool.incoming(ENVELOPE)
+        assert threading.current_thread().name not in creations
+        message.write(MESSAGE)
+        entry_id = await message.commit()
+    finally:
+        os.rename = real_rename
     assert threading.current_thread().name not in creations
     assert spool.read_data(entry_id) == MESSAGE
-    assert files(spool, "data") == sorted([first + ".eml", entry_id + ".eml"])
-    assert entry_id + ".eml" not in files(spool, "tmp")
     assert spool.get(entry_id).size == len(MESSAGE)
-    # What a crash leaves in tmp/ (the spares) is what recovery removes.
+    assert [os.path.basename(os.path.dirname(r)) for r in renames] == ["queued"]
+    # What a crash leaves (the spares: data without an entry) is what recovery removes.
     spool.recovered = False
     spool.recover()
     assert files(spool, "tmp") == []
+    assert files(spool, "data") == sorted([first + ".eml", entry_id + ".eml"])
     assert spool.ids(QUEUED) == sorted([first, entry_id])
+
+
+def monkeypatch_rename(renames: list[str], real: Any) -> None:
+    """Record the targets of os.rename (only the envelope is renamed for a spare)."""
+    def recording(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+        renames.append(str(dst))
+        real(src, dst, *args, **kw)
+
+    os.rename = recording  # type: ignore[assignment]
+
+
+def test_spares_only_while_busy_and_not_once_stale(tmp_path: Any, monkeypatch: Any) -> None:
+    made: list[tuple[Any, ...]] = []
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    monkeypatch.setattr(spool, "_run", lambda f, *a: (made.append(a), defer.succeed(
+        ([], False)))[1] if f == spool._create_spares else defer.maybeDeferred(f, *a))
+    spool.incoming(ENVELOPE).abort()
+    assert made == []  # one message now and then: created in place, no spares
+    spool.incoming(ENVELOPE).abort()
+    assert made == [(32, [])]  # a second one right after: busy
+    spool._spares.append(("20000101T000000.000000-1-000001", str(tmp_path / "x.eml"), 0.0))
+    message = spool.incoming(ENVELOPE)
+    assert message.entry_id != "20000101T000000.000000-1-000001"  # too old an id
+    assert made[-1] == (32, [str(tmp_path / "x.eml")])  # removed by the thread
+    message.abort()
 
 
 @pytest_twisted.ensureDeferred
 async def test_full_disk_drops_the_spares_and_is_refused_before_the_354(
         tmp_path: Any, monkeypatch: Any) -> None:
     spool = Spool(str(tmp_path / "spool"), reactor=reactor)
-    await receive(spool)
+    first = await receive(spool)
     await _spares_ready(spool)
     message = spool.incoming(ENVELOPE)  # a spare
     real_write = message._file.write
@@ -81,7 +115,8 @@ async def test_full_disk_drops_the_spares_and_is_refused_before_the_354(
     message._file.write = full
     with pytest.raises(SpoolFull):
         message.write(b"x" * 100_000)
-    assert files(spool, "tmp") == []  # the spares are given back with the message
+    # The spares (and the message) are given back: only the committed one is left.
+    assert files(spool, "tmp") == [] and files(spool, "data") == [first + ".eml"]
     real_open = os.open
 
     def no_room(path: Any, flags: int, *args: Any) -> int:
