@@ -271,8 +271,9 @@ class ExchangeServer:
             keywords = [f"SIZE {self.max_message_size}", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES"]
             keywords += ["AUTH LOGIN XOAUTH2"] if tls else ["STARTTLS"]
             keywords += ["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"]
-        # Both lists as the real services print them after STARTTLS, CHUNKING included
-        # (transcripts of smtp.office365.com and smtp.gmail.com quoted in public code).
+        # Both lists as the real services print them after STARTTLS, CHUNKING included:
+        # smtp.office365.com https://github.com/simonrob/email-oauth2-proxy/issues/95,
+        # smtp.gmail.com (and its BDAT LAST reply) https://github.com/kisli/vmime/issues/110
         lines = [head] + [k for k in keywords if self.chunking or k != "CHUNKING"]
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
 
