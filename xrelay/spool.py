@@ -373,6 +373,7 @@ class Spool:
         self._spares: collections.deque[tuple[str, str, float]] = collections.deque()
         self._stale_spares: list[str] = []
         self._last_incoming = float("-inf")
+        self._cleanup_registered = False
         #: Only with a thread pool: with work run inline there is no reactor thread
         #: to spare, and tests see exactly the files they made.
         self._spares_wanted = self._run == self._in_thread
@@ -468,6 +469,10 @@ class Spool:
         if (not self._spares_wanted or self._making_spares or self._spares_full
                 or len(self._spares) >= _SPARES // 2):
             return
+        if not self._cleanup_registered:
+            # A clean stop leaves no spares behind for recovery to report at the start.
+            self._cleanup_registered = True
+            self._reactor.addSystemEventTrigger("before", "shutdown", self.drop_spares)
         self._making_spares = True
         self._run(self._create_spares, _SPARES - len(self._spares),
                   self._stale_spares).addBoth(self._spares_made)
@@ -506,6 +511,13 @@ class Spool:
         if full or self._spares_full:
             self._out_of_space()
 
+    def drop_spares(self) -> None:
+        """Remove the spares now (at shutdown; they are made again when busy)."""
+        spares, self._spares = list(self._spares), collections.deque()
+        for path in [p for _, p, _ in spares] + self._stale_spares:
+            _unlink_quietly(path)
+        self._stale_spares = []
+
     def _drop_spares(self) -> None:
         """Forget the spares; a thread removes them with the next ones it makes."""
         self._stale_spares += [path for _, path, _ in self._spares]
@@ -514,10 +526,7 @@ class Spool:
     def _out_of_space(self) -> None:
         """The disk is full: give back the spares (inodes, and nothing left over)."""
         self._spares_full = True
-        spares, self._spares = list(self._spares), collections.deque()
-        for path in [p for _, p, _ in spares] + self._stale_spares:
-            _unlink_quietly(path)
-        self._stale_spares = []
+        self.drop_spares()
 
     def committed(self, entry_id: str) -> "SpoolEntry | None":
         """

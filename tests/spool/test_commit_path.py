@@ -8,6 +8,7 @@ as written instead of being read back.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import threading
@@ -163,3 +164,33 @@ def test_delivery_engine_does_not_read_back_a_committed_entry(tmp_path: Any,
     assert [s.message.entry_id for s in harness.transport.sent] == [entry_id]
     assert reads == []
     assert harness.spool.ids(QUEUED) == [] and harness.spool.counts()[ACTIVE] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_spares_are_removed_at_shutdown(tmp_path: Any) -> None:
+    from twisted.internet.task import Clock
+
+    class Reactor(Clock):
+        """A reactor that runs work in threads and records shutdown triggers."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.triggers: list[Any] = []
+
+        def getThreadPool(self) -> Any:
+            return reactor.getThreadPool()
+
+        def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
+            reactor.callFromThread(f, *a, **kw)
+
+        def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+            self.triggers.append((phase, event, f))
+
+    fake = Reactor()
+    spool = Spool(str(tmp_path / "spool"), reactor=fake)
+    await _spares_ready(spool)
+    assert len(files(spool, "data")) >= 16
+    [(phase, event, drop)] = fake.triggers
+    assert (phase, event) == ("before", "shutdown")
+    drop()
+    assert files(spool, "data") == [] and spool._spares == collections.deque()
