@@ -68,11 +68,11 @@ STATES = (QUEUED, ACTIVE, DEFERRED, FAILED)
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 #: Empty message files kept ready in data/ while busy (see Spool._make_spares).
-_SPARES = 32
+_SPARES = 64
 #: Spares are made only when messages arrive less than this many seconds apart ...
 _BUSY = 0.5
 #: ... and not used when older than this (their ids carry the time they were made).
-_SPARE_AGE = 1.0
+_SPARE_AGE = 2.0
 
 #: Committed entries kept for the delivery engine to take without reading them back;
 #: more than this are not taken by anyone (no engine running) and are dropped.

@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
 from tests.spool.test_spool import ENVELOPE, MESSAGE, files, receive
-from xrelay.spool import ACTIVE, QUEUED, Spool, SpoolFull, run_inline
+from xrelay.spool import _SPARES, ACTIVE, QUEUED, Spool, SpoolFull, run_inline
 
 
 async def _spares_ready(spool: Spool) -> None:
@@ -93,11 +93,11 @@ def test_spares_only_while_busy_and_not_once_stale(tmp_path: Any, monkeypatch: A
     spool.incoming(ENVELOPE).abort()
     assert made == []  # one message now and then: created in place, no spares
     spool.incoming(ENVELOPE).abort()
-    assert made == [(32, [])]  # a second one right after: busy
+    assert made == [(_SPARES, [])]  # a second one right after: busy
     spool._spares.append(("20000101T000000.000000-1-000001", str(tmp_path / "x.eml"), 0.0))
     message = spool.incoming(ENVELOPE)
     assert message.entry_id != "20000101T000000.000000-1-000001"  # too old an id
-    assert made[-1] == (32, [str(tmp_path / "x.eml")])  # removed by the thread
+    assert made[-1] == (_SPARES, [str(tmp_path / "x.eml")])  # removed by the thread
     message.abort()
 
 
