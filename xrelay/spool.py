@@ -12,10 +12,13 @@ Layout under the spool folder, readable with ordinary tools::
     deferred/<id>.json               waiting for its next attempt (see next_attempt)
     failed/<id>.json                 permanently failed and bounced; kept for inspection
 
-An entry exists exactly when its C{.json} is in one of the state folders, and the C{.json}
-is renamed there only after the C{.eml} is fsynced and renamed into C{data/} (and that
-folder fsynced).  So a crash at any instant leaves either no entry or a complete one;
-L{Spool.recover} removes the leftovers.  A state transition is one C{rename} of the
+An entry exists exactly when its C{.json} is in one of the state folders.  A commit is
+acknowledged only once the C{.eml} is fsynced under its name in C{data/}, that name is
+durable (C{data/} fsynced in the same round as C{queued/}, or, for a spare, before it
+was handed out) and the C{.json} is fsynced, renamed into C{queued/} and that folder
+fsynced.  So a crash at any instant leaves every acknowledged entry complete; what was
+never acknowledged (data without an entry, or an entry whose data is missing) is what
+L{Spool.recover} removes.  A state transition is one C{rename} of the
 C{.json}; a changed record is first rewritten in place (temporary file, fsync, rename).
 
 Commits of messages arriving together are fsynced as one batch in a thread (group
