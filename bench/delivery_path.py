@@ -9,7 +9,7 @@ The delivery path in pieces, to see which one bounds the end-to-end rate:
  - engine: the L{xrelay.delivery.DeliveryEngine} draining a spool of C{messages} through
    a fresh transport: both of the above plus the engine's own work.
 
-    .venv/bin/python bench/delivery_path.py [--messages 600] [--connections 3]
+    .venv/bin/python bench/delivery_path.py [--messages 600] [--connections 3] [--delay-ms 20]
 
 Prints one JSON object.
 """
@@ -58,11 +58,19 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from xrelay.transport.pool import SMTPTransport
     from xrelay.transport.testing import ClientCredentialsTokenSource
 
-    results: dict[str, Any] = {"connections": args.connections, "messages": args.messages}
+    results: dict[str, Any] = {"connections": args.connections, "messages": args.messages,
+                               "delay_ms_each_way": args.delay_ms}
     processes = Processes(work)
+    proxy = None
     try:
         info = await threads.deferToThread(processes.start_sandbox)
         raw = info["account"]
+        if args.delay_ms:
+            from compare import start_proxy, stop
+
+            proxy, proxy_info = await threads.deferToThread(
+                start_proxy, work, raw["smtp_port"], args.delay_ms)
+            raw = dict(raw, smtp_port=proxy_info["port"])
         account = AccountConfig(
             name=raw["name"], provider=raw["provider"], user=raw["user"],
             flow=raw["flow"], senders=(SenderPattern.parse("*"),), tenant=raw["tenant"],
@@ -137,6 +145,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         await transport.close()
     finally:
         processes.stop_all()
+        if proxy is not None:
+            stop(proxy)
     return results
 
 
@@ -145,6 +155,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--connections", type=int, default=3)
     parser.add_argument("--dir", default="/var/tmp", help="on the disk under test")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="one-way delay of a bench/delayproxy.py in front of the sandbox")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="xrelay-delivery-bench-", dir=args.dir))
 

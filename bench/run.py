@@ -129,20 +129,36 @@ class Processes:
         self.workdir = workdir
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def start_sandbox(self) -> dict[str, Any]:
+    def start_sandbox(self, directory: Path | None = None) -> dict[str, Any]:
+        """
+        @param directory: where the sandbox keeps its mailbox (default: under the work
+            dir); C{compare.py} puts it on a tmpfs, since it stands for a remote service
+            whose storage is not the relay's disk.
+        """
         info = self.workdir / "sandbox.json"
         child = subprocess.Popen(
-            [sys.executable, str(HERE / "sandbox_server.py"), str(self.workdir / "sandbox"),
-             str(info)], stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sandbox.log", "wb"))
+            [sys.executable, str(HERE / "sandbox_server.py"),
+             str(directory or self.workdir / "sandbox"), str(info)], stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sandbox.log", "wb"))
         self.children.append(child)
         wait_for(info.exists, 60, "the sandbox")
         return json.loads(info.read_text())
 
-    def start_relay(self, account: dict[str, Any], port: int, name: str) -> subprocess.Popen[bytes]:
+    def start_relay(self, account: dict[str, Any], port: int, name: str,
+                    pass_through_port: int | None = None,
+                    log_pipe: bool = False) -> subprocess.Popen[bytes]:
+        """
+        @param log_pipe: log to standard output, a pipe, as the systemd unit does
+            (journald reads it), instead of C{--logfile} on the spool's disk, where
+            each line's write can wait for the journal.
+        """
         state = self.workdir / f"state-{name}"
         account = dict(account, messages_per_minute=0, recipients_per_day=0,
                        max_connections=3)  # Exchange Online allows 3 per mailbox
-        lines = ["[server]", f'listen = ["tcp:{port}:interface=127.0.0.1"]',
+        listen = f'"tcp:{port}:interface=127.0.0.1"'
+        if pass_through_port is not None:
+            listen += (f', {{ endpoint = "tcp:{pass_through_port}:interface=127.0.0.1", '
+                       "pass_through = true }")
+        lines = ["[server]", f"listen = [{listen}]",
                  'hostname = "bench.test"', f'state_dir = "{state}"',
                  "max_message_size = 200000000", "max_connections = 2000",
                  "max_connections_per_client = 2000", "", "[relay]",
@@ -151,10 +167,20 @@ class Processes:
         config = self.workdir / f"{name}.toml"
         config.write_text("\n".join(lines) + "\n")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        child = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", f"--logfile={self.workdir / (name + '.log')}",
-             "xrelay", "--config", str(config)], cwd=self.workdir,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = self.workdir / (name + ".log")
+        if log_pipe:
+            reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=open(log, "wb"))
+            self.children.append(reader)
+            child = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", "xrelay", "--config", str(config)],
+                cwd=self.workdir, stdout=reader.stdin, stderr=subprocess.STDOUT)
+            assert reader.stdin is not None
+            reader.stdin.close()  # the relay holds the pipe; cat ends when it does
+        else:
+            child = subprocess.Popen(
+                [twistd, "-n", "--pidfile=", f"--logfile={log}",
+                 "xrelay", "--config", str(config)], cwd=self.workdir,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.children.append(child)
         wait_for(lambda: listening(port), 60, "the relay")
         return child

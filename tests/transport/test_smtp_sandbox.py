@@ -182,6 +182,7 @@ async def test_mixed_recipient_results(sandbox: Sandbox, tmp_path: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_all_recipients_refused_sends_no_data(sandbox: Sandbox, tmp_path: Any) -> None:
     """DATA is pipelined with the envelope; refused for want of recipients, no data follows."""
+    sandbox.exchange.chunking = False  # the DATA conversation (BDAT: tests/transport/test_bdat.py)
     sandbox.exchange.reject_recipient("nobody@example.net")
     transport = transport_for(account_for(sandbox), tokens_for(sandbox), reactor)
     result = await transport.deliver(message_file(
@@ -198,6 +199,7 @@ async def test_all_recipients_refused_sends_no_data(sandbox: Sandbox, tmp_path: 
 @pytest_twisted.ensureDeferred
 async def test_connection_dropped_mid_data_is_temporary(
         sandbox: Sandbox, tmp_path: Any, size: int) -> None:
+    sandbox.exchange.chunking = False  # the DATA conversation (BDAT: tests/transport/test_bdat.py)
     sandbox.exchange.drop_next("DATA_BODY")
     transport = transport_for(account_for(sandbox), tokens_for(sandbox), reactor)
     data = simple_message() + b"x" * 70 + b"\r\n" * (size // 72)
@@ -238,13 +240,16 @@ async def test_certificate_for_another_name_is_refused_and_nothing_sent(
     assert sandbox.mailbox.messages == []
 
 
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
 @pytest_twisted.ensureDeferred
 async def test_smuggling_attempt_arrives_byte_identical_as_one_message(
-        sandbox: Sandbox, tmp_path: Any) -> None:
+        sandbox: Sandbox, tmp_path: Any, chunking: bool) -> None:
     """
     A "." line starting exactly at every read-chunk boundary, CRLF.CRLF followed by a
-    second transaction, and bare LF/CR dots: the sandbox receives the same bytes, once.
+    second transaction, and bare LF/CR dots: the sandbox receives the same bytes, once,
+    whether they go with DATA (stuffed) or BDAT (as they are).
     """
+    sandbox.exchange.chunking = chunking
     head = simple_message(subject="smuggle")
     smuggled = (b".\r\nMAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\n"
                 b"DATA\r\nSubject: injected\r\n\r\nwire money\r\n.\r\n")
@@ -270,6 +275,7 @@ async def test_smuggling_attempt_arrives_byte_identical_as_one_message(
     [transcript] = sandbox.exchange.transcripts
     assert sum(c.startswith("MAIL") for c in transcript.commands) == 1
     assert transcript.messages_accepted == 1
+    assert ("DATA" in transcript.commands) is not chunking
 
 
 @pytest_twisted.ensureDeferred
@@ -284,7 +290,9 @@ async def test_ten_messages_over_one_connection_with_one_auth(
     [transcript] = sandbox.exchange.transcripts
     assert transcript.auth_count == 1
     assert transcript.messages_accepted == 10
-    assert transcript.commands.count("RSET") == 9
+    # Each transaction ended with a 250 to its end of data: no RSET (RFC 5321 4.1.1.4).
+    assert transcript.commands.count("RSET") == 0
+    assert sum(c.startswith("BDAT") and c.endswith(" LAST") for c in transcript.commands) == 10
     assert transcript.commands[-1] == "QUIT"
     assert [m.connection for m in sandbox.mailbox.messages] == [1] * 10
 

@@ -205,7 +205,7 @@ class DeliveryEngine(Service):
         if not self.running or self._stopping:
             return  # it is on disk: the next start picks it up
         try:
-            entry = self.spool.get(entry_id)
+            entry = self.spool.committed(entry_id) or self.spool.get(entry_id)
         except UnknownEntry:
             log.warn("submitted entry {entry_id} is not in the spool", entry_id=entry_id)
             return
@@ -224,7 +224,7 @@ class DeliveryEngine(Service):
         if entry_id in self._in_flight:
             return _shadow(self._in_flight[entry_id])
         try:
-            entry = self.spool.get(entry_id)
+            entry = self.spool.committed(entry_id) or self.spool.get(entry_id)
         except UnknownEntry:
             return defer.succeed(DeliveryResult((), detail="already delivered"))
         if not self.running or self._stopping:
@@ -309,7 +309,7 @@ class DeliveryEngine(Service):
     async def _attempt(self, entry_id: str, release: Callable[[], None] = lambda: None,
                        hand_back: bool = False) -> DeliveryResult:
         try:
-            entry = self.spool.get(entry_id)
+            entry = self.spool.take_committed(entry_id) or self.spool.get(entry_id)
         except UnknownEntry:
             return DeliveryResult((), detail="no longer in the spool")
         try:

@@ -168,6 +168,8 @@ class ExchangeServer:
     _sent: dict[str, list[float]] = attrs.field(factory=dict)
     _internal_id: int = 10000
     protocols: set["ExchangeSMTP"] = attrs.field(factory=set, repr=False)
+    #: Offer CHUNKING (BDAT, RFC 3030) as both real services do; off to test DATA.
+    chunking: bool = True
 
     # -- configuration by tests ------------------------------------------------------
 
@@ -314,7 +316,10 @@ class ExchangeServer:
             keywords = [f"SIZE {self.max_message_size}", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES"]
             keywords += ["AUTH LOGIN XOAUTH2"] if tls else ["STARTTLS"]
             keywords += ["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"]
-        lines = [head] + keywords
+        # Both lists as the real services print them after STARTTLS, CHUNKING included:
+        # smtp.office365.com https://github.com/simonrob/email-oauth2-proxy/issues/95,
+        # smtp.gmail.com (and its BDAT LAST reply) https://github.com/kisli/vmime/issues/110
+        lines = [head] + [k for k in keywords if self.chunking or k != "CHUNKING"]
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
 
     def auth_failed(self) -> str:
@@ -466,6 +471,10 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
 
     def rawDataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        if self.closing:
+            return
+        if self.data_size == 0 and self._inject("DATA_BODY"):
+            return  # dropped in the middle of the first chunk
         chunk, rest = data[: self.bdat_remaining], data[self.bdat_remaining :]
         self.bdat_remaining -= len(chunk)
         self.data_size += len(chunk)

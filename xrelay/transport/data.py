@@ -1,6 +1,7 @@
 """
 Message data on its way upstream: dot-stuffing (RFC 5321 4.5.2) of a spool file read in
-chunks, and the producer that streams it into an SMTP connection.
+chunks, and the producers that stream it into an SMTP connection: L{DataSender} for
+DATA, L{ChunkSender} for BDAT (RFC 3030), which sends the bytes as they are.
 
 The spool file is wire format (CRLF, not stuffed).  The encoder carries its position in
 the line across chunk boundaries, so a line that starts exactly at the start of a chunk
@@ -104,6 +105,103 @@ class DataSender:
 
     def stopProducing(self) -> None:
         """The connection went away before the end of the data."""
+        self._finished = True
+        if not self.done.called:
+            self.done.errback(DataInterrupted())
+
+    def _stop(self) -> None:
+        self._finished = True
+        self.consumer.unregisterProducer()
+
+
+#: Largest BDAT chunk (RFC 3030): a refusal of one chunk stops the rest from being sent,
+#: and each chunk is still read from the file in L{CHUNK_SIZE} pieces.
+BDAT_CHUNK_SIZE = 1024 * 1024
+
+
+class DataShrunk(Exception):
+    """The spool file ended before the size announced in a BDAT command."""
+
+
+@implementer(IPullProducer)
+@attrs.define(eq=False)
+class ChunkSender:
+    """
+    Streams a spool file as BDAT chunks (RFC 3030) into a consumer: each chunk is a
+    C{BDAT n} command followed by exactly C{n} bytes of the file as they are (no
+    dot-stuffing: the length, not the content, ends a chunk), the last one
+    C{BDAT n LAST}.  C{prefix} (the pipelined MAIL and RCPT commands) goes in the same
+    write as the first chunk, so a small message is one write.
+
+    @ivar size: the file's length, fixed before the first byte goes out.
+    @ivar on_chunk: called just before each chunk's command is written, so its reply
+        can be awaited in order.
+    @ivar proceed: asked before each chunk after the first; C{False} (a refusal came
+        back) stops the data there.  L{done} fires with C{True} when the C{LAST} chunk
+        went out, C{False} when it stopped early.
+    """
+
+    file: IO[bytes]
+    size: int
+    consumer: IConsumer
+    prefix: bytes = b""
+    on_chunk: Callable[[], None] = lambda: None
+    proceed: Callable[[], bool] = lambda: True
+    progress: Callable[[], None] = lambda: None
+    chunk_size: int = BDAT_CHUNK_SIZE
+    read_size: int = CHUNK_SIZE
+    done: "Deferred[bool]" = attrs.field(factory=Deferred)
+    chunks: int = 0
+    _left: int = attrs.field(init=False)
+    _left_in_chunk: int = 0
+    _finished: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self._left = self.size
+
+    def start(self) -> "Deferred[bool]":
+        self.consumer.registerProducer(self, False)
+        return self.done
+
+    def resumeProducing(self) -> None:
+        if self._finished:
+            return
+        self.progress()
+        head = b""
+        if self._left_in_chunk == 0:
+            if self.chunks and not self.proceed():
+                self._stop()
+                self.done.callback(False)
+                return
+            n = min(self.chunk_size, self._left)
+            last = b" LAST" if n == self._left else b""
+            self.on_chunk()
+            head = (self.prefix if not self.chunks else b"") + b"BDAT %d%s\r\n" % (n, last)
+            self.chunks += 1
+            self._left_in_chunk = n
+        piece = b""
+        if self._left_in_chunk:
+            wanted = min(self.read_size, self._left_in_chunk)
+            try:
+                piece = self.file.read(wanted)
+            except OSError as e:
+                self._stop()
+                self.done.errback(e)
+                return
+            if len(piece) != wanted:
+                # A chunk's length was promised: the connection cannot be saved.
+                self._stop()
+                self.done.errback(DataShrunk())
+                return
+            self._left_in_chunk -= wanted
+            self._left -= wanted
+        self.consumer.write(head + piece if head else piece)
+        if self._left == 0 and self._left_in_chunk == 0:
+            self._stop()
+            self.done.callback(True)
+
+    def stopProducing(self) -> None:
+        """The connection went away before the last chunk."""
         self._finished = True
         if not self.done.called:
             self.done.errback(DataInterrupted())

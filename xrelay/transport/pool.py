@@ -140,7 +140,10 @@ class SMTPTransport:
             while True:
                 connection, reused = await self._checkout()
                 try:
-                    result = await connection.send_message(message, reset=reused)
+                    # RSET only after a transaction that did not end in a 250 to
+                    # its end of data (RFC 5321 4.1.1.4 makes it redundant then).
+                    result = await connection.send_message(
+                        message, reset=reused and not connection.clean, reused=reused)
                 except StaleConnection:
                     # Closed while idle: nothing was sent that could deliver; try the
                     # next idle connection or a new one.

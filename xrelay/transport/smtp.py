@@ -42,7 +42,8 @@ from zope.interface import implementer
 from xrelay.envelope import FailureKind, Outcome, OutboundMessage, RecipientResult, Reply
 from xrelay.envelope import DeliveryResult
 from xrelay.transport.classify import failure_of, outcome_of
-from xrelay.transport.data import DataInterrupted, DataSender
+from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
+from xrelay.transport.chunking import bdat_transaction
 
 log = Logger()
 
@@ -71,10 +72,12 @@ class ConnectionTrouble(Exception):
     the protocol.  The text names the step and never contains a secret.
     """
 
-    def __init__(self, step: str, why: str) -> None:
+    def __init__(self, step: str, why: str, dropped: bool = False) -> None:
         super().__init__(step, why)
         self.step = step
         self.why = why
+        #: The connection went away (rather than timing out or misbehaving).
+        self.dropped = dropped
 
     def __str__(self) -> str:
         return f"{self.why} during {self.step}"
@@ -230,6 +233,11 @@ class UpstreamConnection:
     capabilities: dict[str, str] = attrs.field(factory=dict)
     messages_sent: int = 0
     broken: bool = False
+    #: No transaction is open: nothing sent yet, or the last one ended with a 250 to its
+    #: end of data (RFC 5321 4.1.1.4) or an RSET.  Only an unclean connection needs RSET.
+    clean: bool = True
+    #: Largest BDAT chunk when the upstream offers CHUNKING.
+    bdat_chunk_size: int = BDAT_CHUNK_SIZE
 
     @property
     def open(self) -> bool:
@@ -246,7 +254,7 @@ class UpstreamConnection:
             raise ConnectionTrouble(step, f"timed out after {seconds:g}s") from None
         except _Dropped as e:
             self.broken = True
-            raise ConnectionTrouble(step, e.why) from None
+            raise ConnectionTrouble(step, e.why, dropped=True) from None
 
     async def command(self, line: bytes, step: str) -> Reply:
         reply: Reply = await self.wait(
@@ -296,6 +304,7 @@ class UpstreamConnection:
             reply = await self.command(b"RSET", "RSET")
         except ConnectionTrouble:
             return False
+        self.clean = reply.code == 250
         return reply.code == 250
 
     async def quit(self) -> None:
@@ -309,7 +318,7 @@ class UpstreamConnection:
             self.protocol.transport.loseConnection()
 
     async def send_message(self, message: OutboundMessage,
-                           reset: bool = False) -> DeliveryResult:
+                           reset: bool = False, reused: bool = False) -> DeliveryResult:
         """
         One mail transaction.  Raises L{ConnectionTrouble} when the connection failed
         under it (the caller reports that for all recipients); every reply, good or
@@ -318,6 +327,9 @@ class UpstreamConnection:
         @param reset: a reused connection: begin with RSET, which also proves the
             connection still works.  With PIPELINING it goes in the same write as MAIL
             and RCPT, saving a round trip per message.
+        @param reused: the connection carried a transaction before; without C{reset}
+            (it ended cleanly, so RSET is redundant) a connection that drops before the
+            first reply of this transaction counts as stale, as a failed RSET does.
         @raise StaleConnection: the RSET failed; nothing was sent on this connection
             that could deliver the message, so it may go on another one.
         """
@@ -332,8 +344,12 @@ class UpstreamConnection:
         with data:
             if reset and "PIPELINING" not in self.capabilities and not await self.reset():
                 raise StaleConnection()
-            return await self._transaction(message, data,
-                                           reset and "PIPELINING" in self.capabilities)
+            pipelined_reset = reset and "PIPELINING" in self.capabilities
+            if "CHUNKING" in self.capabilities and "PIPELINING" in self.capabilities:
+                return await bdat_transaction(self, message, data, pipelined_reset,
+                                              reused and not reset)
+            return await self._transaction(message, data, pipelined_reset,
+                                           reused and not reset)
 
     def _unsendable(self, message: OutboundMessage) -> DeliveryResult | None:
         """Refusals decided before anything is sent: from the upstream's EHLO, and
@@ -387,8 +403,9 @@ class UpstreamConnection:
         return line.encode("utf-8")
 
     async def _transaction(self, message: OutboundMessage, data: Any,
-                           reset: bool = False) -> DeliveryResult:
+                           reset: bool = False, stale: bool = False) -> DeliveryResult:
         mail = self._mail_from(message)
+        self.clean = False
         rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
         data_reply: Deferred[Reply] | None = None
         if "PIPELINING" in self.capabilities:
@@ -400,7 +417,7 @@ class UpstreamConnection:
                 await self._pipelined_reset(waits)
                 waits = waits[1:]
             data_reply = waits.pop()
-            mail_reply = await self.wait(waits[0], "MAIL FROM", self.timeouts.command)
+            mail_reply = await self.first_reply([*waits, data_reply], stale)
             if mail_reply.code == 421:
                 self.broken = True
             rcpt_replies = []
@@ -438,7 +455,27 @@ class UpstreamConnection:
             return _whole(message, reply, accepted, refused)
         reply = await self._stream(data)
         self.messages_sent += 1
+        self.clean = reply.code == 250
         return _whole(message, reply, accepted, refused)
+
+    async def first_reply(self, waits: list[Deferred[Reply]], stale: bool) -> Reply:
+        """
+        The reply to MAIL, the first of a pipelined group.  On a reused connection sent
+        without RSET (C{stale}), a connection that went away before answering anything
+        was closed while idle: nothing was taken, so L{StaleConnection} lets the
+        message go on another connection, as a failed RSET would.
+        """
+        try:
+            reply: Reply = await self.wait(waits[0], "MAIL FROM", self.timeouts.command)
+        except ConnectionTrouble as trouble:
+            if stale and trouble.dropped:
+                for w in waits[1:]:
+                    w.addErrback(lambda _: None)
+                raise StaleConnection() from None
+            raise
+        if reply.code == 421:
+            self.broken = True
+        return reply
 
     async def _abandon_data(self, data_reply: "Deferred[Reply] | None") -> None:
         """

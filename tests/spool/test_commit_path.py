@@ -1,0 +1,196 @@
+"""
+The commit path's shortcuts keep the promise: while busy, message files are created
+by a thread ahead of need in data/ under the id of a message to come (the reactor
+thread only opens one, and a commit renames only the envelope), a full disk still
+refuses before the 354, and the entry just committed is handed to the delivery engine
+as written instead of being read back.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import threading
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, threads
+
+from tests.spool.test_spool import ENVELOPE, MESSAGE, files, receive
+from xrelay.spool import _SPARES, ACTIVE, QUEUED, Spool, SpoolFull, run_inline
+
+
+async def _spares_ready(spool: Spool) -> None:
+    spool.incoming(ENVELOPE).abort()  # two arrivals in quick succession: busy
+    spool.incoming(ENVELOPE).abort()
+    for _ in range(500):
+        if len(spool._spares) >= 16:
+            return
+        await threads.deferToThread(lambda: __import__("time").sleep(0.01))
+    raise AssertionError("no spare files were made")
+
+
+@pytest.fixture
+def creations(monkeypatch: Any) -> list[str]:
+    """os.open calls with O_CREAT, by the name of the thread that made them."""
+    made: list[str] = []
+    real = os.open
+
+    def recording(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & os.O_CREAT:
+            made.append(threading.current_thread().name)
+        return real(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", recording)
+    return made
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactor_thread_creates_no_file_once_spares_exist(
+        tmp_path: Any, creations: list[str]) -> None:
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    first = await receive(spool)
+    await _spares_ready(spool)
+    del creations[:]
+    renames: list[str] = []
+    real_rename = os.rename
+    monkeypatch_rename(renames, real_rename)
+    try:
+        message = spool.incoming(ENVELOPE)
+        assert threading.current_thread().name not in creations
+        message.write(MESSAGE)
+        entry_id = await message.commit()
+    finally:
+        os.rename = real_rename
+    assert threading.current_thread().name not in creations
+    assert spool.read_data(entry_id) == MESSAGE
+    assert spool.get(entry_id).size == len(MESSAGE)
+    assert [os.path.basename(os.path.dirname(r)) for r in renames] == ["queued"]
+    # What a crash leaves (the spares: data without an entry) is what recovery removes.
+    spool.recovered = False
+    spool.recover()
+    assert files(spool, "tmp") == []
+    assert files(spool, "data") == sorted([first + ".eml", entry_id + ".eml"])
+    assert spool.ids(QUEUED) == sorted([first, entry_id])
+
+
+def monkeypatch_rename(renames: list[str], real: Any) -> None:
+    """Record the targets of os.rename (only the envelope is renamed for a spare)."""
+    def recording(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+        renames.append(str(dst))
+        real(src, dst, *args, **kw)
+
+    os.rename = recording  # type: ignore[assignment]
+
+
+def test_spares_only_while_busy_and_not_once_stale(tmp_path: Any, monkeypatch: Any) -> None:
+    made: list[tuple[Any, ...]] = []
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    monkeypatch.setattr(spool, "_run", lambda f, *a: (made.append(a), defer.succeed(
+        ([], False)))[1] if f == spool._create_spares else defer.maybeDeferred(f, *a))
+    spool.incoming(ENVELOPE).abort()
+    assert made == []  # one message now and then: created in place, no spares
+    spool.incoming(ENVELOPE).abort()
+    assert made == [(_SPARES, [])]  # a second one right after: busy
+    spool._spares.append(("20000101T000000.000000-1-000001", str(tmp_path / "x.eml"), 0.0))
+    message = spool.incoming(ENVELOPE)
+    assert message.entry_id != "20000101T000000.000000-1-000001"  # too old an id
+    assert made[-1] == (_SPARES, [str(tmp_path / "x.eml")])  # removed by the thread
+    message.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_disk_drops_the_spares_and_is_refused_before_the_354(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    first = await receive(spool)
+    await _spares_ready(spool)
+    message = spool.incoming(ENVELOPE)  # a spare
+    real_write = message._file.write
+
+    def full(data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    message._file.write = full
+    with pytest.raises(SpoolFull):
+        message.write(b"x" * 100_000)
+    # The spares (and the message) are given back: only the committed one is left.
+    assert files(spool, "tmp") == [] and files(spool, "data") == [first + ".eml"]
+    real_open = os.open
+
+    def no_room(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_room)
+    with pytest.raises(SpoolFull):
+        spool.incoming(ENVELOPE)  # what the inbound side turns into 452 before DATA
+    monkeypatch.setattr(os, "open", real_open)
+    assert real_write  # (the patched file was discarded with its message)
+    entry_id = await receive(spool)  # room again: commits work, spares come back
+    assert spool.read_data(entry_id) == MESSAGE
+    await _spares_ready(spool)
+
+
+def test_committed_entry_is_handed_over_as_written_and_taken_once(tmp_path: Any) -> None:
+    spool = Spool(str(tmp_path), run_blocking=run_inline)
+    entry_id = receive(spool).result
+    handed = spool.committed(entry_id)
+    assert handed == spool.get(entry_id)  # exactly what a read of the JSON gives
+    assert spool.take_committed(entry_id) == handed
+    assert spool.committed(entry_id) is None and spool.take_committed(entry_id) is None
+    other = receive(spool).result
+    assert spool.committed(other) is not None
+    spool.move(spool.get(other), ACTIVE)  # a transition makes the copy stale: dropped
+    assert spool.committed(other) is None
+
+
+def test_delivery_engine_does_not_read_back_a_committed_entry(tmp_path: Any,
+                                                              monkeypatch: Any) -> None:
+    from tests.delivery.delivery_harness import Harness
+
+    harness = Harness(tmp_path)
+    harness.start()
+    assert harness.spool is not None
+    reads: list[str] = []
+    real_load = harness.spool._load
+    monkeypatch.setattr(harness.spool, "_load",
+                        lambda state, entry_id: reads.append(entry_id) or real_load(
+                            state, entry_id))
+    entry_id = harness.receive()
+    assert [s.message.entry_id for s in harness.transport.sent] == [entry_id]
+    assert reads == []
+    assert harness.spool.ids(QUEUED) == [] and harness.spool.counts()[ACTIVE] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_spares_are_removed_at_shutdown(tmp_path: Any) -> None:
+    from twisted.internet.task import Clock
+
+    class Reactor(Clock):
+        """A reactor that runs work in threads and records shutdown triggers."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.triggers: list[Any] = []
+
+        def getThreadPool(self) -> Any:
+            return reactor.getThreadPool()
+
+        def callFromThread(self, f: Any, *a: Any, **kw: Any) -> None:
+            reactor.callFromThread(f, *a, **kw)
+
+        def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+            self.triggers.append((phase, event, f))
+
+    fake = Reactor()
+    spool = Spool(str(tmp_path / "spool"), reactor=fake)
+    await _spares_ready(spool)
+    assert len(files(spool, "data")) >= 16
+    [(phase, event, drop)] = fake.triggers
+    assert (phase, event) == ("before", "shutdown")
+    drop()
+    assert files(spool, "data") == [] and spool._spares == collections.deque()
