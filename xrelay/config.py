@@ -95,6 +95,32 @@ class ServerConfig:
     max_auth_failures: int = 3
     #: Seconds to wait for transactions in flight at shutdown.
     shutdown_timeout: int = 30
+    trusted_proxies: tuple[Network, ...] = attrs.field(default=(), metadata={
+        "doc": "CIDR networks of the load balancers allowed to send a PROXY header to "
+               "haproxy: listeners; connections from anywhere else are refused; required "
+               "when a haproxy: listener exists"})
+    proxy_header_timeout: int = attrs.field(default=5, metadata={
+        "doc": "seconds a connection to a haproxy: listener may take to send its PROXY "
+               "header before it is closed; raise it only for a very slow balancer"})
+    max_connections_per_network: int = attrs.field(default=50, metadata={
+        "doc": "live connections allowed from one /24 (IPv4) or /64 (IPv6) network, "
+               "never less than max_connections_per_client; raise it when many devices "
+               "of one subnet send at the same moment"})
+    reserved_connections: int = attrs.field(default=20, metadata={
+        "doc": "connections of max_connections kept for clients in relay.allow_networks, "
+               "so that outsiders cannot crowd the printers out; 0 turns it off"})
+    idle_timeout_before_mail: int = attrs.field(default=60, metadata={
+        "doc": "seconds of silence allowed while no mail transaction is open (before "
+               "MAIL FROM, between messages), at most idle_timeout; idle_timeout applies "
+               "within a transaction"})
+    max_junk_commands: int = attrs.field(default=100, metadata={
+        "doc": "NOOP, RSET, VRFY, HELP, EHLO and HELO commands allowed on one connection "
+               "since its last accepted message (as Postfix's smtpd_junk_command_limit); "
+               "then 421 and the connection is closed"})
+    max_errors: int = attrs.field(default=20, metadata={
+        "doc": "refused or erroneous commands allowed on one connection since its last "
+               "accepted message (as Postfix's smtpd_hard_error_limit); then 421 4.7.0 "
+               "and the connection is closed"})
 
     @property
     def has_tls(self) -> bool:
@@ -525,7 +551,48 @@ class _Reader:
             shutdown_timeout=self.non_negative(raw, "shutdown_timeout",
                                                "server.shutdown_timeout",
                                                defaults.shutdown_timeout),
+            **self.server_limits(raw, listeners, defaults),
         )
+
+    def server_limits(self, raw: dict[str, Any], listeners: list[ListenerConfig],
+                      defaults: ServerConfig) -> dict[str, Any]:
+        """The keys that bound what one client (or one network) can hold."""
+        proxies = self.networks(raw, "trusted_proxies", "server.trusted_proxies", ())
+        for i, listener in enumerate(listeners):
+            if listener.endpoint.lower().startswith("haproxy:") and not proxies:
+                raise self.fail("server.trusted_proxies", f"server.listen[{i}] is a "
+                                "haproxy: listener, which believes the PROXY header only "
+                                "from its load balancers; write trusted_proxies = "
+                                '["10.0.0.5/32"] with their addresses')
+        limits: dict[str, Any] = {"trusted_proxies": proxies}
+        for key, minimum in (("proxy_header_timeout", 1),
+                             ("max_connections_per_network", 1),
+                             ("reserved_connections", 0), ("idle_timeout_before_mail", 1),
+                             ("max_junk_commands", 1), ("max_errors", 1)):
+            limits[key] = self.non_negative(raw, key, f"server.{key}",
+                                            getattr(defaults, key), minimum)
+        maximum = self.non_negative(raw, "max_connections", "server.max_connections",
+                                    defaults.max_connections, 1)
+        if limits["reserved_connections"] >= maximum:
+            raise self.fail("server.reserved_connections", f"must be less than "
+                            f"server.max_connections ({maximum}), or nobody outside "
+                            "relay.allow_networks could connect")
+        return limits
+
+    def networks(self, raw: dict[str, Any], key: str, name: str,
+                 default: tuple[Network, ...]) -> tuple[Network, ...]:
+        texts = self.string_list(raw, key, name)
+        if texts is None:
+            return default
+        parsed = []
+        for i, text in enumerate(texts):
+            try:
+                parsed.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as e:
+                raise self.fail(
+                    f"{name}[{i}]", f"{text!r} is not a network in CIDR form ({e}); write "
+                    'e.g. "10.0.0.5/32" or "2001:db8::/64"') from None
+        return tuple(parsed)
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
         if "listen" not in raw:

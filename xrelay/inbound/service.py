@@ -33,7 +33,7 @@ from xrelay.inbound.auth import PasswordChecker
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.protocol import ESMTPServer
 from xrelay.interfaces import IDelivery, ISpool
-from xrelay.policy import AuthFailures
+from xrelay.policy import AuthFailures, proxy_trusted
 
 __all__ = ["InboundService", "server_tls_options"]
 
@@ -61,12 +61,43 @@ def server_tls_options(config: Config) -> CertificateOptions | None:
 
 class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
     """
-    Twisted's PROXY wrapper, plus a call to the SMTP protocol once the header is read:
-    an SMTP client waits for the greeting, so the protocol must greet (and apply the
-    per-client caps to the real address) as soon as the address is known.
+    Twisted's PROXY wrapper, believed only from C{server.trusted_proxies}, plus a call
+    to the SMTP protocol once the header is read: an SMTP client waits for the
+    greeting, so the protocol must greet (and apply the per-client caps to the real
+    address) as soon as the address is known.
+
+    A connection from any other address is refused before a byte of it is read: a
+    PROXY header is a claim about who the client is, and anyone who can reach the port
+    could otherwise claim to be a printer in C{relay.allow_networks}.
     """
 
+    _refused = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        real = getattr(peer, "host", str(peer))
+        config = self.factory.service.config
+        if not proxy_trusted(config, real):
+            self._refused = True
+            log.warn("inbound connection from {peer} on {listener} refused: not in "
+                     "server.trusted_proxies, so its PROXY header would not be believed",
+                     peer=real, listener=self.factory.listener.endpoint)
+            self.transport.write(f"421 4.7.0 {config.server.hostname} Not a trusted "
+                                 "proxy; connect to a listener without haproxy:\r\n"
+                                 .encode("ascii", "replace"))
+            self.transport.loseConnection()
+            return
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._refused:
+            return  # the SMTP protocol never started
+        super().connectionLost(reason)
+
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         known = self._proxyInfo is not None
         super().dataReceived(data)
         if not known and self._proxyInfo is not None:
@@ -81,6 +112,12 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
 
 class _ProxyHeaderWrappingFactory(HAProxyWrappingFactory):
     protocol = _ProxyHeaderWrapper
+
+    def __init__(self, wrapped: Any, service: "InboundService",
+                 listener: ListenerConfig) -> None:
+        super().__init__(wrapped)
+        self.service = service
+        self.listener = listener
 
 
 class InboundService(MultiService):
@@ -149,7 +186,10 @@ class InboundService(MultiService):
                                  "server.tls_cert and server.tls_key")
             factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
         if proxied:
-            factory = _ProxyHeaderWrappingFactory(factory)
+            if not self.config.server.trusted_proxies:
+                raise ValueError(f"{listener.endpoint}: a haproxy: listener needs "
+                                 "server.trusted_proxies (the load balancers' addresses)")
+            factory = _ProxyHeaderWrappingFactory(factory, self, listener)
         return endpoint, factory
 
     def startService(self) -> None:
