@@ -211,7 +211,8 @@ def header_sender_refusal(user: UserConfig | None, headers: "HeaderBlock") -> Re
     For a user whose C{senders} is restricted, the message's own C{From:} (every address
     in it) and C{Sender:} must match the rule too: the envelope alone is not what the
     recipient sees.  A header field that was seen but whose value was not kept (a header
-    block padded past L{MAX_KEPT}) is refused rather than waved through.  Clients
+    block padded past L{xrelay.inbound.headers.MAX_KEPT}) is refused rather than waved
+    through.  Clients
     admitted by network, and users allowed C{"*"}, are not checked.
     """
     if user is None or any(p.text == "*" for p in user.senders):
@@ -221,7 +222,7 @@ def header_sender_refusal(user: UserConfig | None, headers: "HeaderBlock") -> Re
     rule = f'users."{user.name}".senders'
     for field, name in (("from", "From:"), ("sender", "Sender:")):
         addresses = headers.addresses(field)
-        if headers.has(field) and not addresses:
+        if field in headers.dropped or (headers.has(field) and not addresses):
             return Refusal(550, "5.7.1", f"Header {name} cannot be checked against {rule} "
                            f"for user {user.name}; send a plain {name} with one of: "
                            f"{allowed}")

@@ -73,22 +73,23 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
 
     _refused = False
 
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        peer = self.transport.getPeer()
+    def makeConnection(self, transport: Any) -> None:
+        peer = transport.getPeer()
         real = getattr(peer, "host", str(peer))
         config = self.factory.service.config
         if not proxy_trusted(config, real):
+            # Refused before the SMTP protocol (or TLS) is even connected.
             self._refused = True
+            self.transport = transport
             log.warn("inbound connection from {peer} on {listener} refused: not in "
                      "server.trusted_proxies, so its PROXY header would not be believed",
                      peer=real, listener=self.factory.listener.endpoint)
-            self.transport.write(f"421 4.7.0 {config.server.hostname} Not a trusted "
-                                 "proxy; connect to a listener without haproxy:\r\n"
-                                 .encode("ascii", "replace"))
-            self.transport.loseConnection()
+            transport.write(f"421 4.7.0 {config.server.hostname} Not a trusted proxy; "
+                            "connect to a listener without haproxy:\r\n"
+                            .encode("ascii", "replace"))
+            transport.loseConnection()
             return
-        super().connectionMade()
+        super().makeConnection(transport)
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._refused:
