@@ -386,7 +386,9 @@ class AuthFailures:
                 continue
             last = {key: (value[-1] if not isinstance(value[-1], tuple) else value[-1][0])
                     for key, value in records.items() if value}
-            for key in sorted(last, key=last.__getitem__)[: len(records) - self.max_tracked]:
+            # Down to nine tenths at once, so that the sort is paid rarely.
+            excess = len(records) - self.max_tracked * 9 // 10
+            for key in sorted(last, key=last.__getitem__)[:excess]:
                 del records[key]
 
     def tracked(self) -> int:
