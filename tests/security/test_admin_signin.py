@@ -18,7 +18,7 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.web.client import Agent
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tests.admin.conftest import ADMIN_PASSWORD, start_relay, world  # noqa: F401
 from xrelay.admin.lockout import MAX_FAILURES
@@ -168,3 +168,33 @@ async def test_redirect_uri_ignores_a_forged_host_header(world) -> None:
     query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert query["redirect_uri"] == f"{world.admin_url}/signin/callback"
     assert "evil.example" not in url
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_cookie_is_secure_when_the_page_is_served_over_tls(world) -> None:
+    from twisted.python.filepath import FilePath
+
+    from xrelay.sandbox.ca import CertificateAuthority
+
+    ca = CertificateAuthority.create(FilePath(str(world.tmp / "admin-ca")))
+    issued = ca.issue()
+    text = world.config_path.read_text().replace(
+        f'listen = "tcp:{world.admin_port}:interface=127.0.0.1"',
+        f'listen = "ssl:{world.admin_port}:interface=127.0.0.1:privateKey='
+        f'{issued.key_file}:certKey={issued.chain_file}"')
+    world.config_path.write_text(text)
+    start_relay(world)
+    browser = Browser(f"https://localhost:{world.admin_port}")
+    browser.http = HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(
+        trustRoot=ca.trust_root())))
+    seen: list[bytes] = []
+    real = browser.request
+
+    async def request(*args: Any, **kwargs: Any) -> tuple[Any, str]:
+        response, body = await real(*args, **kwargs)
+        seen.extend(response.headers.getRawHeaders(b"set-cookie", []))
+        return response, body
+
+    browser.request = request  # type: ignore[method-assign]
+    assert (await browser.sign_in()).code == 303
+    assert seen and all(b"Secure" in value for value in seen), seen
