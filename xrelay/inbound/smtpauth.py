@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -146,7 +147,8 @@ class AuthCommands(_Base):
             self.reply(421, "4.7.0", "Too many failed authentication attempts")
             self.close()
             return None
-        d = self.checker.check(name, password)
+        # maybeDeferred: a checker that raises must still end the attempt in flight.
+        d = defer.maybeDeferred(self.checker.check, name, password)
 
         def finished(user: Any) -> Any:
             ok = isinstance(user, UserConfig)
