@@ -260,6 +260,11 @@ class Config:
                 "STARTTLS (require_tls_for_auth = true) and no certificate is set; set "
                 "tls_cert and tls_key, or (on a trusted network only) "
                 "require_tls_for_auth = false")
+        if self.admin is not None and _plain_http_off_loopback(self.admin):
+            found.append(
+                f"{where}: admin.listen: the admin page is plain HTTP on a non-loopback "
+                "address, so its password and session cookie cross the network "
+                'unprotected; listen on "ssl:..." or behind an https public_url')
         return found
 
     def account(self, name: str) -> AccountConfig:
@@ -267,6 +272,23 @@ class Config:
             if account.name == name:
                 return account
         raise KeyError(name)
+
+
+def _plain_http_off_loopback(admin: AdminConfig) -> bool:
+    """Whether the admin page is served without TLS to more than this machine."""
+    if (admin.public_url or "").startswith("https://"):
+        return False
+    kind, _, rest = admin.listen.partition(":")
+    if kind.lower() not in ("tcp", "tcp6"):
+        return False  # ssl:, unix: and the like
+    interface = ""
+    for part in rest.replace("\\:", "\0").split(":"):
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\0", ":")
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True  # no interface: every address
 
 
 def find_config_path(explicit: str | None) -> tuple[str | None, bool]:

@@ -10,6 +10,7 @@ import ipaddress
 import pytest
 
 from xrelay.config import ConfigError, ServerConfig, read_config
+from xrelay.passwords import hash_password
 
 ACCOUNT = ('[[accounts]]\nname = "main"\nuser = "relay@example.com"\n'
            'tenant = "example.onmicrosoft.com"\nclient_id = "x"\nflow = "device_code"\n')
@@ -61,3 +62,20 @@ def test_mistakes_name_the_key(tmp_path, line, key, problem) -> None:
     with pytest.raises(ConfigError) as raised:
         read_config(path)
     assert str(raised.value).startswith(f"{path}: {key}: {problem}")
+
+
+@pytest.mark.parametrize("admin, warned", [
+    ('listen = "tcp:8025:interface=127.0.0.1"', False),
+    ('listen = "tcp6:8025:interface=\\\\:\\\\:1"', False),
+    ('listen = "tcp:8025"', True),
+    ('listen = "tcp:8025:interface=192.168.10.2"', True),
+    ('listen = "tcp:8025"\npublic_url = "https://relay.example.com"', False),
+])
+def test_plain_http_admin_page_off_loopback_is_warned_about(tmp_path, admin, warned) -> None:
+    path = config_file(tmp_path, "")
+    with open(path, "a") as f:
+        f.write(f'\n[admin]\n{admin}\npassword_hash = "{hash_password("x", log2_n=4)}"\n')
+    warnings = [w for w in read_config(path).warnings() if "admin.listen" in w]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert warnings[0].startswith(f"{path}: admin.listen: the admin page is plain HTTP")
