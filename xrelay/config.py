@@ -108,7 +108,8 @@ class ServerConfig:
                "of one subnet send at the same moment"})
     reserved_connections: int = attrs.field(default=20, metadata={
         "doc": "connections of max_connections kept for clients in relay.allow_networks, "
-               "so that outsiders cannot crowd the printers out; 0 turns it off"})
+               "so that outsiders cannot crowd the printers out (at most half of "
+               "max_connections); 0 turns it off"})
     idle_timeout_before_mail: int = attrs.field(default=60, metadata={
         "doc": "seconds of silence allowed while no mail transaction is open (before "
                "MAIL FROM, between messages), at most idle_timeout; idle_timeout applies "
@@ -595,7 +596,8 @@ class _Reader:
                                             getattr(defaults, key), minimum)
         maximum = self.non_negative(raw, "max_connections", "server.max_connections",
                                     defaults.max_connections, 1)
-        if limits["reserved_connections"] >= maximum:
+        # Only when written: the default is halved for a small max_connections.
+        if "reserved_connections" in raw and limits["reserved_connections"] >= maximum:
             raise self.fail("server.reserved_connections", f"must be less than "
                             f"server.max_connections ({maximum}), or nobody outside "
                             "relay.allow_networks could connect")

@@ -50,6 +50,11 @@ def test_keys_are_read(tmp_path) -> None:
             server.max_junk_commands, server.max_errors) == (3, 80, 0, 30, 10, 5)
 
 
+def test_a_small_max_connections_alone_is_fine(tmp_path) -> None:
+    # The default reserved share (20) is halved to fit, not an error nobody wrote.
+    assert read_config(config_file(tmp_path, "max_connections = 10")).server.max_connections == 10
+
+
 @pytest.mark.parametrize("line, key, problem", [
     ('trusted_proxies = ["10.0.0.5/24"]', "server.trusted_proxies[0]",
      "'10.0.0.5/24' is not a network in CIDR form"),
