@@ -94,3 +94,13 @@ async def test_a_client_that_sends_mail_is_not_cut_off_by_the_command_cap(relay)
         assert (await client.command(b"hi\r\n.\r\n")).startswith("250 2.0.0 Ok: queued")
         assert (await client.command(b"NOOP")) == "250 2.0.0 Ok"
         assert (await client.command(b"RSET")) == "250 2.0.0 Ok"
+
+
+def test_networks_are_counted_by_their_slash_24_and_slash_64() -> None:
+    from xrelay.policy import client_network
+
+    assert client_network("192.0.2.7") == client_network("192.0.2.250") == "192.0.2.0/24"
+    assert client_network("::ffff:192.0.2.7") == "192.0.2.0/24"  # dual-stack socket
+    assert client_network("2001:db8:0:1::7") == client_network("2001:db8:0:1:ffff::1") == (
+        "2001:db8:0:1::/64")
+    assert client_network("2001:db8:0:2::7") != client_network("2001:db8:0:1::7")
