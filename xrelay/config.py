@@ -96,32 +96,32 @@ class ServerConfig:
     #: Seconds to wait for transactions in flight at shutdown.
     shutdown_timeout: int = 30
     trusted_proxies: tuple[Network, ...] = attrs.field(default=(), metadata={
-        "doc": "CIDR networks of the load balancers allowed to send a PROXY header to "
-               "haproxy: listeners; connections from anywhere else are refused; required "
-               "when a haproxy: listener exists"})
+        "doc": "Load balancers (CIDR networks) whose PROXY header `haproxy:` listeners "
+               "believe, e.g. `[\"10.0.0.5/32\"]`; connections from anywhere else are "
+               "refused. Required when a `haproxy:` listener exists."})
     proxy_header_timeout: int = attrs.field(default=5, metadata={
-        "doc": "seconds a connection to a haproxy: listener may take to send its PROXY "
-               "header before it is closed; raise it only for a very slow balancer"})
+        "doc": "Seconds a connection to a `haproxy:` listener may take to send its PROXY "
+               "header before it is closed; raise it only for a very slow balancer."})
     max_connections_per_network: int = attrs.field(default=50, metadata={
-        "doc": "live connections allowed from one /24 (IPv4) or /64 (IPv6) network, "
-               "never less than max_connections_per_client; raise it when many devices "
-               "of one subnet send at the same moment"})
+        "doc": "Concurrent connections from one /24 (IPv4) or /64 (IPv6) network, never "
+               "less than `max_connections_per_client`; raise it when many devices of "
+               "one subnet send at the same moment."})
     reserved_connections: int = attrs.field(default=20, metadata={
-        "doc": "connections of max_connections kept for clients in relay.allow_networks, "
-               "so that outsiders cannot crowd the printers out (at most half of "
-               "max_connections); 0 turns it off"})
+        "doc": "Connections of `max_connections` kept for clients in "
+               "`relay.allow_networks` (at most half), so that outsiders cannot crowd "
+               "the printers out; 0 turns it off."})
     idle_timeout_before_mail: int = attrs.field(default=60, metadata={
-        "doc": "seconds of silence allowed while no mail transaction is open (before "
-               "MAIL FROM, between messages), at most idle_timeout; idle_timeout applies "
-               "within a transaction"})
+        "doc": "Seconds a client may stay silent while no mail transaction is open "
+               "(before MAIL FROM, between messages), at most `idle_timeout`, which "
+               "applies within a transaction."})
     max_junk_commands: int = attrs.field(default=100, metadata={
         "doc": "NOOP, RSET, VRFY, HELP, EHLO and HELO commands allowed on one connection "
-               "since its last accepted message (as Postfix's smtpd_junk_command_limit); "
-               "then 421 and the connection is closed"})
+               "since its last accepted message (as Postfix's `smtpd_junk_command_limit`); "
+               "then 421 and disconnect."})
     max_errors: int = attrs.field(default=20, metadata={
-        "doc": "refused or erroneous commands allowed on one connection since its last "
-               "accepted message (as Postfix's smtpd_hard_error_limit); then 421 4.7.0 "
-               "and the connection is closed"})
+        "doc": "Refused or erroneous commands allowed on one connection since its last "
+               "accepted message (as Postfix's `smtpd_hard_error_limit`); then 421 4.7.0 "
+               "and disconnect. Repeated refusals are logged in one summary line."})
 
     @property
     def has_tls(self) -> bool:
