@@ -337,15 +337,19 @@ class AuthFailures:
 
     def finish(self, attempt: Attempt, ok: bool, now: float) -> None:
         """The check ended (also when the client went away meanwhile: it still counts)."""
+        self.abandon(attempt)
+        if ok:
+            self.succeeded(attempt.source, attempt.account)
+        else:
+            self.failed(attempt.source, now, attempt.account)
+
+    def abandon(self, attempt: Attempt) -> None:
+        """The check could not decide (the checker's directory is down): count nothing."""
         left = self._in_flight.get(attempt.source, 1) - 1
         if left > 0:
             self._in_flight[attempt.source] = left
         else:
             self._in_flight.pop(attempt.source, None)
-        if ok:
-            self.succeeded(attempt.source, attempt.account)
-        else:
-            self.failed(attempt.source, now, attempt.account)
 
     def failed(self, address: str, now: float, account: str | None = None) -> None:
         self._recent(address, now)

@@ -119,3 +119,13 @@ def test_failure_records_are_bounded() -> None:
     assert failures.tracked() <= 2000
     # The newest are the ones kept.
     assert failures.delay("10.0.78.31", 20000.0, "user19999") > 0
+
+
+def test_an_undecided_check_counts_against_nobody() -> None:
+    failures = AuthFailures(per_address_limit=2)
+    first = failures.begin("192.0.2.1", "scanner", 0.0)
+    assert first is not None and failures.begin("192.0.2.1", "scanner", 0.0) is not None
+    assert failures.begin("192.0.2.1", "scanner", 0.0) is None  # two in flight: the limit
+    failures.abandon(first)
+    assert not failures.blocked("192.0.2.1", 0.0)
+    assert failures.delay("192.0.2.1", 0.0, "scanner") == 1.0  # the other, in flight
