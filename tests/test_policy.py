@@ -127,9 +127,23 @@ def test_sender_no_account_can_send_as_lists_what_can() -> None:
     assert routed is not None and routed.name == "other"
 
 
-def test_null_sender_allowed_even_for_limited_users() -> None:
-    refusal, routed = sender_refusal(lan_config(), "203.0.113.9", users()[0], "")
+def test_null_sender_only_where_allowed() -> None:
+    import attrs
+
+    # Network-admitted clients keep it (device bounces); a user needs "<>" in senders.
+    refusal, routed = sender_refusal(lan_config(), "192.168.10.7", None, "")
     assert refusal is None and routed is not None
+    refusal, routed = sender_refusal(lan_config(), "203.0.113.9", users()[0], "")
+    assert routed is None and refusal == Refusal(
+        550, "5.7.1", 'The null sender <> is not allowed for user scanner by '
+        'users."scanner".senders; add "<>" to it if this device sends bounces')
+    bouncer = attrs.evolve(users()[0], senders=users()[0].senders
+                           + (SenderPattern.parse("<>"),))
+    refusal, routed = sender_refusal(lan_config(), "203.0.113.9", bouncer, "")
+    assert refusal is None and routed is not None
+    # "<>" allows the null sender and nothing else.
+    refusal, _ = sender_refusal(lan_config(), "203.0.113.9", bouncer, "x@example.com")
+    assert refusal is not None
 
 
 def test_default_account_routes_other_senders() -> None:

@@ -19,6 +19,10 @@ import attrs
 _PATTERN_CHARS = re.compile(r"^[^\s\[\]<>]+$")
 
 
+#: The pattern that stands for the null reverse-path, C{MAIL FROM:<>}.
+NULL_SENDER = "<>"
+
+
 class InvalidPattern(ValueError):
     """A sender pattern that cannot be used."""
 
@@ -32,6 +36,9 @@ class SenderPattern:
 
     @classmethod
     def parse(cls, text: str) -> "SenderPattern":
+        if text == NULL_SENDER:
+            # The null sender, allowed only where it is named: it matches nothing else.
+            return cls(text, re.compile(r"\Z"))
         if not text or not _PATTERN_CHARS.match(text):
             raise InvalidPattern(
                 f"{text!r} is not a sender pattern; write an address such as "

@@ -162,15 +162,15 @@ def _unrouted_users(config: Config, where: str) -> list[str]:
     return found
 
 
-_LOOPBACK = re.compile(r"(?:^|:)interface=(?:127\.[0-9.]+|\\?:\\?:1|localhost)(?::|$)")
 
 
 def _admin_in_clear(config: Config, where: str) -> list[str]:
     if config.admin is None:
         return []
+    from xrelay.config import plain_http_off_loopback
+
     listen = config.admin.listen
-    kind = listen.split(":", 1)[0].lower()
-    if kind in ("ssl", "unix") or _LOOPBACK.search(listen):
+    if not plain_http_off_loopback(config.admin):
         return []
     return [f'{where}: admin.listen: "{listen}" is reachable from the network without '
             "TLS: the admin password and session cookie would cross it in clear; listen "

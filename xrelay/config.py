@@ -122,8 +122,9 @@ class ServerConfig:
         "Longest command or data line accepted, in bytes with the CRLF (RFC 5321 "
         "requires 1000 at least); longer lines are refused, never split.")})
     idle_timeout: int = attrs.field(default=300, metadata={"doc": (
-        "Seconds a client may stay silent in any state before 421 and disconnect "
-        "(RFC 5321 asks servers for 5 minutes).")})
+        "Seconds a client may stay silent within a mail transaction (after MAIL, and "
+        "in DATA) before 421 and disconnect (RFC 5321 asks servers for 5 minutes); "
+        "before MAIL, `idle_timeout_before_mail` applies.")})
     max_connections: int = attrs.field(default=200, metadata={"doc": (
         "Concurrent client connections, over all listeners; more are refused with "
         "421.")})
@@ -145,6 +146,33 @@ class ServerConfig:
         "doc": "Bytes kept free in state_dir: below it new mail gets 452 4.3.1 while "
                "bounces, state changes and the token cache still have room; raise it "
                "for large messages, 0 turns the reserve off."})
+    trusted_proxies: tuple[Network, ...] = attrs.field(default=(), metadata={
+        "doc": "Load balancers (CIDR networks) whose PROXY header `haproxy:` listeners "
+               "believe, e.g. `[\"10.0.0.5/32\"]`; connections from anywhere else are "
+               "refused. Required when a `haproxy:` listener exists."})
+    proxy_header_timeout: int = attrs.field(default=5, metadata={
+        "doc": "Seconds a connection to a `haproxy:` listener may take to send its PROXY "
+               "header before it is closed; raise it only for a very slow balancer."})
+    max_connections_per_network: int = attrs.field(default=50, metadata={
+        "doc": "Concurrent connections from one /24 (IPv4) or /64 (IPv6) network, never "
+               "less than `max_connections_per_client`; raise it when many devices of "
+               "one subnet send at the same moment."})
+    reserved_connections: int = attrs.field(default=20, metadata={
+        "doc": "Connections of `max_connections` kept for clients in "
+               "`relay.allow_networks` (at most half), so that outsiders cannot crowd "
+               "the printers out; 0 turns it off."})
+    idle_timeout_before_mail: int = attrs.field(default=60, metadata={
+        "doc": "Seconds a client may stay silent while no mail transaction is open "
+               "(before MAIL FROM, between messages), at most `idle_timeout`, which "
+               "applies within a transaction."})
+    max_junk_commands: int = attrs.field(default=100, metadata={
+        "doc": "NOOP, RSET, VRFY, HELP, EHLO and HELO commands allowed on one connection "
+               "since its last accepted message (as Postfix's `smtpd_junk_command_limit`); "
+               "then 421 and disconnect."})
+    max_errors: int = attrs.field(default=20, metadata={
+        "doc": "Refused or erroneous commands allowed on one connection since its last "
+               "accepted message (as Postfix's `smtpd_hard_error_limit`); then 421 4.7.0 "
+               "and disconnect. Repeated refusals are logged in one summary line."})
 
     @property
     def has_tls(self) -> bool:
@@ -424,6 +452,23 @@ def legacy_tls_warnings(config: "Config", where: str) -> list[str]:
                 "[[users]] cannot log in on it (require_tls_for_auth = true); devices "
                 "there must come from relay.allow_networks")
     return found
+
+
+def plain_http_off_loopback(admin: AdminConfig) -> bool:
+    """Whether the admin page is served without TLS to more than this machine."""
+    if (admin.public_url or "").startswith("https://"):
+        return False
+    kind, _, rest = admin.listen.partition(":")
+    if kind.lower() not in ("tcp", "tcp6"):
+        return False  # ssl:, unix: and the like
+    interface = ""
+    for part in rest.replace("\\:", "\0").split(":"):
+        if part.startswith("interface="):
+            interface = part[len("interface="):].replace("\0", ":")
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True  # no interface: every address
 
 
 def find_config_path(explicit: str | None) -> tuple[str | None, bool]:
@@ -753,7 +798,49 @@ class _Reader:
             min_free_space=self.non_negative(raw, "min_free_space",
                                              "server.min_free_space",
                                              defaults.min_free_space),
+            **self.server_limits(raw, listeners, defaults),
         )
+
+    def server_limits(self, raw: dict[str, Any], listeners: list[ListenerConfig],
+                      defaults: ServerConfig) -> dict[str, Any]:
+        """The keys that bound what one client (or one network) can hold."""
+        proxies = self.networks(raw, "trusted_proxies", "server.trusted_proxies", ())
+        for i, listener in enumerate(listeners):
+            if listener.endpoint.lower().startswith("haproxy:") and not proxies:
+                raise self.fail("server.trusted_proxies", f"server.listen[{i}] is a "
+                                "haproxy: listener, which believes the PROXY header only "
+                                "from its load balancers; write trusted_proxies = "
+                                '["10.0.0.5/32"] with their addresses')
+        limits: dict[str, Any] = {"trusted_proxies": proxies}
+        for key, minimum in (("proxy_header_timeout", 1),
+                             ("max_connections_per_network", 1),
+                             ("reserved_connections", 0), ("idle_timeout_before_mail", 1),
+                             ("max_junk_commands", 1), ("max_errors", 1)):
+            limits[key] = self.non_negative(raw, key, f"server.{key}",
+                                            getattr(defaults, key), minimum)
+        maximum = self.non_negative(raw, "max_connections", "server.max_connections",
+                                    defaults.max_connections, 1)
+        # Only when written: the default is halved for a small max_connections.
+        if "reserved_connections" in raw and limits["reserved_connections"] >= maximum:
+            raise self.fail("server.reserved_connections", f"must be less than "
+                            f"server.max_connections ({maximum}), or nobody outside "
+                            "relay.allow_networks could connect")
+        return limits
+
+    def networks(self, raw: dict[str, Any], key: str, name: str,
+                 default: tuple[Network, ...]) -> tuple[Network, ...]:
+        texts = self.string_list(raw, key, name)
+        if texts is None:
+            return default
+        parsed = []
+        for i, text in enumerate(texts):
+            try:
+                parsed.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as e:
+                raise self.fail(
+                    f"{name}[{i}]", f"{text!r} is not a network in CIDR form ({e}); write "
+                    'e.g. "10.0.0.5/32" or "2001:db8::/64"') from None
+        return tuple(parsed)
 
     def listeners(self, raw: dict[str, Any]) -> list[ListenerConfig]:
         if "listen" not in raw:

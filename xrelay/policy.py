@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import TYPE_CHECKING
 
 import attrs
 
-from xrelay.addresses import matches_any
+from xrelay.addresses import NULL_SENDER, matches_any
 from xrelay.config import AccountConfig, Config, UserConfig
+
+if TYPE_CHECKING:
+    from xrelay.inbound.headers import HeaderBlock
 from xrelay.routing import route_sender, sendable_senders
 
 __all__ = [
@@ -27,7 +31,11 @@ __all__ = [
     "address_refusal",
     "sender_refusal",
     "recipient_limit_refusal",
+    "header_sender_refusal",
+    "client_network",
+    "proxy_trusted",
     "AuthFailures",
+    "Attempt",
 ]
 
 
@@ -151,8 +159,18 @@ def sender_refusal(config: Config, client_address: str, user: UserConfig | None,
     (L{route_sender}); if none can, the refusal lists what the relay can send as, so
     the device's administrator can pick a working address.
 
-    The null sender (bounces from a device) is always allowed: bounces must not bounce.
+    The null sender (bounces from a device) is allowed for clients admitted by network;
+    a user needs a C{"<>"} entry in its C{senders} for it (a bounce claims to come from
+    no one, so it must not be a way around the user's sender rule).
     """
+    if not sender and user is not None and not any(
+        p.text == NULL_SENDER for p in user.senders
+    ):
+        return Refusal(
+            550, "5.7.1",
+            f'The null sender <> is not allowed for user {user.name} by '
+            f'users."{user.name}".senders; add "<>" to it if this device sends bounces',
+        ), None
     if sender:
         if user is not None:
             patterns, rule = user.senders, f'users."{user.name}".senders'
@@ -188,23 +206,98 @@ def recipient_limit_refusal(config: Config, accepted: int) -> Refusal | None:
                    "message, send the rest in another message")
 
 
+def header_sender_refusal(user: UserConfig | None, headers: "HeaderBlock") -> Refusal | None:
+    """
+    For a user whose C{senders} is restricted, the message's own C{From:} (every address
+    in it) and C{Sender:} must match the rule too: the envelope alone is not what the
+    recipient sees.  A header field that was seen but whose value was not kept (a header
+    block padded past L{xrelay.inbound.headers.MAX_KEPT}) is refused rather than waved
+    through.  Clients
+    admitted by network, and users allowed C{"*"}, are not checked.
+    """
+    if user is None or any(p.text == "*" for p in user.senders):
+        return None
+    patterns = tuple(p for p in user.senders if p.text != NULL_SENDER)
+    allowed = ", ".join(p.text for p in patterns) or "none"
+    rule = f'users."{user.name}".senders'
+    for field, name in (("from", "From:"), ("sender", "Sender:")):
+        addresses = headers.addresses(field)
+        if field in headers.dropped or (headers.has(field) and not addresses):
+            return Refusal(550, "5.7.1", f"Header {name} cannot be checked against {rule} "
+                           f"for user {user.name}; send a plain {name} with one of: "
+                           f"{allowed}")
+        for address in addresses:
+            if not matches_any(patterns, address):
+                return Refusal(550, "5.7.1", f"Header {name} <{address}> is not allowed "
+                               f"for user {user.name} by {rule}; allowed: {allowed}")
+    return None
+
+
+def client_network(address: str) -> str:
+    """
+    The network a client address is counted in for the per-network cap: its /24
+    (IPv4) or /64 (IPv6), which is what one host or one attacker typically holds.
+    """
+    ip = _ip(address)
+    if ip is None:
+        return address
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def proxy_trusted(config: Config, address: str) -> bool:
+    """Whether a connection from this (real, socket) address may send a PROXY header."""
+    ip = _ip(address)
+    if ip is None:
+        return False
+    return any(ip.version == net.version and ip in net
+               for net in config.server.trusted_proxies)
+
+
+@attrs.frozen
+class Attempt:
+    """One password check under way: who tries which account, and the wait it earned."""
+
+    source: str
+    account: str
+    delay: float
+
+
 @attrs.define
 class AuthFailures:
     """
-    Failed AUTH attempts per client address, and the delay they earn.
+    Failed sign-in attempts per source address and per account name, and the waits and
+    refusals they earn.
 
-    Each failure within C{window} seconds doubles the wait before the next AUTH reply to
-    that address (starting at C{base_delay}, at most C{max_delay}), which makes guessing
-    slow across connections as well as within one.  Past C{per_address_limit} failures
-    the address is refused outright until the window passes.  Times are passed in (no
-    clock here), so tests use any numbers.
+    Attempts are counted from the moment they start (L{begin}), not when their slow
+    check ends, so that concurrent guesses cannot all slip in under the limit.  The two
+    counts do different things:
+     - per source: its own failures (and attempts in flight) make its answers slower
+       (doubling from C{base_delay}, when C{source_delay}) and, past
+       C{per_address_limit} within C{window} seconds, refuse it outright.  A source can
+       only lock itself out.
+     - per account name: failures from I{other} sources make the answers for that name
+       slower (up to C{max_delay}), never a refusal, so an attacker elsewhere cannot
+       lock a device or the admin out; the right password still works, later.
+    A success clears the source and the failures it had caused for that account (a
+    device that mistyped is not punished), not what others caused.
+
+    Memory is bounded: at most C{max_tracked} sources and as many account names, the
+    least recently failed dropped first, and each record keeps a bounded list.  Times
+    are passed in (no clock here).
     """
 
     window: float = 900.0
     base_delay: float = 1.0
     max_delay: float = 30.0
     per_address_limit: int = 10
+    #: Whether a source's own failures slow its answers (SMTP AUTH), or only refuse it
+    #: past the limit (the admin page, where a person types).
+    source_delay: bool = True
+    max_tracked: int = 10000
     _failures: dict[str, list[float]] = attrs.field(factory=dict)
+    _by_account: dict[str, list[tuple[float, str]]] = attrs.field(factory=dict)
+    _in_flight: dict[str, int] = attrs.field(factory=dict)
 
     def _recent(self, address: str, now: float) -> list[float]:
         times = [t for t in self._failures.get(address, ()) if now - t < self.window]
@@ -214,21 +307,94 @@ class AuthFailures:
             self._failures.pop(address, None)
         return times
 
-    def failed(self, address: str, now: float) -> None:
-        self._recent(address, now)
-        self._failures.setdefault(address, []).append(now)
+    def _count(self, address: str, now: float) -> int:
+        return len(self._recent(address, now)) + self._in_flight.get(address, 0)
 
-    def succeeded(self, address: str) -> None:
+    def _others(self, account: str, source: str, now: float) -> int:
+        entries = [e for e in self._by_account.get(account, ()) if now - e[0] < self.window]
+        if entries:
+            self._by_account[account] = entries
+        else:
+            self._by_account.pop(account, None)
+        return sum(1 for _, s in entries if s != source)
+
+    def _wait(self, count: int) -> float:
+        if count <= 0:
+            return 0.0
+        return min(self.base_delay * 2 ** min(count - 1, 32), self.max_delay)
+
+    def begin(self, source: str, account: str, now: float) -> Attempt | None:
+        """
+        Start one check: C{None} when the source has used up its failures (refuse it
+        without checking), else the attempt, counted in flight until L{finish}.
+        """
+        if self.blocked(source, now):
+            return None
+        delay = max(self._wait(self._count(source, now)) if self.source_delay else 0.0,
+                    self._wait(self._others(account, source, now)))
+        self._in_flight[source] = self._in_flight.get(source, 0) + 1
+        return Attempt(source, account, delay)
+
+    def finish(self, attempt: Attempt, ok: bool, now: float) -> None:
+        """The check ended (also when the client went away meanwhile: it still counts)."""
+        self.abandon(attempt)
+        if ok:
+            self.succeeded(attempt.source, attempt.account)
+        else:
+            self.failed(attempt.source, now, attempt.account)
+
+    def abandon(self, attempt: Attempt) -> None:
+        """The check could not decide (the checker's directory is down): count nothing."""
+        left = self._in_flight.get(attempt.source, 1) - 1
+        if left > 0:
+            self._in_flight[attempt.source] = left
+        else:
+            self._in_flight.pop(attempt.source, None)
+
+    def failed(self, address: str, now: float, account: str | None = None) -> None:
+        self._recent(address, now)
+        times = self._failures.setdefault(address, [])
+        times.append(now)
+        del times[:-self.per_address_limit * 2]
+        if account is not None:
+            self._others(account, address, now)
+            entries = self._by_account.setdefault(account, [])
+            entries.append((now, address))
+            del entries[:-64]
+        self._bound(now)
+
+    def succeeded(self, address: str, account: str | None = None) -> None:
         """A correct password clears the address: a device that mistyped is not punished."""
         self._failures.pop(address, None)
+        if account is not None and account in self._by_account:
+            entries = [e for e in self._by_account[account] if e[1] != address]
+            if entries:
+                self._by_account[account] = entries
+            else:
+                del self._by_account[account]
 
-    def delay(self, address: str, now: float) -> float:
-        """Seconds to wait before answering this address's AUTH."""
-        count = len(self._recent(address, now))
-        if count == 0:
-            return 0.0
-        return min(self.base_delay * 2 ** (count - 1), self.max_delay)
+    def delay(self, address: str, now: float, account: str | None = None) -> float:
+        """Seconds to wait before answering this address's next check."""
+        own = self._wait(self._count(address, now)) if self.source_delay else 0.0
+        if account is None:
+            return own
+        return max(own, self._wait(self._others(account, address, now)))
 
     def blocked(self, address: str, now: float) -> bool:
-        """Whether the address has used up its failures for this window."""
-        return len(self._recent(address, now)) >= self.per_address_limit
+        """Whether the address has used up its failures (in flight included) for now."""
+        return self._count(address, now) >= self.per_address_limit
+
+    def _bound(self, now: float) -> None:
+        for records in (self._failures, self._by_account):
+            if len(records) <= self.max_tracked:
+                continue
+            last = {key: (value[-1] if not isinstance(value[-1], tuple) else value[-1][0])
+                    for key, value in records.items() if value}
+            # Down to nine tenths at once, so that the sort is paid rarely.
+            excess = len(records) - self.max_tracked * 9 // 10
+            for key in sorted(last, key=last.__getitem__)[:excess]:
+                del records[key]
+
+    def tracked(self) -> int:
+        """How many sources and account names are remembered (for the memory bound)."""
+        return len(self._failures) + len(self._by_account)

@@ -309,7 +309,8 @@ async def test_password_guessing_is_cut_off(world) -> None:
     assert response.code == 303
     # After the window, the right password works again.
     site = relay.admin.site
-    site.failures = {c: [t - 301 for t in ts] for c, ts in site.failures.items()}
+    site.failures._failures = {c: [t - 301 for t in ts]
+                               for c, ts in site.failures._failures.items()}
     response = await browser.sign_in()
     assert response.code == 303 and location(response) == "/"
 

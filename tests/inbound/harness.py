@@ -197,11 +197,16 @@ class RawClient(Protocol):
 
 @defer.inlineCallbacks
 def connect(port: int, host: str = "127.0.0.1", greeting: bool = True,
-            tls: Certificates | None = None, prefix: bytes = b""):  # type: ignore[no-untyped-def]
-    """Connect a L{RawClient}; with C{greeting}, read the 220 first."""
+            tls: Certificates | None = None, prefix: bytes = b"",
+            source: str | None = None):  # type: ignore[no-untyped-def]
+    """
+    Connect a L{RawClient}; with C{greeting}, read the 220 first.  C{source} binds the
+    client's end to another loopback address (127.0.0.2, ...: another client host).
+    """
     endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
     client = RawClient()
-    yield connectProtocol(endpoint_type(global_reactor, host, port), client)
+    bind = {"bindAddress": (source, 0)} if source else {}
+    yield connectProtocol(endpoint_type(global_reactor, host, port, **bind), client)
     if prefix:
         client.send(prefix)
     if tls is not None:

@@ -48,7 +48,7 @@ async def test_non_ascii_recipient_needs_smtputf8_transaction(relay):
 
 @pytest_twisted.ensureDeferred
 async def test_garbage_client_is_disconnected(relay):
-    r = await relay(make_config())
+    r = await relay(make_config(max_errors=10))
     client = await connect(r.port)
     client.send(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n" + b"\x00junk\r\n" * 10)
     replies = await client.read(10)

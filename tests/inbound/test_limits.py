@@ -38,7 +38,8 @@ async def to_state(client, state):  # type: ignore[no-untyped-def]
 @pytest_twisted.ensureDeferred
 async def test_idle_timeout_in_every_state(relay, state):
     clock = Clock()
-    r = await relay(make_config(idle_timeout=120, require_tls_for_auth=False), clock=clock)
+    r = await relay(make_config(idle_timeout=120, idle_timeout_before_mail=120,
+                                require_tls_for_auth=False), clock=clock)
     client = await connect(r.port)
     await to_state(client, state)
     if state == "data":
@@ -56,7 +57,8 @@ async def test_idle_timeout_in_every_state(relay, state):
 @pytest_twisted.ensureDeferred
 async def test_activity_restarts_the_idle_timer(relay):
     clock = Clock()
-    r = await relay(make_config(idle_timeout=120), clock=clock)
+    r = await relay(make_config(idle_timeout=120, idle_timeout_before_mail=120),
+                    clock=clock)
     client = await connect(r.port)
     for _ in range(3):
         clock.advance(100)

@@ -26,6 +26,9 @@ from xrelay.config import ListenerConfig, UserConfig
 from xrelay.inbound.testing import MemorySpool
 from xrelay.passwords import hash_password
 
+#: The tests' load balancer is this process, on loopback.
+PROXIES = (ipaddress.ip_network("127.0.0.1/32"),)
+
 
 @pytest_twisted.ensureDeferred
 async def test_implicit_tls_listener(relay, certs):
@@ -51,8 +54,9 @@ async def test_implicit_tls_listener(relay, certs):
 @pytest_twisted.ensureDeferred
 async def test_haproxy_v1_uses_the_real_client_address(relay):
     lan = (ipaddress.ip_network("192.168.10.0/24"),)
-    config = make_config(allow_networks=lan, max_connections_per_client=1, listen=(
-        ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),))
+    config = make_config(allow_networks=lan, max_connections_per_client=1,
+                         trusted_proxies=PROXIES, listen=(
+                             ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),))
     r = await relay(config)
     inside = await connect(r.port, prefix=b"PROXY TCP4 192.168.10.7 10.0.0.1 40000 25\r\n")
     assert inside.greeting == "220 relay.test ESMTP xrelay ready"
@@ -85,6 +89,7 @@ async def test_haproxy_v2_ipv6_and_starttls(relay, certs):
               + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
               + struct.pack("!HH", 40000, 25))
     config = make_config(certs, allow_networks=(ipaddress.ip_network("2001:db8::/64"),),
+                         trusted_proxies=PROXIES,
                          listen=(ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),))
     r = await relay(config)
     client = await connect(r.port, prefix=header)
@@ -104,21 +109,24 @@ async def test_haproxy_v2_ipv6_and_starttls(relay, certs):
 
 @pytest_twisted.ensureDeferred
 async def test_haproxy_listener_without_header_is_closed_without_greeting(relay):
-    r = await relay(make_config(listen=(ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),)))
+    r = await relay(make_config(trusted_proxies=PROXIES, listen=(
+        ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),)))
     client = await connect(r.port, greeting=False, prefix=b"EHLO direct.test\r\n")
     await client.wait_closed()
     assert client.replies == [] and r.spool.started == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_waiting_for_their_proxy_header_count_against_the_cap(relay):
-    r = await relay(make_config(max_connections=2, listen=(
-        ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),)))
+async def test_connections_waiting_for_their_proxy_header_hold_a_small_share(relay):
+    # max_connections 20: a tenth (2) may wait for their header; they count in the cap.
+    r = await relay(make_config(max_connections=20, reserved_connections=0,
+                                trusted_proxies=PROXIES, listen=(
+                                    ListenerConfig("haproxy:tcp:0:interface=127.0.0.1"),)))
     silent = [await connect(r.port, greeting=False) for _ in range(2)]
     await until(lambda: r.service.connections.awaiting_header == 2)
     third = await connect(r.port, greeting=False)
-    assert (await third.read(1)) == [
-        "421 4.7.0 relay.test Too many connections, try again later"]
+    assert (await third.read(1)) == ["421 4.7.0 relay.test Too many connections without "
+                                     "a PROXY header, try again later"]
     await third.wait_closed()
     silent[0].transport.loseConnection()
     await until(lambda: r.service.connections.awaiting_header == 1)

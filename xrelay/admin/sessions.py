@@ -26,8 +26,12 @@ COOKIE_NAME = "xrelay_admin"
 #: An idle session ends after this many seconds; any session after MAX_AGE.
 IDLE_TIMEOUT = 30 * 60.0
 MAX_AGE = 12 * 3600.0
-#: More sessions than this (mostly anonymous visitors) and the oldest are dropped.
+#: More anonymous sessions (visitors before sign-in) than this and the oldest of them
+#: are dropped.  Signed-in sessions have a budget of their own, so that a flood of
+#: anonymous requests cannot push a signed-in operator out.
 MAX_SESSIONS = 1000
+#: More signed-in sessions than this and the oldest signed-in one is dropped.
+MAX_SIGNED_IN = 100
 
 
 @attrs.define
@@ -68,22 +72,39 @@ class SessionStore:
         return session
 
     def new(self) -> Session:
-        now = self.clock.seconds()
-        if len(self._sessions) >= MAX_SESSIONS:
-            for identifier in sorted(self._sessions,
-                                     key=lambda i: self._sessions[i].last_seen
-                                     )[: len(self._sessions) - MAX_SESSIONS + 1]:
-                del self._sessions[identifier]
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now)
-        self._sessions[session.identifier] = session
-        return session
+        """A session for an anonymous visitor (the sign-in form's CSRF token)."""
+        self._make_room(authenticated=False, budget=MAX_SESSIONS)
+        return self._add(authenticated=False)
 
     def authenticate(self, session: Session) -> Session:
         """Signed in: the same visitor continues under a new identifier and token."""
         self._sessions.pop(session.identifier, None)
-        fresh = self.new()
-        fresh.authenticated = True
-        return fresh
+        self._make_room(authenticated=True, budget=MAX_SIGNED_IN)
+        return self._add(authenticated=True)
+
+    def _add(self, authenticated: bool) -> Session:
+        now = self.clock.seconds()
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now,
+                          authenticated=authenticated)
+        self._sessions[session.identifier] = session
+        return session
+
+    def _make_room(self, authenticated: bool, budget: int) -> None:
+        """Drop expired sessions, then the least recently seen of this kind over budget."""
+        now = self.clock.seconds()
+        for identifier, session in list(self._sessions.items()):
+            if now - session.last_seen > IDLE_TIMEOUT or now - session.created > MAX_AGE:
+                del self._sessions[identifier]
+        kind = [s for s in self._sessions.values() if s.authenticated == authenticated]
+        if len(kind) < budget:
+            return
+        kind.sort(key=lambda s: s.last_seen)
+        for session in kind[: len(kind) - budget + 1]:
+            del self._sessions[session.identifier]
+
+    def count(self, authenticated: bool) -> int:
+        """Live sessions of one kind (for tests and the memory bound)."""
+        return sum(1 for s in self._sessions.values() if s.authenticated == authenticated)
 
     def end(self, session: Session) -> None:
         self._sessions.pop(session.identifier, None)

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -32,6 +33,8 @@ from twisted.web.template import flattenString
 
 from xrelay.admin import pages
 from xrelay.admin.glance import account_views, overall_line
+from xrelay.admin.lockout import (ADMIN_ACCOUNT, DEVICE_COOKIE, DEVICE_MAX_AGE,
+                                  FAILURE_WINDOW, MAX_FAILURES, SignInGuard)
 from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore
 from xrelay.operations.queue import QueueOperations, QueueProblem
 
@@ -41,10 +44,6 @@ log = Logger(namespace="xrelay.admin")
 
 #: Seconds a started browser sign-in may take before its state is forgotten.
 SIGN_IN_TIMEOUT = 15 * 60.0
-#: Wrong passwords allowed from one address within FAILURE_WINDOW seconds; then that
-#: address is refused until the window has passed (guessing is slow on purpose).
-MAX_FAILURES = 5
-FAILURE_WINDOW = 300.0
 
 
 def security_headers(form_targets: list[str]) -> dict[bytes, bytes]:
@@ -105,8 +104,9 @@ class AdminSite(Resource):
         self.sessions = SessionStore(reactor)
         #: state -> (account, msal flow, started at): browser sign-ins under way.
         self.pending: dict[str, tuple[str, dict[str, Any], float]] = {}
-        #: client address -> times of its recent wrong passwords.
-        self.failures: dict[str, list[float]] = {}
+        #: Wrong passwords per source and for the account (L{SignInGuard}).
+        self.guard = SignInGuard()
+        self.failures = self.guard.failures
 
     @property
     def config(self) -> Any:
@@ -204,11 +204,21 @@ class AdminSite(Resource):
             self._set_cookie(request, session)
         return session
 
+    def _secure(self, request: Any) -> bool:
+        """
+        Whether cookies get C{Secure}: when this request came over TLS, or browsers
+        reach the page at an https C{public_url} (TLS ends at a proxy).  On plain HTTP
+        they do not, since a browser may refuse to store or send back a C{Secure} cookie
+        for an http:// page; plain HTTP is meant for the loopback default only, where
+        the cookie never crosses a network (README, "Admin page").
+        """
+        return bool(request.isSecure() or (self.config.admin.public_url or "")
+                    .startswith("https://"))
+
     def _set_cookie(self, request: Any, session: Session) -> None:
-        secure = bool(request.isSecure() or (self.config.admin.public_url or "")
-                      .startswith("https://"))
         request.addCookie(COOKIE_NAME.encode("ascii"), session.identifier.encode("ascii"),
-                          path=b"/", httpOnly=True, sameSite="strict", secure=secure)
+                          path=b"/", httpOnly=True, sameSite="strict",
+                          secure=self._secure(request))
 
     def _form(self, request: Any, name: str) -> str | None:
         values = request.args.get(name.encode("ascii"))
@@ -260,31 +270,41 @@ class AdminSite(Resource):
             request.setResponseCode(403)
             return await self.login_form(request, "Your session expired; try again.")
         self._check_csrf(request, session, "/login")
-        client, now = _client(request), self.reactor.seconds()
-        recent = [t for t in self.failures.get(client, ()) if now - t < FAILURE_WINDOW]
-        self.failures = {c: ts for c, ts in self.failures.items()
-                         if ts and now - ts[-1] < FAILURE_WINDOW}
-        if len(recent) >= MAX_FAILURES:
+        client = _client(request)
+        source = self.guard.source(client, request.getCookie(DEVICE_COOKIE.encode("ascii")))
+        # Counted from now, before the slow check: concurrent guesses share the limit.
+        attempt = self.failures.begin(source, ADMIN_ACCOUNT, self.reactor.seconds())
+        if attempt is None:
             log.warn("admin: sign-in from {client} refused: {count} wrong passwords in "
-                     "the last {window:.0f}s", client=client, count=len(recent),
+                     "the last {window:.0f}s", client=client, count=MAX_FAILURES,
                      window=FAILURE_WINDOW)
             request.setResponseCode(429)
             return await self.login_form(request, "Too many wrong passwords; wait a few "
                                          "minutes and try again.")
-        password = self._form(request, "password") or ""
-        expected = self.config.admin.password_hash
         ok = False
-        if expected and password:
-            ok = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                         self.verify, password, expected)
+        try:
+            if attempt.delay:
+                # Others have been failing for this account: slower, never locked out.
+                await deferLater(self.reactor, attempt.delay, lambda: None)
+            password = self._form(request, "password") or ""
+            expected = self.config.admin.password_hash
+            if expected and password:
+                ok = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                             self.verify, password, expected)
+        finally:
+            self.failures.finish(attempt, ok, self.reactor.seconds())
         if not ok:
-            self.failures[client] = recent + [now]
             log.warn("admin: wrong password from {client}", client=client)
             request.setResponseCode(403)
             return await self.login_form(request, "Wrong password.")
         fresh = self.sessions.authenticate(session)
         self._set_cookie(request, fresh)
-        log.info("admin: signed in from {client}", client=_client(request))
+        # This browser is known now: a lockout of its address no longer holds it out.
+        request.addCookie(DEVICE_COOKIE.encode("ascii"),
+                          self.guard.device_cookie().encode("ascii"), path=b"/",
+                          max_age=str(DEVICE_MAX_AGE), httpOnly=True, sameSite="strict",
+                          secure=self._secure(request))
+        log.info("admin: signed in from {client}", client=client)
         self._redirect(request, "/")
         return None
 
@@ -422,10 +442,19 @@ class AdminSite(Resource):
     # -- browser sign-in ---------------------------------------------------------------
 
     def _redirect_uri(self, request: Any) -> str:
+        """
+        Where the identity platform sends the browser back: C{admin.public_url}, else
+        the address this listener was reached at (the socket's own, never the
+        request's C{Host:}, which whoever sends the request chooses).
+        """
         base = self.config.admin.public_url
         if not base:
-            host = (request.getHeader(b"host") or b"localhost").decode("ascii", "replace")
-            base = f"{'https' if request.isSecure() else 'http'}://{host}"
+            host = request.getHost()
+            address = getattr(host, "host", "127.0.0.1")
+            if ":" in address:
+                address = f"[{address}]"
+            base = (f"{'https' if request.isSecure() else 'http'}://{address}:"
+                    f"{getattr(host, 'port', 8025)}")
         return f"{base}/signin/callback"
 
     async def sign_in_start(self, request: Any, session: Session) -> None:

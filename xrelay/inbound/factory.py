@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory
 
 from xrelay.config import Config, ListenerConfig
 from xrelay.inbound.protocol import ESMTPServer
-from xrelay.policy import Refusal
+from xrelay.policy import Refusal, client_in_networks, client_network
 
 if TYPE_CHECKING:
     from xrelay.inbound.service import InboundService
@@ -28,20 +28,44 @@ __all__ = ["ConnectionCounter", "InboundFactory"]
 
 @attrs.define
 class ConnectionCounter:
-    """Live connections in total and per client address."""
+    """
+    Live connections in total, per client address and per client network, with the
+    shares that keep one source from taking every slot:
+     - connections still waiting for their PROXY header (their address is unknown) may
+       hold at most L{header_share} slots;
+     - clients outside C{relay.allow_networks} may not take the last
+       C{server.reserved_connections} slots, which are the printers';
+     - one /24 (IPv4) or /64 (IPv6) may hold C{server.max_connections_per_network}.
+    """
 
     total: int = 0
     per_client: dict[str, int] = attrs.field(factory=dict)
-    #: Connections on C{haproxy:} listeners whose PROXY header has not come yet: their
-    #: client address is unknown, but they still count against C{max_connections}, so
-    #: that silent connections cannot crowd the relay out.
+    per_network: dict[str, int] = attrs.field(factory=dict)
+    #: Connections on C{haproxy:} listeners whose PROXY header has not come yet: they
+    #: count against C{max_connections}, within their small share.
     awaiting_header: int = 0
+
+    @staticmethod
+    def header_share(config: Config) -> int:
+        """Slots that connections without their PROXY header yet may hold together."""
+        return max(1, config.server.max_connections // 10)
 
     def full(self, config: Config) -> Refusal | None:
         """Whether one more connection of unknown address would exceed the total cap."""
         if self.total + self.awaiting_header >= config.server.max_connections:
             return Refusal(421, "4.7.0", f"{config.server.hostname} Too many "
                            "connections, try again later")
+        return None
+
+    def await_header(self, config: Config) -> Refusal | None:
+        """Count in a connection that has not sent its PROXY header, or say why not."""
+        full = self.full(config)
+        if full is not None:
+            return full
+        if self.awaiting_header >= self.header_share(config):
+            return Refusal(421, "4.7.0", f"{config.server.hostname} Too many "
+                           "connections without a PROXY header, try again later")
+        self.awaiting_header += 1
         return None
 
     def admit(self, address: str, config: Config) -> Refusal | None:
@@ -51,20 +75,33 @@ class ConnectionCounter:
         full = self.full(config)
         if full is not None:
             return full
+        reserved = min(server.reserved_connections, server.max_connections // 2)
+        if (reserved and not client_in_networks(config, address)
+                and self.total + self.awaiting_header >= server.max_connections - reserved):
+            return Refusal(421, "4.7.0", f"{hostname} Too many connections, try again "
+                           "later")
         if self.per_client.get(address, 0) >= server.max_connections_per_client:
             return Refusal(421, "4.7.0", f"{hostname} Too many connections from your "
                            "address, try again later")
+        network = client_network(address)
+        if self.per_network.get(network, 0) >= max(server.max_connections_per_network,
+                                                   server.max_connections_per_client):
+            return Refusal(421, "4.7.0", f"{hostname} Too many connections from your "
+                           "network, try again later")
         self.total += 1
         self.per_client[address] = self.per_client.get(address, 0) + 1
+        self.per_network[network] = self.per_network.get(network, 0) + 1
         return None
 
     def release(self, address: str) -> None:
         self.total -= 1
-        left = self.per_client.get(address, 1) - 1
-        if left > 0:
-            self.per_client[address] = left
-        else:
-            self.per_client.pop(address, None)
+        for counts, key in ((self.per_client, address),
+                            (self.per_network, client_network(address))):
+            left = counts.get(key, 1) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
 
 
 class InboundFactory(Factory):

@@ -42,6 +42,9 @@ class HeaderBlock:
     #: The empty line ending the header block was seen (or a line that cannot be a
     #: header field, which ends it the same way for a lenient reader).
     done: bool = False
+    #: Watched fields with a value (or part of one) not kept, past L{MAX_KEPT}: a rule
+    #: over such a field must not take what was kept for the whole of it.
+    dropped: set[str] = attrs.field(factory=set)
     _current: str | None = None
     _kept: int = 0
 
@@ -80,6 +83,7 @@ class HeaderBlock:
 
     def _keep(self, key: str, text: str, continued: bool) -> None:
         if self._kept + len(text) > MAX_KEPT:
+            self.dropped.add(key)
             return
         self._kept += len(text)
         fields = self.values.setdefault(key, [])

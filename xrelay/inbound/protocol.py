@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
+from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
@@ -63,10 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["ESMTPServer", "pass_through_reply", "canonical_address"]
 
 log = Logger()
-
-#: Protocol errors tolerated on one connection before it is closed: a client sending
-#: garbage (or an HTTP request, a cross-protocol attack) is cut off quickly.
-MAX_ERRORS = 10
 
 #: Bytes buffered while waiting for an asynchronous decision before reading pauses.
 PAUSE_BUFFER = 256 * 1024
@@ -101,7 +98,10 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self.tls = factory.implicit_tls
         self.user: UserConfig | None = None
         self.transaction: Transaction | None = None
-        self.errors = 0
+        #: Errors and junk commands against server.max_errors / max_junk_commands: a
+        #: client sending garbage (or an HTTP request) is cut off quickly.
+        self.conduct = Conduct(self.config.server.max_errors,
+                               self.config.server.max_junk_commands)
         self.auth_failures = 0
         self._login_name = ""
         self._busy = False
@@ -119,14 +119,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if self.state != PROXY:
             self.begin()
             return
-        refusal = self.factory.connections.full(self.config)
+        refusal = self.factory.connections.await_header(self.config)
         if refusal is not None:
             log.warn("inbound connection on {listener} refused before its PROXY header: "
                      "{reply}", listener=self.factory.listener.endpoint, reply=str(refusal))
-            self.refuse(refusal)
+            self.reply(refusal.code, refusal.enhanced, refusal.text)
             self.close()
             return
-        self.factory.connections.awaiting_header += 1
         self._awaiting_header = True
 
     def _header_wait_over(self) -> None:
@@ -140,6 +139,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self._header_wait_over()
             self.state = COMMAND
             self.begin()
+            self._restart_timer()
 
     def begin(self) -> None:
         """Admit the client (connection caps) and greet it."""
@@ -165,6 +165,10 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._cancel_timer()
         self.factory.live.discard(self)
         self._header_wait_over()
+        summary = self.conduct.summary()
+        if summary is not None:
+            log.info("inbound client {client}: {summary}", client=self.client_address,
+                     summary=summary)
         if self.admitted:
             self.factory.connections.release(self.client_address)
             self.admitted = False
@@ -191,8 +195,20 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
     def _restart_timer(self) -> None:
         self._cancel_timer()
         if self.state != CLOSED:
-            self._timer = self.clock.callLater(self.config.server.idle_timeout,
-                                               self._timed_out)
+            self._timer = self.clock.callLater(self._idle_limit(), self._timed_out)
+
+    def _idle_limit(self) -> int:
+        """
+        Seconds of silence allowed now: a few for the PROXY header, a short while
+        outside a mail transaction (a slot held by an idle client is a slot a printer
+        cannot have), C{idle_timeout} within one.
+        """
+        server = self.config.server
+        if self.state == PROXY:
+            return server.proxy_header_timeout
+        if self.transaction is None and self.state != DATA:
+            return min(server.idle_timeout_before_mail, server.idle_timeout)
+        return server.idle_timeout
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -201,10 +217,14 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self.state == PROXY:
+            log.warn("inbound connection from {peer} on {listener}: no PROXY header within "
+                     "{seconds}s, closing", peer=self.transport.getPeer(),
+                     listener=self.factory.listener.endpoint, seconds=self._idle_limit())
         hint = self._data_timeout_hint()  # bare line ends, read strictly: say so
         log.info("inbound client {client} idle for {seconds}s in state {state}, closing"
                  "{hint}", client=self.client_address, state=self.state,
-                 seconds=self.config.server.idle_timeout, hint=f"; {hint}" if hint else "")
+                 seconds=self._idle_limit(), hint=f"; {hint}" if hint else "")
         self._drop_transaction("timeout")
         self.reply(421, "4.4.2", f"{self.config.server.hostname} Error: timeout exceeded"
                    + (f" waiting for the end of data; {hint}" if hint else ""))
@@ -224,18 +244,29 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self.write_lines(code, [prefix + line for line in lines])
 
     def refuse(self, refusal: Refusal) -> None:
-        self.reply(refusal.code, refusal.enhanced, refusal.text)
+        """A refused command: counted like an error (see L{error})."""
+        if (refusal.code, refusal.enhanced) == (452, "4.5.3"):
+            # Too many recipients: the client is told to send the rest in another
+            # message (RFC 5321 4.5.3.1.10), which is not misbehaviour.
+            self.reply(refusal.code, refusal.enhanced, refusal.text)
+            return
+        self.error(refusal.code, refusal.enhanced, refusal.text)
 
     def error(self, code: int, enhanced: str, text: str) -> None:
-        """A protocol error: counted, and too many of them end the connection."""
-        self.errors += 1
+        """
+        A protocol error or a refusal: counted, and C{server.max_errors} of them end the
+        connection with 421.  The first few of a connection are logged one by one, the
+        rest in one summary line at its end.
+        """
         # The reply, never the offending line: it may carry an AUTH response.
-        log.info("inbound client {client} in state {state}: {code} {enhanced} {text}",
-                 client=self.client_address, state=self.state, code=code,
-                 enhanced=enhanced, text=text)
-        if self.errors >= MAX_ERRORS:
-            log.warn("inbound client {client}: too many errors, closing",
-                     client=self.client_address)
+        if self.conduct.log_refusal(f"{code} {enhanced} {text}"):
+            log.info("inbound client {client} in state {state}: {code} {enhanced} {text}",
+                     client=self.client_address, state=self.state, code=code,
+                     enhanced=enhanced, text=text)
+        if self.conduct.error():
+            log.warn("inbound client {client}: {count} errors or refused commands "
+                     "without a message accepted (server.max_errors), closing",
+                     client=self.client_address, count=self.conduct.errors)
             self.reply(421, "4.7.0", f"{self.config.server.hostname} Too many errors, "
                        "closing connection")
             self.close()
@@ -282,8 +313,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                 handled = True
                 try:
                     if self.state != DATA:
-                        self._restart_timer()
                         d = self._dispatch(line)
+                        self._restart_timer()
                     else:
                         d = self._data_line(line)
                 except Exception:
@@ -361,8 +392,15 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         handler: Callable[[str], "Deferred[Any] | None"] | None = getattr(
             self, "do_" + verb.upper(), None) if verb.isalpha() else None
         if handler is None:
-            log.info("inbound client {client}: unknown command", client=self.client_address)
             self.error(500, "5.5.2", "Command not recognised")
+            return None
+        if verb.upper() in JUNK_COMMANDS and self.conduct.junk_command():
+            log.warn("inbound client {client}: {count} commands without mail "
+                     "(server.max_junk_commands), closing", client=self.client_address,
+                     count=self.conduct.junk - 1)
+            self.reply(421, "4.7.0", f"{self.config.server.hostname} Too many commands "
+                       "without mail, closing connection")
+            self.close()
             return None
         return handler(argument.strip(" "))
 

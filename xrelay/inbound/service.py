@@ -35,7 +35,7 @@ from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
 from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ISpool
-from xrelay.policy import AuthFailures
+from xrelay.policy import AuthFailures, proxy_trusted
 
 __all__ = ["InboundService", "server_tls_options"]
 
@@ -71,12 +71,44 @@ class _CurrentListenerTLS:
 
 class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
     """
-    Twisted's PROXY wrapper, plus a call to the SMTP protocol once the header is read:
-    an SMTP client waits for the greeting, so the protocol must greet (and apply the
-    per-client caps to the real address) as soon as the address is known.
+    Twisted's PROXY wrapper, believed only from C{server.trusted_proxies}, plus a call
+    to the SMTP protocol once the header is read: an SMTP client waits for the
+    greeting, so the protocol must greet (and apply the per-client caps to the real
+    address) as soon as the address is known.
+
+    A connection from any other address is refused before a byte of it is read: a
+    PROXY header is a claim about who the client is, and anyone who can reach the port
+    could otherwise claim to be a printer in C{relay.allow_networks}.
     """
 
+    _refused = False
+
+    def makeConnection(self, transport: Any) -> None:
+        peer = transport.getPeer()
+        real = getattr(peer, "host", str(peer))
+        config = self.factory.service.config
+        if not proxy_trusted(config, real):
+            # Refused before the SMTP protocol (or TLS) is even connected.
+            self._refused = True
+            self.transport = transport
+            log.warn("inbound connection from {peer} on {listener} refused: not in "
+                     "server.trusted_proxies, so its PROXY header would not be believed",
+                     peer=real, listener=self.factory.listener.endpoint)
+            transport.write(f"421 4.7.0 {config.server.hostname} Not a trusted proxy; "
+                            "connect to a listener without haproxy:\r\n"
+                            .encode("ascii", "replace"))
+            transport.loseConnection()
+            return
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._refused:
+            return  # the SMTP protocol never started
+        super().connectionLost(reason)
+
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         known = self._proxyInfo is not None
         super().dataReceived(data)
         if not known and self._proxyInfo is not None:
@@ -91,6 +123,12 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
 
 class _ProxyHeaderWrappingFactory(HAProxyWrappingFactory):
     protocol = _ProxyHeaderWrapper
+
+    def __init__(self, wrapped: Any, service: "InboundService",
+                 listener: ListenerConfig) -> None:
+        super().__init__(wrapped)
+        self.service = service
+        self.listener = listener
 
 
 class InboundService(MultiService):
@@ -195,7 +233,10 @@ class InboundService(MultiService):
             factory = TLSMemoryBIOFactory(_CurrentListenerTLS(self, listener), False,
                                           factory)
         if proxied:
-            factory = _ProxyHeaderWrappingFactory(factory)
+            if not self.config.server.trusted_proxies:
+                raise ValueError(f"{listener.endpoint}: a haproxy: listener needs "
+                                 "server.trusted_proxies (the load balancers' addresses)")
+            factory = _ProxyHeaderWrappingFactory(factory, self, listener)
         return endpoint, factory
 
     def startService(self) -> None:

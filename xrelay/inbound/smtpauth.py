@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -137,27 +138,47 @@ class AuthCommands(_Base):
             return None
         return self._check(name, password, "PLAIN")
 
-    def _check(self, name: str, password: str, mechanism: str) -> "Deferred[Any]":
+    def _check(self, name: str, password: str, mechanism: str) -> "Deferred[Any] | None":
         failures = self.factory.auth_failures
-        delay = failures.delay(self.client_address, self.clock.seconds())
-        d = self.checker.check(name, password)
-        if delay:
-            # The back-off: an address that keeps failing waits longer for every answer
-            # (right or wrong, so the wait itself tells nothing).
-            d.addCallback(lambda user: defer_later(self.clock, delay, user))
+        # Counted from now, not when the slow check ends: concurrent guesses from one
+        # address cannot all start under the limit.
+        attempt = failures.begin(self.client_address, name, self.clock.seconds())
+        if attempt is None:
+            log.warn("inbound client {client}: AUTH refused, too many failures from this "
+                     "address", client=self.client_address)
+            self.reply(421, "4.7.0", "Too many failed authentication attempts")
+            self.close()
+            return None
+        # maybeDeferred: a checker that raises must still end the attempt in flight.
+        d = defer.maybeDeferred(self.checker.check, name, password)
+
+        def finished(user: Any) -> Any:
+            if isinstance(user, Failure) and user.check(TemporaryAuthFailure):
+                failures.abandon(attempt)  # the checker could not decide: nobody's fault
+                return user
+            ok = isinstance(user, UserConfig)
+            # Recorded even when the client has gone meanwhile: hanging up early must
+            # not make a guess free.
+            failures.finish(attempt, ok, self.clock.seconds())
+            return user
+
+        d.addBoth(finished)
+        if attempt.delay:
+            # The back-off: an address that keeps failing, or an account others keep
+            # failing for, waits longer for every answer (right or wrong, so the wait
+            # itself tells nothing).
+            d.addCallback(lambda user: defer_later(self.clock, attempt.delay, user))
         return d.addCallbacks(self._checked, self._undecided, callbackArgs=(mechanism,))
 
     def _checked(self, user: UserConfig | None, mechanism: str) -> None:
         if self.state == CLOSED:
             return
         if user is not None:
-            self.factory.auth_failures.succeeded(self.client_address)
             self.user = user
             log.info("inbound client {client} authenticated as {user} ({mechanism})",
                      client=self.client_address, user=user.name, mechanism=mechanism)
             self.reply(235, "2.7.0", "Authentication successful")
             return
-        self.factory.auth_failures.failed(self.client_address, self.clock.seconds())
         self.auth_failures += 1
         log.warn("inbound client {client}: authentication failed ({mechanism}), "
                  "{count} on this connection", client=self.client_address,
@@ -167,7 +188,6 @@ class AuthCommands(_Base):
             self.close()
             return
         self.reply(535, "5.7.8", "Authentication credentials invalid")
-
 
     def _undecided(self, failure: Failure) -> None:
         """

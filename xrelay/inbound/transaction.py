@@ -35,6 +35,7 @@ from xrelay.inbound.submission import feed_header_lines, header_block_never_ende
 from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import (
     address_refusal,
+    header_sender_refusal,
     recipient_limit_refusal,
     relay_refusal,
     sender_refusal,
@@ -207,9 +208,7 @@ class MailCommands(_Base):
         ):
             refusal = recipient_limit_refusal(self.config, len(transaction.recipients))
         if refusal is not None:
-            log.info("inbound client {client}: recipient refused: {reply}",
-                     client=self.client_address, reply=str(refusal))
-            self.refuse(refusal)
+            self.refuse(refusal)  # logged there, in summary once they repeat
             return
         if recipient.lower() not in (r.lower() for r in transaction.recipients):
             transaction.recipients.append(recipient)
@@ -431,6 +430,14 @@ class MailCommands(_Base):
             return None
         message = transaction.message
         transaction.message = None
+        refusal = header_sender_refusal(self.user, transaction.headers)
+        if refusal is not None:
+            log.warn("inbound message {message} from {client} user {user} refused: "
+                     "{reply}", message=transaction.id, client=self.client_address,
+                     user=self.user.name if self.user else None, reply=str(refusal))
+            message.abort()
+            self.refuse(refusal)
+            return None
         d = defer.maybeDeferred(message.commit)
         d.addCallbacks(self._committed, self._commit_failed,
                        callbackArgs=(transaction,), errbackArgs=(transaction, message))
@@ -461,6 +468,7 @@ class MailCommands(_Base):
                  account=transaction.account.name, count=len(transaction.recipients),
                  size=transaction.received)
         self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
+        self.conduct.message_accepted()
         if not self.factory.listener.pass_through:
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
