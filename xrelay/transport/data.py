@@ -16,7 +16,7 @@ through L{DotStuffer.finish}.
 
 from __future__ import annotations
 
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -58,9 +58,36 @@ class DataInterrupted(Exception):
     """The connection stopped taking data before the end (lost, aborted)."""
 
 
+class _FileProducer:
+    """
+    What the two senders share: a pull producer registered with the consumer, whose
+    L{done} Deferred fires at the end of the data or fails with L{DataInterrupted}
+    when the connection goes away first.
+    """
+
+    consumer: IConsumer
+    done: Deferred[Any]
+    _finished: bool
+
+    def start(self) -> Deferred[Any]:
+        """Begin; L{done} fires when the data is out."""
+        self.consumer.registerProducer(self, False)
+        return self.done
+
+    def stopProducing(self) -> None:
+        """The connection went away before the end of the data."""
+        self._finished = True
+        if not self.done.called:
+            self.done.errback(DataInterrupted())
+
+    def _stop(self) -> None:
+        self._finished = True
+        self.consumer.unregisterProducer()
+
+
 @implementer(IPullProducer)
 @attrs.define(eq=False)
-class DataSender:
+class DataSender(_FileProducer):
     """
     Streams a spool file into a consumer (the SMTP connection's transport), stuffed,
     ending with C{.CRLF}.  A pull producer: the transport asks for the next chunk when
@@ -77,11 +104,6 @@ class DataSender:
     _stuffer: DotStuffer = attrs.field(factory=DotStuffer)
     _sent: int = 0
     _finished: bool = False
-
-    def start(self) -> Deferred[int]:
-        """Begin; the Deferred fires with the number of bytes written."""
-        self.consumer.registerProducer(self, False)
-        return self.done
 
     def resumeProducing(self) -> None:
         if self._finished:
@@ -103,15 +125,6 @@ class DataSender:
             self._stop()
             self.done.callback(self._sent)
 
-    def stopProducing(self) -> None:
-        """The connection went away before the end of the data."""
-        self._finished = True
-        if not self.done.called:
-            self.done.errback(DataInterrupted())
-
-    def _stop(self) -> None:
-        self._finished = True
-        self.consumer.unregisterProducer()
 
 
 #: Largest BDAT chunk (RFC 3030): a refusal of one chunk stops the rest from being sent,
@@ -125,7 +138,7 @@ class DataShrunk(Exception):
 
 @implementer(IPullProducer)
 @attrs.define(eq=False)
-class ChunkSender:
+class ChunkSender(_FileProducer):
     """
     Streams a spool file as BDAT chunks (RFC 3030) into a consumer: each chunk is a
     C{BDAT n} command followed by exactly C{n} bytes of the file as they are (no
@@ -158,10 +171,6 @@ class ChunkSender:
 
     def __attrs_post_init__(self) -> None:
         self._left = self.size
-
-    def start(self) -> "Deferred[bool]":
-        self.consumer.registerProducer(self, False)
-        return self.done
 
     def resumeProducing(self) -> None:
         if self._finished:
@@ -199,13 +208,3 @@ class ChunkSender:
         if self._left == 0 and self._left_in_chunk == 0:
             self._stop()
             self.done.callback(True)
-
-    def stopProducing(self) -> None:
-        """The connection went away before the last chunk."""
-        self._finished = True
-        if not self.done.called:
-            self.done.errback(DataInterrupted())
-
-    def _stop(self) -> None:
-        self._finished = True
-        self.consumer.unregisterProducer()
