@@ -182,7 +182,7 @@ class IRelayEvents(Interface):
     def accepted(account: str) -> None:
         """A message for this account was accepted and is durable in the spool."""
 
-    def delivered(account: str, latency: "float | None") -> None:
+    def delivered(account: str, latency: float | None) -> None:
         """
         A device's message was delivered upstream (all its recipients done), C{latency}
         seconds after it was accepted (C{None} when that is not known).  The relay's own

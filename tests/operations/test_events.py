@@ -19,16 +19,29 @@ from zope.interface.verify import verifyObject
 
 from tests.delivery.delivery_harness import Harness
 from tests.delivery.test_engine import BUSY, SEND_AS, UNKNOWN
-from tests.inbound.harness import (ERP_PASSWORD, connect, ehlo, inline, make_config, plain,
-                                   start, stop)
+from tests.inbound.harness import (
+    ERP_PASSWORD,
+    connect,
+    ehlo,
+    inline,
+    make_config,
+    plain,
+    start,
+    stop,
+)
 from tests.operations.test_metrics import samples
 from tests.tokens.test_source import ScriptedGrant
 from xrelay.config import ListenerConfig
 from xrelay.delivery.testing import fail_all, per_recipient
 from xrelay.envelope import FailureKind
 from xrelay.interfaces import IRelayEvents
-from xrelay.operations.events import (FanOutEvents, GuardedEvents, NullEvents,
-                                      entry_received_at, guarded)
+from xrelay.operations.events import (
+    FanOutEvents,
+    GuardedEvents,
+    NullEvents,
+    entry_received_at,
+    guarded,
+)
 from xrelay.operations.metrics import RelayMetrics
 from xrelay.tokens.source import RefreshingTokenSource
 from xrelay.transport.pool import trouble_reply
@@ -123,7 +136,8 @@ def test_delivery_outcomes_are_counted_with_latency(tmp_path) -> None:
     harness.receive()
     transport.script = [fail_all(SEND_AS, FailureKind.SEND_AS_DENIED)]
     handed_back = harness.receive(submit=False)
-    assert engine.deliver_now(handed_back).result.handed_back
+    result: Any = engine.deliver_now(handed_back).result
+    assert result.handed_back
     # Last: an upstream that cannot be reached pauses the account.
     transport.script = [fail_all(trouble_reply("smtp.office365.com:587", ConnectionTrouble(
         "connect", "Connection refused")), FailureKind.CONNECTION)]
@@ -186,6 +200,7 @@ def test_a_broken_sink_never_breaks_delivery_and_is_logged_once(tmp_path,
     harness.receive()
 
     assert engine.totals == {"delivered": 3, "deferred": 0, "failed": 1, "bounces": 1}
+    assert harness.spool is not None
     assert harness.spool.counts()["queued"] == 0 and [
         e.entry_id for e in harness.spool.entries()] == [first]  # the failed one only
     assert isinstance(engine.events, GuardedEvents)

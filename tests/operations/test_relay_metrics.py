@@ -17,8 +17,12 @@ from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from tests.admin.conftest import free_port, start_relay, write_config
-from tests.admin.test_web import (metric_samples, metrics_after_a_known_sequence,
-                                  smtp_send, until)
+from tests.admin.test_web import (
+    metric_samples,
+    metrics_after_a_known_sequence,
+    smtp_send,
+    until,
+)
 from xrelay.config import read_config
 from xrelay.interfaces import IRelayEvents
 from xrelay.service import makeService

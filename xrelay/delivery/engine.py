@@ -450,7 +450,7 @@ class DeliveryEngine(Service):
             failed=len(permanent), recipient_count=len(entry.recipients),
             upstream_reply=record.reply, failure=result.failure.value,
             attempts=attempts, bounce_of=entry.bounce_of)
-        report_outcome(self.events, outcome, key, result.failure.value, entry, now)
+        report_outcome(self.events, record.outcome, key, result.failure.value, entry, now)
 
     async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult, failed: list[FailedRecipient],
