@@ -155,3 +155,57 @@ class IMessageHistory(Interface):
 
     def finished(entry_id: str, outcome: str, at: float) -> None:
         """The message left the queue another way ("deleted" or "bounced" by an operator)."""
+
+
+class IRelayEvents(Interface):
+    """
+    Where the stages report the facts an operator counts: the relay's metrics sink.
+
+    The stages call it explicitly, at the points where they log the same facts, so that
+    counts never depend on the wording or the fields of a log line, nor on which log
+    observers are installed; each relay has its own sink (C{makeService} makes one), so
+    two relays in one process never count each other's events.  Every method is called
+    on the reactor thread in the path of mail and must return at once.  The stages wrap
+    the sink they are given in L{xrelay.operations.events.GuardedEvents}: a sink that
+    raises is logged, never allowed to break mail.
+
+    Labels are bounded sets (account and listener names, failure kinds): never an
+    address, a reply text or a secret.
+    """
+
+    def connection(listener: str) -> None:
+        """A client was admitted on this listener (its C{endpoint} description)."""
+
+    def auth_failed(listener: str) -> None:
+        """A client's SMTP AUTH on this listener failed (wrong name or password)."""
+
+    def accepted(account: str) -> None:
+        """A message for this account was accepted and is durable in the spool."""
+
+    def delivered(account: str, latency: float | None) -> None:
+        """
+        A device's message was delivered upstream (all its recipients done), C{latency}
+        seconds after it was accepted (C{None} when that is not known).  The relay's own
+        bounces are reported by L{bounce_sent} instead.
+        """
+
+    def bounce_sent(account: str) -> None:
+        """A bounce (a DSN the relay wrote) was delivered upstream through this account."""
+
+    def deferred(account: str, reason: str) -> None:
+        """An attempt ended in a retry later (C{reason}: a failure kind or "temporary")."""
+
+    def bounced(account: str, reason: str) -> None:
+        """A message (or some recipients) failed for good (C{reason}: kind or "rejected")."""
+
+    def handed_back(account: str, reason: str) -> None:
+        """Pass-through: the upstream refused and the client got its reply back."""
+
+    def token_refreshed(account: str) -> None:
+        """A new access token was obtained from the identity platform."""
+
+    def token_failed(account: str, reason: str) -> None:
+        """
+        A token request failed: C{reason} is "needs_sign_in" (refused: an operator must
+        act) or "unavailable" (temporary, retried).
+        """

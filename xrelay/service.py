@@ -73,6 +73,11 @@ class RelayService(MultiService):
     sandbox: Any = None
     admin: Any = None
     reactor: Any = None
+    #: The relay's L{xrelay.operations.metrics.RelayMetrics} (always made; served at
+    #: C{/metrics} when the admin page is on).
+    metrics: Any = None
+    #: The one L{xrelay.interfaces.IRelayEvents} sink its stages report to.
+    events: Any = None
 
     def _transport_for(self, account: AccountConfig) -> Any:
         from xrelay.transport import timeouts_for, transport_for
@@ -204,7 +209,7 @@ class _StartedSandboxService(Service):
 
 
 def makeService(config: Config, reactor: Any = None,
-                credentials_checker: Any = None) -> RelayService:
+                credentials_checker: Any = None, events: Any = None) -> RelayService:
     """
     Build the relay for this configuration.
 
@@ -215,6 +220,9 @@ def makeService(config: Config, reactor: Any = None,
     @raise xrelay.startup.StartupRefused: when the machine around the configuration
         would make the relay fail later (L{xrelay.checks.problems}: an unusable or
         unsafe state_dir); its text is the one line to show.
+    @param events: an embedding program's own L{xrelay.interfaces.IRelayEvents} sink,
+        told every event the relay's metrics are told (a failing one is logged, never
+        allowed to break mail).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -225,6 +233,8 @@ def makeService(config: Config, reactor: Any = None,
     from xrelay.history import open_history
     from xrelay.inbound import InboundService
     from xrelay.operations.control import ControlService
+    from xrelay.operations.events import FanOutEvents, guarded
+    from xrelay.operations.metrics import RelayMetrics
     from xrelay.spool import Spool
     from xrelay.tokens import TokenService
 
@@ -244,6 +254,11 @@ def makeService(config: Config, reactor: Any = None,
         log.warn("xrelay: {warning}", warning=warning)
     os.makedirs(config.server.state_dir, mode=0o700, exist_ok=True)
     top.config = config
+    # One sink per relay, given to every stage: counts never come from the (process-wide)
+    # log, so two relays in one process keep their own.
+    top.metrics = RelayMetrics()
+    top.events = guarded(FanOutEvents(top.metrics, events) if events is not None
+                         else top.metrics)
     # First of the relay's own stages: it takes the spool lock that keeps `xrelay
     # queue ...` from editing the spool behind the daemon's back, before recovery.
     top.control = ControlService(top, reactor=reactor)
@@ -251,7 +266,7 @@ def makeService(config: Config, reactor: Any = None,
     top.spool = Spool(os.path.join(config.server.state_dir, "spool"), reactor=reactor)
     RecoveringSpoolService(top.spool).setServiceParent(top)
 
-    top.tokens = TokenService(config, reactor=reactor)
+    top.tokens = TokenService(config, reactor=reactor, events=top.events)
     top.tokens.setServiceParent(top)
 
     top.transports = {account.name: top._transport_for(account)
@@ -264,7 +279,8 @@ def makeService(config: Config, reactor: Any = None,
     top.history = open_history(config, reactor)
     top.history.setServiceParent(top)
     top.delivery = DeliveryEngine(config, top.spool, top.transports, reactor=reactor,
-                                  state_dir=config.server.state_dir, history=top.history)
+                                  state_dir=config.server.state_dir, history=top.history,
+                                  events=top.events)
     top.delivery.setServiceParent(top)
     top.tokens.on_signed_in(top.delivery.resume_account)
 
@@ -274,8 +290,9 @@ def makeService(config: Config, reactor: Any = None,
     inbound_spool = ReservingSpool(top.spool, lambda: top.config.server.min_free_space)
     top.inbound = InboundService(config, inbound_spool, top.delivery, reactor=reactor,
                                  credentials_checker=credentials_checker,
-                                 history=top.history)
+                                 history=top.history, events=top.events)
     top.inbound.setServiceParent(top)
+    top.metrics.watch_relay(top)
 
     if config.admin is not None:
         from xrelay.admin import AdminService

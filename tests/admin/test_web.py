@@ -220,9 +220,14 @@ async def until(condition: Any, timeout: float = 30.0) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_metrics_after_a_known_sequence(world) -> None:
+    await metrics_after_a_known_sequence(world)
+
+
+async def metrics_after_a_known_sequence(world) -> None:
     """
     Two messages delivered, one refused for good by the upstream (bounced; the bounce
-    is delivered too), over three SMTP connections: exact counts.
+    is delivered too), over three SMTP connections: exact counts.  (Also run with log
+    output switched off, in tests/operations/test_relay_metrics.py.)
     """
     relay = start_relay(world)
     world.sandbox.exchange.reject_recipient(

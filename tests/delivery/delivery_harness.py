@@ -52,10 +52,11 @@ class Harness:
     def transport(self) -> ScriptedTransport:
         return self.transports["main"]
 
-    def start(self, cfg: Config | None = None) -> DeliveryEngine:
+    def start(self, cfg: Config | None = None, events: object = None) -> DeliveryEngine:
         self.spool = Spool(str(self.tmp_path), run_blocking=run_inline)
         self.engine = DeliveryEngine(cfg or config(), self.spool, self.transports,
-                                     clock=self.clock, random=lambda: self.jitter)
+                                     clock=self.clock, random=lambda: self.jitter,
+                                     events=events)
         self.engine.startService()
         return self.engine
 

@@ -1,9 +1,8 @@
 """
 L{AdminService}: the admin page and C{/metrics} on C{[admin] listen}.
 
-It owns the relay's metrics (a registry of its own, fed by an observer of the stages'
-log events, with queue and token gauges read at scrape time) and serves them with the
-pages.  It must never listen anywhere but the configured endpoint (loopback by
+It serves the relay's metrics (C{relay.metrics}, which C{makeService} makes whether or
+not the admin page is on, and the stages feed directly) with the pages.  It must never listen anywhere but the configured endpoint (loopback by
 default), and it serves nothing but the sign-in form until the password is given.
 """
 
@@ -14,13 +13,11 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.web.server import Site
 
 from xrelay.admin.web import AdminSite
 from xrelay.config import Config
-from xrelay.operations.events import EventObserver
-from xrelay.operations.metrics import RelayMetrics
 
 __all__ = ["AdminService"]
 
@@ -38,19 +35,18 @@ class AdminService(Service):
     """
     @param config: the configuration; C{config.admin} must be set.
     @param relay: the relay whose state the pages show (C{config}, C{spool},
-        C{delivery}, C{tokens}); its C{config} is read on every request, so a reload
-        takes effect at once.
+        C{delivery}, C{tokens}, C{metrics}); its C{config} is read on every request, so
+        a reload takes effect at once.
     @param reactor: the reactor; the global one by default.
-    @param publisher: where the stages' log events are observed (for tests).
 
     @ivar port: the listening port once started (C{port.getHost().port}).
-    @ivar metrics: the relay's L{RelayMetrics}.
+    @ivar metrics: the relay's L{xrelay.operations.metrics.RelayMetrics}, served at
+        C{/metrics}.
     """
 
     name = "admin"
 
-    def __init__(self, config: Config, relay: Any, reactor: Any = None,
-                 publisher: Any = None) -> None:
+    def __init__(self, config: Config, relay: Any, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -59,19 +55,12 @@ class AdminService(Service):
         self.config = config
         self.relay = relay
         self.reactor = reactor
-        self.publisher = publisher if publisher is not None else globalLogPublisher
-        self.metrics = RelayMetrics()
-        self.metrics.watch_queue(relay.spool)
-        self.metrics.watch_tokens(lambda: relay.tokens.status().values())
-        self.metrics.watch_accounts(lambda: relay.delivery.status().accounts.values())
-        self.metrics.watch_expiries(lambda: relay.tokens.expiries())
-        self.observer = EventObserver(self.metrics)
+        self.metrics = relay.metrics
         self.site = AdminSite(relay, self.metrics, reactor)
         self.port: Any = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         Service.startService(self)
-        self.publisher.addObserver(self.observer)
         endpoint = serverFromString(self.reactor, self.config.admin.listen)  # type: ignore[union-attr]
         factory = _QuietSite(self.site)
         d = endpoint.listen(factory)
@@ -89,7 +78,6 @@ class AdminService(Service):
 
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
-        self.publisher.removeObserver(self.observer)
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)

@@ -41,6 +41,7 @@ from xrelay.envelope import (DeliveryResult, Envelope, FailureKind, OutboundMess
                              Outcome, RecipientResult, Reply)
 from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ITransport
+from xrelay.operations.events import guarded, report_outcome
 from xrelay.routing import route_sender
 from xrelay.spool import (ACTIVE, DEFERRED, FAILED, QUEUED, Spool, SpoolEntry,
                           SpoolFull, UnknownEntry)
@@ -99,6 +100,8 @@ class DeliveryEngine(Service):
     @param random: for the retry jitter (tests pin it).
     @param state_dir: where account holds and daily recipient counts are kept across
         restarts (C{server.state_dir}); memory only when C{None}.
+    @param events: the relay's L{xrelay.interfaces.IRelayEvents} sink (outcomes,
+        latency, bounces sent); nothing is counted by default.
     """
 
     name = "delivery"
@@ -106,7 +109,8 @@ class DeliveryEngine(Service):
     def __init__(self, config: Config, spool: Spool, transports: Mapping[str, ITransport],
                  reactor: Any = None, clock: Any = None,
                  random: Callable[[], float] | None = None,
-                 state_dir: str | None = None, history: Any = None) -> None:
+                 state_dir: str | None = None, history: Any = None,
+                 events: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -127,6 +131,8 @@ class DeliveryEngine(Service):
                                       lambda: self._pump(), state_dir)
         #: Where each attempt's result goes for the message trace (IMessageHistory).
         self.history = history if history is not None else NullHistory()
+        #: Where outcomes are counted (IRelayEvents).
+        self.events = guarded(events)
         self.reconfigure(config)
 
     # -- configuration -------------------------------------------------------------
@@ -420,6 +426,8 @@ class DeliveryEngine(Service):
             entry_id=entry.entry_id, sender=entry.sender, account=key or "(none)",
             outcome="handed back", recipient_count=len(entry.recipients),
             upstream_reply=str(first), failure=result.failure.value)
+        report_outcome(self.events, "handed back", key, result.failure.value, entry,
+                       self.clock.seconds())
         return attrs.evolve(result, handed_back=True)
 
     async def _settle(self, entry: SpoolEntry, account: AccountConfig | None,
@@ -513,6 +521,7 @@ class DeliveryEngine(Service):
             failed=len(permanent), recipient_count=len(entry.recipients),
             upstream_reply=record.reply, failure=result.failure.value,
             attempts=attempts, bounce_of=entry.bounce_of)
+        report_outcome(self.events, record.outcome, key, result.failure.value, entry, now)
 
     async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult, failed: list[FailedRecipient],

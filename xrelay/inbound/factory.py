@@ -148,6 +148,10 @@ class InboundFactory(Factory):
         return self.service.history
 
     @property
+    def events(self) -> Any:
+        return self.service.events
+
+    @property
     def tls_options(self) -> Any:
         """What STARTTLS uses; C{None} where it is not offered (C{starttls = false})."""
         return self.service.starttls_options(self.listener)

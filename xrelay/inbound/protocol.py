@@ -155,6 +155,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self.admitted = True
         log.info("inbound connection from {client} on {listener}",
                  client=self.client_address, listener=self.factory.listener.endpoint)
+        self.factory.events.connection(self.factory.listener.endpoint)
         self.write_lines(220, [f"{self.config.server.hostname} ESMTP xrelay ready"])
         self._run()
 

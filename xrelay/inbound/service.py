@@ -34,7 +34,8 @@ from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
 from xrelay.history.sink import NullHistory
-from xrelay.interfaces import IDelivery, ISpool
+from xrelay.interfaces import IDelivery, IRelayEvents, ISpool
+from xrelay.operations.events import guarded
 from xrelay.policy import AuthFailures, proxy_trusted
 
 __all__ = ["InboundService", "server_tls_options"]
@@ -143,6 +144,8 @@ class InboundService(MultiService):
     @param credentials_checker: who may SMTP AUTH (any C{twisted.cred} checker for
         C{IUsernamePassword}); the C{[[users]]} table by default.  It is kept across
         reloads.
+    @param events: the relay's L{IRelayEvents} sink (connections, failed AUTH, accepted
+        messages); nothing is counted by default.
     """
 
     def __init__(self, config: Config, spool: ISpool, delivery: IDelivery,
@@ -150,7 +153,7 @@ class InboundService(MultiService):
                  run_blocking: Callable[..., "Deferred[Any]"] | None = None,
                  clock: Any = None,
                  credentials_checker: ICredentialsChecker | None = None,
-                 history: Any = None) -> None:
+                 history: Any = None, events: IRelayEvents | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -162,6 +165,8 @@ class InboundService(MultiService):
         self.delivery = delivery
         #: Where accepted messages are recorded for the message trace (IMessageHistory).
         self.history = history if history is not None else NullHistory()
+        #: Where connections, failed AUTH and accepted messages are counted.
+        self.events = guarded(events)
         self.connections = ConnectionCounter()
         self.auth_failures = AuthFailures()
         self.live: set[ESMTPServer] = set()

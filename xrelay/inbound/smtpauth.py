@@ -183,6 +183,7 @@ class AuthCommands(_Base):
         log.warn("inbound client {client}: authentication failed ({mechanism}), "
                  "{count} on this connection", client=self.client_address,
                  mechanism=mechanism, count=self.auth_failures)
+        self.factory.events.auth_failed(self.factory.listener.endpoint)
         if self.auth_failures >= self.config.server.max_auth_failures:
             self.reply(421, "4.7.0", "Too many failed authentication attempts")
             self.close()

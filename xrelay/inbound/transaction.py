@@ -469,6 +469,7 @@ class MailCommands(_Base):
                  size=transaction.received)
         self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
         self.conduct.message_accepted()
+        self.factory.events.accepted(transaction.account.name)
         if not self.factory.listener.pass_through:
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")

@@ -1,15 +1,19 @@
 """
-Turns the structured log events that the stages already emit into metric counts.
+The relay's event sinks (L{IRelayEvents}) other than the Prometheus one, and how a
+delivery outcome becomes events.
 
-The stages log every fact an operator cares about (a connection, a failed AUTH, a
-message queued, a delivery outcome, a token refresh) with structured fields; this
-observer recognises those events by their namespace and fields and counts them, so the
-stages need no metrics code of their own.  It only reads events: it never changes them,
-never raises (a log observer that raises is removed by Twisted), and never copies any
-field other than the bounded labels it needs.
+The stages report what an operator counts (a connection, a failed AUTH, a message
+accepted, a delivery outcome, a token refresh) by calling their sink, at the points
+where they log the same facts; the Prometheus collector
+(L{xrelay.operations.metrics.RelayMetrics}) is the relay's sink.  Here are the helpers:
+L{NullEvents} (a stage built without a sink counts nothing), L{FanOutEvents} (one
+relay's events to several sinks: its metrics and an embedding program's own) and
+L{GuardedEvents}, which every stage puts around the sink it is given.
 
-Limitation: loggers are per module, so two relays in one process are both seen by each
-relay's observer.  A daemon runs one relay; tests that count exactly run one at a time.
+Nothing here reads log events: the log lines stay for people, and counts do not depend
+on their wording or on which log observers are installed.  A sink is in the path of
+mail, so nothing here may raise into a stage, block, or keep anything but the bounded
+labels it is given.
 """
 
 from __future__ import annotations
@@ -19,21 +23,21 @@ import collections
 import time
 from typing import Any
 
-from twisted.logger import ILogObserver, LogLevel
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from xrelay.operations.metrics import RelayMetrics
+from xrelay.interfaces import IRelayEvents
 
-__all__ = ["EventObserver", "entry_received_at"]
+__all__ = ["FanOutEvents", "GuardedEvents", "NullEvents", "entry_received_at", "guarded",
+           "report_outcome"]
 
-#: Clients remembered to label their AUTH failures with the listener they came in on.
-_CLIENTS_REMEMBERED = 4096
+log = Logger(namespace="xrelay.operations.events")
 
 
 def entry_received_at(entry_id: str) -> float | None:
     """
-    When a spool entry was received, from its id (C{YYYYmmddTHHMMSS.ffffff-...}, UTC):
-    the delivery outcome event carries the id, not the time.
+    When a spool entry was received, from its id (C{YYYYmmddTHHMMSS.ffffff-...}, UTC),
+    for records that carry the id but not the time.
     """
     try:
         stamp, rest = entry_id.split(".", 1)
@@ -43,81 +47,138 @@ def entry_received_at(entry_id: str) -> float | None:
         return None
 
 
-@implementer(ILogObserver)
-class EventObserver:
-    """Counts the events of one relay into its L{RelayMetrics}."""
+class _Dispatching:
+    """The event methods, each handed to L{_call} by name (one place to guard or fan out)."""
 
-    def __init__(self, metrics: RelayMetrics) -> None:
-        self.metrics = metrics
-        self._listener_of: collections.OrderedDict[str, str] = collections.OrderedDict()
+    def _call(self, event: str, *arguments: Any) -> None:
+        raise NotImplementedError
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def connection(self, listener: str) -> None:
+        self._call("connection", listener)
+
+    def auth_failed(self, listener: str) -> None:
+        self._call("auth_failed", listener)
+
+    def accepted(self, account: str) -> None:
+        self._call("accepted", account)
+
+    def delivered(self, account: str, latency: float | None = None) -> None:
+        self._call("delivered", account, latency)
+
+    def bounce_sent(self, account: str) -> None:
+        self._call("bounce_sent", account)
+
+    def deferred(self, account: str, reason: str) -> None:
+        self._call("deferred", account, reason)
+
+    def bounced(self, account: str, reason: str) -> None:
+        self._call("bounced", account, reason)
+
+    def handed_back(self, account: str, reason: str) -> None:
+        self._call("handed_back", account, reason)
+
+    def token_refreshed(self, account: str) -> None:
+        self._call("token_refreshed", account)
+
+    def token_failed(self, account: str, reason: str) -> None:
+        self._call("token_failed", account, reason)
+
+
+@implementer(IRelayEvents)
+class NullEvents(_Dispatching):
+    """Counts nothing: the sink of a stage built without one (tests, embedders)."""
+
+    def _call(self, event: str, *arguments: Any) -> None:
+        pass
+
+
+@implementer(IRelayEvents)
+class GuardedEvents(_Dispatching):
+    """
+    A sink that never raises into the stage that calls it: a metrics bug must not cost
+    a 250 or a delivery.  Not silent either: the first failure of each event is logged
+    with its traceback; later ones of the same event are only counted (in L{failures}),
+    so that a broken sink does not write a traceback per message.
+
+    @ivar sink: the L{IRelayEvents} that is guarded.
+    @ivar failures: event name -> how many of its calls raised.
+    """
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.failures: collections.Counter[str] = collections.Counter()
+
+    def _call(self, event: str, *arguments: Any) -> None:
         try:
-            self._observe(event)
+            getattr(self.sink, event)(*arguments)
         except Exception:
-            pass  # never let counting break logging
+            self.failures[event] += 1
+            if self.failures[event] == 1:
+                log.failure(
+                    "metrics: the event sink {sink!r} failed on {event}{arguments!r}; "
+                    "mail is not affected, but this count is lost.  Later failures of "
+                    "{event} are counted without being logged again: this is a bug in "
+                    "the sink, please report it", sink=self.sink, event=event,
+                    arguments=arguments)
 
-    def _observe(self, event: dict[str, Any]) -> None:
-        namespace = str(event.get("log_namespace", ""))
-        if namespace.startswith("xrelay.inbound"):
-            self._inbound(event)
-        elif namespace.startswith("xrelay.delivery"):
-            self._delivery(event)
-        elif namespace.startswith("xrelay.tokens"):
-            self._tokens(event)
+    def __repr__(self) -> str:
+        return f"GuardedEvents({self.sink!r})"
 
-    def _inbound(self, event: dict[str, Any]) -> None:
-        m = self.metrics
-        if "entry" in event and "account" in event and "size" in event:
-            m.accepted(str(event["account"]))
-        elif "listener" in event and "client" in event:
-            client, listener = str(event["client"]), str(event["listener"])
-            m.connection(listener)
-            self._listener_of[client] = listener
-            self._listener_of.move_to_end(client)
-            while len(self._listener_of) > _CLIENTS_REMEMBERED:
-                self._listener_of.popitem(last=False)
-        elif "mechanism" in event and "count" in event and \
-                event.get("log_level") == LogLevel.warn:
-            m.auth_failed(self._listener_of.get(str(event.get("client")), "unknown"))
 
-    def _delivery(self, event: dict[str, Any]) -> None:
-        if "outcome" not in event or "upstream_reply" not in event:
-            return
-        m = self.metrics
-        account = str(event.get("account", ""))
-        if account == "(none)":
-            account = "none"
-        outcome = event["outcome"]
-        failure = str(event.get("failure") or "none")
-        if outcome == "delivered" and event.get("bounce_of"):
-            m.bounce_sent(account)  # the relay's own DSN, not a device's message
-        elif outcome == "delivered":
-            m.delivered(account, self._latency(event))
-        elif outcome in ("deferred", "partial"):
-            m.deferred(account, failure if failure != "none" else "temporary")
-        elif outcome == "failed":
-            m.bounced(account, failure if failure != "none" else "rejected")
-        elif outcome == "handed back":
-            m.handed_back(account, failure if failure != "none" else "rejected")
+@implementer(IRelayEvents)
+class FanOutEvents(_Dispatching):
+    """
+    Tells every one of C{sinks} each event, each through its own guard, so that one
+    failing sink neither stops the others nor reaches the stage.
+    """
 
-    @staticmethod
-    def _latency(event: dict[str, Any]) -> float | None:
-        """Seconds from acceptance to this outcome; None when it cannot be known."""
-        received = entry_received_at(str(event.get("entry_id", "")))
-        try:
-            return float(event.get("log_time") or time.time()) - received  # type: ignore[operator]
-        except (TypeError, ValueError):
-            return None
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = tuple(guarded(s) for s in sinks)
 
-    def _tokens(self, event: dict[str, Any]) -> None:
-        account = event.get("account")
-        if account is None:
-            return
-        m = self.metrics
-        if "lifetime" in event:
-            m.token_refreshed(str(account))
-        elif "hint" in event and event.get("log_level") == LogLevel.error:
-            m.token_failed(str(account), "needs_sign_in")
-        elif "delay" in event and "error" in event:
-            m.token_failed(str(account), "unavailable")
+    def _call(self, event: str, *arguments: Any) -> None:
+        for sink in self.sinks:
+            getattr(sink, event)(*arguments)
+
+
+def guarded(sink: Any = None) -> IRelayEvents:
+    """
+    What a stage keeps for the C{events} it was given: L{NullEvents} for C{None}, the
+    sink itself if it is already guarded (one guard per relay, shared by its stages,
+    so the "logged once" holds for the relay), else the sink in a L{GuardedEvents}.
+    """
+    if sink is None:
+        return NullEvents()
+    if isinstance(sink, (GuardedEvents, NullEvents, FanOutEvents)):
+        return sink
+    return GuardedEvents(sink)
+
+
+def report_outcome(events: IRelayEvents, outcome: str, account: str, failure: str,
+                   entry: Any, now: float) -> None:
+    """
+    Tell C{events} what one delivery attempt came to.
+
+    @param outcome: the engine's outcome: "delivered", "deferred", "partial" (some
+        delivered, the rest deferred), "failed" or "handed back".
+    @param account: the account it went through ("" when none could take it).
+    @param failure: the attempt's L{xrelay.envelope.FailureKind} value ("none" when the
+        replies say it all).
+    @param entry: the spool entry: its C{bounce_of} tells the relay's own bounce from a
+        device's message (only the latter counts as delivered), its C{received_at}
+        gives the latency.
+    @param now: the engine's clock at the outcome.
+    """
+    account = account or "none"
+    reason = failure if failure and failure != "none" else ""
+    if outcome == "delivered":
+        if entry.bounce_of is not None:
+            events.bounce_sent(account)
+        else:
+            received = entry.received_at or entry_received_at(entry.entry_id)
+            events.delivered(account, now - received if received else None)
+    elif outcome in ("deferred", "partial"):
+        events.deferred(account, reason or "temporary")
+    elif outcome == "failed":
+        events.bounced(account, reason or "rejected")
+    elif outcome == "handed back":
+        events.handed_back(account, reason or "rejected")

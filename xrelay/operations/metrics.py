@@ -4,9 +4,11 @@ time for what is (queue depth and age, token states).
 
 Each relay has its own L{CollectorRegistry}, never the process-global one, so that two
 relays embedded in one program (or in one test run) never add to each other's numbers.
-Counters are fed by L{xrelay.operations.events.EventObserver}, which watches the
-structured log events the stages already emit; the gauges are computed by collectors
-that read the spool and the token sources only when someone scrapes.
+L{RelayMetrics} is the relay's L{IRelayEvents} sink: the stages call it explicitly
+(C{makeService} gives the same one to all of them), never through the log, so a counter
+does not depend on a log line's fields nor on log output being on.  The gauges are
+computed by collectors that read the spool and the token sources only when someone
+scrapes.
 
 Labels are bounded sets (account names, listener descriptions, failure kinds), never
 addresses or reply texts: a label per recipient would grow without end.  Nothing here
@@ -22,7 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import Metric
+from zope.interface import implementer
 
+from xrelay.interfaces import IRelayEvents
 from xrelay.tokens.status import TokenState
 
 __all__ = ["RelayMetrics", "QueueCollector", "TokenCollector", "ExpiryCollector",
@@ -38,9 +42,10 @@ LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400
 WAITING_STATES = ("queued", "active", "deferred")
 
 
+@implementer(IRelayEvents)
 class RelayMetrics:
     """
-    The metrics of one relay.
+    The metrics of one relay, and its L{IRelayEvents} sink.
 
     @param registry: where to register; a fresh registry by default.
     @param clock: seconds since the epoch, for ages (C{time.time} by default).
@@ -121,6 +126,17 @@ class RelayMetrics:
         self.auth_failures.labels(listener=listener).inc()
 
     # -- state read at scrape time ------------------------------------------------
+
+    def watch_relay(self, relay: Any) -> None:
+        """
+        Report this relay's state at every scrape: its spool's queue, its accounts'
+        token and provider states, its credentials' expiry dates.  C{relay.tokens} and
+        C{relay.delivery} are looked up at scrape time.
+        """
+        self.watch_queue(relay.spool)
+        self.watch_tokens(lambda: relay.tokens.status().values())
+        self.watch_accounts(lambda: relay.delivery.status().accounts.values())
+        self.watch_expiries(lambda: relay.tokens.expiries())
 
     def watch_queue(self, spool: Any) -> None:
         """Report this spool's depth and oldest waiting entry at every scrape."""

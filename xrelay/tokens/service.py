@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from xrelay.config import AccountConfig, Config
+from xrelay.operations.events import guarded
 from xrelay.tokens.cache import AccountCache, load_key
 from xrelay.tokens.errors import SignInFailed
 from xrelay.tokens.expiry import CredentialExpiry, ExpiryWatch
@@ -66,19 +67,23 @@ class TokenService(Service):
     """
     Token sources for all accounts of a configuration.
 
+    @param events: the relay's L{xrelay.interfaces.IRelayEvents} sink, given to every
+        token source (refreshes and failures); nothing is counted by default.
+
     @ivar sources: account name -> L{RefreshingTokenSource} (an L{ITokenSource}).
     """
 
     name = "tokens"
 
     def __init__(self, config: Config, reactor: Any = None,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, events: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.config = config
+        self.events = guarded(events)
         self.pool = _token_pool()
         self._listeners: list[Callable[[str], None]] = []
         self._poll: LoopingCall | None = None
@@ -134,7 +139,7 @@ class TokenService(Service):
             grant = MicrosoftGrant(account, cache, bundle, self.run_blocking)
         return RefreshingTokenSource(account.name, grant, self.clock,
                                      on_usable=self._announce, provider=account.provider,
-                                     flow=account.flow)
+                                     flow=account.flow, events=self.events)
 
     def on_signed_in(self, listener: Callable[[str], None]) -> None:
         """

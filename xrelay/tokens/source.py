@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from xrelay.interfaces import ITokenSource
+from xrelay.interfaces import IRelayEvents, ITokenSource
+from xrelay.operations.events import guarded
 from xrelay.tokens.errors import (GrantRefused, GrantUnavailable, NeedsSignIn,
                                   TokenUnavailable)
 from xrelay.tokens.status import (REFUSED, Token, TokenLifecycle, TokenState,
@@ -75,6 +76,7 @@ class RefreshingTokenSource:
     @ivar on_usable: called with the account name when the account becomes usable again
         after needing sign-in or after the platform was unavailable: the delivery engine
         then retries the account's queued mail at once.
+    @ivar events: the relay's L{IRelayEvents} sink (refreshes and failures).
     """
 
     account_name: str
@@ -83,6 +85,7 @@ class RefreshingTokenSource:
     on_usable: Callable[[str], None] = lambda name: None
     provider: str | None = None
     flow: str | None = None
+    events: IRelayEvents = attrs.field(default=None, converter=guarded)
     lifecycle: TokenLifecycle = attrs.field(init=False)
     _waiters: list[Deferred[Token]] = attrs.field(init=False, factory=list)
     _timer: IDelayedCall | None = attrs.field(init=False, default=None)
@@ -245,6 +248,7 @@ class RefreshingTokenSource:
         self._force_next = False
         log.info("New access token for account {account}, valid for {lifetime:.0f}s",
                  account=self.account_name, lifetime=result.expires_in)
+        self.events.token_refreshed(self.account_name)
         self._schedule(token.refresh_at)
         self._record().addCallback(lambda _: self._release(token))
         if not was_usable:
@@ -260,6 +264,7 @@ class RefreshingTokenSource:
             log.error("Account {account}: {state}: {error}. Its mail waits in the "
                       "queue; to resume, {hint}", account=self.account_name,
                       state=state.value, error=reason, hint=hint)
+            self.events.token_failed(self.account_name, "needs_sign_in")
             outcome = self._needs_sign_in()
             self._record().addCallback(lambda _: self._release(outcome))
             return
@@ -272,6 +277,7 @@ class RefreshingTokenSource:
         retry_at = self.lifecycle.failed(reason, now)
         log.warn("No token for account {account}: {error}; retrying in {delay:.0f}s",
                  account=self.account_name, error=reason, delay=retry_at - now)
+        self.events.token_failed(self.account_name, "unavailable")
         usable = self.lifecycle.usable_token(now)
         outcome: Token | Exception
         if usable is not None:
