@@ -204,7 +204,8 @@ class _StartedSandboxService(Service):
 
 
 def makeService(config: Config, reactor: Any = None,
-                credentials_checker: Any = None) -> RelayService:
+                credentials_checker: Any = None,
+                inbound_handler: Any = None) -> RelayService:
     """
     Build the relay for this configuration.
 
@@ -212,6 +213,10 @@ def makeService(config: Config, reactor: Any = None,
     @param credentials_checker: who may SMTP AUTH: any C{twisted.cred}
         C{ICredentialsChecker} for C{IUsernamePassword} (an embedding program's LDAP or
         database); the configuration's C{[[users]]} by default.
+    @param inbound_handler: what each SMTP session may do (connect, HELO, MAIL, RCPT,
+        the message's headers, end of data): any L{xrelay.interfaces.IInboundHandler},
+        typically a subclass of L{xrelay.inbound.handler.PolicyHandler}; the relay's
+        own policy by default.  Kept across reloads, like the checker.
     @raise xrelay.startup.StartupRefused: when the machine around the configuration
         would make the relay fail later (L{xrelay.checks.problems}: an unusable or
         unsafe state_dir); its text is the one line to show.
@@ -274,7 +279,7 @@ def makeService(config: Config, reactor: Any = None,
     inbound_spool = ReservingSpool(top.spool, lambda: top.config.server.min_free_space)
     top.inbound = InboundService(config, inbound_spool, top.delivery, reactor=reactor,
                                  credentials_checker=credentials_checker,
-                                 history=top.history)
+                                 history=top.history, inbound_handler=inbound_handler)
     top.inbound.setServiceParent(top)
 
     if config.admin is not None:

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
+from xrelay.inbound.handler import session_of
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
@@ -153,6 +154,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.close()
             return
         self.admitted = True
+        refusal = self.factory.handler.connect(session_of(self))
+        if refusal is not None:
+            log.warn("inbound connection from {client} refused by the inbound handler: "
+                     "{reply}", client=self.client_address, reply=str(refusal))
+            self.reply(refusal.code, refusal.enhanced, refusal.text)
+            self.close()
+            return
         log.info("inbound connection from {client} on {listener}",
                  client=self.client_address, listener=self.factory.listener.endpoint)
         self.write_lines(220, [f"{self.config.server.hostname} ESMTP xrelay ready"])
@@ -434,6 +442,10 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                      "device in relay.allow_networks)", client=self.client_address,
                      verb="EHLO" if esmtp else "HELO", name=argument[:100])
             argument = argument[:255]
+        refusal = self.factory.handler.helo(session_of(self), argument)
+        if refusal is not None:
+            self.refuse(refusal)
+            return
         self._drop_transaction("new EHLO")
         self.helo, self.esmtp = argument, esmtp
         hostname = self.config.server.hostname
