@@ -11,6 +11,7 @@ delivery start before the listeners accept mail, and on stop the listeners close
 from __future__ import annotations
 
 import os
+import re
 import signal
 from typing import Any
 
@@ -298,8 +299,21 @@ def _announce_sandbox(config: Config, sandbox: Any) -> None:
     log.info(
         "xrelay: running on the embedded sandbox default ({listen}); nothing leaves this "
         "machine.  Send a test message with:\n"
-        "    swaks --server 127.0.0.1:2525 --from printer@example.com --to client@example.net\n"
+        "    swaks --server {server} --from printer@example.com --to client@example.net\n"
         "and find it as an .eml file under {mailbox}",
-        listen=listen,
+        listen=listen, server=client_reach(listen),
         mailbox=os.path.join(config.sandbox_dir or "", "mailbox"),
     )
+
+
+def client_reach(endpoint: str) -> str:
+    """
+    Where a client on this machine reaches a C{tcp:}/C{tcp6:} listener, as swaks's
+    C{--server} takes it: C{127.0.0.1:2525}, C{[::1]:2525} (a wildcard interface is
+    reached on loopback).
+    """
+    _, port, *options = re.split(r"(?<!\\):", endpoint)
+    interface = next((o.split("=", 1)[1] for o in options if o.startswith("interface=")),
+                     "").replace("\\", "")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(interface, interface)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
