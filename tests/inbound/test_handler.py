@@ -209,6 +209,8 @@ class Refusing(PolicyHandler):
     refusal: Refusal = Refusal(554, "5.7.1", "Not from here; ask the mail admin")
 
     def connect(self, session: InboundSession) -> Refusal | None:
+        if self.step == "connect raises":
+            raise RuntimeError("the embedder's bug")
         return self.refusal if self.step == "connect" else None
 
     def helo(self, session: InboundSession, name: str) -> Refusal | None:
@@ -217,6 +219,8 @@ class Refusing(PolicyHandler):
     def mail(self, session: InboundSession, sender: str) -> Refusal | None:
         if self.step == "mail":
             return self.refusal
+        if self.step == "mail raises":
+            raise RuntimeError("the embedder's bug")
         return super().mail(session, sender)
 
     def headers(self, session: InboundSession, headers: HeaderBlock) -> Refusal | None:
@@ -233,11 +237,16 @@ class Refusing(PolicyHandler):
         return None
 
 
+@pytest.mark.parametrize("step, greeting", [
+    ("connect", "554 5.7.1 Not from here; ask the mail admin"),
+    ("connect raises", "421 4.3.0 relay.test Local error in processing, try again later"),
+])
 @pytest_twisted.ensureDeferred
-async def test_connect_refusal_replaces_the_greeting(relay: Any) -> None:
-    r = await relay(make_config(), run_blocking=inline, inbound_handler=Refusing("connect"))
+async def test_connect_refusal_replaces_the_greeting(relay: Any, step: str,
+                                                     greeting: str) -> None:
+    r = await relay(make_config(), run_blocking=inline, inbound_handler=Refusing(step))
     client = await connect(r.port)
-    assert client.greeting == "554 5.7.1 Not from here; ask the mail admin"
+    assert client.greeting == greeting
     await client.wait_closed()
     assert r.service.connections.total == 0  # the slot it held is free again
 
@@ -257,6 +266,18 @@ async def test_helo_and_mail_refusals(relay: Any) -> None:
     assert await client.command(b"MAIL FROM:<a@example.com>") == (
         "554 5.7.1 Not from here; ask the mail admin")
     assert (await client.command(b"RCPT TO:<b@example.org>")).startswith("503")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_handler_costs_one_reply_not_the_session(relay: Any) -> None:
+    r = await relay(make_config(), spool=MemorySpool(), run_blocking=inline,
+                    inbound_handler=Refusing("mail raises"))
+    client = await connect(r.port)
+    await ehlo(client)
+    assert await client.command(b"MAIL FROM:<a@example.com>") == (
+        "451 4.3.0 Local error in processing, try again later")
+    assert (await client.command(b"RCPT TO:<b@example.org>")).startswith("503")
+    assert (await client.command(b"NOOP")).startswith("250")
 
 
 @pytest.mark.parametrize("step, reply", [

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from xrelay.inbound.headers import HeaderBlock
     from xrelay.interfaces import IIncomingMessage
 
-__all__ = ["InboundSession", "PolicyHandler", "message_refusal", "session_of"]
+__all__ = ["InboundSession", "PolicyHandler", "connect_refusal", "message_refusal",
+           "session_of"]
 
 log = Logger()
 
@@ -90,6 +91,22 @@ def session_of(protocol: Any, transaction: Any = None) -> InboundSession:
         tls=bool(protocol.tls), starttls_offered=protocol._starttls_available(),
         config=protocol.config,
         sender=transaction.sender if transaction is not None else None)
+
+
+def connect_refusal(handler: IInboundHandler, session: InboundSession) -> Refusal | None:
+    """
+    The handler's word on a new connection.  One that raises refuses the client for now
+    (421, which RFC 5321 3.8 allows instead of the greeting) rather than letting an
+    unasked client in or leaving it without a greeting.  (The other steps run inside the
+    protocol's command loop, which answers a failing step with 451 4.3.0.)
+    """
+    try:
+        return handler.connect(session)
+    except Exception:
+        log.failure("inbound: the inbound handler failed at the connection from "
+                    "{client}; answering 421", client=session.client_address)
+        return Refusal(421, "4.3.0", f"{session.config.server.hostname} Local error in "
+                       "processing, try again later")
 
 
 def message_refusal(handler: IInboundHandler, session: InboundSession,

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
-from xrelay.inbound.handler import session_of
+from xrelay.inbound.handler import connect_refusal, session_of
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
@@ -154,7 +154,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.close()
             return
         self.admitted = True
-        refusal = self.factory.handler.connect(session_of(self))
+        refusal = connect_refusal(self.factory.handler, session_of(self))
         if refusal is not None:
             log.warn("inbound connection from {client} refused by the inbound handler: "
                      "{reply}", client=self.client_address, reply=str(refusal))
