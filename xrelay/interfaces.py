@@ -75,8 +75,9 @@ class IInboundHandler(Interface):
     def connect(session: "InboundSession") -> "Refusal | None":
         """
         A client was admitted by the connection caps and is about to be greeted; a
-        refusal is sent instead of the greeting (use 554 5.7.1, or 421 4.7.0 for "try
-        later") and the connection is closed.
+        refusal is sent instead of the greeting.  Use 554 5.7.1 ("no service for you":
+        the client may only QUIT then, every other command gets 503, RFC 5321 3.1) or
+        421 4.7.0 ("try later": the connection is closed).
         """
 
     def helo(session: "InboundSession", name: str) -> "Refusal | None":

@@ -247,6 +247,12 @@ async def test_connect_refusal_replaces_the_greeting(relay: Any, step: str,
     r = await relay(make_config(), run_blocking=inline, inbound_handler=Refusing(step))
     client = await connect(r.port)
     assert client.greeting == greeting
+    if greeting.startswith("554"):
+        # RFC 5321 3.1: after a 554 greeting the server waits for QUIT, answering 503.
+        assert await client.command(b"EHLO client.test") == (
+            "503 5.5.1 No SMTP service here for you; send QUIT")
+        assert (await client.command(b"MAIL FROM:<a@example.com>")).startswith("503")
+        assert (await client.command(b"QUIT")).startswith("221")
     await client.wait_closed()
     assert r.service.connections.total == 0  # the slot it held is free again
 

@@ -111,6 +111,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._timer: Any = None
         self._shutting_down = False
         self._awaiting_header = False
+        #: The inbound handler refused the client with a 554 greeting: only QUIT now.
+        self._no_service = False
 
     # -- connection life -----------------------------------------------------------
 
@@ -159,7 +161,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             log.warn("inbound connection from {client} refused by the inbound handler: "
                      "{reply}", client=self.client_address, reply=str(refusal))
             self.reply(refusal.code, refusal.enhanced, refusal.text)
-            self.close()
+            if refusal.code != 554:
+                self.close()
+                return
+            # RFC 5321 3.1: after a 554 greeting, wait for QUIT and answer 503 meanwhile
+            # (server.max_errors and the idle timeout still end a client that won't).
+            self._no_service = True
+            self._run()
             return
         log.info("inbound connection from {client} on {listener}",
                  client=self.client_address, listener=self.factory.listener.endpoint)
@@ -397,6 +405,9 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.error(500, "5.5.2", "Control characters in command")
             return None
         verb, _, argument = text.strip(" ").partition(" ")
+        if self._no_service and verb.upper() != "QUIT":
+            self.error(503, "5.5.1", "No SMTP service here for you; send QUIT")
+            return None
         handler: Callable[[str], "Deferred[Any] | None"] | None = getattr(
             self, "do_" + verb.upper(), None) if verb.isalpha() else None
         if handler is None:
