@@ -40,9 +40,11 @@ def wait_for_files(folder: Path, pattern: str, timeout: float = 60) -> list[Path
                     reason="a system configuration exists; the sandbox default needs none")
 def test_sandbox_default_relays_smtplib_message(tmp_path: Path, run_relay) -> None:
     """`twistd -n xrelay` with no configuration delivers into the sandbox mailbox."""
-    relay = run_relay()
-    relay.wait_for_port(2525)
-    with smtplib.SMTP("127.0.0.1", 2525, timeout=30) as client:
+    # Its own port ($XRELAY_SANDBOX_PORT), not 2525, which another relay may hold.
+    port = free_port()
+    relay = run_relay(env={"XRELAY_SANDBOX_PORT": str(port)})
+    relay.wait_for_port(port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         refused = client.sendmail(
             "printer@example.com", ["client@example.net"],
             b"From: printer@example.com\r\nTo: client@example.net\r\n"
@@ -59,7 +61,7 @@ def test_sandbox_default_relays_smtplib_message(tmp_path: Path, run_relay) -> No
     # It went through XOAUTH2 with a token the sandbox identity platform issued.
     assert envelope["auth_mechanism"] == "XOAUTH2"
     log = relay.log()
-    assert "swaks --server 127.0.0.1:2525" in log
+    assert f"swaks --server 127.0.0.1:{port} " in log
     # twistd stops cleanly on SIGTERM, then exits with that signal as its status.
     assert relay.stop() == -signal.SIGTERM
     assert "Server Shut Down." in relay.log()

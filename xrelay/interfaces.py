@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from xrelay.delivery.engine import OutcomeRecord
     from xrelay.envelope import DeliveryResult, Envelope, OutboundMessage
     from xrelay.history.records import AcceptedMessage
+    from xrelay.inbound.handler import InboundSession
+    from xrelay.inbound.headers import HeaderBlock
+    from xrelay.policy import Refusal
     from xrelay.tokens.status import TokenStatus
 
 
@@ -51,6 +54,62 @@ class IIncomingMessage(Interface):
 
     def abort() -> None:
         """Forget the message (client went away, size exceeded, RSET in the middle)."""
+
+
+class IInboundHandler(Interface):
+    """
+    The decisions an inbound SMTP session asks for, one method per step (as aiosmtpd's
+    handler object): the protocol only speaks SMTP, the handler decides.
+
+    Each method gets a read-only L{xrelay.inbound.handler.InboundSession} (client
+    address, HELO name, authenticated user, TLS, the current sender, the configuration
+    snapshot of the connection) and returns C{None} to go on, or a
+    L{xrelay.policy.Refusal}, which the client receives as the reply (code, enhanced
+    status code, text) and which is logged.  Methods are called on the reactor thread
+    and must return at once: no blocking I/O, no Deferreds.  The default,
+    L{xrelay.inbound.handler.PolicyHandler}, asks L{xrelay.policy}; an embedding program
+    subclasses it (calling C{super()} keeps the relay's own rules) and passes it to
+    L{xrelay.service.makeService} as C{inbound_handler}.
+    """
+
+    def connect(session: "InboundSession") -> "Refusal | None":
+        """
+        A client was admitted by the connection caps and is about to be greeted; a
+        refusal is sent instead of the greeting.  Use 554 5.7.1 ("no service for you":
+        the client may only QUIT then, every other command gets 503, RFC 5321 3.1) or
+        421 4.7.0 ("try later": the connection is closed).
+        """
+
+    def helo(session: "InboundSession", name: str) -> "Refusal | None":
+        """EHLO/HELO with this (syntactically valid) name; C{session.helo} is the old one."""
+
+    def mail(session: "InboundSession", sender: str) -> "Refusal | None":
+        """
+        MAIL FROM with this envelope sender (C{""} for the null sender): may this client
+        relay at all, and with this sender?  An accepted sender must still be one an
+        account sends as (L{xrelay.policy.route_refusal}); the handler cannot pick the
+        account.
+        """
+
+    def rcpt(session: "InboundSession", recipient: str,
+             recipients: "Sequence[str]") -> "Refusal | None":
+        """
+        RCPT TO with this recipient; C{recipients} are the ones accepted so far in this
+        transaction (the recipient may be among them: a repeated RCPT).
+        """
+
+    def headers(session: "InboundSession", headers: "HeaderBlock") -> "Refusal | None":
+        """
+        The message's own header fields (L{xrelay.inbound.headers.HeaderBlock}), asked
+        at the end of DATA before the message is committed; a refusal discards it.
+        """
+
+    def end_of_data(session: "InboundSession", envelope: "Envelope",
+                    size: int) -> "Refusal | None":
+        """
+        The whole message was received (C{size} bytes as stored) and its headers were
+        accepted; the last word before the commit and the 250.  A refusal discards it.
+        """
 
 
 class ISpool(Interface):

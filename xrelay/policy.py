@@ -30,6 +30,7 @@ __all__ = [
     "relay_refusal",
     "address_refusal",
     "sender_refusal",
+    "route_refusal",
     "recipient_limit_refusal",
     "header_sender_refusal",
     "client_network",
@@ -156,8 +157,7 @@ def sender_refusal(config: Config, client_address: str, user: UserConfig | None,
 
     An authenticated client is limited by its user's C{senders}; a client admitted by
     network by C{relay.senders}.  Then the sender must be one some account can send as
-    (L{route_sender}); if none can, the refusal lists what the relay can send as, so
-    the device's administrator can pick a working address.
+    (L{route_refusal}).
 
     The null sender (bounces from a device) is allowed for clients admitted by network;
     a user needs a C{"<>"} entry in its C{senders} for it (a bounce claims to come from
@@ -183,6 +183,17 @@ def sender_refusal(config: Config, client_address: str, user: UserConfig | None,
                 550, "5.7.1",
                 f"Sender <{sender}> is not allowed for {who} by {rule}; allowed: {allowed}",
             ), None
+    return route_refusal(config, sender)
+
+
+def route_refusal(config: Config, sender: str) -> tuple[Refusal | None, AccountConfig | None]:
+    """
+    The account that carries this envelope sender (L{route_sender}), or, when no account
+    may send as it, the refusal that lists what the relay can send as, so that the
+    device's administrator can pick a working address.  Asked by L{sender_refusal} and,
+    after any inbound handler accepted a sender, by the transaction: a handler decides
+    I{whether} a sender is accepted, never which account carries it.
+    """
     account = route_sender(config, sender)
     if account is None:
         can = ", ".join(sendable_senders(config)) or "nothing (no [[accounts]])"

@@ -11,6 +11,7 @@ delivery start before the listeners accept mail, and on stop the listeners close
 from __future__ import annotations
 
 import os
+import re
 import signal
 from typing import Any
 
@@ -209,7 +210,8 @@ class _StartedSandboxService(Service):
 
 
 def makeService(config: Config, reactor: Any = None,
-                credentials_checker: Any = None, events: Any = None) -> RelayService:
+                credentials_checker: Any = None, events: Any = None,
+                inbound_handler: Any = None) -> RelayService:
     """
     Build the relay for this configuration.
 
@@ -217,6 +219,10 @@ def makeService(config: Config, reactor: Any = None,
     @param credentials_checker: who may SMTP AUTH: any C{twisted.cred}
         C{ICredentialsChecker} for C{IUsernamePassword} (an embedding program's LDAP or
         database); the configuration's C{[[users]]} by default.
+    @param inbound_handler: what each SMTP session may do (connect, HELO, MAIL, RCPT,
+        the message's headers, end of data): any L{xrelay.interfaces.IInboundHandler},
+        typically a subclass of L{xrelay.inbound.handler.PolicyHandler}; the relay's
+        own policy by default.  Kept across reloads, like the checker.
     @raise xrelay.startup.StartupRefused: when the machine around the configuration
         would make the relay fail later (L{xrelay.checks.problems}: an unusable or
         unsafe state_dir); its text is the one line to show.
@@ -290,7 +296,8 @@ def makeService(config: Config, reactor: Any = None,
     inbound_spool = ReservingSpool(top.spool, lambda: top.config.server.min_free_space)
     top.inbound = InboundService(config, inbound_spool, top.delivery, reactor=reactor,
                                  credentials_checker=credentials_checker,
-                                 history=top.history, events=top.events)
+                                 history=top.history, events=top.events,
+                                 inbound_handler=inbound_handler)
     top.inbound.setServiceParent(top)
     top.metrics.watch_relay(top)
 
@@ -310,8 +317,21 @@ def _announce_sandbox(config: Config, sandbox: Any) -> None:
     log.info(
         "xrelay: running on the embedded sandbox default ({listen}); nothing leaves this "
         "machine.  Send a test message with:\n"
-        "    swaks --server 127.0.0.1:2525 --from printer@example.com --to client@example.net\n"
+        "    swaks --server {server} --from printer@example.com --to client@example.net\n"
         "and find it as an .eml file under {mailbox}",
-        listen=listen,
+        listen=listen, server=client_reach(listen),
         mailbox=os.path.join(config.sandbox_dir or "", "mailbox"),
     )
+
+
+def client_reach(endpoint: str) -> str:
+    """
+    Where a client on this machine reaches a C{tcp:}/C{tcp6:} listener, as swaks's
+    C{--server} takes it: C{127.0.0.1:2525}, C{[::1]:2525} (a wildcard interface is
+    reached on loopback).
+    """
+    _, port, *options = re.split(r"(?<!\\):", endpoint)
+    interface = next((o.split("=", 1)[1] for o in options if o.startswith("interface=")),
+                     "").replace("\\", "")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(interface, interface)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -22,8 +22,8 @@ class Options(usage.Options):
     longdesc = (
         "Run the xrelay SMTP relay.  The configuration is --config FILE, else "
         "$XRELAY_CONFIG, else /etc/xrelay/xrelay.toml; with none of them, xrelay runs "
-        "on 127.0.0.1:2525 wired to its embedded sandbox providers (state in "
-        "./xrelay-sandbox)."
+        "on 127.0.0.1:2525 ($XRELAY_SANDBOX_PORT for another port) wired to its embedded "
+        "sandbox providers (state in ./xrelay-sandbox)."
     )
     optParameters = [
         ["config", "c", None, "The xrelay.toml configuration file."],

@@ -161,6 +161,12 @@ class InboundFactory(Factory):
         return self.service.checker
 
     @property
+    def handler(self) -> Any:
+        """The inbound handler (L{xrelay.interfaces.IInboundHandler}): what the
+        session may do."""
+        return self.service.handler
+
+    @property
     def auth_failures(self) -> Any:
         return self.service.auth_failures
 

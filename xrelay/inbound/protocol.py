@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
+from xrelay.inbound.handler import connect_refusal, session_of
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
@@ -110,6 +111,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._timer: Any = None
         self._shutting_down = False
         self._awaiting_header = False
+        #: The inbound handler refused the client with a 554 greeting: only QUIT now.
+        self._no_service = False
 
     # -- connection life -----------------------------------------------------------
 
@@ -153,6 +156,19 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.close()
             return
         self.admitted = True
+        refusal = connect_refusal(self.factory.handler, session_of(self))
+        if refusal is not None:
+            log.warn("inbound connection from {client} refused by the inbound handler: "
+                     "{reply}", client=self.client_address, reply=str(refusal))
+            self.reply(refusal.code, refusal.enhanced, refusal.text)
+            if refusal.code != 554:
+                self.close()
+                return
+            # RFC 5321 3.1: after a 554 greeting, wait for QUIT and answer 503 meanwhile
+            # (server.max_errors and the idle timeout still end a client that won't).
+            self._no_service = True
+            self._run()
+            return
         log.info("inbound connection from {client} on {listener}",
                  client=self.client_address, listener=self.factory.listener.endpoint)
         self.factory.events.connection(self.factory.listener.endpoint)
@@ -390,6 +406,9 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.error(500, "5.5.2", "Control characters in command")
             return None
         verb, _, argument = text.strip(" ").partition(" ")
+        if self._no_service and verb.upper() != "QUIT":
+            self.error(503, "5.5.1", "No SMTP service here for you; send QUIT")
+            return None
         handler: Callable[[str], "Deferred[Any] | None"] | None = getattr(
             self, "do_" + verb.upper(), None) if verb.isalpha() else None
         if handler is None:
@@ -435,6 +454,10 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                      "device in relay.allow_networks)", client=self.client_address,
                      verb="EHLO" if esmtp else "HELO", name=argument[:100])
             argument = argument[:255]
+        refusal = self.factory.handler.helo(session_of(self), argument)
+        if refusal is not None:
+            self.refuse(refusal)
+            return
         self._drop_transaction("new EHLO")
         self.helo, self.esmtp = argument, esmtp
         hostname = self.config.server.hostname

@@ -27,14 +27,16 @@ from twisted.python.failure import Failure
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from xrelay.config import Config, ListenerConfig, listener_offers_starttls
 from xrelay.inbound.credentials import authenticator_for
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
+from xrelay.inbound.handler import PolicyHandler
 from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
 from xrelay.history.sink import NullHistory
-from xrelay.interfaces import IDelivery, IRelayEvents, ISpool
+from xrelay.interfaces import IDelivery, IInboundHandler, IRelayEvents, ISpool
 from xrelay.operations.events import guarded
 from xrelay.policy import AuthFailures, proxy_trusted
 
@@ -146,6 +148,9 @@ class InboundService(MultiService):
         reloads.
     @param events: the relay's L{IRelayEvents} sink (connections, failed AUTH, accepted
         messages); nothing is counted by default.
+    @param inbound_handler: what each session may do (an L{IInboundHandler}); the
+        relay's policy (L{PolicyHandler}) by default.  Kept across reloads: it reads the
+        configuration from the session it is asked about.
     """
 
     def __init__(self, config: Config, spool: ISpool, delivery: IDelivery,
@@ -153,7 +158,8 @@ class InboundService(MultiService):
                  run_blocking: Callable[..., "Deferred[Any]"] | None = None,
                  clock: Any = None,
                  credentials_checker: ICredentialsChecker | None = None,
-                 history: Any = None, events: IRelayEvents | None = None) -> None:
+                 history: Any = None, events: IRelayEvents | None = None,
+                 inbound_handler: IInboundHandler | None = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -183,6 +189,9 @@ class InboundService(MultiService):
         self.tls_options = server_tls_options(config)
         self._listener_tls = self._tls_by_listener(config)
         self._credentials_checker = credentials_checker
+        self.handler = inbound_handler if inbound_handler is not None else PolicyHandler()
+        # Loudly here, at wiring, rather than as a 451 on the first MAIL.
+        verifyObject(IInboundHandler, self.handler)
         self.checker = authenticator_for(config.users, self._run_blocking,
                                          credentials_checker)
 

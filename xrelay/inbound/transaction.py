@@ -26,6 +26,7 @@ from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, Envelope, Outcome
 from xrelay.history.records import AcceptedMessage
 from xrelay.inbound.errors import SpoolFull
+from xrelay.inbound.handler import message_refusal, session_of
 from xrelay.inbound.headers import HeaderBlock
 from xrelay.inbound.leniency import bare_lf_ends_data, lenient_greeting, strict_end_of_data_hint
 from xrelay.inbound.lines import Line, data_line_bytes, ends_data
@@ -33,13 +34,7 @@ from xrelay.inbound.received import protocol_keyword, received_header
 from xrelay.inbound.states import CLOSED, COMMAND, DATA
 from xrelay.inbound.submission import feed_header_lines, header_block_never_ended, missing_fields
 from xrelay.interfaces import IIncomingMessage
-from xrelay.policy import (
-    address_refusal,
-    header_sender_refusal,
-    recipient_limit_refusal,
-    relay_refusal,
-    sender_refusal,
-)
+from xrelay.policy import route_refusal
 
 if TYPE_CHECKING:
     from xrelay.inbound.protocol import ESMTPServer
@@ -150,22 +145,10 @@ class MailCommands(_Base):
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size "
                        f"of {self.config.server.max_message_size} bytes")
             return
-        refusal = relay_refusal(self.config, self.client_address, self.user,
-                                self._starttls_available())
-        if refusal is not None:
-            log.warn("inbound client {client}: relaying denied for sender {sender}",
-                     client=self.client_address, sender=sender)
-            self.refuse(refusal)
-            return
-        if sender:
-            refusal = address_refusal(sender, "sender")
-            if refusal is not None:
-                log.info("inbound client {client}: sender refused: {reply}",
-                         client=self.client_address, reply=str(refusal))
-                self.refuse(refusal)
-                return
-        refusal, account = sender_refusal(self.config, self.client_address, self.user,
-                                          sender)
+        # The handler decides whether (xrelay.inbound.handler); the routing, which account.
+        refusal, account = self.factory.handler.mail(session_of(self), sender), None
+        if refusal is None:
+            refusal, account = route_refusal(self.config, sender)
         if refusal is not None or account is None:
             log.warn("inbound client {client} user {user}: sender {sender} refused: "
                      "{reply}", client=self.client_address, sender=sender,
@@ -197,16 +180,8 @@ class MailCommands(_Base):
             self.error(555, "5.5.4", "RCPT TO parameters not recognised")
             return
         recipient = match.group(1) if match.group(1) is not None else match.group(2)
-        # Checked again here although MAIL did: a recipient must never be accepted from
-        # a client that may not relay, whatever happened to the session in between.
-        refusal = relay_refusal(self.config, self.client_address, self.user,
-                                self._starttls_available())
-        if refusal is None:
-            refusal = address_refusal(recipient, "recipient")
-        if refusal is None and recipient.lower() not in (
-            r.lower() for r in transaction.recipients
-        ):
-            refusal = recipient_limit_refusal(self.config, len(transaction.recipients))
+        refusal = self.factory.handler.rcpt(session_of(self), recipient,
+                                            tuple(transaction.recipients))
         if refusal is not None:
             self.refuse(refusal)  # logged there, in summary once they repeat
             return
@@ -430,7 +405,8 @@ class MailCommands(_Base):
             return None
         message = transaction.message
         transaction.message = None
-        refusal = header_sender_refusal(self.user, transaction.headers)
+        refusal = message_refusal(self.factory.handler, session_of(self, transaction),
+                                  transaction.headers, message, transaction.received)
         if refusal is not None:
             log.warn("inbound message {message} from {client} user {user} refused: "
                      "{reply}", message=transaction.id, client=self.client_address,
