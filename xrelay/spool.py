@@ -159,6 +159,28 @@ class SpoolEntry:
     #: For an entry set aside in C{corrupt/}: why (never stored in a record).
     problem: str = ""
 
+    @classmethod
+    def received(cls, entry_id: str, env: Envelope, size: int, data_path: str,
+                 bounce_of: str | None = None) -> "SpoolEntry":
+        """A message just committed: queued, nothing tried yet (every spool's start)."""
+        return cls(
+            entry_id=entry_id,
+            state=QUEUED,
+            sender=env.sender,
+            recipients=tuple(env.recipients),
+            data_path=data_path,
+            size=size,
+            account=env.account,
+            client_address=env.client_address,
+            client_helo=env.client_helo,
+            authenticated_user=env.authenticated_user,
+            received_at=env.received_at or time.time(),
+            smtputf8=env.smtputf8,
+            body_8bitmime=env.body_8bitmime,
+            original_recipients=tuple(env.recipients),
+            bounce_of=bounce_of,
+        )
+
     @property
     def envelope(self) -> Envelope:
         return Envelope(
@@ -387,26 +409,10 @@ class _Incoming:
         _unlink_quietly(self.json_tmp)
 
     def record(self) -> dict[str, Any]:
-        env = self.envelope
-        entry = SpoolEntry(
-            entry_id=self.entry_id,
-            state=QUEUED,
-            sender=env.sender,
-            recipients=tuple(env.recipients),
-            data_path="",
-            size=self.size,
-            account=env.account,
-            client_address=env.client_address,
-            client_helo=env.client_helo,
-            authenticated_user=env.authenticated_user,
-            received_at=env.received_at or time.time(),
-            smtputf8=env.smtputf8,
-            body_8bitmime=env.body_8bitmime,
-            original_recipients=tuple(env.recipients),
-            bounce_of=self.bounce_of,
-        )
-        self.entry = attrs.evolve(entry, data_path=self.spool._data_path(self.entry_id))
-        return entry.to_json()
+        self.entry = SpoolEntry.received(self.entry_id, self.envelope, self.size,
+                                         self.spool._data_path(self.entry_id),
+                                         self.bounce_of)
+        return self.entry.to_json()
 
     def prepare(self) -> None:
         """

@@ -59,7 +59,7 @@ async def test_proxy_header_from_an_untrusted_address_is_refused(relay, header):
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert attacker.replies == [REFUSED]
-    assert r.spool.started == [] and r.spool.committed == {}
+    assert r.spool.started == [] and r.spool.stored == {}
     text = "\n".join(formatEvent(e) for e in events)
     # Logged with the real address, not the one the header claims.
     assert ("inbound connection from 127.0.0.2 on haproxy:tcp:0:interface=127.0.0.1 "
