@@ -628,6 +628,7 @@ class Spool:
         return self._handover.pop(entry_id, None)
 
     def _enqueue_commit(self, message: _Incoming) -> "Deferred[str]":
+        self._recovered.clear()  # a new entry: recovery's listing is no longer whole
         d: Deferred[str] = Deferred()
         self._pending.append((message, d))
         if not self._committing:
@@ -1034,8 +1035,13 @@ class Spool:
 
     def read_data(self, entry_id: str) -> bytes:
         """The whole message (for operators and small tests; delivery streams the file)."""
-        with open(self._data_path(entry_id), "rb") as f:
-            return f.read()
+        if not is_entry_id(entry_id):
+            raise UnknownEntry(entry_id)
+        try:
+            with open(self._data_path(entry_id), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise UnknownEntry(entry_id) from None
 
     # -- transitions -------------------------------------------------------------
 

@@ -174,10 +174,9 @@ class MemorySpool:
             if entry.state == ACTIVE:
                 allow(ACTIVE, QUEUED, entry_id)
                 self._entries[entry_id] = attrs.evolve(entry, state=QUEUED)
-        if self._directory is not None:
-            tmp = os.path.join(self._directory, "tmp")
-            for name in os.listdir(tmp):
-                os.unlink(os.path.join(tmp, name))
+        tmp = os.path.join(self.directory, "tmp")
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
 
     def committed(self, entry_id: str) -> SpoolEntry | None:
         return self._handover.get(entry_id)
