@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import Metric
 
+from xrelay.interfaces import ISpool
 from xrelay.tokens.status import TokenState
 
 __all__ = ["RelayMetrics", "QueueCollector", "TokenCollector", "ExpiryCollector",
@@ -122,7 +123,7 @@ class RelayMetrics:
 
     # -- state read at scrape time ------------------------------------------------
 
-    def watch_queue(self, spool: Any) -> None:
+    def watch_queue(self, spool: ISpool) -> None:
         """Report this spool's depth and oldest waiting entry at every scrape."""
         self.registry.register(QueueCollector(spool, self.clock))
 
@@ -148,7 +149,7 @@ class QueueCollector(Collector):
     folders themselves: the numbers are true even right after a restart.
     """
 
-    def __init__(self, spool: Any, clock: Callable[[], float]) -> None:
+    def __init__(self, spool: ISpool, clock: Callable[[], float]) -> None:
         self.spool = spool
         self.clock = clock
 
