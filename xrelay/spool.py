@@ -70,10 +70,15 @@ from xrelay.lifecycle import (ACTIVE, CORRUPT, DEFERRED, DELIVERED, ENTRY_ID, FA
 from xrelay.lifecycle import allow as _allow
 
 __all__ = [
+    "ACTIVE",
     "CORRUPT",
+    "DEFERRED",
+    "DELIVERED",
     "ENTRY_ID",
+    "FAILED",
     "LIFECYCLE",
     "NotAnEntryId",
+    "QUEUED",
     "RECEIVED",
     "Spool",
     "SpoolEntry",

@@ -249,3 +249,15 @@ def test_full_spool_refuses_and_keeps_nothing(tmp_path: Any) -> None:
         message.write(MESSAGE)
     message.abort()
     assert spool.counts()[QUEUED] == 0 and spool.stored == {}
+
+
+def test_the_errors_are_the_interface_s_under_their_old_names() -> None:
+    import xrelay.inbound.errors
+    import xrelay.spool
+    from xrelay import interfaces, lifecycle
+
+    for name in ("SpoolFull", "UnknownEntry", "NotAnEntryId", "TransitionRefused"):
+        assert getattr(xrelay.spool, name) is getattr(interfaces, name)
+    assert xrelay.inbound.errors.SpoolFull is interfaces.SpoolFull
+    assert xrelay.spool.LIFECYCLE is lifecycle.LIFECYCLE
+    assert xrelay.spool.check_entry_id is lifecycle.check_entry_id
