@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from xrelay.delivery.engine import OutcomeRecord
     from xrelay.envelope import DeliveryResult, Envelope, OutboundMessage
     from xrelay.history.records import AcceptedMessage
+    from xrelay.spool import SpoolEntry
     from xrelay.tokens.status import TokenStatus
 
 
@@ -83,8 +84,9 @@ class TransitionRefused(ValueError):
 class ISpoolEntry(Interface):
     """
     One spooled message as the delivery engine and operators see it: an immutable
-    value (L{xrelay.spool.SpoolEntry}); a change is a new value returned by
-    L{ISpool.move}.
+    value; a change is a new value returned by L{ISpool.move}.  Every spool hands out
+    L{xrelay.spool.SpoolEntry} values (which provide this), so that callers and
+    spools share one record type; this states what its fields promise.
     """
 
     entry_id: str = Attribute("The spool's id (L{xrelay.lifecycle.ENTRY_ID} syntax).")
@@ -156,16 +158,16 @@ class ISpool(Interface):
         aside what cannot be read.
         """
 
-    def committed(entry_id: str) -> "ISpoolEntry | None":
+    def committed(entry_id: str) -> "SpoolEntry | None":
         """
         The entry just committed under C{entry_id}, while no transition has changed it,
         so the engine need not read it back; C{None}: read it with L{get}.
         """
 
-    def take_committed(entry_id: str) -> "ISpoolEntry | None":
+    def take_committed(entry_id: str) -> "SpoolEntry | None":
         """L{committed}, for the last time (the first attempt takes it)."""
 
-    def get(entry_id: str) -> ISpoolEntry:
+    def get(entry_id: str) -> "SpoolEntry":
         """
         A live entry (not one set aside).
 
@@ -173,7 +175,7 @@ class ISpool(Interface):
             not an entry id at all.
         """
 
-    def find(entry_id: str) -> ISpoolEntry:
+    def find(entry_id: str) -> "SpoolEntry":
         """
         Like L{get}, but also what is known of an entry set aside as corrupt.
 
@@ -184,7 +186,7 @@ class ISpool(Interface):
     def ids(state: str) -> "list[str]":
         """Entry ids in one state (or C{corrupt}), oldest first (ids sort by arrival)."""
 
-    def entries(state: "str | None" = None) -> "Iterator[ISpoolEntry]":
+    def entries(state: "str | None" = None) -> "Iterator[SpoolEntry]":
         """
         Every entry (or those in one state), oldest first within a state, states in
         lifecycle order, those set aside as corrupt last.  Unreadable ones met on the
@@ -197,7 +199,7 @@ class ISpool(Interface):
     def read_data(entry_id: str) -> bytes:
         """The whole message (for operators and small tests; delivery streams the file)."""
 
-    def move(entry: ISpoolEntry, state: str, **changes: Any) -> "Deferred[ISpoolEntry]":
+    def move(entry: "SpoolEntry", state: str, **changes: Any) -> "Deferred[SpoolEntry]":
         """
         Change an entry's record (C{changes}: its attributes) and/or state durably, and
         fire with the new entry.
@@ -210,7 +212,7 @@ class ISpool(Interface):
         changed).
         """
 
-    def remove(entry: ISpoolEntry) -> "Deferred[None]":
+    def remove(entry: "SpoolEntry") -> "Deferred[None]":
         """
         The entry leaves the spool with its data (delivered, deleted by an operator,
         handed back).
