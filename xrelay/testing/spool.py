@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from xrelay.envelope import Envelope
 from xrelay.interfaces import IIncomingMessage, ISpool, SpoolFull, UnknownEntry
-from xrelay.lifecycle import (ACTIVE, CORRUPT, DELIVERED, QUEUED, STATES, allow,
+from xrelay.lifecycle import (ACTIVE, CORRUPT, DELIVERED, QUEUED, RECEIVED, STATES, allow,
                               check_entry_id, is_entry_id)
 from xrelay.spool import SpoolEntry
 
@@ -154,7 +154,7 @@ class MemorySpool:
         return message
 
     def _store(self, message: MemoryMessage) -> str:
-        allow("received", QUEUED, "(new)")
+        allow(RECEIVED, QUEUED, "(new)")
         entry_id = memory_entry_id(next(self._ids))
         data_path = os.path.join(self.directory, "data", entry_id + ".eml")
         with open(data_path, "wb") as f:
