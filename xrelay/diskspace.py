@@ -18,8 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xrelay.envelope import Envelope
-from xrelay.interfaces import IIncomingMessage, ISpool
-from xrelay.spool import SpoolFull
+from xrelay.interfaces import IIncomingMessage, ISpool, SpoolFull
 
 __all__ = ["ReservingSpool", "free_bytes"]
 
@@ -45,7 +44,7 @@ class ReservingSpool:
     @param free: how many bytes are free (L{free_bytes} of the spool folder).
     """
 
-    def __init__(self, spool: Any, minimum: Callable[[], int],
+    def __init__(self, spool: ISpool, minimum: Callable[[], int],
                  free: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.spool = spool

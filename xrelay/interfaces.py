@@ -9,7 +9,7 @@ C{@implementer}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from zope.interface import Attribute, Interface
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from xrelay.inbound.handler import InboundSession
     from xrelay.inbound.headers import HeaderBlock
     from xrelay.policy import Refusal
+    from xrelay.spool import SpoolEntry
     from xrelay.tokens.status import TokenStatus
 
 
@@ -40,7 +41,7 @@ class IIncomingMessage(Interface):
         """
         Append wire-format bytes (CRLF line endings, dot-stuffing already removed).
 
-        May raise L{xrelay.spool.SpoolFull} (disk full, quota) which the inbound side turns
+        May raise L{SpoolFull} (disk full, quota) which the inbound side turns
         into C{452 4.3.1}; nothing half-written may remain after L{abort}.
         """
 
@@ -48,7 +49,7 @@ class IIncomingMessage(Interface):
         """
         Make the message durable: data and envelope written, fsynced (file and directory)
         and renamed into the queue.  Fires with the entry id only then; the inbound side
-        answers 250 only after it fires.  Fails with L{xrelay.spool.SpoolFull} or another
+        answers 250 only after it fires.  Fails with L{SpoolFull} or another
         error, in which case nothing of the message remains.
         """
 
@@ -110,20 +111,176 @@ class IInboundHandler(Interface):
         The whole message was received (C{size} bytes as stored) and its headers were
         accepted; the last word before the commit and the 250.  A refusal discards it.
         """
+class SpoolFull(Exception):
+    """
+    The spool cannot store the message now (disk full or quota exceeded).
+
+    The inbound side answers C{452 4.3.1 Insufficient system storage}; nothing of the
+    message remains in the spool.
+    """
+
+
+class UnknownEntry(KeyError):
+    """No entry with this id exists in the spool (already delivered or removed)."""
+
+
+class NotAnEntryId(ValueError):
+    """Text given as an entry id that is not one; C{str()} is the operator's message."""
+
+    def __init__(self, text: object) -> None:
+        shown = repr(text if not isinstance(text, str) or len(text) <= 80
+                     else text[:80] + "...")
+        super().__init__(f"{shown} is not an entry id (ids look like "
+                         "20261201T232515.123456-4242-000001; see `xrelay queue list`)")
+
+
+class TransitionRefused(ValueError):
+    """A state change that the lifecycle (L{xrelay.lifecycle.LIFECYCLE}) does not have."""
+
+
+class ISpoolEntry(Interface):
+    """
+    One spooled message as the delivery engine and operators see it: an immutable
+    value; a change is a new value returned by L{ISpool.move}.  Every spool hands out
+    L{xrelay.spool.SpoolEntry} values (which provide this), so that callers and
+    spools share one record type; this states what its fields promise.
+    """
+
+    entry_id: str = Attribute("The spool's id (L{xrelay.lifecycle.ENTRY_ID} syntax).")
+    state: str = Attribute(
+        "One of L{xrelay.lifecycle.STATES}, or C{corrupt} for one set aside.")
+    sender: str = Attribute("The envelope sender (C{''}: the null sender).")
+    recipients: tuple[str, ...] = Attribute("Those still to be delivered.")
+    data_path: str = Attribute(
+        "A file holding the message exactly as received (CRLF wire format), which a "
+        "transport opens and streams; valid while the entry is in the spool.")
+    size: int = Attribute("Bytes in C{data_path}.")
+    account: str = Attribute("The account chosen at acceptance (C{''}: route by sender).")
+    received_at: float = Attribute("When it was accepted (POSIX time).")
+    attempts: int = Attribute("Delivery attempts made so far.")
+    next_attempt: float = Attribute("For a deferred entry: when it is due.")
+    last_reply: Any = Attribute("The last upstream L{Reply} that mattered, or C{None}.")
+    failed_recipients: Any = Attribute("C{(recipient, Reply)} pairs that failed for good.")
+    bounce_of: "str | None" = Attribute(
+        "For a bounce we made, the entry it reports on; a bounce is never bounced.")
+    problem: str = Attribute("For an entry set aside as corrupt: why.")
+    envelope: "Envelope" = Attribute("The entry's envelope (for a new attempt).")
 
 
 class ISpool(Interface):
     """
     Durable storage of accepted messages until they are delivered or bounced.
+
+    Promises every implementation keeps (the parametrised tests in
+    C{tests/spool/test_interface.py} check them against each):
+
+      - B{Durability}: L{IIncomingMessage.commit} fires only once the message survives
+        a crash; L{move} and L{remove} fire only once the change does.  (The in-memory
+        spool of L{xrelay.testing} keeps this promise only within one process.)
+      - B{Lifecycle}: an entry's state changes only along
+        L{xrelay.lifecycle.LIFECYCLE} (received -> queued -> active -> deferred ->
+        delivered | failed | corrupt); L{move} and L{remove} raise
+        L{TransitionRefused} for anything else, before anything changes.
+      - B{Entry ids} have the syntax L{xrelay.lifecycle.ENTRY_ID}; L{get} answers
+        L{UnknownEntry} and L{find} L{NotAnEntryId} for any other text, without
+        touching storage (a path, a NUL or a glob never reaches a file name).
+      - B{Corrupt entries}: a record that cannot be read is set aside (state
+        C{corrupt}, with a C{problem}) with an error log line by whichever reader
+        meets it, never delivered, never raised to the reader: one bad record never
+        stops the relay or a listing.  Only L{find} and L{entries} show them, and
+        L{remove} is the only transition out.
+
+    Methods are called on the reactor thread; those that return a Deferred do their
+    blocking work elsewhere.
     """
 
-    def incoming(envelope: "Envelope") -> IIncomingMessage:
-        """Begin receiving a message with this envelope."""
+    directory: str = Attribute(
+        "The folder on the local file system that holds the spool's files: the disk "
+        "reserve (L{xrelay.diskspace}) measures its free space and the health check "
+        "writes a probe file in its C{tmp/}.")
+
+    def incoming(envelope: "Envelope", bounce_of: "str | None" = None
+                 ) -> IIncomingMessage:
+        """
+        Begin receiving a message with this envelope (C{bounce_of}: the entry a bounce
+        we generate reports on).  Nothing becomes an entry before the commit.
+
+        @raise SpoolFull: when not even that can be started.
+        """
 
     def recover() -> None:
         """
-        Called once at start: discard entries that were never committed, and move
-        entries left C{active} by a crash back to C{queued}.
+        Called once at start (later calls do nothing): discard entries that were never
+        committed, move entries left C{active} by a crash back to C{queued}, and set
+        aside what cannot be read.
+        """
+
+    def committed(entry_id: str) -> "SpoolEntry | None":
+        """
+        The entry just committed under C{entry_id}, while no transition has changed it,
+        so the engine need not read it back; C{None}: read it with L{get}.
+        """
+
+    def take_committed(entry_id: str) -> "SpoolEntry | None":
+        """L{committed}, for the last time (the first attempt takes it)."""
+
+    def get(entry_id: str) -> "SpoolEntry":
+        """
+        A live entry (not one set aside).
+
+        @raise UnknownEntry: not (or no longer) in the spool, set aside as corrupt, or
+            not an entry id at all.
+        """
+
+    def find(entry_id: str) -> "SpoolEntry":
+        """
+        Like L{get}, but also what is known of an entry set aside as corrupt.
+
+        @raise NotAnEntryId: for text that is not an entry id (nothing is touched).
+        @raise UnknownEntry: no such entry.
+        """
+
+    def ids(state: str) -> "list[str]":
+        """Entry ids in one state (or C{corrupt}), oldest first (ids sort by arrival)."""
+
+    def entries(state: "str | None" = None) -> "Iterator[SpoolEntry]":
+        """
+        Every entry (or those in one state), oldest first within a state, states in
+        lifecycle order, those set aside as corrupt last.  Unreadable ones met on the
+        way are set aside and skipped.
+        """
+
+    def counts() -> "dict[str, int]":
+        """Entries per state (every state of L{xrelay.lifecycle.STATES}; C{corrupt} only when any)."""
+
+    def read_data(entry_id: str) -> bytes:
+        """The whole message (for operators and small tests; delivery streams the file)."""
+
+    def move(entry: "SpoolEntry", state: str, **changes: Any) -> "Deferred[SpoolEntry]":
+        """
+        Change an entry's record (C{changes}: its attributes) and/or state durably, and
+        fire with the new entry.
+
+        @raise ValueError: C{state} is not one of L{xrelay.lifecycle.STATES} (nothing is moved into
+            C{corrupt} on request).
+        @raise TransitionRefused: the lifecycle has no such transition (raised at once).
+        The Deferred fails with L{UnknownEntry} when the entry is no longer in the state
+        C{entry} says, or L{SpoolFull} when the change cannot be stored (then nothing
+        changed).
+        """
+
+    def remove(entry: "SpoolEntry") -> "Deferred[None]":
+        """
+        The entry leaves the spool with its data (delivered, deleted by an operator,
+        handed back).
+
+        @raise TransitionRefused: from a state the lifecycle does not allow it.
+        """
+
+    def scratch_path(entry_id: str, suffix: str) -> str:
+        """
+        A file name for derived data (a rewritten copy sent instead of the original),
+        which the caller removes; whatever is left there is removed by L{recover}.
         """
 
 

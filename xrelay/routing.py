@@ -30,6 +30,16 @@ def route_sender(config: Config, sender: str) -> AccountConfig | None:
     return None
 
 
+def entry_account(config: Config, account: str, sender: str) -> AccountConfig | None:
+    """
+    The account a spooled message goes through: the one chosen when it was accepted,
+    while that account is still configured, else the one its sender routes to now.
+    """
+    if account in {a.name for a in config.accounts}:
+        return config.account(account)
+    return route_sender(config, sender)
+
+
 def sendable_senders(config: Config) -> list[str]:
     """The sender patterns this relay can deliver, for the text of a refusal."""
     return [p.text for account in config.accounts for p in account.senders]

@@ -27,6 +27,7 @@ from xrelay.config import (
     read_config,
     with_accounts,
 )
+from xrelay.interfaces import ISpool
 
 log = Logger(namespace="xrelay")
 
@@ -64,7 +65,7 @@ class RelayService(MultiService):
     """
 
     config: Config
-    spool: Any
+    spool: ISpool
     tokens: Any
     delivery: Any
     inbound: Any

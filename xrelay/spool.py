@@ -48,7 +48,6 @@ import errno
 import itertools
 import json
 import os
-import re
 import shutil
 import time
 from typing import Any, Callable, Iterator, TypeVar
@@ -60,18 +59,33 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from xrelay.durable import fsync_directory as _fsync_directory
+from xrelay.durable import write_durably as _write_durably
 from xrelay.envelope import Envelope, Reply
-from xrelay.interfaces import IIncomingMessage, ISpool
+from xrelay.interfaces import (IIncomingMessage, ISpool, ISpoolEntry, NotAnEntryId,
+                               SpoolFull, TransitionRefused, UnknownEntry)
+from xrelay.lifecycle import (ACTIVE, CORRUPT, DEFERRED, DELIVERED, ENTRY_ID, FAILED,
+                              LIFECYCLE, QUEUED, RECEIVED, STATES, check_entry_id,
+                              is_entry_id, new_entry_id)
+from xrelay.lifecycle import allow as _allow
 
 __all__ = [
+    "ACTIVE",
     "CORRUPT",
+    "DEFERRED",
+    "DELIVERED",
+    "ENTRY_ID",
+    "FAILED",
     "LIFECYCLE",
     "NotAnEntryId",
+    "QUEUED",
+    "RECEIVED",
     "Spool",
     "SpoolEntry",
     "SpoolFull",
     "STATES",
     "TransitionRefused",
+    "UnknownEntry",
     "check_entry_id",
     "is_entry_id",
     "run_inline",
@@ -81,34 +95,8 @@ log = Logger()
 
 T = TypeVar("T")
 
-#: The state folders, in the order an entry normally passes through them.
-QUEUED, ACTIVE, DEFERRED, FAILED = "queued", "active", "deferred", "failed"
-STATES = (QUEUED, ACTIVE, DEFERRED, FAILED)
-#: Where unreadable entries and data without a record are set aside (not a live state:
-#: nothing in it is delivered).
-CORRUPT = "corrupt"
-#: The two ends of the lifecycle that are not folders: being received (C{tmp/}), and
-#: gone from the spool (delivered, or deleted by the operator, or handed back to a
-#: pass-through client).
-RECEIVED, DELIVERED = "received", "delivered"
-
-#: The message lifecycle: received -> queued -> active -> deferred -> delivered | failed
-#: | corrupt.  Every change of state is one of these; L{Spool.move} and L{Spool.remove}
-#: refuse anything else.  A state to itself is a rewrite of the record in place (an
-#: entry left C{active} by a failed write is taken again from there).
-LIFECYCLE: dict[str, frozenset[str]] = {
-    RECEIVED: frozenset({QUEUED}),
-    QUEUED: frozenset({ACTIVE, DEFERRED, FAILED, DELIVERED, CORRUPT}),
-    ACTIVE: frozenset({ACTIVE, QUEUED, DEFERRED, FAILED, DELIVERED, CORRUPT}),
-    DEFERRED: frozenset({ACTIVE, QUEUED, DEFERRED, FAILED, DELIVERED, CORRUPT}),
-    FAILED: frozenset({DELIVERED, CORRUPT}),
-    CORRUPT: frozenset({DELIVERED}),
-}
-
-#: The spool's own entry ids (L{Spool._new_id}): UTC time, microseconds, pid, counter.
-#: Anything else given as an entry id (a path, a NUL, a glob) is refused before any file
-#: is touched.
-ENTRY_ID = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}-[0-9]{1,10}-[0-9]{6}")
+#: The states, the one table of transitions and the id syntax are every spool's
+#: (L{xrelay.lifecycle}); the state folders are named after the states.
 
 #: errno values that mean "no room": the client is told to try again later.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -128,56 +116,8 @@ _HANDOVER = 1024
 _BUFFER = 64 * 1024
 
 
-class SpoolFull(Exception):
-    """
-    The spool cannot store the message now (disk full or quota exceeded).
-
-    The inbound side answers C{452 4.3.1 Insufficient system storage}; nothing of the
-    message remains on disk.
-    """
-
-
-class UnknownEntry(KeyError):
-    """No entry with this id exists in the spool (already delivered or removed)."""
-
-
-class NotAnEntryId(ValueError):
-    """Text given as an entry id that is not one; C{str()} is the operator's message."""
-
-    def __init__(self, text: object) -> None:
-        shown = repr(text if not isinstance(text, str) or len(text) <= 80
-                     else text[:80] + "...")
-        super().__init__(f"{shown} is not an entry id (ids look like "
-                         "20261201T232515.123456-4242-000001; see `xrelay queue list`)")
-
-
-class TransitionRefused(ValueError):
-    """A state change that the lifecycle (L{LIFECYCLE}) does not have."""
-
-
 class CorruptEntry(Exception):
     """A record that cannot be read; C{str()} is the reason, for the log line."""
-
-
-def is_entry_id(text: object) -> bool:
-    return isinstance(text, str) and ENTRY_ID.fullmatch(text) is not None
-
-
-def check_entry_id(text: object) -> str:
-    """
-    The text, if it is an entry id in the spool's own syntax.
-
-    @raise NotAnEntryId: otherwise (nothing on disk has been looked at).
-    """
-    if not is_entry_id(text):
-        raise NotAnEntryId(text)
-    assert isinstance(text, str)
-    return text
-
-
-def _allow(old: str, new: str, entry_id: str) -> None:
-    if new not in LIFECYCLE.get(old, frozenset()):
-        raise TransitionRefused(f"{entry_id}: no transition from {old} to {new}")
 
 
 def run_inline(f: Callable[..., T], *args: Any) -> "Deferred[T]":
@@ -188,6 +128,7 @@ def run_inline(f: Callable[..., T], *args: Any) -> "Deferred[T]":
     return defer.maybeDeferred(f, *args)
 
 
+@implementer(ISpoolEntry)
 @attrs.frozen
 class SpoolEntry:
     """
@@ -222,6 +163,28 @@ class SpoolEntry:
     bounce_of: str | None = None
     #: For an entry set aside in C{corrupt/}: why (never stored in a record).
     problem: str = ""
+
+    @classmethod
+    def received(cls, entry_id: str, env: Envelope, size: int, data_path: str,
+                 bounce_of: str | None = None) -> "SpoolEntry":
+        """A message just committed: queued, nothing tried yet (every spool's start)."""
+        return cls(
+            entry_id=entry_id,
+            state=QUEUED,
+            sender=env.sender,
+            recipients=tuple(env.recipients),
+            data_path=data_path,
+            size=size,
+            account=env.account,
+            client_address=env.client_address,
+            client_helo=env.client_helo,
+            authenticated_user=env.authenticated_user,
+            received_at=env.received_at or time.time(),
+            smtputf8=env.smtputf8,
+            body_8bitmime=env.body_8bitmime,
+            original_recipients=tuple(env.recipients),
+            bounce_of=bounce_of,
+        )
 
     @property
     def envelope(self) -> Envelope:
@@ -378,26 +341,6 @@ def _fsync_workers() -> concurrent.futures.ThreadPoolExecutor:
     return _workers
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: str, payload: bytes) -> None:
-    """Write a whole small file and fsync it (not its folder)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -471,26 +414,10 @@ class _Incoming:
         _unlink_quietly(self.json_tmp)
 
     def record(self) -> dict[str, Any]:
-        env = self.envelope
-        entry = SpoolEntry(
-            entry_id=self.entry_id,
-            state=QUEUED,
-            sender=env.sender,
-            recipients=tuple(env.recipients),
-            data_path="",
-            size=self.size,
-            account=env.account,
-            client_address=env.client_address,
-            client_helo=env.client_helo,
-            authenticated_user=env.authenticated_user,
-            received_at=env.received_at or time.time(),
-            smtputf8=env.smtputf8,
-            body_8bitmime=env.body_8bitmime,
-            original_recipients=tuple(env.recipients),
-            bounce_of=self.bounce_of,
-        )
-        self.entry = attrs.evolve(entry, data_path=self.spool._data_path(self.entry_id))
-        return entry.to_json()
+        self.entry = SpoolEntry.received(self.entry_id, self.envelope, self.size,
+                                         self.spool._data_path(self.entry_id),
+                                         self.bounce_of)
+        return self.entry.to_json()
 
     def prepare(self) -> None:
         """
@@ -577,10 +504,7 @@ class Spool:
         Sortable by arrival (UTC time first), unique across restarts and processes (pid
         and a counter; the tmp file is also created exclusively).
         """
-        now = time.time()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-        micros = int((now % 1) * 1_000_000)
-        return f"{stamp}.{micros:06d}-{os.getpid()}-{next(self._counter) % 1_000_000:06d}"
+        return new_entry_id(next(self._counter))
 
     # -- receiving ---------------------------------------------------------------
 
@@ -709,6 +633,7 @@ class Spool:
         return self._handover.pop(entry_id, None)
 
     def _enqueue_commit(self, message: _Incoming) -> "Deferred[str]":
+        self._recovered.clear()  # a new entry: recovery's listing is no longer whole
         d: Deferred[str] = Deferred()
         self._pending.append((message, d))
         if not self._committing:
@@ -1115,8 +1040,13 @@ class Spool:
 
     def read_data(self, entry_id: str) -> bytes:
         """The whole message (for operators and small tests; delivery streams the file)."""
-        with open(self._data_path(entry_id), "rb") as f:
-            return f.read()
+        if not is_entry_id(entry_id):
+            raise UnknownEntry(entry_id)
+        try:
+            with open(self._data_path(entry_id), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise UnknownEntry(entry_id) from None
 
     # -- transitions -------------------------------------------------------------
 

@@ -5,6 +5,8 @@ scripted transports: every transition is deterministic and visible on disk.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 from twisted.internet import task
@@ -15,6 +17,7 @@ from xrelay.delivery import DeliveryEngine
 from xrelay.delivery.testing import ScriptedTransport
 from xrelay.envelope import Envelope
 from xrelay.spool import Spool, run_inline
+from xrelay.testing import MemorySpool
 
 START = 1_700_000_000.0
 
@@ -42,8 +45,10 @@ class Harness:
     clock: task.Clock = attrs.field(factory=task.Clock)
     transports: dict = attrs.field(factory=lambda: {"main": ScriptedTransport()})
     engine: DeliveryEngine | None = None
-    spool: Spool | None = None
+    spool: Any = None
     jitter: float = 0.5  # random() == 0.5 means no jitter
+    #: Run over the in-memory ISpool of xrelay.testing instead of the disk spool.
+    memory: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.clock.advance(START)
@@ -53,7 +58,8 @@ class Harness:
         return self.transports["main"]
 
     def start(self, cfg: Config | None = None, events: object = None) -> DeliveryEngine:
-        self.spool = Spool(str(self.tmp_path), run_blocking=run_inline)
+        self.spool = (MemorySpool(directory=str(self.tmp_path)) if self.memory
+                      else Spool(str(self.tmp_path), run_blocking=run_inline))
         self.engine = DeliveryEngine(cfg or config(), self.spool, self.transports,
                                      clock=self.clock, random=lambda: self.jitter,
                                      events=events)

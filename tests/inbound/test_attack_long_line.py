@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest_twisted
 
 from tests.inbound.harness import connect, ehlo, make_config
+from xrelay.testing.spool import FIRST_ID
 
 
 @pytest_twisted.ensureDeferred
@@ -28,13 +29,13 @@ async def test_long_data_line_does_not_fall_into_command_mode(relay):
     assert replies == ["552 5.6.0 Message refused: a line is longer than 1000 bytes"]
     assert (await client.command(b"NOOP")) == "250 2.0.0 Ok"
     assert client.replies == []
-    assert r.spool.committed == {}
+    assert r.spool.stored == {}
     assert len(r.spool.aborted) == 1 and r.spool.aborted[0].data == b""
     # The connection is in command mode again and usable.
     await client.command(b"MAIL FROM:<scanner@example.com>")
     await client.command(b"RCPT TO:<alice@example.org>")
     await client.command(b"DATA")
-    assert (await client.command(b"fine\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await client.command(b"fine\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(_, data)] = r.spool.messages()
     assert data.endswith(b"\r\n\r\nfine\r\n") or data.endswith(b"\r\nfine\r\n")
 
@@ -48,7 +49,7 @@ async def test_line_at_the_limit_is_accepted(relay):
     await client.command(b"RCPT TO:<alice@example.org>")
     await client.command(b"DATA")
     assert (await client.command(b"B" * 998 + b"\r\n.\r\n")) == (
-        "250 2.0.0 Ok: queued as entry1")
+        "250 2.0.0 Ok: queued as " + FIRST_ID)
     [(_, data)] = r.spool.messages()
     assert data.endswith(b"\r\n" + b"B" * 998 + b"\r\n")
 

@@ -10,6 +10,7 @@ from twisted.internet import defer, reactor
 
 from tests.inbound.harness import ERP_PASSWORD, connect, ehlo, make_config, plain
 from xrelay.inbound.testing import MemorySpool
+from xrelay.testing.spool import FIRST_ID, memory_entry_id
 
 
 def later(seconds: float) -> "defer.Deferred[None]":
@@ -36,11 +37,11 @@ async def test_commands_pipelined_behind_a_pending_commit_wait_their_turn(relay)
     assert len(spool.held) == 1
     spool.release()
     assert (await client.read(4)) == [
-        "250 2.0.0 Ok: queued as entry1", "250 2.1.0 Ok", "250 2.1.5 Ok",
+        "250 2.0.0 Ok: queued as " + FIRST_ID, "250 2.1.0 Ok", "250 2.1.5 Ok",
         "354 End data with <CR><LF>.<CR><LF>"]
     await later(0.1)
     spool.release()
-    assert (await client.read(2)) == ["250 2.0.0 Ok: queued as entry2", "250 2.0.0 Ok"]
+    assert (await client.read(2)) == ["250 2.0.0 Ok: queued as " + memory_entry_id(2), "250 2.0.0 Ok"]
     assert [e.recipients for e, _ in spool.messages()] == [
         ("a@example.org",), ("b@example.org",)]
     assert [d for _, d in spool.messages()][1].endswith(b"\r\ntwo\r\n")
@@ -59,7 +60,7 @@ async def test_commands_pipelined_behind_auth_in_a_thread(relay, certs):
                 b"hi\r\n.\r\nQUIT\r\n")
     assert (await client.read(6)) == [
         "235 2.7.0 Authentication successful", "250 2.1.0 Ok", "250 2.1.5 Ok",
-        "354 End data with <CR><LF>.<CR><LF>", "250 2.0.0 Ok: queued as entry1",
+        "354 End data with <CR><LF>.<CR><LF>", "250 2.0.0 Ok: queued as " + FIRST_ID,
         "221 2.0.0 Bye"]
     [(envelope, _)] = r.spool.messages()
     assert envelope.authenticated_user == "erp"

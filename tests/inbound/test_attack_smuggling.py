@@ -20,6 +20,7 @@ import pytest_twisted
 
 from tests.inbound.harness import NOWHERE, SCANNER_PASSWORD, connect, ehlo, inline, make_config, plain
 from xrelay.transport.data import DotStuffer
+from xrelay.testing.spool import FIRST_ID, memory_entry_id
 
 SMUGGLED = (b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n"
             b"Subject: smuggled\r\n\r\npay this invoice\r\n")
@@ -82,7 +83,7 @@ async def send_variant(relay, variant: bytes, kind: str = "authenticated"):  # t
 @pytest_twisted.ensureDeferred
 async def test_end_of_data_look_alike_does_not_end_the_message(relay, variant, kind):
     r, replies, client = await send_variant(relay, variant, kind)
-    assert replies == ["250 2.0.0 Ok: queued as entry1"]
+    assert replies == ["250 2.0.0 Ok: queued as " + FIRST_ID]
     assert client.replies == []
     [(envelope, data)] = r.spool.messages()
     assert envelope.sender == "scanner@example.com"
@@ -92,7 +93,7 @@ async def test_end_of_data_look_alike_does_not_end_the_message(relay, variant, k
     assert b"MAIL FROM:<ceo@example.com>\r\n" in body
     assert b"pay this invoice\r\n" in body
     assert_one_message_upstream(data)
-    assert r.delivery.submissions == ["entry1"]
+    assert r.delivery.submissions == list(r.spool.stored)
 
 
 @pytest.mark.parametrize("kind", STRICT)
@@ -123,7 +124,7 @@ async def test_real_end_after_bare_lf_line_still_ends(relay, kind):
     await client.command(b"RCPT TO:<alice@example.org>")
     await client.command(b"DATA")
     assert (await client.command(b"Subject: lf\n\nline one\nline two\r\n.\r\n")) == (
-        "250 2.0.0 Ok: queued as entry1")
+        "250 2.0.0 Ok: queued as " + FIRST_ID)
     [(_, data)] = r.spool.messages()
     assert data.split(b"\r\n\r\n", 1)[1] == b"line one\r\nline two\r\n"
 
@@ -172,11 +173,11 @@ async def test_trusted_device_gets_one_upstream_message_per_transaction(relay, v
     ends_here = variant in (b"\n.\n", b"\n.\r\n", b"\r\n.\n")
     if ends_here:
         replies = await client.read(6)
-        assert replies == ["250 2.0.0 Ok: queued as entry1", "250 2.1.0 Ok", "250 2.1.5 Ok",
+        assert replies == ["250 2.0.0 Ok: queued as " + FIRST_ID, "250 2.1.0 Ok", "250 2.1.5 Ok",
                            "354 End data with <CR><LF>.<CR><LF>",
-                           "250 2.0.0 Ok: queued as entry2", "250 2.0.0 Ok"]
+                           "250 2.0.0 Ok: queued as " + memory_entry_id(2), "250 2.0.0 Ok"]
     else:
-        assert (await client.read(2)) == ["250 2.0.0 Ok: queued as entry1", "250 2.0.0 Ok"]
+        assert (await client.read(2)) == ["250 2.0.0 Ok: queued as " + FIRST_ID, "250 2.0.0 Ok"]
     messages = r.spool.messages()
     # Each 250 to a DATA is one entry, and each entry is one message upstream.
     assert len(messages) == (2 if ends_here else 1)

@@ -57,4 +57,4 @@ async def test_endless_data_line_is_timed_out_and_message_dropped(relay):
     clock.advance(0.2)
     assert (await client.read(1)) == [TIMEOUT]
     await client.wait_closed()
-    assert r.spool.committed == {} and len(r.spool.aborted) == 1
+    assert r.spool.stored == {} and len(r.spool.aborted) == 1

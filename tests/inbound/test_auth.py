@@ -23,6 +23,7 @@ from tests.inbound.harness import (
     plain,
     until,
 )
+from xrelay.testing.spool import FIRST_ID
 
 INVALID = "535 5.7.8 Authentication credentials invalid"
 TOO_MANY = "421 4.7.0 Too many failed authentication attempts"
@@ -55,7 +56,7 @@ async def test_auth_plain_then_send_within_the_users_senders(relay, certs):
     assert (await client.command(b"MAIL FROM:<scanner@example.com>")) == "250 2.1.0 Ok"
     await client.command(b"RCPT TO:<alice@example.org>")
     await client.command(b"DATA")
-    assert (await client.command(b"scan\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await client.command(b"scan\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(envelope, data)] = r.spool.messages()
     assert envelope.authenticated_user == "scanner"
     assert b" with ESMTPSA id " in data.split(b"\r\n")[1]

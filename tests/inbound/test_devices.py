@@ -27,6 +27,7 @@ from tests.inbound.harness import (
     until,
 )
 from xrelay.transport.data import DotStuffer
+from xrelay.testing.spool import FIRST_ID
 
 #: A header block with both fields, so that the relay adds nothing to it.
 HEADER = b"Subject: scan\nDate: Tue, 01 Dec 2026 10:00:00 +0000\nMessage-ID: <1@printer>\n"
@@ -95,7 +96,7 @@ async def test_trusted_device_endings_give_one_byte_correct_message(relay, logge
     r = await relay(make_config())
     client = await open_transaction(r)
     client.send(ENDINGS[ending] + b"NOOP\r\n")
-    assert (await client.read(2)) == ["250 2.0.0 Ok: queued as entry1", "250 2.0.0 Ok"]
+    assert (await client.read(2)) == ["250 2.0.0 Ok: queued as " + FIRST_ID, "250 2.0.0 Ok"]
     [(_, data)] = r.spool.messages()
     assert after_received(data) == NORMALISED
     wire = upstream_view(data)
@@ -119,7 +120,7 @@ async def test_strict_client_endings(relay, logged, ending):
     client.send(ENDINGS[ending])
     if ending == "LF-only body, CRLF.CRLF":
         # The end is a proper CRLF.CRLF (after the last line's CRLF): accepted everywhere.
-        assert (await client.read(1)) == ["250 2.0.0 Ok: queued as entry1"]
+        assert (await client.read(1)) == ["250 2.0.0 Ok: queued as " + FIRST_ID]
         [(_, data)] = r.spool.messages()
         assert after_received(data) == NORMALISED
         return
@@ -177,7 +178,7 @@ async def test_authenticated_user_inside_the_network_stays_strict(relay):
     client = await open_transaction(r, authenticate=True)
     client.send(ENDINGS["LF.LF"] + b"more text\r\n.\r\n")
     [reply] = await client.read(1)
-    assert reply == "250 2.0.0 Ok: queued as entry1"
+    assert reply == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(_, data)] = r.spool.messages()
     assert after_received(data).endswith(b"last line\r\n.\r\nmore text\r\n")
 
@@ -199,7 +200,7 @@ async def test_trusted_device_greeting_quirks_are_accepted(relay, logged, greeti
     assert (await client.command(b"RCPT TO:<alice@example.org>")) == "250 2.1.5 Ok"
     assert (await client.command(b"DATA")).startswith("354 ")
     assert (await client.command(HEADER.replace(b"\n", b"\r\n") + b"\r\nhello\r\n.\r\n")
-            ) == "250 2.0.0 Ok: queued as entry1"
+            ) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(envelope, data)] = r.spool.messages()
     assert after_received(data) == HEADER.replace(b"\n", b"\r\n") + b"\r\nhello\r\n"
     # The odd name is recorded, made harmless, in the Received: line.

@@ -14,6 +14,7 @@ from tests.inbound.harness import connect, ehlo, make_config, until
 from tests.inbound.test_devices import logged  # noqa: F401 (fixture)
 from tests.inbound.tlsclient import OPENSSL, conversation, s_client
 from xrelay.config import ListenerConfig
+from xrelay.testing.spool import FIRST_ID
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
 
@@ -33,7 +34,7 @@ async def test_tls1_device_delivers_through_a_legacy_listener(relay, certs, tmp_
     r = await relay(config)
     run = await s_client(r.ports[1], tmp_path, *TLS1_DEVICE, stdin=conversation())
     assert "Protocol  : TLSv1\n" in run.output, run.output
-    assert "250 2.0.0 Ok: queued as entry1" in run.output, run.output
+    assert "250 2.0.0 Ok: queued as " + FIRST_ID in run.output, run.output
     [(envelope, data)] = r.spool.messages()
     assert envelope.recipients == ("a@example.org",)
     assert b" with ESMTPS id " in data
@@ -75,7 +76,7 @@ async def test_implicit_tls_failure_is_logged_once(relay, certs, tmp_path, logge
 async def test_modern_client_handshake_is_not_reported(relay, certs, tmp_path, logged):
     r = await relay(make_config(certs))
     run = await s_client(r.port, tmp_path, stdin=conversation())
-    assert "250 2.0.0 Ok: queued as entry1" in run.output, run.output
+    assert "250 2.0.0 Ok: queued as " + FIRST_ID in run.output, run.output
     assert "TLS handshake failed" not in logged.text
 
 
@@ -94,4 +95,4 @@ async def test_starttls_false_hides_starttls_on_that_listener_only(relay, certs)
     await hiding.command(b"RCPT TO:<a@example.org>")
     await hiding.command(b"DATA")
     assert (await hiding.command(b"Subject: x\r\n\r\nhi\r\n.\r\n")) == (
-        "250 2.0.0 Ok: queued as entry1")
+        "250 2.0.0 Ok: queued as " + FIRST_ID)

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from tests.inbound.harness import connect, ehlo, make_config, only_connection, until
 from xrelay.config import ListenerConfig
+from xrelay.testing.spool import FIRST_ID
 
 TIMEOUT = "421 4.4.2 relay.test Error: timeout exceeded"
 
@@ -49,7 +50,7 @@ async def test_idle_timeout_in_every_state(relay, state):
     clock.advance(1)
     assert (await client.read(1)) == [TIMEOUT]
     await client.wait_closed()
-    assert r.spool.committed == {}
+    assert r.spool.stored == {}
     if state == "data":
         assert len(r.spool.aborted) == 1
 
@@ -102,7 +103,7 @@ async def test_per_client_cap_counts_addresses_apart(relay):
     await d.command(b"MAIL FROM:<a@example.com>")
     await d.command(b"RCPT TO:<b@example.org>")
     await d.command(b"DATA")
-    assert (await d.command(b"v6\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await d.command(b"v6\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(envelope, _)] = r.spool.messages()
     assert envelope.client_address == "::1"
     assert r.service.connections.per_client == {"127.0.0.1": 2, "::1": 1}

@@ -25,6 +25,7 @@ from tests.inbound.harness import (
 from xrelay.config import ListenerConfig, UserConfig
 from xrelay.inbound.testing import MemorySpool
 from xrelay.passwords import hash_password
+from xrelay.testing.spool import FIRST_ID
 
 #: The tests' load balancer is this process, on loopback.
 PROXIES = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -46,7 +47,7 @@ async def test_implicit_tls_listener(relay, certs):
     await client.command(b"MAIL FROM:<x@example.com>")
     await client.command(b"RCPT TO:<y@example.org>")
     await client.command(b"DATA")
-    assert (await client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(_, data)] = r.spool.messages()
     assert b" with ESMTPSA id " in data
 
@@ -64,7 +65,7 @@ async def test_haproxy_v1_uses_the_real_client_address(relay):
     await inside.command(b"MAIL FROM:<scan@example.com>")
     await inside.command(b"RCPT TO:<a@example.org>")
     await inside.command(b"DATA")
-    assert (await inside.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await inside.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(envelope, data)] = r.spool.messages()
     assert envelope.client_address == "192.168.10.7"
     assert data.startswith(b"Received: from client.test ([192.168.10.7])\r\n")
@@ -100,7 +101,7 @@ async def test_haproxy_v2_ipv6_and_starttls(relay, certs):
     await client.command(b"MAIL FROM:<scan@example.com>")
     await client.command(b"RCPT TO:<a@example.org>")
     await client.command(b"DATA")
-    assert (await client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
     [(envelope, data)] = r.spool.messages()
     assert envelope.client_address == "2001:db8::7"
     assert data.startswith(b"Received: from client.test ([IPv6:2001:db8::7])\r\n\tby "
@@ -175,7 +176,7 @@ async def test_shutdown_tells_idle_clients_and_finishes_transactions(relay):
     assert not stopped.called
     spool.release()
     assert (await busy.read(2)) == [
-        "250 2.0.0 Ok: queued as entry1",
+        "250 2.0.0 Ok: queued as " + FIRST_ID,
         "421 4.3.2 relay.test Service shutting down, try again later"]
     await stopped
-    assert len(spool.committed) == 1
+    assert len(spool.stored) == 1

@@ -20,6 +20,7 @@ from tests.inbound.harness import (
     make_config,
     plain,
 )
+from xrelay.testing.spool import FIRST_ID
 
 NETWORKS = {"in-allow-networks": None, "outside": NOWHERE}
 AUTH = ["none", "failed", "succeeded"]
@@ -80,7 +81,7 @@ async def test_recipient_matrix(relay, network, auth, trick):
     else:
         assert (mail, rcpt) == ("250 2.1.0 Ok", "250 2.1.5 Ok")
         assert data == "354 End data with <CR><LF>.<CR><LF>"
-        assert (await client.read(1)) == ["250 2.0.0 Ok: queued as entry1"]
+        assert (await client.read(1)) == ["250 2.0.0 Ok: queued as " + FIRST_ID]
     if not (admitted and trick == "plain"):
         # DATA was refused, so the message lines arrive as commands; none is run.
         assert (await client.read(4)) == ["500 5.5.2 Command not recognised"] * 4
@@ -90,7 +91,7 @@ async def test_recipient_matrix(relay, network, auth, trick):
         [(envelope, _)] = r.spool.messages()
         assert envelope.recipients == ("alice@example.org",)
     else:
-        assert r.spool.started == [] and r.spool.committed == {}
+        assert r.spool.started == [] and r.spool.stored == {}
 
 
 @pytest.mark.parametrize("network, auth, trick", list(itertools.product(

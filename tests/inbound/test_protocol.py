@@ -13,6 +13,7 @@ from tests.inbound.harness import connect, ehlo, make_config
 from xrelay.config import ListenerConfig
 from xrelay.envelope import DeliveryResult, Outcome, RecipientResult, Reply
 from xrelay.inbound.testing import MemorySpool, RecordingDelivery
+from xrelay.testing.spool import FIRST_ID, memory_entry_id
 
 
 @pytest_twisted.inlineCallbacks
@@ -95,8 +96,8 @@ def test_message_reaches_spool_with_received_header_then_250(relay):
     assert (yield client.command(b"RCPT TO:<bob@example.net>")) == "250 2.1.5 Ok"
     assert (yield client.command(b"DATA")) == "354 End data with <CR><LF>.<CR><LF>"
     reply = yield client.command(b"Subject: scan\r\n\r\n..leading dot\r\nbody\r\n.\r\n")
-    assert reply == "250 2.0.0 Ok: queued as entry1"
-    assert r.delivery.submissions == ["entry1"]
+    assert reply == "250 2.0.0 Ok: queued as " + FIRST_ID
+    assert r.delivery.submissions == list(r.spool.stored)
     [(envelope, data)] = r.spool.messages()
     assert envelope.sender == "scan@example.com"
     assert envelope.recipients == ("alice@example.org", "bob@example.net")
@@ -141,13 +142,13 @@ def test_oversized_data_refused_at_end_and_connection_stays_usable(relay):
     client.send(b"z" * 998 + b"\r\n")
     assert (yield client.command(b"QUIT-looking line\r\n.\r\n")) == (
         "552 5.3.4 Message too big; the limit is 2000 bytes")
-    assert r.spool.committed == {}
+    assert r.spool.stored == {}
     assert r.spool.aborted and r.spool.aborted[0].data == b""
     # Still usable: a small message goes through.
     yield client.command(b"MAIL FROM:<a@example.com>")
     yield client.command(b"RCPT TO:<b@example.org>")
     yield client.command(b"DATA")
-    assert (yield client.command(b"small\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (yield client.command(b"small\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
 
 
 @pytest_twisted.inlineCallbacks
@@ -204,7 +205,7 @@ def test_spool_full_at_write_gives_452_and_nothing_kept(relay):
     yield client.command(b"DATA")
     assert (yield client.command(b"x" * 500 + b"\r\n.\r\n")) == (
         "452 4.3.1 Insufficient system storage")
-    assert spool.committed == {} and len(spool.aborted) == 1
+    assert spool.stored == {} and len(spool.aborted) == 1
     assert r.delivery.submissions == []
     assert (yield client.command(b"NOOP")) == "250 2.0.0 Ok"
 
@@ -246,12 +247,12 @@ def test_pass_through_answers_with_the_upstream_reply(relay):
     assert (yield client.command(b"hi\r\n.\r\n")) == (
         "554 5.2.252 SendAsDenied; relay@example.com not allowed to send as "
         "a@example.com; STOREDRV.Submission.Exception")
-    assert delivery.passed_through == ["entry1"]
+    assert delivery.passed_through == [FIRST_ID]
     delivery.result = None
     yield client.command(b"MAIL FROM:<a@example.com>")
     yield client.command(b"RCPT TO:<b@example.org>")
     yield client.command(b"DATA")
-    assert (yield client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: delivered as entry2"
+    assert (yield client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: delivered as " + memory_entry_id(2)
 
 
 @pytest_twisted.inlineCallbacks
@@ -304,8 +305,8 @@ def test_pass_through_delivery_error_leaves_the_message_queued(relay):
     yield client.command(b"MAIL FROM:<a@example.com>")
     yield client.command(b"RCPT TO:<b@example.org>")
     yield client.command(b"DATA")
-    assert (yield client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
-    assert delivery.passed_through == ["entry1"] and delivery.submissions == ["entry1"]
+    assert (yield client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
+    assert delivery.passed_through == [FIRST_ID] and delivery.submissions == [FIRST_ID]
 
 
 @pytest_twisted.inlineCallbacks

@@ -17,6 +17,7 @@ from twisted.internet import threads
 
 from tests.inbound.harness import ERP_PASSWORD, NOWHERE, make_config
 from xrelay.config import ListenerConfig
+from xrelay.testing.spool import FIRST_ID
 
 MESSAGE = "Subject: from a real client\r\n\r\nHello from the scanner.\r\n.leading dot\r\n"
 
@@ -42,7 +43,7 @@ async def test_smtplib_plain_from_allowed_network(relay):
     [(envelope, data)] = r.spool.messages()
     assert envelope.recipients == ("a@example.org", "b@example.org")
     assert body_of(data) == b"Hello from the scanner.\r\n.leading dot\r\n"
-    assert r.delivery.submissions == ["entry1"]
+    assert r.delivery.submissions == list(r.spool.stored)
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
@@ -126,7 +127,7 @@ async def test_swaks(relay, certs, mechanism, implicit):
         subprocess.run, command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<~  235 2.7.0 Authentication successful" in result.stdout
-    assert "<~  250 2.0.0 Ok: queued as entry1" in result.stdout
+    assert "<~  250 2.0.0 Ok: queued as " + FIRST_ID in result.stdout
     [(envelope, data)] = r.spool.messages()
     assert envelope.authenticated_user == "erp"
     assert envelope.client_helo == "swaks.test"

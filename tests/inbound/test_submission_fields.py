@@ -24,6 +24,7 @@ from tests.inbound.test_smuggling_end_to_end import (  # noqa: F401 (fixture)
     sandbox_transport,
 )
 from xrelay.spool import Spool
+from xrelay.testing.spool import FIRST_ID
 
 COMPLETE = (b"From: Scanner <scanner@example.com>\r\nSubject: scan\r\n"
             b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nmessage-id: <abc@printer>\r\n"
@@ -48,7 +49,7 @@ async def send(relay, text: bytes, *packets: bytes):  # type: ignore[no-untyped-
     for packet in packets or (text,):
         client.send(packet)
     client.send(b".\r\n")
-    assert (await client.read(1)) == ["250 2.0.0 Ok: queued as entry1"]
+    assert (await client.read(1)) == ["250 2.0.0 Ok: queued as " + FIRST_ID]
     [(envelope, data)] = r.spool.messages()
     return envelope, data
 
@@ -198,7 +199,7 @@ async def test_internal_error_in_data_gives_451_and_no_spool_entry(relay, monkey
     assert calls
     assert (f"inbound message {transaction_id} from 127.0.0.1: internal error while "
             "receiving DATA; answering 451 4.3.0") in logged.text
-    assert r.spool.committed == {}
+    assert r.spool.stored == {}
     assert [m.aborted for m in r.spool.started] == [True]
     # The session goes on, in command mode.
     assert (await client.command(b"NOOP")) == "250 2.0.0 Ok"

@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 
 from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import connect, ehlo, make_config, until
+from xrelay.testing.spool import FIRST_ID
 
 PRINTERS = (ipaddress.ip_network("127.0.9.0/24"),)
 BUSY = "421 4.7.0 relay.test Too many connections, try again later"
@@ -51,7 +52,7 @@ async def test_slot_exhaustion_from_one_network_leaves_room_for_printers(relay):
     await printer.command(b"MAIL FROM:<scan@example.com>")
     await printer.command(b"RCPT TO:<someone@example.org>")
     await printer.command(b"DATA")
-    assert (await printer.command(b"scan\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await printer.command(b"scan\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
 
 
 @pytest_twisted.ensureDeferred

@@ -26,6 +26,7 @@ from tests.inbound.harness import (
     until,
 )
 from xrelay.config import ConfigError, ListenerConfig, read_config
+from xrelay.testing.spool import FIRST_ID
 
 LAN = (ipaddress.ip_network("192.168.10.0/24"),)
 #: The load balancer of these tests: 127.0.0.1.  Attackers come from 127.0.0.2.
@@ -59,7 +60,7 @@ async def test_proxy_header_from_an_untrusted_address_is_refused(relay, header):
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert attacker.replies == [REFUSED]
-    assert r.spool.started == [] and r.spool.committed == {}
+    assert r.spool.started == [] and r.spool.stored == {}
     text = "\n".join(formatEvent(e) for e in events)
     # Logged with the real address, not the one the header claims.
     assert ("inbound connection from 127.0.0.2 on haproxy:tcp:0:interface=127.0.0.1 "
@@ -73,7 +74,7 @@ async def test_the_trusted_balancer_still_carries_the_printer(relay):
     printer = await connect(r.port, greeting=False, prefix=V2_HEADER + TRANSACTION)
     await printer.wait_closed()
     assert printer.replies[0] == "220 relay.test ESMTP xrelay ready"
-    assert "250 2.0.0 Ok: queued as entry1" in printer.replies
+    assert "250 2.0.0 Ok: queued as " + FIRST_ID in printer.replies
     [(envelope, _)] = r.spool.messages()
     assert envelope.client_address == "192.168.10.7"
 

@@ -11,6 +11,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import NOWHERE, connect, ehlo, make_config
+from xrelay.testing.spool import FIRST_ID
 
 TOO_MANY = "421 4.7.0 relay.test Too many errors, closing connection"
 
@@ -67,7 +68,7 @@ async def test_too_many_recipients_is_not_an_error(relay):
     assert replies[:2] == ["250 2.1.5 Ok"] * 2
     assert all(reply.startswith("452 4.5.3 Too many recipients") for reply in replies[2:])
     assert (await client.command(b"DATA")).startswith("354")
-    assert (await client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as entry1"
+    assert (await client.command(b"hi\r\n.\r\n")) == "250 2.0.0 Ok: queued as " + FIRST_ID
 
 
 @pytest_twisted.ensureDeferred

@@ -73,7 +73,7 @@ async def send(client, message: bytes, sender: bytes = b"scanner@example.com") -
 async def test_forged_from_by_a_restricted_user_is_refused(relay, headers, reply):
     r, client = await signed_in(relay)
     assert (await send(client, headers + b"Subject: invoice\r\n\r\npay now\r\n")) == reply
-    assert r.spool.committed == {} and len(r.spool.aborted) == 1
+    assert r.spool.stored == {} and len(r.spool.aborted) == 1
     # The session goes on: the next, honest message is accepted.
     assert (await send(client, b"From: Scanner <SCANNER@example.com>\r\n\r\nscan\r\n")
             ).startswith("250 2.0.0 Ok: queued as ")

@@ -118,3 +118,27 @@ def test_the_relay_puts_its_listeners_behind_the_reserve(world) -> None:  # noqa
     relay.config = attrs.evolve(relay.config, server=attrs.evolve(
         relay.config.server, min_free_space=1))
     assert relay.inbound.spool._minimum() == 1
+
+
+def test_the_reserve_wraps_any_spool(tmp_path) -> None:
+    """ReservingSpool needs nothing of its spool beyond ISpool (here the memory one)."""
+    from zope.interface.verify import verifyObject
+
+    from xrelay.interfaces import ISpool
+    from xrelay.testing import MemorySpool
+
+    inner = MemorySpool(directory=str(tmp_path))
+    free = [10]
+    reserving = ReservingSpool(inner, lambda: 100, free=lambda: free[0])
+    assert verifyObject(ISpool, reserving)
+    with pytest.raises(SpoolFull):
+        reserving.incoming(ENVELOPE_FOR_RESERVE)
+    free[0] = 1000
+    message = reserving.incoming(ENVELOPE_FOR_RESERVE)
+    message.write(b"Subject: x\r\n\r\nx\r\n")
+    box: list = []
+    message.commit().addCallback(box.append)
+    assert reserving.get(box[0]).state == "queued" and inner.counts()["queued"] == 1
+
+
+ENVELOPE_FOR_RESERVE = Envelope("scanner@example.com", ("a@example.org",))

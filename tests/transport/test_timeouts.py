@@ -66,3 +66,27 @@ async def test_connect_timeout_bounds_the_banner_wait(sandbox: Sandbox, tmp_path
     assert [r.outcome for r in result.recipients] == [Outcome.TEMPORARY]
     assert "timed out after 1s" in str(result.recipients[0].reply)
     assert result.recipients[0].reply.enhanced == "4.4.2"
+
+
+@pytest.mark.parametrize("capabilities", ["PIPELINING SIZE 1000", "SIZE 1000"],
+                         ids=["pipelined", "one-by-one"])
+def test_the_354_is_awaited_for_data_start(tmp_path: Any, capabilities: str) -> None:
+    """RFC 5321 4.5.3.2.2: the wait for DATA's 354 has its own timeout, not command's."""
+    import attrs
+    from twisted.internet.defer import ensureDeferred
+
+    from tests.transport.test_smtp_protocol import connection, message
+
+    conn, transport, clock = connection(capabilities)
+    conn.timeouts = attrs.evolve(conn.timeouts, command=300, data_start=7)
+    d = ensureDeferred(conn.send_message(message(tmp_path)))
+    conn.protocol.dataReceived(b"250 2.1.0 Sender OK\r\n")
+    conn.protocol.dataReceived(b"250 2.1.5 Recipient OK\r\n")
+    assert transport.value().endswith(b"DATA\r\n")
+    clock.advance(6.9)
+    assert not d.called
+    clock.advance(0.2)
+    error: list[Any] = []
+    d.addErrback(error.append)
+    assert str(error[0].value) == "timed out after 7s during DATA"
+    assert transport.disconnected

@@ -36,6 +36,7 @@ from xrelay.admin.glance import account_views, overall_line
 from xrelay.admin.lockout import (ADMIN_ACCOUNT, DEVICE_COOKIE, DEVICE_MAX_AGE,
                                   FAILURE_WINDOW, MAX_FAILURES, SignInGuard)
 from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore
+from xrelay.interfaces import ISpool, UnknownEntry
 from xrelay.operations.queue import QueueOperations, QueueProblem
 
 __all__ = ["AdminSite", "security_headers"]
@@ -350,8 +351,13 @@ class AdminSite(Resource):
             session.csrf_token, sign_in_for, tls), csrf=session.csrf_token, notice=notice,
             current="status"))
 
+    @property
+    def spool(self) -> ISpool:
+        """The relay's spool: the pages use nothing of it beyond L{ISpool}."""
+        return self.relay.spool
+
     def _queue(self) -> QueueOperations:
-        return QueueOperations(self.relay.spool, self.config, self.relay.delivery)
+        return QueueOperations(self.spool, self.config, self.relay.delivery)
 
     async def queue_page(self, request: Any, session: Session) -> bytes:
         notice, session.notice = session.notice, None
@@ -399,8 +405,8 @@ class AdminSite(Resource):
                 str(e), "/trace", "Back to the trace"), csrf=session.csrf_token,
                 current="trace"))
         try:
-            in_queue: str | None = self.relay.spool.get(entry_id).state
-        except Exception:
+            in_queue: str | None = self.spool.get(entry_id).state
+        except UnknownEntry:
             in_queue = None
         return await self._html(pages.Page("message " + entry_id, pages.entry_body(
             found, entry_id, in_queue), csrf=session.csrf_token, current="trace"))

@@ -7,8 +7,12 @@ Send As or use C{rewrite_from}), the machine-readable C{message/delivery-status}
 upstream's exact reply as C{Diagnostic-Code}, and the original message's headers as
 C{text/rfc822-headers} (never its body: a scan may be large and confidential).
 
-Builds bytes only; the engine decides whether to bounce (never to the null sender, never
-for a bounce) and spools the result like any other message.
+L{build_bounce} builds bytes only.  L{spool_bounce} is the one place a bounce is
+written: it decides whether to bounce at all (never to the null sender, never for a
+bounce), addresses it, and spools it like any other message, for the delivery engine
+and for an operator's C{xrelay queue bounce} alike (with or without a running daemon).
+It never sends: the caller releases the bounce once the original's record is durable,
+or withdraws it with L{withdraw_bounce}.
 """
 
 from __future__ import annotations
@@ -18,11 +22,19 @@ from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
+from twisted.logger import Logger
 
-from xrelay.envelope import Reply
+from xrelay.envelope import DeliveryResult, Envelope, FailureKind, Reply
+from xrelay.interfaces import SpoolFull, UnknownEntry
+
+if TYPE_CHECKING:
+    from xrelay.config import AccountConfig, Config
+    from xrelay.interfaces import IMessageHistory, ISpool, ISpoolEntry
+
+log = Logger()
 
 #: Original headers beyond this are cut: enough to identify the message.
 MAX_ORIGINAL_HEADERS = 64 * 1024
@@ -136,3 +148,103 @@ def build_bounce(
     headers = MIMEText(original_headers, "rfc822-headers", "utf-8")
     report.attach(headers)
     return report.as_bytes(policy=compat32.clone(linesep="\r\n"))
+
+
+class BounceNotSpooled(Exception):
+    """A bounce could not be stored; the original must stay queued."""
+
+
+def bounce_message(config: "Config", entry: "ISpoolEntry", account: "AccountConfig",
+                   result: DeliveryResult, failed: Sequence[FailedRecipient],
+                   now: float) -> tuple[Envelope, bytes]:
+    """
+    The envelope and bytes of the bounce of C{entry} for the C{failed} recipients: to
+    its sender and C{[delivery] bounce_to}, sent as the account's own mailbox (the one
+    sender it may always use: Exchange refuses others, the null one included, without
+    Send As).
+    """
+    explanation = result.detail
+    if result.failure is FailureKind.SEND_AS_DENIED:
+        help_text = SEND_AS_HELP.format(user=account.user, sender=entry.sender,
+                                        account=account.name)
+        explanation = f"{explanation}\n\n{help_text}" if explanation else help_text
+    to = [entry.sender]
+    bounce_to = config.delivery.bounce_to
+    if bounce_to and bounce_to.lower() != entry.sender.lower():
+        to.append(bounce_to)
+    data = build_bounce(
+        reporting_mta=config.server.hostname,
+        from_address=account.user,
+        to=to,
+        original_sender=entry.sender,
+        original_headers=read_original_headers(entry.data_path),
+        failed=failed,
+        remote_mta=account.smtp_host if account.transport == "smtp" else None,
+        arrival_date=entry.received_at,
+        now=now,
+        explanation=explanation,
+    )
+    envelope = Envelope(sender=account.user, recipients=tuple(to), account=account.name,
+                        received_at=now)
+    return envelope, data
+
+
+async def spool_bounce(spool: "ISpool", config: "Config", entry: "ISpoolEntry",
+                       account: "AccountConfig | None", result: DeliveryResult,
+                       failed: Sequence[FailedRecipient], now: float,
+                       history: "IMessageHistory") -> str | None:
+    """
+    Spool a DSN for these recipients of C{entry}, unless bouncing is wrong or
+    impossible (then C{None}), and return its id.  It is not sent: the caller first
+    makes the original's new record durable, then submits the bounce.
+
+    @raise BounceNotSpooled: it could not be stored (full disk); nothing remains.
+    """
+    if entry.bounce_of is not None or not entry.sender:
+        log.warn("{entry_id}: not bouncing a bounce or a null-sender message",
+                 entry_id=entry.entry_id)
+        return None
+    if account is None:
+        log.error("{entry_id}: cannot bounce to <{sender}>: no account can send it",
+                  entry_id=entry.entry_id, sender=entry.sender)
+        return None
+    envelope, data = bounce_message(config, entry, account, result, failed, now)
+    try:
+        incoming = spool.incoming(envelope, bounce_of=entry.entry_id)
+        incoming.write(data)
+        bounce_id = await incoming.commit()
+    except SpoolFull as e:
+        log.error("{entry_id}: could not spool the bounce to <{sender}>: the disk is "
+                  "full ({error}); the message stays queued and is tried again; free "
+                  "space in server.state_dir", entry_id=entry.entry_id,
+                  sender=entry.sender, error=str(e))
+        raise BounceNotSpooled(entry.entry_id) from None
+    except Exception:
+        log.failure("{entry_id}: could not spool the bounce to <{sender}>; the "
+                    "message stays queued and is tried again",
+                    entry_id=entry.entry_id, sender=entry.sender)
+        raise BounceNotSpooled(entry.entry_id) from None
+    to = envelope.recipients
+    history.bounced(entry.entry_id, bounce_id, to, account.name, now)
+    log.info("{entry_id}: bounce {bounce_id} to {to} for {count} recipients",
+             entry_id=entry.entry_id, bounce_id=bounce_id, to=", ".join(to),
+             count=len(failed))
+    return bounce_id
+
+
+async def withdraw_bounce(spool: "ISpool", entry_id: str, bounce_id: str) -> None:
+    """The original's record could not be written: its bounce must not exist."""
+    try:
+        await spool.remove(spool.get(bounce_id))
+    except UnknownEntry:
+        return
+    except Exception:
+        # Still unreleased: recovery removes it at the next start (the original's
+        # record never recorded this attempt).
+        log.failure("{entry_id}: bounce {bounce_id} could not be withdrawn",
+                    entry_id=entry_id, bounce_id=bounce_id)
+        return
+    log.warn("{entry_id}: bounce {bounce_id} withdrawn: the message's record could "
+             "not be written; both are tried again", entry_id=entry_id,
+             bounce_id=bounce_id)
+

@@ -32,19 +32,19 @@ from zope.interface import implementer
 
 from xrelay.config import AccountConfig, Config
 from xrelay.delivery.accounts import AccountStates, AccountStatus
-from xrelay.delivery.bounce import (SEND_AS_HELP, FailedRecipient, build_bounce,
-                                    read_original_headers)
+from xrelay.delivery.bounce import (BounceNotSpooled, FailedRecipient, spool_bounce,
+                                    withdraw_bounce)
 from xrelay.delivery.retry import RetryPolicy
 from xrelay.delivery.rewrite import rewrite_from
 from xrelay.delivery.scheduler import FairQueue
-from xrelay.envelope import (DeliveryResult, Envelope, FailureKind, OutboundMessage,
+from xrelay.envelope import (DeliveryResult, FailureKind, OutboundMessage,
                              Outcome, RecipientResult, Reply)
 from xrelay.history.sink import NullHistory
-from xrelay.interfaces import IDelivery, ITransport
+from xrelay.interfaces import IDelivery, ISpool, ITransport, SpoolFull, UnknownEntry
+from xrelay.lifecycle import ACTIVE, DEFERRED, FAILED, QUEUED
 from xrelay.operations.events import guarded, report_outcome
-from xrelay.routing import route_sender
-from xrelay.spool import (ACTIVE, DEFERRED, FAILED, QUEUED, Spool, SpoolEntry,
-                          SpoolFull, UnknownEntry)
+from xrelay.routing import entry_account
+from xrelay.spool import SpoolEntry
 
 log = Logger()
 
@@ -56,10 +56,6 @@ NO_ACCOUNT = Reply(451, "4.3.5 No upstream account can send as this sender; add 
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error while delivering; will retry")
 NO_RESULT = Reply(451, "4.3.0 The upstream gave no result for this recipient")
 SHUTTING_DOWN = Reply(421, "4.3.2 The relay is shutting down; the message is queued")
-
-
-class BounceNotSpooled(Exception):
-    """A bounce could not be stored; the original must stay queued."""
 
 
 @attrs.frozen
@@ -106,7 +102,7 @@ class DeliveryEngine(Service):
 
     name = "delivery"
 
-    def __init__(self, config: Config, spool: Spool, transports: Mapping[str, ITransport],
+    def __init__(self, config: Config, spool: ISpool, transports: Mapping[str, ITransport],
                  reactor: Any = None, clock: Any = None,
                  random: Callable[[], float] | None = None,
                  state_dir: str | None = None, history: Any = None,
@@ -152,10 +148,7 @@ class DeliveryEngine(Service):
             self._pump()
 
     def _account(self, entry: SpoolEntry) -> AccountConfig | None:
-        names = {a.name for a in self.config.accounts}
-        if entry.account in names:
-            return self.config.account(entry.account)
-        return route_sender(self.config, entry.sender)
+        return entry_account(self.config, entry.account, entry.sender)
 
     def _key(self, entry: SpoolEntry) -> str:
         account = self._account(entry)
@@ -527,65 +520,13 @@ class DeliveryEngine(Service):
                       result: DeliveryResult, failed: list[FailedRecipient],
                       now: float) -> str | None:
         """
-        Spool a DSN for these recipients, unless bouncing is wrong or impossible, and
-        return its id.  It is not sent until L{_release_bounce}: the caller first makes
-        the original's new record durable.
+        Spool a DSN for these recipients (L{spool_bounce}); it is not sent until
+        L{_release_bounce}: the caller first makes the original's new record durable.
 
         @raise BounceNotSpooled: it could not be stored (full disk); nothing remains.
         """
-        if entry.bounce_of is not None or not entry.sender:
-            log.warn("{entry_id}: not bouncing a bounce or a null-sender message",
-                     entry_id=entry.entry_id)
-            return None
-        if account is None:
-            log.error("{entry_id}: cannot bounce to <{sender}>: no account can send it",
-                      entry_id=entry.entry_id, sender=entry.sender)
-            return None
-        explanation = result.detail
-        if result.failure is FailureKind.SEND_AS_DENIED:
-            help_text = SEND_AS_HELP.format(user=account.user, sender=entry.sender,
-                                            account=account.name)
-            explanation = f"{explanation}\n\n{help_text}" if explanation else help_text
-        to = [entry.sender]
-        bounce_to = self.config.delivery.bounce_to
-        if bounce_to and bounce_to.lower() != entry.sender.lower():
-            to.append(bounce_to)
-        data = build_bounce(
-            reporting_mta=self.config.server.hostname,
-            from_address=account.user,
-            to=to,
-            original_sender=entry.sender,
-            original_headers=read_original_headers(entry.data_path),
-            failed=failed,
-            remote_mta=account.smtp_host if account.transport == "smtp" else None,
-            arrival_date=entry.received_at,
-            now=now,
-            explanation=explanation,
-        )
-        # Sent as the account's own mailbox: the one sender it may always use (Exchange
-        # refuses other senders, the null one included, without Send As).
-        envelope = Envelope(sender=account.user, recipients=tuple(to),
-                            account=account.name, received_at=now)
-        try:
-            incoming = self.spool.incoming(envelope, bounce_of=entry.entry_id)
-            incoming.write(data)
-            bounce_id = await incoming.commit()
-        except SpoolFull as e:
-            log.error("{entry_id}: could not spool the bounce to <{sender}>: the disk is "
-                      "full ({error}); the message stays queued and is tried again; free "
-                      "space in server.state_dir", entry_id=entry.entry_id,
-                      sender=entry.sender, error=str(e))
-            raise BounceNotSpooled(entry.entry_id) from None
-        except Exception:
-            log.failure("{entry_id}: could not spool the bounce to <{sender}>; the "
-                        "message stays queued and is tried again",
-                        entry_id=entry.entry_id, sender=entry.sender)
-            raise BounceNotSpooled(entry.entry_id) from None
-        self.history.bounced(entry.entry_id, bounce_id, to, account.name, now)
-        log.info("{entry_id}: bounce {bounce_id} to {to} for {count} recipients",
-                 entry_id=entry.entry_id, bounce_id=bounce_id, to=", ".join(to),
-                 count=len(failed))
-        return bounce_id
+        return await spool_bounce(self.spool, self.config, entry, account, result, failed,
+                                  now, self.history)
 
     def _release_bounce(self, bounce_id: str) -> None:
         """The original's record is durable: the bounce may go."""
@@ -594,19 +535,7 @@ class DeliveryEngine(Service):
 
     async def _withdraw_bounce(self, entry_id: str, bounce_id: str) -> None:
         """The original's record could not be written: its bounce must not exist."""
-        try:
-            await self.spool.remove(self.spool.get(bounce_id))
-        except UnknownEntry:
-            return
-        except Exception:
-            # Still unreleased: recovery removes it at the next start (the original's
-            # record never recorded this attempt).
-            log.failure("{entry_id}: bounce {bounce_id} could not be withdrawn",
-                        entry_id=entry_id, bounce_id=bounce_id)
-            return
-        log.warn("{entry_id}: bounce {bounce_id} withdrawn: the message's record could "
-                 "not be written; both are tried again", entry_id=entry_id,
-                 bounce_id=bounce_id)
+        await withdraw_bounce(self.spool, entry_id, bounce_id)
 
     # -- what operators see --------------------------------------------------------
 

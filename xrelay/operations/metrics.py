@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import Metric
 from zope.interface import implementer
 
-from xrelay.interfaces import IRelayEvents
+from xrelay.interfaces import IRelayEvents, ISpool
 from xrelay.tokens.status import TokenState
 
 __all__ = ["RelayMetrics", "QueueCollector", "TokenCollector", "ExpiryCollector",
@@ -138,7 +138,7 @@ class RelayMetrics:
         self.watch_accounts(lambda: relay.delivery.status().accounts.values())
         self.watch_expiries(lambda: relay.tokens.expiries())
 
-    def watch_queue(self, spool: Any) -> None:
+    def watch_queue(self, spool: ISpool) -> None:
         """Report this spool's depth and oldest waiting entry at every scrape."""
         self.registry.register(QueueCollector(spool, self.clock))
 
@@ -164,7 +164,7 @@ class QueueCollector(Collector):
     folders themselves: the numbers are true even right after a restart.
     """
 
-    def __init__(self, spool: Any, clock: Callable[[], float]) -> None:
+    def __init__(self, spool: ISpool, clock: Callable[[], float]) -> None:
         self.spool = spool
         self.clock = clock
 

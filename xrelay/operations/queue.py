@@ -20,11 +20,15 @@ from typing import Any
 import attrs
 
 from xrelay.config import Config
+from xrelay.delivery.bounce import (BounceNotSpooled, FailedRecipient, spool_bounce,
+                                    withdraw_bounce)
 from xrelay.envelope import DeliveryResult, Reply
 from xrelay.history.records import BOUNCED, DELETED
 from xrelay.history.sink import history_for
-from xrelay.spool import (ACTIVE, CORRUPT, DEFERRED, FAILED, QUEUED, NotAnEntryId,
-                          SpoolEntry, SpoolFull, UnknownEntry, check_entry_id)
+from xrelay.interfaces import ISpool, NotAnEntryId, SpoolFull, UnknownEntry
+from xrelay.lifecycle import ACTIVE, CORRUPT, DEFERRED, FAILED, QUEUED, check_entry_id
+from xrelay.routing import entry_account
+from xrelay.spool import SpoolEntry
 
 __all__ = ["QueueOperations", "QueueProblem", "OPERATOR_BOUNCE"]
 
@@ -36,22 +40,15 @@ class QueueProblem(Exception):
     """An operation that cannot be done, phrased for the operator."""
 
 
-class _StillClock:
-    """The time for an engine that only builds bounces (no scheduling happens)."""
-
-    def seconds(self) -> float:
-        return time.time()
-
-
 @attrs.define
 class QueueOperations:
     """
-    @param spool: the spool.
+    @param spool: the spool (any L{ISpool}).
     @param delivery: the running L{DeliveryEngine}, or C{None} when the daemon is down.
     @param config: the configuration (accounts, for bounces made without a daemon).
     """
 
-    spool: Any
+    spool: ISpool
     config: Config
     delivery: Any = None
 
@@ -169,17 +166,15 @@ class QueueOperations:
         if entry.state == FAILED:
             raise QueueProblem(f"{entry_id} has already failed and been bounced")
         self._hold(entry, "bounce")
-        engine = self.delivery if self.delivery is not None else self._bounce_engine()
-        from xrelay.delivery.bounce import FailedRecipient
-        from xrelay.delivery.engine import BounceNotSpooled
-
-        account = engine._account(entry)
+        account = entry_account(self.config, entry.account, entry.sender)
         failed = [FailedRecipient(r, OPERATOR_BOUNCE) for r in entry.recipients]
         now = time.time()
+        history = history_for(self.delivery, self.config)
         try:
-            bounce_id = await engine._bounce(
-                entry, account, DeliveryResult((), detail="The relay's operator returned "
-                                               "this message."), failed, now)
+            bounce_id = await spool_bounce(
+                self.spool, self.config, entry, account,
+                DeliveryResult((), detail="The relay's operator returned this message."),
+                failed, now, history)
         except BounceNotSpooled:
             raise self._unhold(entry, "bounce", SpoolFull("bounce not stored")) from None
         try:
@@ -189,22 +184,13 @@ class QueueOperations:
                     (r, OPERATOR_BOUNCE) for r in entry.recipients))
         except Exception as e:
             if bounce_id is not None:
-                await engine._withdraw_bounce(entry.entry_id, bounce_id)
+                await withdraw_bounce(self.spool, entry.entry_id, bounce_id)
             raise self._unhold(entry, "bounce", e) from None
-        if bounce_id is not None:
-            if self.delivery is not None:
-                engine._release_bounce(bounce_id)
-            else:
-                engine.totals["bounces"] += 1  # sent when the daemon starts
-        history_for(self.delivery, self.config).finished(entry_id, BOUNCED, time.time())
+        if bounce_id is not None and self.delivery is not None:
+            self.delivery._release_bounce(bounce_id)
+        # (Without a daemon the bounce waits in the queue: sent when it starts.)
+        history.finished(entry_id, BOUNCED, time.time())
         return moved
-
-    def _bounce_engine(self) -> Any:
-        """An engine that is never started: only its bounce writing is used."""
-        from xrelay.delivery import DeliveryEngine
-
-        return DeliveryEngine(self.config, self.spool, {}, reactor=object(),
-                              clock=_StillClock())
 
 
 def describe_entry(entry: SpoolEntry) -> dict[str, Any]:

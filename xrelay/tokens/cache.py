@@ -26,6 +26,8 @@ import attrs
 from cryptography.fernet import Fernet, InvalidToken
 from twisted.logger import Logger
 
+from xrelay.durable import fsync_directory, write_durably
+
 KEY_ENVIRONMENT_VARIABLE = "XRELAY_CACHE_KEY"
 
 log = Logger(namespace="xrelay.tokens.cache")
@@ -55,8 +57,9 @@ def load_key(state_dir: str) -> bytes:
     keys = os.path.join(state_dir, "keys")
     os.makedirs(keys, mode=0o700, exist_ok=True)
     path = os.path.join(keys, "cache.key")
+    key = Fernet.generate_key()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_durably(path, key + b"\n", exclusive=True)
     except FileExistsError:
         mode = os.stat(path).st_mode & 0o777
         if mode & 0o077:
@@ -71,23 +74,9 @@ def load_key(state_dir: str) -> bytes:
             raise CacheKeyError(f"{path} does not hold a valid key; remove it (and "
                                 "sign in again) or restore it from a backup") from None
         return key
-    key = Fernet.generate_key()
-    try:
-        os.write(fd, key + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(keys)
+    fsync_directory(keys)
     log.info("Created the token cache key {path}", path=path)
     return key
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cache_file_name(account: str) -> str:
@@ -184,17 +173,9 @@ class AccountCache:
         folder = os.path.dirname(self.path)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(blob)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_durably(tmp, blob)
             os.replace(tmp, self.path)
-            _fsync_dir(folder)
+            fsync_directory(folder)
         except OSError as e:
             try:
                 os.unlink(tmp)

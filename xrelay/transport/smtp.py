@@ -59,6 +59,7 @@ class Timeouts:
     tls: float = 30
     greeting: float = 120
     command: float = 300
+    #: The wait for the 354 to DATA (RFC 5321 4.5.3.2.2, "DATA Initiation": 2 minutes).
     data_start: float = 120
     #: Longest time the upstream may take to accept the next chunk of data.
     data_block: float = 180
@@ -256,9 +257,10 @@ class UpstreamConnection:
             self.broken = True
             raise ConnectionTrouble(step, e.why, dropped=True) from None
 
-    async def command(self, line: bytes, step: str) -> Reply:
+    async def command(self, line: bytes, step: str, timeout: float | None = None) -> Reply:
         reply: Reply = await self.wait(
-            self.protocol.command(line), step, self.timeouts.command
+            self.protocol.command(line), step,
+            self.timeouts.command if timeout is None else timeout
         )
         if reply.code == 421:
             self.broken = True  # the upstream is closing this connection
@@ -448,9 +450,9 @@ class UpstreamConnection:
             await self._abandon_data(data_reply)
             return DeliveryResult(refused, failure_of(refused[0].reply))
         if data_reply is None:
-            reply = await self.command(b"DATA", "DATA")
+            reply = await self.command(b"DATA", "DATA", self.timeouts.data_start)
         else:
-            reply = await self.command_reply(data_reply, "DATA")
+            reply = await self.command_reply(data_reply, "DATA", self.timeouts.data_start)
         if reply.code != 354:
             return _whole(message, reply, accepted, refused)
         reply = await self._stream(data)
@@ -487,7 +489,7 @@ class UpstreamConnection:
         if data_reply is None:
             return
         try:
-            reply = await self.command_reply(data_reply, "DATA")
+            reply = await self.command_reply(data_reply, "DATA", self.timeouts.data_start)
         except ConnectionTrouble:
             self.broken = True
             return
@@ -515,9 +517,11 @@ class UpstreamConnection:
                 w.addErrback(lambda _: None)
             raise StaleConnection()
 
-    async def command_reply(self, d: Deferred[Reply], step: str) -> Reply:
+    async def command_reply(self, d: Deferred[Reply], step: str,
+                            timeout: float | None = None) -> Reply:
         """The reply to a command already sent (pipelined), as L{command} treats it."""
-        reply: Reply = await self.wait(d, step, self.timeouts.command)
+        reply: Reply = await self.wait(d, step,
+                                       self.timeouts.command if timeout is None else timeout)
         if reply.code == 421:
             self.broken = True
         return reply
