@@ -400,7 +400,9 @@ def account_for_plain(port: int) -> Any:
     from xrelay.config import AccountConfig
 
     return AccountConfig("plain", "microsoft", "relay@example.com", "client_credentials",
-                         (SenderPattern.parse("*"),), smtp_host="127.0.0.1", smtp_port=port)
+                         (SenderPattern.parse("*"),), smtp_host="127.0.0.1", smtp_port=port,
+                         tenant="example.onmicrosoft.com", client_id="plain",
+                         client_secret_file="unused-secret.txt")
 
 
 @pytest_twisted.ensureDeferred
