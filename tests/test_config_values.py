@@ -172,6 +172,26 @@ def test_a_plaintext_password_is_never_repeated_in_the_error() -> None:
     assert "correct horse" not in str(caught.value)
 
 
+def test_an_empty_hash_is_a_user_verified_elsewhere_but_never_from_a_file(
+        tmp_path: Path) -> None:
+    """The realm's users of an embedder's checker have no hash; a file's must."""
+    assert UserConfig(name="ldap-user", password_hash="").password_hash == ""
+    path = write(tmp_path, """
+name = "main"
+user = "relay@example.com"
+tenant = "example.onmicrosoft.com"
+client_id = "cid"
+client_secret_file = "secret.txt"
+[[users]]
+name = "scanner"
+password_hash = ""
+""")
+    with pytest.raises(ConfigError) as caught:
+        read_config(path)
+    assert caught.value.key == 'users."scanner".password_hash'
+    assert "is not a password hash" in caught.value.problem
+
+
 def test_changing_a_value_is_checked_too() -> None:
     server = ServerConfig(hostname="relay.test")
     with pytest.raises(ValueError, match="max_connections"):

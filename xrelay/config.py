@@ -179,17 +179,23 @@ def _patterns(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
                                'pattern; write SenderPattern.parse("*@example.com")')
 
 
+NOT_A_PASSWORD_HASH = ("is not a password hash (was a plaintext password pasted "
+                       "here?); run `xrelay hash-password` and paste its output")
+
+
 def _password_hash(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    """A hash from C{xrelay hash-password}; C{""} passes where the field allows it."""
-    if value == "" and attribute.default == "":
+    """
+    A hash from C{xrelay hash-password}, or C{""}: no password here (an admin page
+    without one, a user whom an embedding program's own checker verified).  A file
+    never gets C{""} past the reader.
+    """
+    if value == "":
         return
     try:
         parse_password_hash(value)
     except (InvalidPasswordHash, TypeError, AttributeError):
         # Never the value in the message: it may be a pasted plaintext password.
-        raise InvalidValue(attribute.name, "is not a password hash (was a plaintext "
-                           "password pasted here?); run `xrelay hash-password` and paste "
-                           "its output") from None
+        raise InvalidValue(attribute.name, NOT_A_PASSWORD_HASH) from None
 
 
 def _endpoint(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -473,6 +479,9 @@ class UserConfig:
 
 
 PROVIDERS = ("microsoft", "google")
+#: The provider of an account that names none (a required field of L{AccountConfig}:
+#: callers build it with the provider first; an C{[[accounts]]} table may leave it out).
+DEFAULT_PROVIDER = PROVIDERS[0]
 FLOWS = ("client_credentials", "device_code", "auth_code", "refresh_token")
 TRANSPORTS = ("smtp", "graph")
 
@@ -554,8 +563,8 @@ class AccountConfig:
         "`device_code` (`xrelay login`), `auth_code` (sign in on the admin page), "
         "`refresh_token` (Google, a token file)."})
     senders: tuple[SenderPattern, ...] = attrs.field(
-        validator=_patterns, default=attrs.Factory(
-        _own_mailbox, takes_self=True), metadata={
+        validator=_patterns, default=attrs.Factory(_own_mailbox, takes_self=True),
+        metadata={
         "default": "`[user]`", "doc": "Envelope senders routed through this account "
         "(`*@example.com`); the first account whose patterns match wins."})
     tenant: str | None = attrs.field(default=None, metadata={
@@ -582,12 +591,12 @@ class AccountConfig:
         validator=_one_of(TRANSPORTS), default="smtp", metadata={"doc": (
         "`smtp` (SMTP with STARTTLS and AUTH XOAUTH2) or `graph` (Microsoft Graph "
         "`sendMail` over HTTPS, Microsoft only).")})
-    messages_per_minute: int = attrs.field(validator=_at_least(0),
-        default=_by_provider("messages_per_minute"), metadata={
+    messages_per_minute: int = attrs.field(
+        validator=_at_least(0), default=_by_provider("messages_per_minute"), metadata={
         "default": "`30` (Microsoft), `0` (Google)", "doc": "Sending rate limit of the "
         "mailbox (Exchange Online allows 30 a minute); 0 for none."})
-    recipients_per_day: int = attrs.field(validator=_at_least(0),
-        default=_by_provider("recipients_per_day"), metadata={
+    recipients_per_day: int = attrs.field(
+        validator=_at_least(0), default=_by_provider("recipients_per_day"), metadata={
         "default": "`10000` (Microsoft), `0` (Google)", "doc": "Recipients per rolling "
         "24 hours (Exchange Online allows 10,000); mail beyond it waits; 0 for none."})
     max_connections: int = attrs.field(
@@ -604,8 +613,10 @@ class AccountConfig:
     smtp_port: int = attrs.field(
         validator=_at_least(1, 65535), default=587, metadata={"doc": (
         "The upstream SMTP port; 465 implies `smtp_implicit_tls`.")})
-    smtp_implicit_tls: bool = attrs.field(validator=_boolean, default=attrs.Factory(
-        lambda self: self.smtp_port == 465, takes_self=True), metadata={
+    smtp_implicit_tls: bool = attrs.field(
+        validator=_boolean,
+        default=attrs.Factory(lambda self: self.smtp_port == 465, takes_self=True),
+        metadata={
         "default": "`true` when `smtp_port` is 465, else `false`", "doc": "TLS from the "
         "first byte (port 465) instead of STARTTLS."})
     graph_url: str = attrs.field(validator=_https, default=FROM_PROVIDER, metadata={
@@ -623,8 +634,8 @@ class AccountConfig:
         "Messages sent over one upstream connection before it is replaced.")})
     idle_timeout: int = attrs.field(validator=_at_least(1), default=60, metadata={"doc": (
         "Seconds an idle upstream connection is kept open for reuse.")})
-    authorization_url: str | None = attrs.field(validator=_https,
-        default=_by_provider("authorization_url"), metadata={
+    authorization_url: str | None = attrs.field(
+        validator=_https, default=_by_provider("authorization_url"), metadata={
         "default": f"`\"{GOOGLE_AUTHORIZATION_URL}\"` (Google only)", "doc": "Google "
         "only: where the browser sign-in sends the person (Google's OAuth 2.0 "
         "authorization endpoint, https only); Microsoft's follows from `authority`."})
@@ -639,9 +650,10 @@ class AccountConfig:
         "registration): xrelay warns 30 and 7 days ahead; update it with the secret.")})
 
     def __attrs_post_init__(self) -> None:
-        for field, value in account_defaults(self.provider, self.cloud).items():
-            if getattr(self, field) == FROM_PROVIDER:
-                object.__setattr__(self, field, value)
+        derived = account_defaults(self.provider, self.cloud)
+        for field in ("authority", "smtp_host", "graph_url"):
+            if getattr(self, field) == FROM_PROVIDER:  # frozen: set once, while built
+                object.__setattr__(self, field, derived[field])
         google = self.provider == "google"
         if google and self.transport == "graph":
             raise InvalidValue("transport", 'Graph is Microsoft only; write transport = '

@@ -31,7 +31,8 @@ import attrs
 
 from xrelay.addresses import InvalidPattern, SenderPattern
 from xrelay.config import (
-    PROVIDERS,
+    DEFAULT_PROVIDER,
+    NOT_A_PASSWORD_HASH,
     AccountConfig,
     AdminConfig,
     Config,
@@ -121,9 +122,6 @@ def read_config(path: str) -> Config:
 #: The attrs field types the reader takes straight from TOML, with the TOML type.
 _SCALARS: dict[str, type] = {"int": int, "bool": bool, "str": str, "str | None": str,
                              "bool | None": bool}
-
-#: An account table without C{provider} is a Microsoft account.
-DEFAULT_PROVIDER = PROVIDERS[0]
 
 #: The file keys of an account, and whether the file holds a secret (must not be empty).
 _ACCOUNT_FILES = {"client_secret_file": True, "certificate_file": False,
@@ -253,6 +251,11 @@ class _Reader:
                 raise self.fail(f"{name}[{i}]", str(e)) from None
         return tuple(result)
 
+
+    def hash(self, raw: dict[str, Any], name: str) -> None:
+        """A required C{password_hash}: never empty in a file (the class allows C{""})."""
+        if not self.get(raw, "password_hash", name, str, required=True):
+            raise self.fail(name, NOT_A_PASSWORD_HASH)
 
     # -- sections -------------------------------------------------------------
 
@@ -414,7 +417,7 @@ class _Reader:
                 raise self.fail(f"{prefix}.name", f"user {name!r} is defined twice")
             seen.add(name)
             prefix = f'users."{name}"'
-            self.get(table, "password_hash", f"{prefix}.password_hash", str, required=True)
+            self.hash(table, f"{prefix}.password_hash")
             values = self.scalars(table, prefix, UserConfig)
             senders = self.patterns(table, "senders", f"{prefix}.senders")
             if senders:
@@ -486,7 +489,7 @@ class _Reader:
         self.known_keys(raw, "admin", ["listen", "password_hash", "public_url"], hints={
             "password": "plaintext passwords are not accepted; run `xrelay hash-password`"
             " and write password_hash = \"<its output>\" instead"})
-        self.get(raw, "password_hash", "admin.password_hash", str, required=True)
+        self.hash(raw, "admin.password_hash")
         values = self.scalars(raw, "admin", AdminConfig)
         if values.get("public_url"):
             values["public_url"] = values["public_url"].rstrip("/")
