@@ -123,6 +123,25 @@ def read_config(path: str) -> Config:
 _SCALARS: dict[str, type] = {"int": int, "bool": bool, "str": str, "str | None": str,
                              "bool | None": bool}
 
+#: The fields the reader reads itself (lists, files, paths), by section: every other
+#: field must have a type in L{_SCALARS}, or the reader would not read it.
+READ_APART = {
+    ServerConfig: {"listen", "hostname", "state_dir", "tls_cert", "tls_key",
+                   "trusted_proxies"},
+    RelayConfig: {"allow_networks", "senders"},
+    UserConfig: {"senders"},
+    AccountConfig: {"senders", "client_secret_file", "certificate_file",
+                    "certificate_key_file", "refresh_token_file", "ca_file",
+                    "client_secret_expires"},
+}
+
+
+def type_name(field: attrs.Attribute[Any]) -> str:
+    """A field's type as written in the class (C{"str | None"})."""
+    kind = field.type
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
 #: The file keys of an account, and whether the file holds a secret (must not be empty).
 _ACCOUNT_FILES = {"client_secret_file": True, "certificate_file": False,
                   "certificate_key_file": True, "refresh_token_file": True,
@@ -200,7 +219,7 @@ class _Reader:
         skip = set(skip)
         values = {}
         for field in attrs.fields(schema):
-            kind = _SCALARS.get(str(field.type))
+            kind = _SCALARS.get(type_name(field))
             if kind is not None and field.name in raw and field.name not in skip:
                 values[field.name] = self.get(raw, field.name, f"{prefix}.{field.name}",
                                               kind)
