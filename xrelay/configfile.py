@@ -217,7 +217,7 @@ class _Reader:
         the file writes, type-checked; keys it leaves out keep the class's default.
         """
         skip = set(skip)
-        values = {}
+        values: dict[str, Any] = {}
         for field in attrs.fields(schema):
             kind = _SCALARS.get(type_name(field))
             if kind is not None and field.name in raw and field.name not in skip:
