@@ -72,7 +72,8 @@ def main() -> None:
         accounts=(AccountConfig(name="bench", provider="microsoft", user="relay@example.com",
                                 flow="client_credentials",
                                 senders=(SenderPattern.parse("*@example.com"),),
-                                tenant="example.onmicrosoft.com", client_id="bench"),))
+                                tenant="example.onmicrosoft.com", client_id="bench",
+                                client_secret_file="unused-secret.txt"),))
     spool = Spool(os.path.join(directory, "spool"), reactor=reactor)
     service = InboundService(config, spool, RecordingDelivery(), reactor=reactor)
     result: dict[str, Any] = {"connections": args.connections}

@@ -83,7 +83,8 @@ def main() -> int:
         accounts=(AccountConfig(name="bench", provider="microsoft", user="relay@example.com",
                                 flow="client_credentials",
                                 senders=(SenderPattern.parse("*@example.com"),),
-                                tenant="example.onmicrosoft.com", client_id="bench"),))
+                                tenant="example.onmicrosoft.com", client_id="bench",
+                                client_secret_file="unused-secret.txt"),))
     service = InboundService(config, spool, RecordingDelivery(), reactor=reactor)
     outcome: dict[str, object] = {}
 

@@ -64,7 +64,8 @@ def main() -> None:
         accounts=(AccountConfig(name="bench", provider="microsoft",
                                 user="relay@example.com", flow="client_credentials",
                                 senders=(SenderPattern.parse("*"),),
-                                tenant="example.onmicrosoft.com", client_id="bench"),))
+                                tenant="example.onmicrosoft.com", client_id="bench",
+                                client_secret_file="unused-secret.txt"),))
     spool = Spool(os.path.join(directory, "spool"), reactor=reactor)
     history = None
     if args.history:

@@ -28,7 +28,8 @@ MESSAGE = (b"From: Scanner <scanner@example.com>\r\nTo: a@example.org\r\n"
 def account(name: str = "main", senders: str = "*@example.com", **kw) -> AccountConfig:
     defaults = dict(provider="microsoft", user=f"relay-{name}@example.com",
                     flow="client_credentials", tenant="example.onmicrosoft.com",
-                    client_id="cid", messages_per_minute=0, recipients_per_day=0,
+                    client_id="cid", client_secret_file="unused-secret.txt",  # never read
+                    messages_per_minute=0, recipients_per_day=0,
                     smtp_host="smtp.office365.com")
     defaults.update(kw)
     return AccountConfig(name=name, senders=(SenderPattern.parse(senders),), **defaults)

@@ -47,7 +47,9 @@ def account(name: str = "main", senders: tuple[str, ...] = ("*@example.com",)
         name=name, provider="microsoft", user=f"relay@{senders[0].split('@')[-1]}"
         if "@" in senders[0] else "relay@example.com",
         flow="client_credentials", senders=tuple(SenderPattern.parse(s) for s in senders),
-        tenant="example.onmicrosoft.com", client_id="client")
+        tenant="example.onmicrosoft.com", client_id="client",
+        # Never read: these tests do not sign in; the account needs a secret to be valid.
+        client_secret_file="unused-secret.txt")
 
 
 def users() -> tuple[UserConfig, ...]:

@@ -192,7 +192,8 @@ def gmail_transport(sb: Sandbox) -> Any:
         "grant_type": "refresh_token", "client_id": google["client_id"],
         "client_secret": google["client_secret"],
         "refresh_token": google["refresh_token"]}).body
-    account = account_for(sb, provider="google", user="printer@gmail.example",
+    account = account_for(sb, provider="google", flow="refresh_token",
+                          user="printer@gmail.example",
                           smtp_port=sb.gmail_smtp_port)
     return transport_for(account, ScriptedTokenSource([body["access_token"]]), reactor)
 

@@ -108,7 +108,8 @@ async def test_gmail_xoauth2_error_challenge_gets_empty_response(
         sandbox: Sandbox, tmp_path: Any) -> None:
     """Gmail answers a bad token with 334 <base64 JSON>; we send an empty line."""
     tokens = ScriptedTokenSource(["bad-1", "bad-2"])
-    account = account_for(sandbox, provider="google", smtp_port=sandbox.gmail_smtp_port)
+    account = account_for(sandbox, provider="google", flow="refresh_token",
+                          smtp_port=sandbox.gmail_smtp_port)
     transport = transport_for(account, tokens, reactor)
     result = await transport.deliver(message_file(tmp_path, simple_message()))
     assert result.failure is FailureKind.AUTHENTICATION
@@ -400,7 +401,9 @@ def account_for_plain(port: int) -> Any:
     from xrelay.config import AccountConfig
 
     return AccountConfig("plain", "microsoft", "relay@example.com", "client_credentials",
-                         (SenderPattern.parse("*"),), smtp_host="127.0.0.1", smtp_port=port)
+                         (SenderPattern.parse("*"),), smtp_host="127.0.0.1", smtp_port=port,
+                         tenant="example.onmicrosoft.com", client_id="plain",
+                         client_secret_file="unused-secret.txt")
 
 
 @pytest_twisted.ensureDeferred
