@@ -24,7 +24,6 @@ from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnection
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -36,6 +35,7 @@ from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
 from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, ISpool
 from xrelay.policy import AuthFailures, proxy_trusted
+from xrelay.twistedapi import HAProxyProtocolWrapper, HAProxyWrappingFactory, proxy_header_read
 
 __all__ = ["InboundService", "server_tls_options"]
 
@@ -109,9 +109,9 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        known = self._proxyInfo is not None
+        known = proxy_header_read(self)
         super().dataReceived(data)
-        if not known and self._proxyInfo is not None:
+        if not known and proxy_header_read(self):
             protocol: Any = self.wrappedProtocol
             while not isinstance(protocol, ESMTPServer) and hasattr(
                 protocol, "wrappedProtocol"
