@@ -12,7 +12,6 @@ import datetime
 import re
 import io
 import os
-import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 

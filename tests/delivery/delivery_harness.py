@@ -6,7 +6,6 @@ scripted transports: every transition is deterministic and visible on disk.
 from __future__ import annotations
 
 import attrs
-import pytest
 from twisted.internet import task
 
 from xrelay.addresses import SenderPattern

@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from xrelay.delivery.testing import (ACCEPTED, ScriptedTransport, fail_all,
                                      per_recipient)
-from xrelay.envelope import DeliveryResult, FailureKind, Outcome, Reply
+from xrelay.envelope import FailureKind, Reply
 from xrelay.spool import ACTIVE, DEFERRED, FAILED, QUEUED, UnknownEntry
 
 from tests.delivery.delivery_harness import MESSAGE, START, account, config

@@ -15,7 +15,7 @@ from typing import Any
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.admin.conftest import start_relay, write_config
+from tests.admin.conftest import start_relay
 from tests.admin.test_web import smtp_send, until
 from xrelay.history import (AcceptedMessage, SqliteHistory, TraceQuery, history_path,
                             search, story)

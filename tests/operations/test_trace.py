@@ -153,4 +153,4 @@ async def test_a_delete_with_the_daemon_stopped_is_in_the_trace(world) -> None:
     assert (code, out) == (0, f"{entry_id}: deleted\n"), err
     (after,) = await trace(world, "--json")
     assert (after["entry_id"], after["outcome"]) == (entry_id, "deleted")
-    assert f"finished " in await trace(world, entry_id)
+    assert "finished " in await trace(world, entry_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -433,7 +433,7 @@ def powershell_script(account: Any) -> str:
                    else "Microsoft Graph > SMTP.Send (Delegated)")
         + ", then \"Grant admin consent\".",
         "",
-        f"# 2. SMTP AUTH for the relay's mailbox (off by default in new tenants):",
+        "# 2. SMTP AUTH for the relay's mailbox (off by default in new tenants):",
         SMTP_AUTH_MAILBOX.format(**f),
         f"# (only if the whole tenant must allow it: {SMTP_AUTH_TENANT})",
     ]

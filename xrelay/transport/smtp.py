@@ -30,7 +30,6 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
-    IReactorTCP,
     IReactorTime,
 )
 from twisted.internet.protocol import Factory
