@@ -100,7 +100,7 @@ async def test_trace_finds_delivered_bounced_and_deferred_messages(world) -> Non
 
     # The plain listing: one line per message, the reply on it.
     text = await trace(world, "--to", "b@example.net")
-    line = next(l for l in text.splitlines() if denied in l)
+    line = next(row for row in text.splitlines() if denied in row)
     assert "<scanner@example.com> -> b@example.net\tbounced\t554 5.2.252" in line
 
     # A second attempt of the deferred message, then its story lists both.

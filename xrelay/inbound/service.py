@@ -187,8 +187,8 @@ class InboundService(MultiService):
         connections made from now on; live ones keep the one they started with.
         Listeners are not changed: a different C{server.listen} needs a restart.
         """
-        if [l.endpoint for l in config.server.listen] != [
-            l.endpoint for l in self.config.server.listen
+        if [listener.endpoint for listener in config.server.listen] != [
+            listener.endpoint for listener in self.config.server.listen
         ]:
             log.warn("inbound: server.listen changed; restart xrelay to listen on the "
                      "new endpoints")
