@@ -843,7 +843,7 @@ class IdentityPlatform:
         try:
             header, _ = webtoken.unverified(assertion)
         except webtoken.MalformedToken:
-            raise TokenError("invalid_client", 50027, "JWT token is invalid or malformed.", 401)
+            raise TokenError("invalid_client", 50027, "JWT token is invalid or malformed.", 401) from None
         chosen = None
         for cert in app.certificates:
             # msal sends the thumbprints base64url with padding; Azure AD accepts both.
@@ -864,7 +864,7 @@ class IdentityPlatform:
         try:
             claims = webtoken.verify(assertion, public_key)
         except webtoken.MalformedToken:
-            raise TokenError("invalid_client", 700027, "Client assertion failed signature validation.", 401)
+            raise TokenError("invalid_client", 700027, "Client assertion failed signature validation.", 401) from None
         now = self.now()
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
             raise TokenError("invalid_client", 700021, "Client assertion application identifier doesn't match 'client_id' parameter.", 401)

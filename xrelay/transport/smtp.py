@@ -32,7 +32,7 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -199,7 +199,7 @@ class ClientProtocol(LineOnlyReceiver):
         if self.connected_ and self.transport is not None:
             self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected_ = False
         self._fail_waiting(_Dropped(describe_loss(reason)))
         if not self.handshake.called:
@@ -437,10 +437,10 @@ class UpstreamConnection:
         if mail_reply.code // 100 != 2:
             await self._abandon_data(data_reply)
             return _whole(message, mail_reply)
-        accepted = [r for r, reply in zip(message.recipients, rcpt_replies) if reply.code // 100 == 2]
+        accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 == 2]
         refused = tuple(
             RecipientResult(r, outcome_of(reply), reply)
-            for r, reply in zip(message.recipients, rcpt_replies)
+            for r, reply in zip(message.recipients, rcpt_replies, strict=True)
             if reply.code // 100 != 2
         )
         if not accepted:
