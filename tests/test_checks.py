@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from twisted.python.filepath import FilePath
 
-from tests.test_config import edit, folder, password_hash  # noqa: F401
+from tests.test_config import edit
 from xrelay.sandbox.ca import CertificateAuthority
 
 

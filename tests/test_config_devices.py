@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_config import edit, folder, password_hash  # noqa: F401 (fixtures)
+from tests.test_config import edit
 from xrelay.cli import main
 from xrelay.config import ConfigError, read_config
 

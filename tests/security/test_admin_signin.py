@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-from tests.admin.conftest import ADMIN_PASSWORD, start_relay, world  # noqa: F401
+from tests.admin.conftest import ADMIN_PASSWORD, start_relay
 from xrelay.admin.lockout import MAX_FAILURES
 
 
