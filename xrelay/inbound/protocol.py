@@ -57,6 +57,7 @@ from xrelay.inbound.states import (
 from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.policy import Refusal
+from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:
     from xrelay.inbound.factory import InboundFactory
@@ -82,6 +83,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
     """
 
     factory: "InboundFactory"
+    transport: IStreamTransport  # connected over TCP for its whole life (xrelay.streams)
 
     def __init__(self, factory: "InboundFactory") -> None:
         self.factory = factory

@@ -32,6 +32,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from .identity import OUTLOOK_RESOURCES, IdentityPlatform
 from .mailbox import Mailbox
+from xrelay.streams import IStreamTransport
 
 #: The points of a session at which a reply can be injected or the connection dropped.
 #: C{DATA_BODY} is in the middle of the message data; C{AFTER_QUEUED} is after the message
@@ -387,6 +388,7 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
     delimiter = b"\r\n"
     MAX_LENGTH = 64 * 1024 * 1024
     COMMAND_MAX = 2048
+    transport: IStreamTransport  # connected over TCP for its whole life (xrelay.streams)
 
     def __init__(self, server: ExchangeServer) -> None:
         self.server = server

@@ -43,6 +43,7 @@ from xrelay.envelope import DeliveryResult
 from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
 from xrelay.transport.chunking import bdat_transaction
+from xrelay.streams import IStreamTransport
 
 log = Logger()
 
@@ -131,6 +132,7 @@ class ClientProtocol(LineOnlyReceiver):
     delimiter = b"\r\n"
     #: RFC 5321 allows 512 octets per reply line; be generous, not unbounded.
     MAX_LENGTH = 8192
+    transport: IStreamTransport  # connected over TCP for its whole life (xrelay.streams)
 
     def __init__(self) -> None:
         self._waiting: list[Deferred[Reply]] = []
