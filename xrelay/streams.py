@@ -12,10 +12,11 @@ never hold behaviour: it only names an interface.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer, ITLSTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITLSTransport
 
 __all__ = ["IStreamTransport"]
 
 
-class IStreamTransport(ITLSTransport, IPushProducer):
-    """A connected TCP transport that can start TLS, abort, and pause reading."""
+class IStreamTransport(ITLSTransport, IPushProducer, IConsumer):
+    """A connected TCP transport that can start TLS, abort, pause reading, and take a
+    producer (the message data streams through it)."""
