@@ -95,7 +95,7 @@ def describe_loss(reason: Failure) -> str:
     """A short, secret-free text for why a connection ended."""
     if reason.check(VerificationError):
         return "TLS failed (the upstream's certificate is not valid for the host name)"
-    if reason.check(SSL.Error):
+    if isinstance(reason.value, SSL.Error):
         errors = reason.value.args[0] if reason.value.args else None
         texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
         return f"TLS failed ({'; '.join(texts) or reason.getErrorMessage()})"
@@ -103,7 +103,7 @@ def describe_loss(reason: Failure) -> str:
         return "the upstream closed the connection"
     if reason.check(ConnectionLost):
         return "the connection was lost"
-    return reason.getErrorMessage() or reason.type.__name__
+    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 def parse_capabilities(ehlo: Reply) -> dict[str, str]:
