@@ -69,7 +69,7 @@ class AdminService(Service):
         self.site = AdminSite(relay, self.metrics, reactor)
         self.port: Any = None
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         Service.startService(self)
         self.publisher.addObserver(self.observer)
         endpoint = serverFromString(self.reactor, self.config.admin.listen)  # type: ignore[union-attr]
