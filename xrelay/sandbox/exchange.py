@@ -505,11 +505,11 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
             return
         verb = line.split(" ", 1)[0].upper()
         self.record(self._redacted(verb, line))
-        handler = getattr(self, "smtp_" + verb, None)
-        if handler is None:
+        command = getattr(self, "smtp_" + verb, None)
+        if command is None:
             self.reply(f"500 5.3.3 Unrecognized command '{line.split(' ', 1)[0][:40]}'")
             return
-        handler(line[len(verb) :].strip())
+        command(line[len(verb) :].strip())
 
     @staticmethod
     def _redacted(verb: str, line: str) -> str:

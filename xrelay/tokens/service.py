@@ -259,6 +259,8 @@ class TokenService(Service):
         if self.config.account(account).flow == "client_credentials":
             raise SignInFailed(account, "this account does not sign in interactively "
                                "(client credentials)")
+        if not isinstance(source.grant, MicrosoftGrant):  # an embedder's own grant
+            raise SignInFailed(account, "this account's token grant has no Microsoft sign-in")
         return source, source.grant
 
     def _browser(self, account: str) -> tuple[RefreshingTokenSource,

@@ -83,7 +83,8 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
     sending = sender.start()
 
     def quiet() -> None:
-        for w in [*waits, *chunk_waits, sending]:
+        pending: list[Deferred[Any]] = [*waits, *chunk_waits, sending]
+        for w in pending:
             w.addErrback(lambda _: None)
 
     mail_reply: Reply | None = None
