@@ -168,7 +168,9 @@ class InboundFactory(Factory):
     def live(self) -> set[ESMTPServer]:
         return self.service.live
 
-    def buildProtocol(self, addr: Any) -> ESMTPServer:
+    # Twisted's Factory wants a protocol whose factory attribute is any Factory; an
+    # ESMTPServer's is always its InboundFactory.
+    def buildProtocol(self, addr: Any) -> ESMTPServer:  # type: ignore[override]
         protocol = ESMTPServer(self)
         return protocol
 

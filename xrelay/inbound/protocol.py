@@ -382,11 +382,12 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
-            text = self._utf8_command(raw)
-            if text is None:
+            utf8 = self._utf8_command(raw)
+            if utf8 is None:
                 self.error(500, "5.5.2", "Non-ASCII characters in command; they are "
                            "allowed only in addresses, with SMTPUTF8")
                 return None
+            text = utf8
         if _CONTROL.search(text):
             self.error(500, "5.5.2", "Control characters in command")
             return None

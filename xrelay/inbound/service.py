@@ -122,7 +122,10 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
 
 
 class _ProxyHeaderWrappingFactory(HAProxyWrappingFactory):
-    protocol = _ProxyHeaderWrapper
+    # Twisted types the wrapper's factory as WrappingFactory[Self], so no subclass of a
+    # wrapper fits its factory's protocol attribute (Twisted's own policies.py ignores
+    # this too).
+    protocol = _ProxyHeaderWrapper  # type: ignore[assignment]
 
     def __init__(self, wrapped: Any, service: "InboundService",
                  listener: ListenerConfig) -> None:
@@ -287,7 +290,8 @@ class InboundService(MultiService):
         to C{server.shutdown_timeout} seconds, then cut what is left.
         """
         super().stopService()
-        stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        stopping: list[Deferred[Any]] = [defer.maybeDeferred(port.stopListening)
+                                         for port in self.ports]
         self.ports = []
         self.bound = {}
         self._listening = []
