@@ -72,6 +72,7 @@ class AdminService(Service):
     def startService(self) -> defer.Deferred[None]:
         Service.startService(self)
         self.publisher.addObserver(self.observer)
+        # The ignores below: makeService builds this service only when config.admin is set.
         endpoint = serverFromString(self.reactor, self.config.admin.listen)  # type: ignore[union-attr]
         factory = _QuietSite(self.site)
         d = endpoint.listen(factory)

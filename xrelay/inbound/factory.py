@@ -115,6 +115,8 @@ class InboundFactory(Factory):
     #: One log line per connection is enough; "Starting factory" twice is noise.
     noisy = False
 
+    # As buildProtocol below: ESMTPServer's factory attribute is its InboundFactory, which
+    # Twisted's _ProtoWithFactory (any Factory, settable) does not accept.
     protocol = ESMTPServer  # type: ignore[assignment]
 
     def __init__(self, service: "InboundService", listener: ListenerConfig,

@@ -160,7 +160,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self.write_lines(220, [f"{self.config.server.hostname} ESMTP xrelay ready"])
         self._run()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.tls:  # once per connection: why the TLS handshake failed, if it did
             report_failed_handshake(self, reason)
         self.state = CLOSED

@@ -58,6 +58,7 @@ def _token_pool() -> ThreadPool:
     depends on them finishing: cache writes are atomic renames.
     """
     pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+    # Twisted types threadFactory as type[Thread]; any callable making a Thread works.
     pool.threadFactory = _daemon_thread  # type: ignore[assignment]
     return pool
 
