@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 PAYLOAD = os.urandom(10240)
 ENVELOPE = json.dumps({"sender": "bench@example.com", "recipients": ["sink@example.net"],

@@ -402,14 +402,16 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             children.append(proxy)
             port, pass_port = free_port(), free_port()
             relay = await in_thread(
-                lambda: processes.start_relay(dict(account, smtp_port=info["port"]), port,
+                lambda info=info, port=port, delay=delay, pass_port=pass_port:
+                processes.start_relay(dict(account, smtp_port=info["port"]), port,
                                               f"e2e{delay:g}", pass_through_port=pass_port,
                                               log_pipe=True))
             before, stats = mailbox_count(sandbox_dir), proxy_stats(info)
             start = time.perf_counter()
             run = await run_load("127.0.0.1", port, 10, args.e2e_messages // 10, 10240)
             await in_thread(wait_for,
-                            lambda: mailbox_count(sandbox_dir) >= before + run.ok, 900,
+                            lambda before=before, run=run:
+                            mailbox_count(sandbox_dir) >= before + run.ok, 900,
                             "the end-to-end messages")
             elapsed = time.perf_counter() - start
             after = proxy_stats(info)
@@ -424,15 +426,17 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 for name, p in (("xrelay", port), ("xrelay pass-through", pass_port)):
                     done = mailbox_count(sandbox_dir)
                     await in_thread(printer_sessions, p, 1)  # warm: connections exist
-                    await in_thread(wait_for, lambda: mailbox_count(sandbox_dir) >= done + 1,
+                    await in_thread(wait_for, lambda done=done:
+                                    mailbox_count(sandbox_dir) >= done + 1,
                                     60, "the warm-up message")
                     cpu = tree_cpu(relay.pid)
                     stats = proxy_stats(info)
                     done = mailbox_count(sandbox_dir)
                     session = await in_thread(printer_sessions, p, args.sessions)
                     # Store and forward: the round trips happen after the session.
-                    await in_thread(wait_for, lambda: mailbox_count(sandbox_dir)
-                                    >= done + session["ok"], 120, "the printer messages")
+                    await in_thread(wait_for, lambda done=done, session=session:
+                                    mailbox_count(sandbox_dir) >= done + session["ok"],
+                                    120, "the printer messages")
                     session["cpu_ms_per_message"] = round(
                         (tree_cpu(relay.pid) - cpu) / max(session["ok"], 1) * 1000, 1)
                     session["round_trips_per_message"] = round(

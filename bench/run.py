@@ -297,7 +297,8 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             run = await run_load("127.0.0.1", port, batch[0], batch[1], 10240)
             accepted += run.ok
             await threads.deferToThread(
-                wait_for, lambda: mailbox_count(sandbox_dir) >= before + run.ok, 900,
+                wait_for, lambda before=before, run=run:
+                mailbox_count(sandbox_dir) >= before + run.ok, 900,
                 "the batch to be delivered")
             elapsed = time.perf_counter() - start
             e2e_runs.append({"messages": run.ok, "failed": run.failed,

@@ -106,7 +106,7 @@ class LoadClient(LineOnlyReceiver):
                                                                      ["ehlo"])
         elif step == "ehlo":
             if self.expect(code, 250, step, lines):
-                if not any(l[4:].upper().startswith(b"PIPELINING") for l in lines):
+                if not any(line[4:].upper().startswith(b"PIPELINING") for line in lines):
                     self.results.error("the server does not offer PIPELINING")
                     self.transport.loseConnection()
                     return
@@ -159,7 +159,7 @@ class LoadClient(LineOnlyReceiver):
 
     def send_lines(self, lines: list[str], steps: list[str]) -> None:
         self.pending.extend(steps)
-        self.transport.write("".join(l + "\r\n" for l in lines).encode())
+        self.transport.write("".join(line + "\r\n" for line in lines).encode())
 
     def connectionLost(self, reason: Any) -> None:
         if self.count > 0:

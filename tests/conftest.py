@@ -17,6 +17,10 @@ from typing import Iterator
 import attrs
 import pytest
 
+# The configuration-file fixtures, for the tests beside tests/test_config.py (asked for
+# by parameter name, so those modules need not import them).
+from tests.test_config import folder, password_hash  # noqa: F401 (fixtures)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on this loopback address right now."""

@@ -12,14 +12,13 @@ import datetime
 import re
 import io
 import os
-import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 from twisted.python.filepath import FilePath
 
-from tests.test_config import edit, folder, password_hash  # noqa: F401
+from tests.test_config import edit
 from xrelay.sandbox.ca import CertificateAuthority
 
 

@@ -75,7 +75,7 @@ def test_good_file(folder: Path) -> None:
     assert config.path == str(folder / "xrelay.toml")
     assert config.server.state_dir == str(folder / "state")
     assert config.server.tls_cert == str(folder / "relay.pem")
-    assert [l.implicit_tls for l in config.server.listen] == [False, True]
+    assert [listener.implicit_tls for listener in config.server.listen] == [False, True]
     assert config.relay.allow_networks == (
         ipaddress.ip_network("192.168.10.0/24"), ipaddress.ip_network("2001:db8::/64"))
     (account,) = config.accounts

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_config import edit, folder, password_hash  # noqa: F401 (fixtures)
+from tests.test_config import edit
 from xrelay.cli import main
 from xrelay.config import ConfigError, read_config
 
@@ -32,7 +32,7 @@ def test_defaults(folder: Path) -> None:
     config = read_config(str(folder / "xrelay.toml"))
     assert config.relay.bare_lf_end_of_data == "trusted"
     assert config.server.tls_min_version == "1.2"
-    assert [(l.starttls, l.tls_min_version) for l in config.server.listen] == [
+    assert [(listener.starttls, listener.tls_min_version) for listener in config.server.listen] == [
         (None, None), (None, None)]
     assert config.warnings() == []
 
@@ -42,7 +42,7 @@ def test_listener_keys_and_legacy_warning(folder: Path, capsys) -> None:  # type
     edit(folder, "[relay]\n", '[relay]\nbare_lf_end_of_data = "never"\n')
     config = read_config(path)
     assert config.relay.bare_lf_end_of_data == "never"
-    assert [(l.starttls, l.tls_min_version) for l in config.server.listen] == [
+    assert [(listener.starttls, listener.tls_min_version) for listener in config.server.listen] == [
         (None, None), (None, None), (False, None), (None, "1.0")]
     assert main(["check-config", path]) == 0
     out = capsys.readouterr().out

@@ -233,13 +233,13 @@ def test_sandbox_default_stays_on_loopback_outside_containers(
 
     monkeypatch.delenv("XRELAY_SANDBOX_INTERFACE", raising=False)
     config = sandbox_default()
-    assert [l.endpoint for l in config.server.listen] == ["tcp:2525:interface=127.0.0.1"]
+    assert [listener.endpoint for listener in config.server.listen] == ["tcp:2525:interface=127.0.0.1"]
     assert [str(n) for n in config.relay.allow_networks] == ["127.0.0.0/8", "::1/128"]
     assert "ENV PATH=/opt/xrelay/bin:$PATH \\\n    PYTHONUNBUFFERED=1 \\\n" \
         "    XRELAY_SANDBOX_INTERFACE=0.0.0.0" in CONTAINERFILE
     monkeypatch.setenv("XRELAY_SANDBOX_INTERFACE", "0.0.0.0")
     config = sandbox_default()
-    assert [l.endpoint for l in config.server.listen] == ["tcp:2525:interface=0.0.0.0"]
+    assert [listener.endpoint for listener in config.server.listen] == ["tcp:2525:interface=0.0.0.0"]
     # A published port's connections come from the container network's gateway.
     assert "10.0.0.0/8" in [str(n) for n in config.relay.allow_networks]
     assert "0.0.0.0/0" not in [str(n) for n in config.relay.allow_networks]

@@ -58,7 +58,7 @@ def run_until_exit(run_relay, tmp_path: Path, config: Path, record_property) -> 
         # generous for a loaded machine, and the figure is recorded.
         code = relay.process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"twistd kept running without its listener:\n{relay.log()}")
+        raise AssertionError(f"twistd kept running without its listener:\n{relay.log()}") from None
     record_property("seconds_to_exit", round(time.monotonic() - started, 2))
     stderr = [line for line in (tmp_path / "stderr.txt").read_text().splitlines()
               if line.strip()]

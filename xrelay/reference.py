@@ -82,19 +82,20 @@ def keys(section: Section) -> list[str]:
     return [field.name for field in attrs.fields(section.schema)]
 
 
-def type_of(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+def type_of(field: attrs.Attribute) -> str:
     text = field.type if isinstance(field.type, str) else getattr(
         field.type, "__name__", str(field.type))
     return _TYPES.get(text, text)
 
 
-def default_of(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+def default_of(field: attrs.Attribute) -> str:
     """The default as the reader applies it, in TOML, or what the reader does instead."""
     if "default" in field.metadata:
         return str(field.metadata["default"])
-    default = field.default
+    default: Any = field.default
     if default is attrs.NOTHING:
         return "required"
+    # attrs' stubs declare Factory an overloaded function; at run time it is the class.
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         default = default.factory()
     if default is None:
@@ -117,7 +118,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def doc_of(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+def doc_of(field: attrs.Attribute) -> str:
     doc = field.metadata.get("doc")
     if not doc:
         raise ValueError(f"{field.name} has no metadata['doc']: say what it means, its "

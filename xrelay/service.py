@@ -161,8 +161,8 @@ class RelayService(MultiService):
         failures = [("server.listen", endpoint, failure)
                     for endpoint, failure in self.inbound.listen_failures]
         admin_failure = getattr(self.admin, "listen_failure", None)
-        if admin_failure is not None:
-            failures.append(("admin.listen", self.config.admin.listen,  # type: ignore
+        if admin_failure is not None:  # so config.admin is set: only then is there an admin
+            failures.append(("admin.listen", self.config.admin.listen,  # type: ignore[union-attr]
                              admin_failure))
         if failures:
             what, endpoint, failure = failures[0]

@@ -673,7 +673,7 @@ class Spool:
             errors = [prepare(messages[0])]
         else:
             errors = list(_fsync_workers().map(prepare, messages))
-        good = [m for m, e in zip(messages, errors) if e is None]
+        good = [m for m, e in zip(messages, errors, strict=True) if e is None]
         if not good:
             return errors
         try:
@@ -720,7 +720,7 @@ class Spool:
         try:
             self._next_batch()
         finally:
-            for (m, d), error in zip(batch, result):
+            for (m, d), error in zip(batch, result, strict=True):
                 if error is None:
                     self.committed_messages += 1
                     if m.entry is not None:
@@ -882,7 +882,6 @@ class Spool:
     def _quarantine(self, state: str, entry_id: str, reason: str,
                     with_data: bool = True) -> None:
         """Set an unreadable entry aside: its record, its data, and why."""
-        folder = os.path.join(self.directory, CORRUPT)
         target = self._set_aside(self._json_path(state, entry_id), entry_id + ".json",
                                  f"{reason} (was in {state}/)")
         if target is None:

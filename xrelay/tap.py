@@ -35,7 +35,7 @@ class Options(usage.Options):
         except ConfigError as e:
             sys.stderr.write(f"xrelay: {e}\n")
             sys.stderr.flush()
-            raise SystemExit(1)
+            raise SystemExit(1) from None
 
 
 def makeService(options: Options) -> IService:
@@ -48,4 +48,4 @@ def makeService(options: Options) -> IService:
     except StartupRefused as e:  # one line, status 1, no traceback
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
-        raise SystemExit(1)
+        raise SystemExit(1) from None

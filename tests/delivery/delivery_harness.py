@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import pytest
 from twisted.internet import task
 
 from xrelay.addresses import SenderPattern

@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from xrelay.delivery.testing import (ACCEPTED, ScriptedTransport, fail_all,
                                      per_recipient)
-from xrelay.envelope import DeliveryResult, FailureKind, Outcome, Reply
+from xrelay.envelope import FailureKind, Reply
 from xrelay.spool import ACTIVE, DEFERRED, FAILED, QUEUED, UnknownEntry
 
 from tests.delivery.delivery_harness import MESSAGE, START, account, config
@@ -49,7 +49,7 @@ def test_queued_active_delivered(harness) -> None:
 
 
 def test_temporary_failure_deferred_and_retried_with_backoff(harness) -> None:
-    engine = harness.start(config(first_retry=60, max_retry_interval=300))
+    harness.start(config(first_retry=60, max_retry_interval=300))
     harness.transport.script = [fail_all(BUSY)] * 5
     entry_id = harness.receive()
     entry = harness.spool.get(entry_id)

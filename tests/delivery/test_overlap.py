@@ -13,7 +13,7 @@ from tests.spool.test_spool import HeldRunner
 from xrelay.delivery import DeliveryEngine
 from xrelay.delivery.testing import fail_all
 from xrelay.envelope import Envelope, Reply
-from xrelay.spool import DEFERRED, Spool, run_inline
+from xrelay.spool import DEFERRED, Spool
 
 MESSAGE = b"Subject: x\r\n\r\nbody\r\n"
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.admin.conftest import start_relay, write_config
+from tests.admin.conftest import start_relay
 from tests.admin.test_web import smtp_send, until
 from xrelay.history import (AcceptedMessage, SqliteHistory, TraceQuery, history_path,
                             search, story)
@@ -137,8 +137,8 @@ async def test_a_deleted_database_is_recreated_and_mail_keeps_flowing(world) -> 
         globalLogPublisher.removeObserver(observer)
     (second,) = search(path, TraceQuery())
     assert second.recipients == ("two@example.net",) and second.outcome == "delivered"
-    assert any(f"the message history {path} was removed; started a new one" in l
-               for l in lines), lines
+    assert any(f"the message history {path} was removed; started a new one" in line
+               for line in lines), lines
 
 
 @pytest_twisted.ensureDeferred
@@ -158,8 +158,8 @@ async def test_a_corrupt_database_is_recreated_and_mail_keeps_flowing(world) -> 
         globalLogPublisher.removeObserver(observer)
     (first,) = search(path, TraceQuery())
     assert first.outcome == "delivered"
-    assert any(f"the message history {path} is unreadable" in l and "moved it aside" in l
-               for l in lines), lines
+    assert any(f"the message history {path} is unreadable" in line and "moved it aside" in line
+               for line in lines), lines
     with open(path + ".corrupt", "rb") as f:
         assert f.read().startswith(b"this is not an SQLite database")
 

@@ -6,6 +6,10 @@ import pytest
 import pytest_twisted
 
 from tests.inbound.harness import Certificates, Running, certificates, start
+# Fixtures defined beside their first tests, for every inbound test (asked for by
+# parameter name, so the test modules need not import them).
+from tests.inbound.test_devices import logged  # noqa: F401 (fixture)
+from tests.inbound.test_smuggling_end_to_end import sandbox  # noqa: F401 (fixture)
 
 
 @pytest.fixture

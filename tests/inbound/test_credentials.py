@@ -48,7 +48,7 @@ def test_configured_users_checker_is_a_cred_checker() -> None:
     ok: list[Any] = []
     checker.requestAvatarId(UsernamePassword(b"scanner", SCANNER_PASSWORD.encode())
                             ).addCallback(ok.append)
-    assert ok == ["scanner"]
+    assert ok == [b"scanner"]
     wrong = failure_of(checker.requestAvatarId(UsernamePassword(b"scanner", b"nope")))
     unknown = failure_of(checker.requestAvatarId(UsernamePassword(b"nobody", b"nope")))
     assert wrong.check(UnauthorizedLogin) and unknown.check(UnauthorizedLogin)

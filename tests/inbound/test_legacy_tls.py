@@ -11,7 +11,6 @@ import pytest
 import pytest_twisted
 
 from tests.inbound.harness import connect, ehlo, make_config, until
-from tests.inbound.test_devices import logged  # noqa: F401 (fixture)
 from tests.inbound.tlsclient import OPENSSL, conversation, s_client
 from xrelay.config import ListenerConfig
 from xrelay.testing.spool import FIRST_ID

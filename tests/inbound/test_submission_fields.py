@@ -17,12 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.inbound.harness import connect, ehlo, make_config, only_connection, until
-from tests.inbound.test_devices import logged  # noqa: F401 (fixture)
-from tests.inbound.test_smuggling_end_to_end import (  # noqa: F401 (fixture)
-    SendAtOnce,
-    sandbox,
-    sandbox_transport,
-)
+from tests.inbound.test_smuggling_end_to_end import SendAtOnce, sandbox_transport
 from xrelay.spool import Spool
 from xrelay.testing.spool import FIRST_ID
 

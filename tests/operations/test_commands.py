@@ -42,9 +42,9 @@ async def start_daemon(world: Any) -> RelayProcess:
     daemon = RelayProcess(process, log_path)
     try:
         await deferToThread(wait_for_socket, str(world.state_dir), 60)
-    except Exception:
+    except Exception as e:
         daemon.stop()
-        raise AssertionError(f"the daemon did not start:\n{daemon.log()}")
+        raise AssertionError(f"the daemon did not start:\n{daemon.log()}") from e
     return daemon
 
 

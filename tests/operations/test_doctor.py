@@ -53,7 +53,7 @@ async def test_all_steps_ok_against_the_sandbox(world) -> None:
     assert lines[0] == f"# xrelay doctor: account sandbox (microsoft, client_credentials, {MAILBOX})"
     assert [ln.split(":")[0] for ln in lines[1:-1]] == [
         "ok      configuration", f"ok      authority {world.sandbox.authority.split(':')[0]}",
-        f"ok      upstream localhost", "ok      token request",
+        "ok      upstream localhost", "ok      token request",
         f"ok      XOAUTH2 login as {MAILBOX}", f"ok      test message to {MAILBOX}",
         f"ok      Send As {SENDER}"]
     assert line(lines, "ok      authority").endswith("TLSv1.3, certificate for 127.0.0.1 "

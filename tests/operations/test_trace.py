@@ -100,7 +100,7 @@ async def test_trace_finds_delivered_bounced_and_deferred_messages(world) -> Non
 
     # The plain listing: one line per message, the reply on it.
     text = await trace(world, "--to", "b@example.net")
-    line = next(l for l in text.splitlines() if denied in l)
+    line = next(row for row in text.splitlines() if denied in row)
     assert "<scanner@example.com> -> b@example.net\tbounced\t554 5.2.252" in line
 
     # A second attempt of the deferred message, then its story lists both.
@@ -153,4 +153,4 @@ async def test_a_delete_with_the_daemon_stopped_is_in_the_trace(world) -> None:
     assert (code, out) == (0, f"{entry_id}: deleted\n"), err
     (after,) = await trace(world, "--json")
     assert (after["entry_id"], after["outcome"]) == (entry_id, "deleted")
-    assert f"finished " in await trace(world, entry_id)
+    assert "finished " in await trace(world, entry_id)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import base64
 import smtplib
 import ssl
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import pytest_twisted
 from twisted.python.filepath import FilePath
 
 from xrelay.sandbox import Sandbox
+
+if TYPE_CHECKING:
+    import requests
 
 
 @pytest.fixture

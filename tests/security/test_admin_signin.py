@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-from tests.admin.conftest import ADMIN_PASSWORD, start_relay, world  # noqa: F401
+from tests.admin.conftest import ADMIN_PASSWORD, start_relay
 from xrelay.admin.lockout import MAX_FAILURES
 
 
@@ -96,7 +96,7 @@ async def test_concurrent_wrong_admin_passwords_are_limited_to_the_limit(world) 
     responses = await defer.gatherResults([
         defer.ensureDeferred(g.request("POST", "/login", {"csrf_token": t,
                                                           "password": f"guess {i}"}))
-        for i, (g, t) in enumerate(zip(guessers, tokens))])
+        for i, (g, t) in enumerate(zip(guessers, tokens, strict=True))])
     codes = sorted(response.code for response, _ in responses)
     assert codes == [403] * MAX_FAILURES + [429] * (40 - MAX_FAILURES)
     assert len(calls) == MAX_FAILURES

@@ -12,7 +12,6 @@ import ipaddress
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import connect, ehlo, make_config, until
 from xrelay.testing.spool import FIRST_ID
 

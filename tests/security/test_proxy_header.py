@@ -15,7 +15,6 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import (
     SCANNER_PASSWORD,
     connect,

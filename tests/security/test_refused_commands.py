@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import NOWHERE, connect, ehlo, make_config
 from xrelay.testing.spool import FIRST_ID
 

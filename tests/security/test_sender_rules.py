@@ -11,7 +11,6 @@ import attrs
 import pytest
 import pytest_twisted
 
-from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import (
     NOWHERE,
     SCANNER_PASSWORD,

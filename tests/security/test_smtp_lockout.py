@@ -10,7 +10,6 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from tests.inbound.conftest import relay  # noqa: F401  (the fixture)
 from tests.inbound.harness import (
     NOWHERE,
     SCANNER_PASSWORD,

@@ -11,9 +11,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.inbound.conftest import certs, relay  # noqa: F401 (fixtures)
 from tests.inbound.harness import make_config, until
-from tests.inbound.test_devices import logged  # noqa: F401 (fixture)
 from tests.inbound.tlsclient import OPENSSL, s_client
 from xrelay.config import ListenerConfig
 

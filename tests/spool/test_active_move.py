@@ -40,11 +40,11 @@ def test_to_active_is_visible_but_not_synced_and_recovers_to_queued(
     assert os.listdir(tmp_path / "active") == [entry.entry_id + ".json"]
     assert os.listdir(tmp_path / "queued") == []
     # A transition that changes the record, or leaves active, is synced as before.
-    spool.move(active, DEFERRED, attempts=1).result
+    assert spool.move(active, DEFERRED, attempts=1).result.state == DEFERRED
     assert len(fsyncs) == 3  # the rewritten record, deferred/, active/
     fsyncs.clear()
     entry = spool.get(entry.entry_id)
-    spool.move(entry, ACTIVE, attempts=2).result
+    assert spool.move(entry, ACTIVE, attempts=2).result.state == ACTIVE
     assert len(fsyncs) == 3  # changed on the way in: durable
     restarted = Spool(str(tmp_path), run_blocking=run_inline)
     restarted.recover()

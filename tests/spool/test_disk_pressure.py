@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -166,7 +165,7 @@ def test_enospc_at_each_write_of_a_bounce(tmp_path: Path,
         try:
             the_outcome_is_right(result)
         except AssertionError as e:
-            raise AssertionError(f"ENOSPC from allocating write {k} of {steps}: {e}")
+            raise AssertionError(f"ENOSPC from allocating write {k} of {steps}: {e}") from e
 
 
 def test_a_bounce_left_by_a_crash_before_the_move_is_withdrawn(tmp_path: Path) -> None:
@@ -186,7 +185,7 @@ def test_a_bounce_left_by_a_crash_before_the_move_is_withdrawn(tmp_path: Path) -
                                     received_at=START + 5), bounce_of=original)
     stray.write(b"Subject: Undelivered Mail Returned to Sender\r\n\r\nstray\r\n")
     stray_id = stray.commit().result
-    spool.move(spool.get(original), ACTIVE).result  # the crash: left active
+    assert spool.move(spool.get(original), ACTIVE).result.state == ACTIVE  # the crash: left active
 
     restarted = Spool(str(tmp_path), run_blocking=run_inline)
     transport = ScriptedTransport(script=[upstream] * 10)

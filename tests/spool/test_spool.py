@@ -160,7 +160,7 @@ def test_transitions(tmp_path) -> None:
                                                       Reply(550, "5.1.1 unknown")),)
     assert [e.entry_id for e in spool.entries(FAILED)] == [entry_id]
     assert spool.counts() == {"queued": 0, "active": 0, "deferred": 0, "failed": 1}
-    spool.remove(failed).result
+    assert spool.remove(failed).result is None
     with pytest.raises(UnknownEntry):
         spool.get(entry_id)
     assert files(spool, "data") == [] and files(spool, "failed") == []
@@ -170,7 +170,7 @@ def test_recover(tmp_path) -> None:
     spool = Spool(str(tmp_path), run_blocking=run_inline)
     kept = receive(spool).result
     active = receive(spool).result
-    spool.move(spool.get(active), ACTIVE).result
+    assert spool.move(spool.get(active), ACTIVE).result.state == ACTIVE
     # Leftovers of a crash: a message being received, a message whose data was renamed
     # but whose envelope never was, and a half-rewritten record.
     receiving = spool.incoming(ENVELOPE)

@@ -24,7 +24,7 @@ def unstuff(data: bytes) -> tuple[bytes, bytes]:
     content, rest = buf[2:end + 2], buf[end + 5:]
     for line in content.split(b"\r\n")[:-1]:
         lines.append(line[1:] if line.startswith(b".") else line)
-    return b"".join(l + b"\r\n" for l in lines), rest
+    return b"".join(line + b"\r\n" for line in lines), rest
 
 
 def stream(data: bytes, chunk_size: int) -> bytes:

@@ -44,7 +44,7 @@ def test_every_row_cites_a_source() -> None:
     rows = table.split("KnownReply(")[1:]
     comments = table.split("KnownReply(")[:-1]
     assert len(rows) == len(KNOWN_REPLIES)
-    uncited = [row.split(",")[0] for row, before in zip(rows, comments)
+    uncited = [row.split(",")[0] for row, before in zip(rows, comments, strict=True)
                if "https://" not in before.rsplit("),", 1)[-1]
                and "kept from the old rules" not in before.rsplit("),", 1)[-1]]
     assert uncited == []

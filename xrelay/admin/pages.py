@@ -403,7 +403,7 @@ def entry_body(story: Any, entry_id: str, in_queue: str | None) -> list[Any]:
                        "keeps, or a mistyped id).", id="entry-missing"),
                 tags.p(tags.a("Search the trace", href="/trace"))]
     m = story.message
-    facts = [("Outcome", tags.span(m.outcome, id="entry-outcome",
+    facts: list[tuple[str, Any]] = [("Outcome", tags.span(m.outcome, id="entry-outcome",
                                    class_="ok" if m.outcome == "delivered" else
                                    ("" if m.outcome == "waiting" else "bad"))),
              ("Received", _when(m.received_at)),

@@ -59,8 +59,9 @@ class AdminService(Service):
         self.site = AdminSite(relay, self.metrics, reactor)
         self.port: Any = None
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         Service.startService(self)
+        # The ignores below: makeService builds this service only when config.admin is set.
         endpoint = serverFromString(self.reactor, self.config.admin.listen)  # type: ignore[union-attr]
         factory = _QuietSite(self.site)
         d = endpoint.listen(factory)

@@ -132,7 +132,7 @@ def build_bounce(
     per_message = Message()
     per_message["Reporting-MTA"] = f"dns; {reporting_mta}"
     per_message["Arrival-Date"] = email.utils.formatdate(arrival_date, localtime=False)
-    blocks = [per_message]
+    blocks: list[Message | str] = [per_message]  # set_payload's type
     for f in failed:
         block = Message()
         block["Final-Recipient"] = f"rfc822; {f.recipient}"

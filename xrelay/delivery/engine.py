@@ -188,7 +188,7 @@ class DeliveryEngine(Service):
         done: Deferred[None] = Deferred()
         all_done = defer.DeferredList([_shadow(d) for d in waiting])
         timeout = self.clock.callLater(self.config.server.shutdown_timeout,
-                                       lambda: done.called or done.callback(None))
+                                       lambda: None if done.called else done.callback(None))
 
         def finished(_: object) -> None:
             if timeout.active():
@@ -348,7 +348,7 @@ class DeliveryEngine(Service):
                                           INTERNAL_ERROR)
 
     def _settle_later(self, entry_id: str, account: AccountConfig | None,
-                      result: DeliveryResult, error: BaseException, tries: int) -> None:
+                      result: DeliveryResult, error: BaseException | None, tries: int) -> None:
         """
         Record an attempt's result again after a back-off, until the disk takes it.
         The entry stays C{active} meanwhile (operators are told it is in flight; a
@@ -433,12 +433,12 @@ class DeliveryEngine(Service):
         for recipient in entry.recipients:
             r = by_recipient.get(recipient) or RecipientResult(recipient, Outcome.TEMPORARY,
                                                                NO_RESULT)
-            outcome = r.outcome
-            if result.failure in _TOKEN_TROUBLE and outcome is not Outcome.DELIVERED:
-                outcome = Outcome.TEMPORARY
-            if outcome is Outcome.DELIVERED:
+            settled = r.outcome
+            if result.failure in _TOKEN_TROUBLE and settled is not Outcome.DELIVERED:
+                settled = Outcome.TEMPORARY
+            if settled is Outcome.DELIVERED:
                 delivered.append(r)
-            elif outcome is Outcome.TEMPORARY:
+            elif settled is Outcome.TEMPORARY:
                 temporary.append(r)
             else:
                 permanent.append(FailedRecipient(recipient, r.reply))

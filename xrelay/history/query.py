@@ -88,7 +88,8 @@ class TraceQuery:
                              f"{', '.join(STATUS_GROUPS)}")
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses, values = ["m.bounce_of IS NULL"], []
+        clauses: list[str] = ["m.bounce_of IS NULL"]
+        values: list[str | float] = []
         if self.sender:
             clauses.append("m.sender LIKE ? ESCAPE '\\'")
             values.append(like_pattern(self.sender))
@@ -201,7 +202,7 @@ def _attempt(row: tuple[Any, ...]) -> Attempt:
         recipients = tuple(tuple(r) for r in json.loads(row[5] or "[]"))
     except ValueError:
         recipients = ()
-    return Attempt(row[0], row[1], row[2], row[3], row[4], recipients)  # type: ignore[arg-type]
+    return Attempt(row[0], row[1], row[2], row[3], row[4], recipients)
 
 
 class _Reader:

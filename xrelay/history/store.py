@@ -107,7 +107,7 @@ class HistoryStore:
         if not create and not os.path.exists(self.path):
             raise FileNotFoundError(self.path)
         try:
-            self._connect()
+            self._connect()  # sets self.db (the ignore: mypy cannot see that)
             row = self.db.execute("PRAGMA quick_check").fetchone()  # type: ignore[union-attr]
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check: {row[0] if row else '?'}")

@@ -86,7 +86,8 @@ class ConfiguredUsersChecker:
     run_blocking: Callable[..., "Deferred[Any]"]
     credentialInterfaces = (IUsernamePassword,)
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> "Deferred[str]":
+    def requestAvatarId(self, credentials: IUsernamePassword
+                        ) -> "Deferred[bytes | tuple[()]]":  # ICredentialsChecker's type
         try:
             name = credentials.username.decode("utf-8")
             password = credentials.password.decode("utf-8")
@@ -102,9 +103,9 @@ class ConfiguredUsersChecker:
             except ValueError:
                 return False
 
-        def decided(ok: bool) -> str:
+        def decided(ok: bool) -> bytes | tuple[()]:
             if ok and user is not None:
-                return user.name
+                return user.name.encode("utf-8")  # avatar ids are bytes in twisted.cred
             raise UnauthorizedLogin()
 
         return self.run_blocking(verify).addCallback(decided)

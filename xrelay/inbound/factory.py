@@ -115,6 +115,8 @@ class InboundFactory(Factory):
     #: One log line per connection is enough; "Starting factory" twice is noise.
     noisy = False
 
+    # As buildProtocol below: ESMTPServer's factory attribute is its InboundFactory, which
+    # Twisted's _ProtoWithFactory (any Factory, settable) does not accept.
     protocol = ESMTPServer  # type: ignore[assignment]
 
     def __init__(self, service: "InboundService", listener: ListenerConfig,
@@ -178,7 +180,9 @@ class InboundFactory(Factory):
     def live(self) -> set[ESMTPServer]:
         return self.service.live
 
-    def buildProtocol(self, addr: Any) -> ESMTPServer:
+    # Twisted's Factory wants a protocol whose factory attribute is any Factory; an
+    # ESMTPServer's is always its InboundFactory.
+    def buildProtocol(self, addr: Any) -> ESMTPServer:  # type: ignore[override]
         protocol = ESMTPServer(self)
         return protocol
 

@@ -58,6 +58,7 @@ from xrelay.inbound.states import (
 from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.policy import Refusal
+from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:
     from xrelay.inbound.factory import InboundFactory
@@ -83,6 +84,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
     """
 
     factory: "InboundFactory"
+    transport: IStreamTransport  # connected over TCP for its whole life (xrelay.streams)
 
     def __init__(self, factory: "InboundFactory") -> None:
         self.factory = factory
@@ -175,7 +177,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self.write_lines(220, [f"{self.config.server.hostname} ESMTP xrelay ready"])
         self._run()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.tls:  # once per connection: why the TLS handshake failed, if it did
             report_failed_handshake(self, reason)
         self.state = CLOSED
@@ -397,11 +399,12 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
-            text = self._utf8_command(raw)
-            if text is None:
+            utf8 = self._utf8_command(raw)
+            if utf8 is None:
                 self.error(500, "5.5.2", "Non-ASCII characters in command; they are "
                            "allowed only in addresses, with SMTPUTF8")
                 return None
+            text = utf8
         if _CONTROL.search(text):
             self.error(500, "5.5.2", "Control characters in command")
             return None

@@ -24,7 +24,6 @@ from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnection
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -39,6 +38,7 @@ from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, IInboundHandler, IRelayEvents, ISpool
 from xrelay.operations.events import guarded
 from xrelay.policy import AuthFailures, proxy_trusted
+from xrelay.twistedapi import HAProxyProtocolWrapper, HAProxyWrappingFactory, proxy_header_read
 
 __all__ = ["InboundService", "server_tls_options"]
 
@@ -112,9 +112,9 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        known = self._proxyInfo is not None
+        known = proxy_header_read(self)
         super().dataReceived(data)
-        if not known and self._proxyInfo is not None:
+        if not known and proxy_header_read(self):
             protocol: Any = self.wrappedProtocol
             while not isinstance(protocol, ESMTPServer) and hasattr(
                 protocol, "wrappedProtocol"
@@ -125,7 +125,10 @@ class _ProxyHeaderWrapper(HAProxyProtocolWrapper):
 
 
 class _ProxyHeaderWrappingFactory(HAProxyWrappingFactory):
-    protocol = _ProxyHeaderWrapper
+    # Twisted types the wrapper's factory as WrappingFactory[Self], so no subclass of a
+    # wrapper fits its factory's protocol attribute (Twisted's own policies.py ignores
+    # this too).
+    protocol = _ProxyHeaderWrapper  # type: ignore[assignment]
 
     def __init__(self, wrapped: Any, service: "InboundService",
                  listener: ListenerConfig) -> None:
@@ -201,8 +204,8 @@ class InboundService(MultiService):
         connections made from now on; live ones keep the one they started with.
         Listeners are not changed: a different C{server.listen} needs a restart.
         """
-        if [l.endpoint for l in config.server.listen] != [
-            l.endpoint for l in self.config.server.listen
+        if [listener.endpoint for listener in config.server.listen] != [
+            listener.endpoint for listener in self.config.server.listen
         ]:
             log.warn("inbound: server.listen changed; restart xrelay to listen on the "
                      "new endpoints")
@@ -301,7 +304,8 @@ class InboundService(MultiService):
         to C{server.shutdown_timeout} seconds, then cut what is left.
         """
         super().stopService()
-        stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        stopping: list[Deferred[Any]] = [defer.maybeDeferred(port.stopListening)
+                                         for port in self.ports]
         self.ports = []
         self.bound = {}
         self._listening = []

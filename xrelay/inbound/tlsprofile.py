@@ -115,7 +115,7 @@ def handshake_failure(transport: Any, reason: Failure | None, min_version: str
         return None
     if connection.get_peer_finished() is not None:
         return None  # the client's Finished arrived: the handshake completed
-    if reason is None or not reason.check(SSL.Error):
+    if reason is None or not isinstance(reason.value, SSL.Error):
         return ("the client closed the connection during the TLS handshake (devices do "
                 "this when they do not trust the certificate or share no TLS version "
                 "with the listener)")

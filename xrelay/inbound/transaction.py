@@ -37,9 +37,8 @@ from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import route_refusal
 
 if TYPE_CHECKING:
-    from xrelay.inbound.protocol import ESMTPServer
-
-    _Base = ESMTPServer
+    # ESMTPServer inherits from this mixin: it is checked against its surface.
+    from xrelay.inbound.surface import ServerSurface as _Base
 else:
     _Base = object
 

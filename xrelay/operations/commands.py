@@ -146,7 +146,8 @@ def accounts_command(args: argparse.Namespace) -> int:
 
         now = time.time()
         expiries = credential_expiries(config)
-        statuses = [{"account": s.account, "state": s.state, "provider": s.provider,
+        statuses: list[dict[str, Any]] = [
+                    {"account": s.account, "state": s.state, "provider": s.provider,
                      "flow": s.flow, "user": config.account(s.account).user,
                      "expires_at": s.expires_at, "last_refresh": s.last_refresh,
                      "last_error": s.last_error, "hint": s.hint,

@@ -157,7 +157,8 @@ class _ControlProtocol(LineReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._send({"ok": False, "error": "request too long"})
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
 
 class ControlRefusal(Exception):

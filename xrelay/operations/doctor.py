@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import os
 import smtplib
 import socket
@@ -188,7 +189,7 @@ class Doctor:
                                        "--send-as-check to send one test message as "
                                        f"<{sender}> to {a.user})", fix))
             else:
-                self._step(name, lambda sender=sender: self.send_test(sender), bool(login))
+                self._step(name, functools.partial(self.send_test, sender), bool(login))
             yield self.steps[-1]
 
     def exact_senders(self) -> list[str]:
@@ -383,7 +384,9 @@ class Doctor:
         except _Failed:
             raise
         except smtplib.SMTPDataError as e:
-            reply = f"{e.smtp_code} {' '.join(e.smtp_error.decode('utf-8', 'replace').split())}"
+            said = e.smtp_error  # bytes from the server; typeshed allows str too
+            said = said.decode("utf-8", "replace") if isinstance(said, bytes) else said
+            reply = f"{e.smtp_code} {' '.join(said.split())}"
             code = e.smtp_code
         except (OSError, smtplib.SMTPException) as e:
             raise _Failed(f"the SMTP session failed: {e}") from None
@@ -433,7 +436,7 @@ def powershell_script(account: Any) -> str:
                    else "Microsoft Graph > SMTP.Send (Delegated)")
         + ", then \"Grant admin consent\".",
         "",
-        f"# 2. SMTP AUTH for the relay's mailbox (off by default in new tenants):",
+        "# 2. SMTP AUTH for the relay's mailbox (off by default in new tenants):",
         SMTP_AUTH_MAILBOX.format(**f),
         f"# (only if the whole tenant must allow it: {SMTP_AUTH_TENANT})",
     ]

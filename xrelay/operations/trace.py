@@ -114,7 +114,7 @@ def story_lines(s: MessageStory) -> list[str]:
                          "provider's message trace)")
     if not s.attempts:
         lines.append("no delivery attempt yet")
-    for bounce, attempts in s.bounces:
+    for bounce, _attempts in s.bounces:
         lines.append(f"bounce {bounce.entry_id} sent {local_time(bounce.received_at)} to "
                      f"{', '.join(bounce.recipients)}: {bounce.outcome}"
                      f"{'; ' + bounce.last_reply if bounce.last_reply else ''}")

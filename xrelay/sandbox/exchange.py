@@ -32,6 +32,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from .identity import OUTLOOK_RESOURCES, IdentityPlatform
 from .mailbox import Mailbox
+from xrelay.streams import IStreamTransport
 
 #: The points of a session at which a reply can be injected or the connection dropped.
 #: C{DATA_BODY} is in the middle of the message data; C{AFTER_QUEUED} is after the message
@@ -387,6 +388,7 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
     delimiter = b"\r\n"
     MAX_LENGTH = 64 * 1024 * 1024
     COMMAND_MAX = 2048
+    transport: IStreamTransport  # connected over TCP for its whole life (xrelay.streams)
 
     def __init__(self, server: ExchangeServer) -> None:
         self.server = server
@@ -503,11 +505,11 @@ class ExchangeSMTP(LineReceiver, TimeoutMixin):
             return
         verb = line.split(" ", 1)[0].upper()
         self.record(self._redacted(verb, line))
-        handler = getattr(self, "smtp_" + verb, None)
-        if handler is None:
+        command = getattr(self, "smtp_" + verb, None)
+        if command is None:
             self.reply(f"500 5.3.3 Unrecognized command '{line.split(' ', 1)[0][:40]}'")
             return
-        handler(line[len(verb) :].strip())
+        command(line[len(verb) :].strip())
 
     @staticmethod
     def _redacted(verb: str, line: str) -> str:

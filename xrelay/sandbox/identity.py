@@ -683,9 +683,10 @@ class IdentityPlatform:
         if record.client_id != app.client_id:
             raise TokenError("invalid_grant", 70000, "The refresh token was issued to a different client.")
         if record.revoked_by_user:
+            holder = self.user(record.upn)
             raise TokenError(
                 "invalid_grant", 50173,
-                f"The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{_iso(record.issued_at)}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{_iso(self.user(record.upn).tokens_valid_from if self.user(record.upn) else self.now())}'.",
+                f"The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{_iso(record.issued_at)}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{_iso(holder.tokens_valid_from if holder else self.now())}'.",
             )
         if not record.valid or record.expires_at <= self.now():
             raise TokenError(
@@ -843,7 +844,7 @@ class IdentityPlatform:
         try:
             header, _ = webtoken.unverified(assertion)
         except webtoken.MalformedToken:
-            raise TokenError("invalid_client", 50027, "JWT token is invalid or malformed.", 401)
+            raise TokenError("invalid_client", 50027, "JWT token is invalid or malformed.", 401) from None
         chosen = None
         for cert in app.certificates:
             # msal sends the thumbprints base64url with padding; Azure AD accepts both.
@@ -864,7 +865,7 @@ class IdentityPlatform:
         try:
             claims = webtoken.verify(assertion, public_key)
         except webtoken.MalformedToken:
-            raise TokenError("invalid_client", 700027, "Client assertion failed signature validation.", 401)
+            raise TokenError("invalid_client", 700027, "Client assertion failed signature validation.", 401) from None
         now = self.now()
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
             raise TokenError("invalid_client", 700021, "Client assertion application identifier doesn't match 'client_id' parameter.", 401)

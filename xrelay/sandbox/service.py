@@ -148,7 +148,7 @@ class Sandbox:
     def stop(self) -> defer.Deferred[None]:
         """Close the listeners and every open connection; fires when all are closed."""
         ports, self._ports = self._ports, []
-        waiting = [defer.maybeDeferred(p.stopListening) for p in ports]
+        waiting: list[defer.Deferred[Any]] = [defer.maybeDeferred(p.stopListening) for p in ports]
         waiting.append(self.exchange.close_connections())
         waiting.append(self.gmail.close_connections())
         if self._https is not None:

@@ -15,6 +15,7 @@ import json
 from urllib.parse import unquote
 
 from twisted.web.resource import Resource
+from twisted.web import http
 from twisted.web.server import Request, Site
 
 from . import signin
@@ -54,7 +55,7 @@ class SandboxResource(Resource):
         if len(path) == 4 and path[:2] == ["v1.0", "users"] and path[3] == "sendMail" and method == "POST":
             return self._json(
                 request,
-                self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read()),
+                self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read() if request.content else b""),
             )
         if path and path[0] == "devicelogin":
             return self._device_login(request, method)
@@ -159,7 +160,7 @@ class QuietSite(Site):
 
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 

@@ -30,6 +30,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.web.client import Agent, ResponseFailed
+from twisted.web.http_headers import Headers
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -182,8 +183,8 @@ class GoogleGrant:
         try:
             response = yield self._client().post(
                 self.token_url, data=body, timeout=REQUEST_TIMEOUT,
-                headers={"Content-Type": ["application/x-www-form-urlencoded"],
-                         "Accept": ["application/json"]})
+                headers=Headers({"Content-Type": ["application/x-www-form-urlencoded"],
+                                 "Accept": ["application/json"]}))
             raw = yield response.content()
         except (ConnectError, DNSLookupError, TimeoutError, ResponseFailed, OSError) as e:
             raise GrantUnavailable(f"cannot reach {self.token_url} "

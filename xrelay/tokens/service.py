@@ -59,6 +59,7 @@ def _token_pool() -> ThreadPool:
     depends on them finishing: cache writes are atomic renames.
     """
     pool = ThreadPool(minthreads=0, maxthreads=MAX_THREADS, name="xrelay-tokens")
+    # Twisted types threadFactory as type[Thread]; any callable making a Thread works.
     pool.threadFactory = _daemon_thread  # type: ignore[assignment]
     return pool
 
@@ -264,6 +265,8 @@ class TokenService(Service):
         if self.config.account(account).flow == "client_credentials":
             raise SignInFailed(account, "this account does not sign in interactively "
                                "(client credentials)")
+        if not isinstance(source.grant, MicrosoftGrant):  # an embedder's own grant
+            raise SignInFailed(account, "this account's token grant has no Microsoft sign-in")
         return source, source.grant
 
     def _browser(self, account: str) -> tuple[RefreshingTokenSource,

@@ -256,7 +256,7 @@ class RefreshingTokenSource:
 
     def _fetch_failed(self, failure: Failure, before: TokenState) -> None:
         now = self.clock.seconds()
-        if failure.check(GrantRefused):
+        if isinstance(failure.value, GrantRefused):
             reason = failure.value.reason
             state, hint = self._explain(reason)
             self.lifecycle.refused(reason, hint, now, state)
@@ -265,15 +265,15 @@ class RefreshingTokenSource:
                       "queue; to resume, {hint}", account=self.account_name,
                       state=state.value, error=reason, hint=hint)
             self.events.token_failed(self.account_name, "needs_sign_in")
-            outcome = self._needs_sign_in()
-            self._record().addCallback(lambda _: self._release(outcome))
+            signed_out = self._needs_sign_in()
+            self._record().addCallback(lambda _: self._release(signed_out))
             return
-        if failure.check(GrantUnavailable):
+        if isinstance(failure.value, GrantUnavailable):
             reason = failure.value.reason
         else:
             log.failure("Unexpected failure refreshing the token of account {account}",
                         failure, account=self.account_name)
-            reason = f"unexpected error ({failure.type.__name__})"
+            reason = f"unexpected error ({type(failure.value).__name__})"
         retry_at = self.lifecycle.failed(reason, now)
         log.warn("No token for account {account}: {error}; retrying in {delay:.0f}s",
                  account=self.account_name, error=reason, delay=retry_at - now)

@@ -61,7 +61,7 @@ class TrustedSession(requests.Session):
         self.verify = bundle
         self.timeout = timeout
 
-    def request(self, method: str | bytes, url: str | bytes,  # type: ignore[override]
+    def request(self, method: str, url: str | bytes,
                 *args: Any, **kwargs: Any) -> requests.Response:
         kwargs["verify"] = self.bundle
         kwargs.setdefault("timeout", self.timeout)

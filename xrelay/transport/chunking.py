@@ -83,7 +83,8 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
     sending = sender.start()
 
     def quiet() -> None:
-        for w in [*waits, *chunk_waits, sending]:
+        pending: list[Deferred[Any]] = [*waits, *chunk_waits, sending]
+        for w in pending:
             w.addErrback(lambda _: None)
 
     mail_reply: Reply | None = None
@@ -135,7 +136,7 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
         connection.broken = True
     if mail_reply.code // 100 != 2:
         return _whole(message, mail_reply)
-    accepted = [r for r, reply in zip(message.recipients, rcpt_replies)
+    accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True)
                 if reply.code // 100 == 2]
     if not accepted:
         return _refused(message, rcpt_replies)
@@ -155,7 +156,7 @@ def _refused(message: OutboundMessage, rcpt_replies: list[Reply]) -> DeliveryRes
     """The recipients refused at RCPT (the failure kind of the first refusal)."""
     refused = tuple(
         RecipientResult(r, outcome_of(reply), reply)
-        for r, reply in zip(message.recipients, rcpt_replies) if reply.code // 100 != 2)
+        for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 != 2)
     return DeliveryResult(refused, failure_of(refused[0].reply) if refused
                           else FailureKind.NONE)
 

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import attrs
 import treq
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
@@ -132,8 +132,8 @@ class GraphTransport:
         return self._pool.closeCachedConnections()
 
     async def _deliver(self, message: OutboundMessage) -> DeliveryResult:
-        fields = dict(message_id=message.entry_id, account=self.account.name,
-                      sender=message.sender)
+        fields: dict[str, Any] = dict(message_id=message.entry_id, account=self.account.name,
+                                      sender=message.sender)
         try:
             result = await self._attempt(message)
         except Exception:

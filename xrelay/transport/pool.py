@@ -11,6 +11,7 @@ log a token or put one into a result.
 
 from __future__ import annotations
 
+import functools
 import socket
 from typing import Any
 
@@ -133,7 +134,7 @@ class SMTPTransport:
     # -- one delivery ----------------------------------------------------------------
 
     async def _deliver(self, message: OutboundMessage) -> DeliveryResult:
-        fields = dict(
+        fields: dict[str, Any] = dict(
             message_id=message.entry_id, account=self.account.name, sender=message.sender
         )
         try:
@@ -246,7 +247,7 @@ class SMTPTransport:
                     str(trouble),
                 ) from None
             if reply.code == 235:
-                connection.protocol.on_lost = lambda c=connection: self._lost(c)
+                connection.protocol.on_lost = functools.partial(self._lost, connection)
                 self._open.add(connection)
                 return connection
             await connection.quit()

@@ -30,10 +30,9 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
-    IReactorTCP,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -44,6 +43,7 @@ from xrelay.envelope import DeliveryResult
 from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
 from xrelay.transport.chunking import bdat_transaction
+from xrelay.streams import IStreamTransport
 
 log = Logger()
 
@@ -96,7 +96,7 @@ def describe_loss(reason: Failure) -> str:
     """A short, secret-free text for why a connection ended."""
     if reason.check(VerificationError):
         return "TLS failed (the upstream's certificate is not valid for the host name)"
-    if reason.check(SSL.Error):
+    if isinstance(reason.value, SSL.Error):
         errors = reason.value.args[0] if reason.value.args else None
         texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
         return f"TLS failed ({'; '.join(texts) or reason.getErrorMessage()})"
@@ -104,7 +104,7 @@ def describe_loss(reason: Failure) -> str:
         return "the upstream closed the connection"
     if reason.check(ConnectionLost):
         return "the connection was lost"
-    return reason.getErrorMessage() or reason.type.__name__
+    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 def parse_capabilities(ehlo: Reply) -> dict[str, str]:
@@ -133,6 +133,7 @@ class ClientProtocol(LineOnlyReceiver):
     delimiter = b"\r\n"
     #: RFC 5321 allows 512 octets per reply line; be generous, not unbounded.
     MAX_LENGTH = 8192
+    transport: IStreamTransport  # connected over TCP for its whole life (xrelay.streams)
 
     def __init__(self) -> None:
         self._waiting: list[Deferred[Reply]] = []
@@ -201,7 +202,7 @@ class ClientProtocol(LineOnlyReceiver):
         if self.connected_ and self.transport is not None:
             self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected_ = False
         self._fail_waiting(_Dropped(describe_loss(reason)))
         if not self.handshake.called:
@@ -440,10 +441,10 @@ class UpstreamConnection:
         if mail_reply.code // 100 != 2:
             await self._abandon_data(data_reply)
             return _whole(message, mail_reply)
-        accepted = [r for r, reply in zip(message.recipients, rcpt_replies) if reply.code // 100 == 2]
+        accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 == 2]
         refused = tuple(
             RecipientResult(r, outcome_of(reply), reply)
-            for r, reply in zip(message.recipients, rcpt_replies)
+            for r, reply in zip(message.recipients, rcpt_replies, strict=True)
             if reply.code // 100 != 2
         )
         if not accepted:

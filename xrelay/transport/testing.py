@@ -19,6 +19,7 @@ from twisted.web.client import Agent
 from zope.interface import implementer
 
 from xrelay.interfaces import ITokenSource
+from xrelay.tokens.status import TokenState, TokenStatus
 from xrelay.transport.tls import https_policy
 
 
@@ -55,8 +56,9 @@ class ScriptedTokenSource:
         if token == self._current:
             self._current = None
 
-    def status(self) -> str:
-        return "scripted"
+    def status(self) -> TokenStatus:
+        """As L{ITokenSource} promises: a token in hand (C{ok}) or none yet."""
+        return TokenStatus(self.account_name, _state(self._current))
 
 
 @implementer(ITokenSource)
@@ -113,5 +115,11 @@ class ClientCredentialsTokenSource:
         if token == self._current:
             self._current = None
 
-    def status(self) -> str:
-        return "client_credentials"
+    def status(self) -> TokenStatus:
+        """As L{ITokenSource} promises: a token in hand (C{ok}) or none yet."""
+        return TokenStatus(self.account_name, _state(self._current),
+                           flow="client_credentials")
+
+
+def _state(current: str | None) -> str:
+    return (TokenState.FRESH if current is not None else TokenState.EMPTY).value

@@ -13,17 +13,16 @@ from __future__ import annotations
 import certifi
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.client import BrowserLikePolicyForHTTPS
-from zope.interface import implementer
 
 import attrs
 
+from xrelay.twistedapi import TrustRoot
 
-@implementer(IOpenSSLTrustRoot)
+
 @attrs.frozen
-class UpstreamTrust:
+class UpstreamTrust(TrustRoot):
     """
     The roots an upstream certificate may chain to.
 
@@ -33,7 +32,7 @@ class UpstreamTrust:
     ca_file: str | None = None
     system: bool = True
 
-    def _addCACertsToContext(self, context: SSL.Context) -> None:
+    def add_roots(self, context: SSL.Context) -> None:
         if self.system:
             context.set_default_verify_paths()
             context.load_verify_locations(certifi.where())
