@@ -232,7 +232,7 @@ def write(tmp_path: Path, account: str) -> str:
 
 def test_google_defaults_are_the_same_read_from_toml_or_built_in_python(
         tmp_path: Path) -> None:
-    path = write(tmp_path, f"""
+    path = write(tmp_path, """
 name = "gmail"
 provider = "google"
 user = "relay@gmail.example"

@@ -19,7 +19,7 @@ def listen(monkeypatch: pytest.MonkeyPatch, port: str | None,
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    return [l.endpoint for l in sandbox_default().server.listen]
+    return [listener.endpoint for listener in sandbox_default().server.listen]
 
 
 def test_sandbox_port_defaults_to_2525(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,7 @@ class DataInterrupted(Exception):
     """The connection stopped taking data before the end (lost, aborted)."""
 
 
+@implementer(IPullProducer)
 class _FileProducer:
     """
     What the two senders share: a pull producer registered with the consumer, whose
@@ -73,6 +74,9 @@ class _FileProducer:
         """Begin; L{done} fires when the data is out."""
         self.consumer.registerProducer(self, False)
         return self.done
+
+    def resumeProducing(self) -> None:
+        raise NotImplementedError("each sender writes its own kind of data")
 
     def stopProducing(self) -> None:
         """The connection went away before the end of the data."""
