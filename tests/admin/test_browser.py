@@ -301,6 +301,8 @@ async def test_status_queue_and_trace_pages_fit_the_window(world) -> None:
         wait_for("trace-search")
         driver.find_element(By.ID, "search-to").send_keys("later@")
         driver.find_element(By.ID, "search").click()
+        # The search page shows results before the search too: wait for the new page.
+        WebDriverWait(driver, 30).until(lambda d: "to=later" in d.current_url)
         wait_for("trace-results")
         seen["trace_url"] = driver.current_url
         seen["trace_rows"] = [row.text for row in driver.find_elements(
