@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 
@@ -65,6 +65,28 @@ def test_sandbox_default_relays_smtplib_message(tmp_path: Path, run_relay) -> No
     # twistd stops cleanly on SIGTERM, then exits with that signal as its status.
     assert relay.stop() == -signal.SIGTERM
     assert "Server Shut Down." in relay.log()
+
+
+@defer.inlineCallbacks
+def relay_one_message(relay: RelayProcess, port: int, sandbox, subject: bytes):
+    """
+    Once the relay listens on C{port}, send it one message with smtplib and wait (up to
+    30 s) for the sandbox to receive it; fires with that one delivered message.
+    """
+    yield threads.deferToThread(relay.wait_for_port, port)
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("app@example.com", ["client@example.net"],
+                            b"Subject: " + subject + b"\r\n\r\nhi\r\n")
+
+    yield threads.deferToThread(send)
+    for _ in range(300):
+        if sandbox.mailbox.messages:
+            break
+        yield deferLater(reactor, 0.1, lambda: None)
+    (delivered,) = sandbox.mailbox.messages
+    return delivered
 
 
 @pytest.fixture
@@ -142,19 +164,7 @@ def test_tac_file_with_config_from_environment(tmp_path: Path, sandbox) -> None:
         stderr=subprocess.DEVNULL)
     relay = RelayProcess(process, log_path)
     try:
-        yield threads.deferToThread(relay.wait_for_port, port)
-
-        def send() -> None:
-            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-                client.sendmail("app@example.com", ["client@example.net"],
-                                b"Subject: from the tac\r\n\r\nhi\r\n")
-
-        yield threads.deferToThread(send)
-        for _ in range(300):
-            if sandbox.mailbox.messages:
-                break
-            yield deferLater(reactor, 0.1, lambda: None)
-        (delivered,) = sandbox.mailbox.messages
+        delivered = yield relay_one_message(relay, port, sandbox, b"from the tac")
         assert b"Subject: from the tac" in delivered.data
     finally:
         yield threads.deferToThread(relay.stop)

@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import smtplib
 import subprocess
 from pathlib import Path
 
 import pytest_twisted
-from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet import threads
 
 from tests.conftest import RelayProcess, bin_path, free_port
-from tests.test_end_to_end import sandbox, write_config  # noqa: F401 (fixture)
+from tests.test_end_to_end import relay_one_message, sandbox, write_config  # noqa: F401 (fixture)
 from xrelay.foreground import twistd_arguments
 
 
@@ -50,19 +48,7 @@ def test_xrelay_run_relays_and_logs_json_lines(tmp_path: Path, sandbox) -> None:
         stdin=subprocess.DEVNULL, stdout=open(stdout, "wb"), stderr=subprocess.STDOUT)
     relay = RelayProcess(process, stdout)
     try:
-        yield threads.deferToThread(relay.wait_for_port, port)
-
-        def send() -> None:
-            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-                client.sendmail("app@example.com", ["client@example.net"],
-                                b"Subject: from xrelay run\r\n\r\nhi\r\n")
-
-        yield threads.deferToThread(send)
-        for _ in range(300):
-            if sandbox.mailbox.messages:
-                break
-            yield deferLater(reactor, 0.1, lambda: None)
-        (delivered,) = sandbox.mailbox.messages
+        delivered = yield relay_one_message(relay, port, sandbox, b"from xrelay run")
         assert b"Subject: from xrelay run" in delivered.data
     finally:
         status = yield threads.deferToThread(relay.stop)

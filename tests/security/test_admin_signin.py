@@ -8,7 +8,6 @@ C{redirect_uri}.  Kept here with the requests the attacker sent, over real HTTP.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,6 +20,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tests.admin.conftest import ADMIN_PASSWORD, start_relay
+from tests.admin.test_web import Browser as WebBrowser
 from xrelay.admin.lockout import MAX_FAILURES
 
 
@@ -35,8 +35,9 @@ class _Bound:
                                   bindAddress=(self.source, 0))
 
 
-class Browser:
-    """A browser's cookie jar (every cookie), no redirects followed."""
+class Browser(WebBrowser):
+    """A browser's cookie jar (every cookie, the device cookie too), no redirects
+    followed, optionally connecting from another loopback address."""
 
     def __init__(self, base: str, source: str | None = None) -> None:
         self.base = base
@@ -61,18 +62,6 @@ class Browser:
                 self.cookies.pop(name, None)
         return response, body
 
-    async def csrf(self, path: str = "/login") -> str:
-        _, body = await self.request("GET", path)
-        match = re.search(r'name="csrf_token" value="([^"]+)"', body)
-        assert match, body
-        return match.group(1)
-
-    async def sign_in(self, password: str = ADMIN_PASSWORD) -> Any:
-        token = await self.csrf("/login")
-        response, _ = await self.request("POST", "/login",
-                                         {"csrf_token": token, "password": password})
-        return response
-
 
 def slow_verify(site: Any, calls: list[str]) -> None:
     """Count the password checks, each as slow as a real scrypt check (in its thread)."""
@@ -92,7 +81,7 @@ async def test_concurrent_wrong_admin_passwords_are_limited_to_the_limit(world) 
     calls: list[str] = []
     slow_verify(relay.admin.site, calls)
     guessers = [Browser(world.admin_url) for _ in range(40)]
-    tokens = [await g.csrf() for g in guessers]
+    tokens = [await g.csrf("/login") for g in guessers]
     responses = await defer.gatherResults([
         defer.ensureDeferred(g.request("POST", "/login", {"csrf_token": t,
                                                           "password": f"guess {i}"}))
