@@ -1,6 +1,8 @@
 import pytest
 
 from tests.delivery.delivery_harness import Harness
+# The started sandbox providers, shared with the transport tests (one definition).
+from tests.transport.conftest import sandbox  # noqa: F401 (fixture)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.python.filepath import FilePath
 
 from xrelay.config import Config, DeliveryConfig, ServerConfig
 from xrelay.delivery import DeliveryEngine
@@ -35,14 +34,6 @@ from tests.transport.conftest import account_for, tokens_for
 
 MAILBOX_SENDER = "scanner@example.com"
 GMAIL_USER = "relay@gmail-sandbox.example"
-
-
-@pytest.fixture
-def sandbox(tmp_path: Any) -> Iterator[Sandbox]:
-    sb = Sandbox(FilePath(str(tmp_path / "sandbox")), reactor=reactor)
-    sb.start()
-    yield sb
-    pytest_twisted.blockon(sb.stop())
 
 
 @pytest.fixture
