@@ -289,3 +289,105 @@ def test_exchange_lines_run_by_hand(sandbox: Sandbox):
     )
     assert [o.get("AppId") or o.get("Role") or o.get("Name") for o in out] == [app.app_id, "xrelay relay", "Application SMTP.SendAsApp"]
     assert sandbox.exchange_admin.principals[app.app_id].display_name == "xrelay relay"
+
+
+def _rbac_flow(sb: Sandbox) -> dict[str, Any]:
+    """RBAC for Applications: no tenant-wide Entra permission, Exchange scopes the app to one mailbox."""
+    admin = sign_in_as(sb, "admin@sandbox.example")
+    cert = HostCertificate.make()
+    app, sp = _create_app(admin, cert)
+    sb.entra.replicate()
+    out: dict[str, Any] = {}
+    for resource in (EXO, GRAPH):
+        token = app_token(sb, app["appId"], cert.msal_credential(), resource)
+        assert unverified(token["access_token"])[1]["roles"] == [], "no Entra consent at all"
+        out[resource] = token["access_token"]
+    steps = [
+        ("New-ServicePrincipal", {"AppId": app["appId"], "ObjectId": sp["id"], "DisplayName": "xrelay relay.example"}),
+        ("New-ManagementScope", {"Name": "xrelay relay.example", "RecipientRestrictionFilter": f"PrimarySmtpAddress -eq '{DEFAULT_MAILBOX}'"}),
+        ("New-ManagementRoleAssignment", {"Role": "Application SMTP.SendAsApp", "App": app["appId"], "CustomResourceScope": "xrelay relay.example"}),
+        ("New-ManagementRoleAssignment", {"Role": "Application Mail.Send", "App": app["appId"], "CustomResourceScope": "xrelay relay.example"}),
+    ]
+    for cmdlet, parameters in steps:
+        done = admin.exchange(cmdlet, **parameters)
+        assert done.status_code == 200, (cmdlet, done.text)
+    out["smtp_before"] = _smtp_auth(sb, DEFAULT_MAILBOX, out[EXO])[0]
+    out["app"] = app
+    return out
+
+
+def _graph_send(sb: Sandbox, token: str, user: str) -> int:
+    import requests
+
+    mime = base64.b64encode(f"From: {user}\r\nTo: bob@example.com\r\nSubject: g\r\n\r\nhi\r\n".encode()).decode()
+    return requests.post(f"{sb.graph_url}/users/{user}/sendMail", data=mime,
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+                         verify=sb.ca_file, timeout=10).status_code
+
+
+@pytest_twisted.inlineCallbacks
+def test_rbac_for_applications_scopes_smtp_and_graph_to_the_relay_mailbox(slow_tenant: Sandbox):
+    sb = slow_tenant
+    other = "someone@sandbox.example"
+    sb.identity.add_user("sandbox.onmicrosoft.com", other, "x" * 16)
+    out = yield threads.deferToThread(_rbac_flow, sb)
+    assert out["smtp_before"] == 535
+    graph_before = yield threads.deferToThread(_graph_send, sb, out[GRAPH], DEFAULT_MAILBOX)
+    assert graph_before == 403
+    sb.exchange_admin.accept_now()
+    yield threads.deferToThread(wait_for, lambda: sb.exchange_admin.accepts(out["app"]["appId"], DEFAULT_MAILBOX),
+                                30, "Exchange to apply the role assignments")
+    yield threads.deferToThread(_smtp_send, sb, DEFAULT_MAILBOX, out[EXO])
+    sent = yield threads.deferToThread(_graph_send, sb, out[GRAPH], DEFAULT_MAILBOX)
+    outside = yield threads.deferToThread(_graph_send, sb, out[GRAPH], other)
+    smtp_outside = yield threads.deferToThread(_smtp_auth, sb, other, out[EXO])
+    assert (sent, outside, smtp_outside[0]) == (202, 403, 535)
+    assert len(sb.mailbox.messages) == 2
+
+
+def _auth_code_any_port(sb: Sandbox, decline: bool) -> Any:
+    """The wizard's browser sign-in: auth code + PKCE to http://localhost on the relay's own port."""
+    import hashlib
+    import secrets
+    from urllib.parse import parse_qs, urlparse
+
+    import requests
+
+    from xrelay.sandbox.entra import GRAPH_CLI_CLIENT_ID
+    from xrelay.sandbox.webtoken import b64url_encode
+
+    verifier = secrets.token_urlsafe(48)
+    # The Graph CLI tools register http://localhost: any port, but no other path
+    # (https://learn.microsoft.com/en-us/entra/identity-platform/reply-url, localhost exceptions).
+    redirect = "http://localhost:18025/"
+    params = {"client_id": GRAPH_CLI_CLIENT_ID, "response_type": "code", "redirect_uri": redirect, "state": "s1",
+              "scope": "Application.ReadWrite.All offline_access openid profile",
+              "code_challenge": b64url_encode(hashlib.sha256(verifier.encode()).digest()), "code_challenge_method": "S256"}
+    url = f"{sb.authority}/sandbox.onmicrosoft.com/oauth2/v2.0/authorize"
+    page = requests.get(url, params=params, verify=sb.ca_file, timeout=10)
+    assert page.status_code == 200, page.text
+    for wrong_uri in ("http://evil.example:18025/", "http://localhost:18025/setup/callback"):
+        wrong = requests.get(url, params={**params, "redirect_uri": wrong_uri}, verify=sb.ca_file, timeout=10)
+        assert wrong.status_code == 400 and "AADSTS50011" in wrong.text, wrong_uri
+    form = {**params, "login": "admin@sandbox.example", "passwd": sb.password("admin@sandbox.example"),
+            "action": "cancel" if decline else "accept"}
+    back = requests.post(url, data=form, verify=sb.ca_file, timeout=10, allow_redirects=False)
+    assert back.status_code == 302
+    location = urlparse(back.headers["location"])
+    query = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert f"{location.scheme}://{location.netloc}{location.path}" == redirect and query["state"] == "s1"
+    if decline:
+        return query
+    token = requests.post(f"{sb.authority}/sandbox.onmicrosoft.com/oauth2/v2.0/token", verify=sb.ca_file, timeout=10, data={
+        "grant_type": "authorization_code", "client_id": GRAPH_CLI_CLIENT_ID, "code": query["code"],
+        "redirect_uri": redirect, "code_verifier": verifier, "scope": params["scope"]})
+    return token.json()
+
+
+@pytest_twisted.inlineCallbacks
+def test_browser_sign_in_for_the_setup_client_on_any_localhost_port(sandbox: Sandbox):
+    token = yield threads.deferToThread(_auth_code_any_port, sandbox, False)
+    assert "access_token" in token, token
+    assert unverified(token["access_token"])[1]["scp"] == "Application.ReadWrite.All"
+    declined = yield threads.deferToThread(_auth_code_any_port, sandbox, True)
+    assert declined["error"] == "access_denied" and declined["error_description"].startswith("AADSTS65004")

@@ -199,7 +199,8 @@ class ExchangeAdmin:
     @staticmethod
     def _principal_json(principal: ExchangePrincipal) -> dict[str, Any]:
         return {"AppId": principal.app_id, "ObjectId": principal.object_id, "DisplayName": principal.display_name,
-                "Identity": principal.identity, "Name": principal.identity, "Id": principal.identity}
+                "ServiceId": principal.identity, "Identity": principal.identity, "Name": principal.identity,
+                "Id": principal.identity}
 
     def _add_mailbox_permission(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         # https://learn.microsoft.com/en-us/powershell/module/exchange/add-mailboxpermission
@@ -246,11 +247,11 @@ class ExchangeAdmin:
                       "CustomResourceScope": scope.name, "App": principal.app_id}
         self.role_assignments.append(assignment)
         mailboxes = scope.mailboxes([u.upn for u in self.identity.users.values()])
-        if role == "Application SMTP.SendAsApp":
-            def grant() -> None:
-                for mailbox in mailboxes:
-                    self.exchange.grant_app_mailbox(principal.app_id, mailbox)
-            self._later(grant)
+
+        def grant() -> None:
+            for mailbox in mailboxes:
+                self.exchange.grant_app_role(principal.app_id, role, mailbox)
+        self._later(grant)
         return [assignment]
 
     # -- effect ----------------------------------------------------------------------
@@ -275,7 +276,8 @@ class ExchangeAdmin:
 
     def accepts(self, app_id: str, mailbox: str) -> bool:
         """Whether Exchange now lets app C{app_id} in as C{mailbox} (SMTP app-only)."""
-        return mailbox.lower() in self.exchange.app_mailboxes.get(app_id, {})
+        return mailbox.lower() in self.exchange.app_mailboxes.get(app_id, {}) or self.exchange.holds_app_role(
+            app_id, "Application SMTP.SendAsApp", mailbox)
 
 
 __all__ = ["APPLICATION_ROLES", "CmdletError", "ExchangeAdmin", "ExchangePrincipal"]

@@ -137,8 +137,9 @@ class App:
     has_service_principal: bool = True
     #: Secret, or certificate SHA-256 hex -> when it starts to work (replication).
     credentials_usable_from: dict[str, float] = attrs.field(factory=dict, repr=False)
-    #: A public client whose C{http://localhost} redirect URIs match on any port, as
-    #: Entra ID treats loopback redirects of public clients.
+    #: A public client whose C{http://localhost} redirect URIs match on any port (the
+    #: path must still match), as Entra ID treats loopback redirects:
+    #: https://learn.microsoft.com/en-us/entra/identity-platform/reply-url
     loopback_any_port: bool = False
 
     def usable_secrets(self, now: float) -> list[str]:
