@@ -391,3 +391,52 @@ def test_browser_sign_in_for_the_setup_client_on_any_localhost_port(sandbox: San
     assert unverified(token["access_token"])[1]["scp"] == "Application.ReadWrite.All"
     declined = yield threads.deferToThread(_auth_code_any_port, sandbox, True)
     assert declined["error"] == "access_denied" and declined["error_description"].startswith("AADSTS65004")
+
+
+def _delegated_flow(sb: Sandbox) -> dict[str, Any]:
+    """The delegated method: consent to SMTP.Send for the mailbox, then the mailbox signs in."""
+    from urllib.parse import parse_qs, urlparse
+
+    import msal
+    import requests
+
+    from .conftest import msal_http_client
+
+    admin = sign_in_as(sb, "admin@sandbox.example", exchange=False)
+    cert = HostCertificate.make()
+    redirect = "http://localhost:18025/signin/callback"
+    app = admin.graph("POST", "/applications", {"displayName": "xrelay delegated", "web": {"redirectUris": [redirect]}}).json()
+    assert admin.graph("PATCH", f"/applications/{app['id']}", {"keyCredentials": [cert.key_credential()]}).status_code == 204
+    sp = admin.graph("POST", "/servicePrincipals", {"appId": app["appId"]}).json()
+    sb.entra.replicate()
+    cca = msal.ConfidentialClientApplication(app["appId"], client_credential=cert.msal_credential(),
+                                             authority=f"{sb.authority}/sandbox.onmicrosoft.com", instance_discovery=False,
+                                             http_client=msal_http_client(sb))
+
+    def mailbox_signs_in() -> dict[str, Any]:
+        flow = cca.initiate_auth_code_flow(["https://outlook.office.com/SMTP.Send"], redirect_uri=redirect)
+        form = {k: v[0] for k, v in parse_qs(urlparse(flow["auth_uri"]).query).items()}
+        form.update(login=DEFAULT_MAILBOX, passwd=sb.password(DEFAULT_MAILBOX), action="accept")
+        back = requests.post(flow["auth_uri"].split("?")[0], data=form, verify=sb.ca_file, timeout=10, allow_redirects=False)
+        params = {k: v[0] for k, v in parse_qs(urlparse(back.headers["location"]).query).items()}
+        return dict(cca.acquire_token_by_auth_code_flow(flow, params))
+
+    out: dict[str, Any] = {"before": mailbox_signs_in()}
+    mailbox_id = admin.graph("GET", f"/users/{DEFAULT_MAILBOX}").json()["id"]
+    graph = admin.resource(GRAPH_APP_ID)
+    grant = admin.graph("POST", "/oauth2PermissionGrants", {"clientId": sp["id"], "consentType": "Principal",
+                                                            "principalId": mailbox_id, "resourceId": graph["id"],
+                                                            "scope": "SMTP.Send offline_access"})
+    assert grant.status_code == 201, grant.text
+    listed = admin.graph("GET", "/oauth2PermissionGrants", **{"$filter": f"clientId eq '{sp['id']}'"}).json()["value"]
+    assert [g["scope"] for g in listed] == ["SMTP.Send offline_access"]
+    out["after"] = mailbox_signs_in()
+    out["smtp"] = _smtp_auth(sb, DEFAULT_MAILBOX, out["after"]["access_token"])[0]
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_delegated_method_needs_the_granted_consent(slow_tenant: Sandbox):
+    out = yield threads.deferToThread(_delegated_flow, slow_tenant)
+    assert out["before"]["error"] == "invalid_grant" and aadsts(out["before"]) == 65001
+    assert "refresh_token" in out["after"] and out["smtp"] == 235

@@ -359,6 +359,7 @@ class Directory:
         registered.usable_from = self.now() + self.replication_delay
         registered.has_service_principal = False
         registered.roles = {}
+        registered.granted_scopes = set()
         self._sync(app)
         return app
 
@@ -549,6 +550,12 @@ class Directory:
         grant = PermissionGrant(secrets.token_urlsafe(32), client.id, consent_type,
                                 principal_id if consent_type == "Principal" else None, resource.id, scope)
         self.permission_grants.append(grant)
+        registered = self.identity.apps.get(client.app_id)
+        if registered is not None and registered.granted_scopes is not None:
+            if grant.principal_id is None:
+                registered.granted_scopes.update(scope.split())
+            else:
+                registered.user_granted_scopes.setdefault(grant.principal_id, set()).update(scope.split())
         return grant
 
     def delegated_scopes(self, app_id: str) -> set[str]:

@@ -137,6 +137,10 @@ class App:
     has_service_principal: bool = True
     #: Secret, or certificate SHA-256 hex -> when it starts to work (replication).
     credentials_usable_from: dict[str, float] = attrs.field(factory=dict, repr=False)
+    #: Delegated permissions granted to the app (C{None}: any, the sandbox's own apps).
+    granted_scopes: set[str] | None = None
+    #: ... and for one user only (C{consentType: Principal}), by the user's object id.
+    user_granted_scopes: dict[str, set[str]] = attrs.field(factory=dict)
     #: A public client whose C{http://localhost} redirect URIs match on any port (the
     #: path must still match), as Entra ID treats loopback redirects:
     #: https://learn.microsoft.com/en-us/entra/identity-platform/reply-url
@@ -963,6 +967,11 @@ class IdentityPlatform:
         self, app: App, user: User, scopes: tuple[str, ...], form: dict[str, str], nonce: str | None, with_refresh: bool
     ) -> dict[str, Any]:
         resource, permissions, granted = self._resource_and_permissions(scopes)
+        if app.granted_scopes is not None and not set(permissions) <= app.granted_scopes | app.user_granted_scopes.get(user.oid, set()):
+            # An app created through Graph has only the delegated permissions an admin
+            # granted (oauth2PermissionGrants); the sandbox tenant lets no user consent.
+            error, text = REFUSALS[65001]
+            raise TokenError(error, 65001, text.format(client_id=app.client_id, name=app.name))
         now = int(self.now())
         tid = user.tenant.id
         claims = {
