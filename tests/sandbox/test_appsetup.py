@@ -440,3 +440,17 @@ def test_delegated_method_needs_the_granted_consent(slow_tenant: Sandbox):
     out = yield threads.deferToThread(_delegated_flow, slow_tenant)
     assert out["before"]["error"] == "invalid_grant" and aadsts(out["before"]) == 65001
     assert "refresh_token" in out["after"] and out["smtp"] == 235
+
+
+def test_setup_settings_point_at_this_sandbox_and_the_passwords_file_is_private(sandbox: Sandbox):
+    import os
+    import stat
+
+    settings = sandbox.setup_settings()
+    assert settings["exchange_admin_url"] == f"{sandbox.authority}/adminapi/beta"
+    assert settings["graph_url"] == sandbox.graph_url and settings["client_id"] == "14d82eec-204b-4c2f-b7e8-296a70dab67e"
+    users = sandbox.directory.child("sandbox-users.txt")
+    assert stat.S_IMODE(os.stat(users.path).st_mode) == 0o600
+    rows = {row[0]: row[1:] for row in (line.split("\t") for line in users.getContent().decode().splitlines())}
+    assert rows["admin@sandbox.example"] == [sandbox.password("admin@sandbox.example"), "Global Administrator"]
+    assert rows["user@sandbox.example"] == [sandbox.password("user@sandbox.example"), "-"]
