@@ -244,6 +244,8 @@ def _refusals(sb: Sandbox) -> dict[str, Any]:
     out["bad_token"] = appadmin.graph("GET", "/applications", token="not-a-token")
     out["no_mailbox"] = appadmin.graph("GET", "/users/nobody@sandbox.example")
     exchangeadmin = sign_in_as(sb, "exchangeadmin@sandbox.example")
+    out["exchange_sp_not_replicated"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=sp["id"])
+    sb.entra.replicate()
     out["exchange_sp_wrong_object"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=app["id"])
     out["exchange_ok"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=sp["id"])
     out["exchange_no_mailbox"] = exchangeadmin.exchange("Add-MailboxPermission", Identity="nobody@sandbox.example",
@@ -269,6 +271,8 @@ def test_refusals_as_microsoft_words_them(slow_tenant: Sandbox):
     assert out["no_mailbox"].status_code == 404
     assert out["no_mailbox"].json()["error"]["code"] == "Request_ResourceNotFound"
     assert "nobody@sandbox.example" in out["no_mailbox"].json()["error"]["message"]
+    assert out["exchange_sp_not_replicated"].status_code == 400
+    assert "ServicePrincipalNotFoundException" in out["exchange_sp_not_replicated"].json()["error"]["message"]
     assert out["exchange_sp_wrong_object"].status_code == 400
     assert "enterprise application" in out["exchange_sp_wrong_object"].json()["error"]["message"]
     assert out["exchange_ok"].status_code == 200
@@ -281,6 +285,7 @@ def test_exchange_lines_run_by_hand(sandbox: Sandbox):
     """An admin pastes the printed PowerShell lines: the same state as the admin API."""
     app = sandbox.entra.create_application("admin@sandbox.example", "by hand")
     sp = sandbox.entra.create_service_principal("admin@sandbox.example", app.app_id)
+    sandbox.entra.replicate()
     out = sandbox.exchange_admin.run_powershell(
         "Connect-ExchangeOnline\n"
         f"New-ServicePrincipal -AppId {app.app_id} -ObjectId {sp.id} -DisplayName 'xrelay relay'\n"
@@ -366,6 +371,7 @@ def _auth_code_any_port(sb: Sandbox, decline: bool) -> Any:
     url = f"{sb.authority}/sandbox.onmicrosoft.com/oauth2/v2.0/authorize"
     page = requests.get(url, params=params, verify=sb.ca_file, timeout=10)
     assert page.status_code == 200, page.text
+    assert '<ul id="permissions"><li>Application.ReadWrite.All</li></ul>' in page.text
     for wrong_uri in ("http://evil.example:18025/", "http://localhost:18025/setup/callback"):
         wrong = requests.get(url, params={**params, "redirect_uri": wrong_uri}, verify=sb.ca_file, timeout=10)
         assert wrong.status_code == 400 and "AADSTS50011" in wrong.text, wrong_uri

@@ -204,6 +204,8 @@ class ServicePrincipal:
     tags: list[str] = attrs.field(factory=list)
     #: First-party resources (Graph, Exchange) cannot be deleted or changed.
     first_party: bool = False
+    #: When other Microsoft services (Exchange) can see it: replication, as for apps.
+    replicated_from: float = 0.0
 
     def role(self, role_id: str) -> AppRole | None:
         return next((r for r in self.app_roles if r.id == role_id), None)
@@ -305,8 +307,10 @@ class Directory:
         return self.identity.add_tenant(self.tenant).id
 
     def replicate(self) -> None:
-        """Make time pass for replication: every app and credential works from now on."""
+        """Make time pass for replication: every app, credential and service principal is everywhere now."""
         now = self.now()
+        for sp in self.service_principals.values():
+            sp.replicated_from = min(sp.replicated_from, now)
         for app in self.applications.values():
             registered = self.identity.apps.get(app.app_id)
             if registered is not None:
@@ -486,7 +490,8 @@ class Directory:
             # (creating one twice fails; clients look it up by appId first)
             raise bad_request("The service principal cannot be created, updated, or restored because the service principal name "
                               f"{app_id} is already in use.")
-        sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.display_name, self.now(), self.tenant_id, tags=list(tags or []))
+        sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.display_name, self.now(), self.tenant_id, tags=list(tags or []),
+                              replicated_from=self.now() + self.replication_delay)
         self.service_principals[sp.id] = sp
         registered = self.identity.apps.get(app_id)
         if registered is not None:

@@ -181,7 +181,9 @@ class ExchangeAdmin:
         # https://learn.microsoft.com/en-us/powershell/module/exchange/new-serviceprincipal
         app_id, object_id = str(p.get("appid", "")), str(p.get("objectid", ""))
         sp = self.directory.service_principals.get(object_id)
-        if sp is None or sp.app_id != app_id:
+        # A service principal created moments ago is not in Exchange's copy of the
+        # directory yet: public setup scripts retry this cmdlet for that reason.
+        if sp is None or sp.app_id != app_id or sp.replicated_from > self.identity.now():
             raise CmdletError(400, "BadRequest",
                               f"|Microsoft.Exchange.Management.Tasks.ServicePrincipalNotFoundException|The service principal with AppId '{app_id}' and ObjectId '{object_id}' wasn't found in Azure Active Directory. Use the ObjectId of the enterprise application (service principal), not of the app registration.")
         if app_id in self.principals:

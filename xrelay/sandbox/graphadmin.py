@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Callable
-from urllib.parse import unquote
 
 import attrs
 from cryptography import x509
@@ -368,7 +367,7 @@ def odata_filter(expression: str) -> Callable[[dict[str, Any]], bool]:
     (https://learn.microsoft.com/en-us/graph/filter-query-parameter).  Anything else is
     refused as Graph refuses an unsupported query.
     """
-    expression = unquote(expression).strip()
+    expression = expression.strip()
     if not expression:
         return lambda _: True
     clauses: list[tuple[str, str, str]] = []

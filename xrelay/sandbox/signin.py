@@ -27,17 +27,23 @@ def _error(message: str | None) -> str:
 
 
 def sign_in_page(action: str, fields: dict[str, str], app_name: str, login_hint: str = "", error: str | None = None,
-                 title: str = "Sign in to your account") -> bytes:
+                 title: str = "Sign in to your account", permissions: tuple[str, ...] = ()) -> bytes:
     """
     The authorize page (Microsoft's, or Google's with C{title="Sign in with Google"}):
-    the original request rides along in hidden fields.
+    the original request rides along in hidden fields.  With C{permissions}, the page
+    lists what the app asks for (the consent a person accepts or cancels).
     """
     hidden = "".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in sorted(fields.items())
     )
+    if permissions:
+        items = "".join(f"<li>{escape(p)}</li>" for p in permissions)
+        asks = f'<p>{escape(app_name)} wants to:</p><ul id="permissions">{items}</ul>'
+    else:
+        asks = f"<p>{escape(app_name)} wants to send mail as you.</p>"
     return _page(
         title,
-        f"<p>{escape(app_name)} wants to send mail as you.</p>{_error(error)}"
+        f"{asks}{_error(error)}"
         f'<form method="post" action="{escape(action)}" id="signin">{hidden}'
         f'<label for="username">Email or phone</label><input id="username" name="login" type="email" value="{escape(login_hint)}" autocomplete="username">'
         '<label for="password">Password</label><input id="password" name="passwd" type="password" autocomplete="current-password">'

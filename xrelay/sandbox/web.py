@@ -132,15 +132,19 @@ class SandboxResource(Resource):
         app_name = self.identity.apps[authorize.client_id].name
         fields = {k: v for k, v in params.items() if k not in ("login", "passwd", "action")}
         action = request.path.decode()
+        # The setup's admin sign-in asks for more than mail: show what is consented to.
+        asked = tuple(p for p in authorize.scope.split() if p not in ("openid", "profile", "offline_access", "email"))
+        shown = asked if any(not p.endswith(("SMTP.Send", "Mail.Send", ".default")) for p in asked) else ()
         if method == "GET":
-            return self._html(request, signin.sign_in_page(action, fields, app_name, authorize.login_hint))
+            return self._html(request, signin.sign_in_page(action, fields, app_name, authorize.login_hint, permissions=shown))
         if params.get("action") == "cancel":
             return self._redirect(request, self.identity.decline(authorize))
         try:
             location = self.identity.sign_in(authorize, params.get("login", ""), params.get("passwd", ""))
         except TokenError as e:
             message = "Your account or password is incorrect." if e.code == 50126 else "This username may be incorrect."
-            return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), message))
+            return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), message,
+                                                           permissions=shown))
         return self._redirect(request, location)
 
     def _google_authorize(self, request: Request, method: str) -> bytes:
