@@ -460,3 +460,25 @@ def test_setup_settings_point_at_this_sandbox_and_the_passwords_file_is_private(
     rows = {row[0]: row[1:] for row in (line.split("\t") for line in users.getContent().decode().splitlines())}
     assert rows["admin@sandbox.example"] == [sandbox.password("admin@sandbox.example"), "Global Administrator"]
     assert rows["user@sandbox.example"] == [sandbox.password("user@sandbox.example"), "-"]
+
+
+def _reuse(sb: Sandbox) -> dict[str, Any]:
+    admin = sign_in_as(sb, "admin@sandbox.example", exchange=False)
+    app, sp = _create_app(admin)
+    return {"again": admin.graph("POST", "/servicePrincipals", {"appId": app["appId"]}),
+            "found": admin.graph("GET", f"/servicePrincipals(appId='{app['appId']}')"),
+            "by_app_id": admin.graph("GET", f"/applications(appId='{app['appId']}')"),
+            "by_name": admin.graph("GET", "/applications", **{"$filter": "startswith(displayName,'xrelay ')"}),
+            "bad_filter": admin.graph("GET", "/applications", **{"$filter": "displayName ne 'x'"}),
+            "sp": sp}
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_app_made_earlier_is_found_again_not_made_twice(sandbox: Sandbox):
+    out = yield threads.deferToThread(_reuse, sandbox)
+    assert out["again"].status_code == 409
+    assert out["again"].json()["error"]["code"] == "Request_MultipleObjectsWithSameKeyValue"
+    assert out["found"].json()["id"] == out["sp"]["id"]
+    assert out["by_app_id"].json()["appId"] == out["sp"]["appId"]
+    assert [a["appId"] for a in out["by_name"].json()["value"]] == [out["sp"]["appId"]]
+    assert out["bad_filter"].status_code == 400

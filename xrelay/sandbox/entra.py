@@ -105,13 +105,15 @@ class DirectoryError(Exception):
 
 
 def denied() -> DirectoryError:
-    # https://learn.microsoft.com/en-us/graph/resolve-auth-errors (403, Authorization_RequestDenied)
+    # 403 as Graph answers an app-management call without the privilege, e.g.
+    # https://learn.microsoft.com/zh-cn/answers/questions/2143345/insufficient-privileges-to-complete-the-operation
+    # (Application.ReadWrite.All missing); https://learn.microsoft.com/en-us/graph/resolve-auth-errors
     return DirectoryError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
 
 
 def not_found(what: str) -> DirectoryError:
     # Graph's wording for a missing directory object, e.g.
-    # https://learn.microsoft.com/en-us/answers/questions/1410298 (Request_ResourceNotFound)
+    # https://github.com/microsoftgraph/microsoft-graph-docs/issues/18714 (Request_ResourceNotFound)
     return DirectoryError(
         404, "Request_ResourceNotFound",
         f"Resource '{what}' does not exist or one of its queried reference-property objects are not present.",
@@ -486,10 +488,12 @@ class Directory:
         if app is None:
             raise not_found(app_id)
         if self.service_principal_of(app_id) is not None:
-            # https://learn.microsoft.com/en-us/graph/api/serviceprincipal-post-serviceprincipals
-            # (creating one twice fails; clients look it up by appId first)
-            raise bad_request("The service principal cannot be created, updated, or restored because the service principal name "
-                              f"{app_id} is already in use.")
+            # 409 as Graph answers a second one, e.g. New-MgServicePrincipal's "Status: 409
+            # (Conflict) ErrorCode: Request_MultipleObjectsWithSameKeyValue" quoted in setup
+            # guides; clients look it up by appId first.
+            raise DirectoryError(409, "Request_MultipleObjectsWithSameKeyValue",
+                                 "The service principal cannot be created, updated, or restored because the service principal "
+                                 f"name {app_id} is already in use.")
         sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.display_name, self.now(), self.tenant_id, tags=list(tags or []),
                               replicated_from=self.now() + self.replication_delay)
         self.service_principals[sp.id] = sp
@@ -505,7 +509,8 @@ class Directory:
         self._require(actor, GRAPH_ROLE_GRANTERS if resource.app_id == GRAPH_APP_ID else CONSENT_GRANTERS)
         role = resource.role(app_role_id)
         if role is None:
-            # Graph's answer to an appRoleId the resource does not define.
+            # Graph's texts (400) as many public setup scripts match on them; no Microsoft
+            # page documents them, and the code (Request_BadRequest) is the sandbox's.
             raise bad_request("Permission being assigned was not found on application", "Request_BadRequest")
         for existing in self.app_role_assignments:
             if (existing.principal_id, existing.resource_id, existing.app_role_id) == (principal.id, resource.id, role.id):
