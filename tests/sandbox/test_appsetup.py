@@ -18,6 +18,7 @@ from twisted.internet import threads
 
 from xrelay.sandbox import DEFAULT_MAILBOX, Sandbox
 from xrelay.sandbox.entra import EXCHANGE_APP_ID, GRAPH_APP_ID
+from xrelay.sandbox.exchangeadmin import CmdletError
 from xrelay.sandbox.webtoken import unverified
 
 from .adminclient import AdminSession, HostCertificate, aadsts, app_token, device_sign_in, sign_in_as, wait_for
@@ -287,13 +288,19 @@ def test_exchange_lines_run_by_hand(sandbox: Sandbox):
     sp = sandbox.entra.create_service_principal("admin@sandbox.example", app.app_id)
     sandbox.entra.replicate()
     out = sandbox.exchange_admin.run_powershell(
-        "Connect-ExchangeOnline\n"
+        "Install-Module ExchangeOnlineManagement -Scope CurrentUser   # once\n"
+        "Connect-ExchangeOnline -Organization sandbox.onmicrosoft.com\n"
         f"New-ServicePrincipal -AppId {app.app_id} -ObjectId {sp.id} -DisplayName 'xrelay relay'\n"
         "New-ManagementScope -Name 'xrelay relay' -RecipientRestrictionFilter \"PrimarySmtpAddress -eq 'relay@sandbox.example'\"\n"
         f"New-ManagementRoleAssignment -Role 'Application SMTP.SendAsApp' -App {app.app_id} -CustomResourceScope 'xrelay relay'\n"
     )
     assert [o.get("AppId") or o.get("Role") or o.get("Name") for o in out] == [app.app_id, "xrelay relay", "Application SMTP.SendAsApp"]
     assert sandbox.exchange_admin.principals[app.app_id].display_name == "xrelay relay"
+    with pytest.raises(CmdletError, match="ManagementObjectNotFoundException"):
+        # RBAC needs Exchange's pointer to the service principal first.
+        sandbox.exchange_admin.run_powershell(
+            "New-ManagementRoleAssignment -App 00000000-0000-0000-0000-000000000001 -Role 'Application Mail.Send' "
+            "-CustomResourceScope 'xrelay relay'")
 
 
 def _rbac_flow(sb: Sandbox) -> dict[str, Any]:

@@ -43,6 +43,10 @@ EXCHANGE_ROLES = frozenset({EXCHANGE_ADMIN, GLOBAL_ADMIN})
 APPLICATION_ROLES = ("Application Mail.Send", "Application Mail.ReadWrite", "Application SMTP.SendAsApp")
 
 
+#: Lines of a pasted block that set up the PowerShell session rather than change Exchange.
+SESSION_CMDLETS = frozenset({"install-module", "import-module", "connect-exchangeonline", "disconnect-exchangeonline"})
+
+
 class CmdletError(Exception):
     """A cmdlet's failure: HTTP status, OData error code and Exchange's message."""
 
@@ -148,7 +152,7 @@ class ExchangeAdmin:
         out: list[dict[str, Any]] = []
         for line in text.splitlines():
             words = shlex.split(line.strip(), comments=True, posix=True)
-            if not words or words[0].lower() == "connect-exchangeonline":
+            if not words or words[0].lower() in SESSION_CMDLETS:
                 continue
             parameters: dict[str, Any] = {}
             key = None
