@@ -489,3 +489,30 @@ def test_an_app_made_earlier_is_found_again_not_made_twice(sandbox: Sandbox):
     assert out["by_app_id"].json()["appId"] == out["sp"]["appId"]
     assert [a["appId"] for a in out["by_name"].json()["value"]] == [out["sp"]["appId"]]
     assert out["bad_filter"].status_code == 400
+
+
+def _powershell_page(sb: Sandbox, upn: str, lines: str) -> str:
+    import requests
+
+    page = requests.get(f"{sb.authority}/powershell", verify=sb.ca_file, timeout=10)
+    assert page.status_code == 200 and 'id="lines"' in page.text
+    done = requests.post(f"{sb.authority}/powershell", data={"login": upn, "passwd": sb.password(upn), "lines": lines},
+                         verify=sb.ca_file, timeout=10)
+    assert done.status_code == 200
+    return done.text
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_sandbox_powershell_page_runs_pasted_lines_for_an_exchange_admin_only(sandbox: Sandbox):
+    app = sandbox.entra.create_application("admin@sandbox.example", "pasted")
+    sp = sandbox.entra.create_service_principal("admin@sandbox.example", app.app_id)
+    sandbox.entra.replicate()
+    lines = (f"Connect-ExchangeOnline -Organization sandbox.onmicrosoft.com\n"
+             f"New-ServicePrincipal -AppId {app.app_id} -ObjectId {sp.id} -DisplayName 'pasted'\n"
+             f"Add-MailboxPermission -Identity {DEFAULT_MAILBOX} -User {sp.id} -AccessRights FullAccess\n")
+    refused = yield threads.deferToThread(_powershell_page, sandbox, "user@sandbox.example", lines)
+    assert "User is not allowed to call New-ServicePrincipal" in refused and app.app_id not in sandbox.exchange_admin.principals
+    done = yield threads.deferToThread(_powershell_page, sandbox, "exchangeadmin@sandbox.example", lines)
+    assert 'id="output"' in done and app.app_id in sandbox.exchange_admin.principals
+    sandbox.exchange_admin.accept_now()
+    yield threads.deferToThread(wait_for, lambda: sandbox.exchange_admin.accepts(app.app_id, DEFAULT_MAILBOX), 30, "Exchange")

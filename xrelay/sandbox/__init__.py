@@ -47,7 +47,9 @@ is unknown to the token endpoint until then, AADSTS700016 / 700027 / 7000215) wi
 C{sb.entra.replicate()} to make it pass now; C{sb.exchange_admin.acceptance_delay}
 (default 5 s: mailbox permissions and RBAC assignments take effect after it) with
 C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.run_powershell(lines)} runs the
-lines an admin pastes by hand.  Role and scope ids of Microsoft Graph and Exchange Online:
+lines an admin pastes by hand, and the page C{{sb.authority}/powershell} lets a person (or
+a browser test) sign in and paste them (refused without the Exchange role).
+C{sb.setup_settings()} gives the C{[setup]} keys that point the wizard here.  Role and scope ids of Microsoft Graph and Exchange Online:
 L{xrelay.sandbox.entra}.
 """
 

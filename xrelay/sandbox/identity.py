@@ -924,6 +924,10 @@ class IdentityPlatform:
         if not (isinstance(audience, str) and audience.startswith(self.base_url + "/") and audience.endswith("/oauth2/v2.0/token")):
             raise TokenError("invalid_client", 700212, "Client assertion audience claim does not match Realm issuer.", 401)
 
+    def authenticate(self, username: str, password: str) -> User:
+        """A person's sign-in on a sandbox page; L{TokenError} (AADSTS50034/50126) if wrong."""
+        return self._authenticate("common", username, password)
+
     def _authenticate(self, tenant_segment: str, username: str, password: str) -> User:
         user = self.user(username)
         tenant = self._path_tenant(tenant_segment)

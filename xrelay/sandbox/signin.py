@@ -84,3 +84,20 @@ def device_done_page(app_name: str) -> bytes:
         "You're signed in",
         f'<p id="done">You have signed in to the {escape(app_name)} application on your device. You may now close this window.</p>',
     )
+
+
+def powershell_page(action: str, lines: str = "", output: str | None = None, error: str | None = None) -> bytes:
+    """
+    Exchange Online PowerShell as an admin uses it by hand: sign in, paste the lines the
+    setup printed, run them.  Shows the objects the cmdlets returned, or the error.
+    """
+    shown = f'<pre id="output">{escape(output)}</pre>' if output is not None else ""
+    return _page(
+        "Exchange Online PowerShell",
+        f"{_error(error)}{shown}"
+        f'<form method="post" action="{escape(action)}" id="powershell">'
+        '<label for="username">Email or phone</label><input id="username" name="login" type="email" autocomplete="username">'
+        '<label for="password">Password</label><input id="password" name="passwd" type="password" autocomplete="current-password">'
+        f'<label for="lines">PowerShell</label><textarea id="lines" name="lines" rows="8" cols="80">{escape(lines)}</textarea>'
+        '<button id="run" name="action" value="run" type="submit">Run</button></form>',
+    )

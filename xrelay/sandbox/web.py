@@ -23,7 +23,7 @@ from twisted.web.server import Request, Site
 from . import signin
 from .errors import Response, TokenError
 from .google import GoogleAuthorizeError, GoogleSignInError
-from .exchangeadmin import ExchangeAdmin
+from .exchangeadmin import CmdletError, ExchangeAdmin
 from .graph import GraphMail
 from .graphadmin import GraphAdmin
 from .identity import AuthorizeRequest, IdentityPlatform
@@ -88,6 +88,8 @@ class SandboxResource(Resource):
         if len(path) == 4 and path[:2] == ["adminapi", "beta"] and path[3] == "InvokeCommand" and method == "POST":
             if self.exchange_admin is not None:
                 return self._json(request, self.exchange_admin.invoke(path[2], _header(request, "authorization"), _json_body(request)))
+        if path == ["powershell"] and self.exchange_admin is not None:
+            return self._powershell(request, method)
         if path and path[0] == "devicelogin":
             return self._device_login(request, method)
         if len(path) == 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:
@@ -174,6 +176,24 @@ class SandboxResource(Resource):
         request.setHeader("location", location)
         request.setHeader("cache-control", "no-store")
         return b""
+
+    def _powershell(self, request: Request, method: str) -> bytes:
+        """An Exchange admin pastes the setup's lines by hand (L{ExchangeAdmin.run_powershell})."""
+        assert self.exchange_admin is not None
+        action = request.path.decode()
+        if method != "POST":
+            return self._html(request, signin.powershell_page(action))
+        params = _form(request)
+        lines = params.get("lines", "")
+        try:
+            self.identity.authenticate(params.get("login", ""), params.get("passwd", ""))
+        except TokenError:
+            return self._html(request, signin.powershell_page(action, lines, error="Your account or password is incorrect."))
+        try:
+            output = self.exchange_admin.run_powershell_as(params.get("login", ""), lines)
+        except CmdletError as e:
+            return self._html(request, signin.powershell_page(action, lines, error=e.message))
+        return self._html(request, signin.powershell_page(action, "", json.dumps(output, indent=1)))
 
     def _device_login(self, request: Request, method: str) -> bytes:
         action = request.path.decode()
