@@ -516,3 +516,22 @@ def test_the_sandbox_powershell_page_runs_pasted_lines_for_an_exchange_admin_onl
     assert 'id="output"' in done and app.app_id in sandbox.exchange_admin.principals
     sandbox.exchange_admin.accept_now()
     yield threads.deferToThread(wait_for, lambda: sandbox.exchange_admin.accepts(app.app_id, DEFAULT_MAILBOX), 30, "Exchange")
+
+
+def _who(sb: Sandbox) -> tuple[Any, Any, Any]:
+    from .adminclient import device_sign_in
+
+    scopes = [f"https://graph.microsoft.com/{p}" for p in ("Application.ReadWrite.All", "User.Read.All")]
+    token = device_sign_in(sb, "appadmin@sandbox.example", scopes)["access_token"]
+    narrow = device_sign_in(sb, "appadmin@sandbox.example", ["https://graph.microsoft.com/Application.ReadWrite.All"])
+    admin = AdminSession(sb, token)
+    return admin.graph("GET", "/me"), admin.graph("GET", "/organization"), admin.graph("GET", "/me", token=narrow["access_token"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_me_and_organization_name_the_signed_in_admin_and_tenant(sandbox: Sandbox):
+    me, organization, narrow = yield threads.deferToThread(_who, sandbox)
+    assert me.json()["userPrincipalName"] == "appadmin@sandbox.example"
+    tenant = sandbox.identity.tenant("sandbox.onmicrosoft.com")
+    assert tenant is not None and organization.json()["value"][0]["id"] == tenant.id
+    assert narrow.status_code == 403

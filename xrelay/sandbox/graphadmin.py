@@ -114,6 +114,8 @@ class GraphAdmin:
             # https://learn.microsoft.com/en-us/graph/api/user-get (GET /me: User.Read)
             if access.app_only:
                 return graph_error(400, "BadRequest", "/me request is only valid with delegated authentication flow.", self.now())
+            if not (access.permissions & {"User.Read", "User.ReadWrite", "User.ReadBasic.All", "User.Read.All", "Directory.Read.All"}):
+                raise denied()
             return self._user(access.upn or "")
         if kind == "users" and len(seg) == 2 and method == "GET":
             # https://learn.microsoft.com/en-us/graph/api/user-get (User.Read.All, or User.Read for oneself)
