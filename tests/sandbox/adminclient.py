@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from xrelay.sandbox import DEFAULT_TENANT, Sandbox
-from xrelay.sandbox.entra import GRAPH_CLI_CLIENT_ID
+from xrelay.sandbox.firstparty import GRAPH_CLI_CLIENT_ID
 from xrelay.sandbox.webtoken import b64url_encode
 
 from .conftest import msal_http_client

@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from xrelay.sandbox import DEFAULT_MAILBOX, Sandbox
-from xrelay.sandbox.entra import EXCHANGE_APP_ID, GRAPH_APP_ID
+from xrelay.sandbox.firstparty import EXCHANGE_APP_ID, GRAPH_APP_ID
 from xrelay.sandbox.exchangeadmin import CmdletError
 from xrelay.sandbox.webtoken import unverified
 
@@ -365,7 +365,7 @@ def _auth_code_any_port(sb: Sandbox, decline: bool) -> Any:
 
     import requests
 
-    from xrelay.sandbox.entra import GRAPH_CLI_CLIENT_ID
+    from xrelay.sandbox.firstparty import GRAPH_CLI_CLIENT_ID
     from xrelay.sandbox.webtoken import b64url_encode
 
     verifier = secrets.token_urlsafe(48)

@@ -33,7 +33,7 @@ C{<dir>/sandbox-users.txt}, mode 0600):
   relay@sandbox.example          DEFAULT_MAILBOX, no role
 
 The setup's public client is the Microsoft Graph Command Line Tools,
-C{14d82eec-204b-4c2f-b7e8-296a70dab67e} (C{entra.GRAPH_CLI_CLIENT_ID}): device code, and
+C{14d82eec-204b-4c2f-b7e8-296a70dab67e} (C{firstparty.GRAPH_CLI_CLIENT_ID}): device code, and
 the authorization code flow with PKCE to C{http://localhost} on any port.  It gets the
 Graph scopes C{Application.ReadWrite.All AppRoleAssignment.ReadWrite.All
 DelegatedPermissionGrant.ReadWrite.All User.Read.All} and, as a second token, Exchange's
@@ -49,8 +49,8 @@ C{sb.entra.replicate()} to make it pass now; C{sb.exchange_admin.acceptance_dela
 C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.run_powershell(lines)} runs the
 lines an admin pastes by hand, and the page C{{sb.authority}/powershell} lets a person (or
 a browser test) sign in and paste them (refused without the Exchange role).
-C{sb.setup_settings()} gives the C{[setup]} keys that point the wizard here.  Role and scope ids of Microsoft Graph and Exchange Online:
-L{xrelay.sandbox.entra}.
+C{sb.setup_settings()} gives the C{[setup]} keys that point the wizard here.  Role and
+scope ids of Microsoft Graph and Exchange Online: L{xrelay.sandbox.firstparty}.
 """
 
 from .ca import SERVER_NAMES, CertificateAuthority, IssuedCertificate

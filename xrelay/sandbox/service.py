@@ -22,11 +22,10 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.filepath import FilePath
 
 from .ca import SERVER_NAMES, CertificateAuthority, IssuedCertificate
-from .entra import (
-    APPLICATION_ADMIN, EXCHANGE_ADMIN, GLOBAL_ADMIN, GRAPH_CLI_CLIENT_ID, PRIVILEGED_ROLE_ADMIN, Directory,
-)
+from .entra import APPLICATION_ADMIN, EXCHANGE_ADMIN, GLOBAL_ADMIN, PRIVILEGED_ROLE_ADMIN, Directory
 from .exchange import ExchangeServer
 from .exchangeadmin import ExchangeAdmin
+from .firstparty import GRAPH_CLI_CLIENT_ID
 from .google import GoogleIdentity
 from .graph import GraphMail
 from .graphadmin import GraphAdmin
