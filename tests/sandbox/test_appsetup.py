@@ -535,3 +535,32 @@ def test_me_and_organization_name_the_signed_in_admin_and_tenant(sandbox: Sandbo
     tenant = sandbox.identity.tenant("sandbox.onmicrosoft.com")
     assert tenant is not None and organization.json()["value"][0]["id"] == tenant.id
     assert narrow.status_code == 403
+
+
+def _consent_needed(sb: Sandbox) -> dict[str, Any]:
+    import requests
+
+    from .adminclient import GRAPH_ADMIN_SCOPES, setup_client
+
+    out: dict[str, Any] = {}
+    pca = setup_client(sb)
+    flow = pca.initiate_device_flow(GRAPH_ADMIN_SCOPES)
+    page = requests.post(flow["verification_uri"], data={"otc": flow["user_code"], "login": "exchangeadmin@sandbox.example",
+                                                          "passwd": sb.password("exchangeadmin@sandbox.example")},
+                         verify=sb.ca_file, timeout=10)
+    out["page"] = page.text
+    flow["expires_at"] = 0  # the wizard stops polling: the person saw "Need admin approval"
+    out["pending"] = pca.acquire_token_by_device_flow(flow)
+    out["admin"] = device_sign_in(sb, "admin@sandbox.example", GRAPH_ADMIN_SCOPES)
+    out["after"] = device_sign_in(sb, "exchangeadmin@sandbox.example", GRAPH_ADMIN_SCOPES)
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_before_admin_consent_to_the_setup_client_only_an_admin_may_sign_in_for_it(sandbox: Sandbox):
+    sandbox.entra.setup_client_consented = False
+    out = yield threads.deferToThread(_consent_needed, sandbox)
+    assert "Need admin approval" in out["page"] and "only an admin can grant" in out["page"]
+    assert out["pending"]["error"] == "authorization_pending"
+    assert "access_token" in out["admin"] and sandbox.entra.setup_client_consented
+    assert "access_token" in out["after"], "the admin consented for the whole tenant"

@@ -47,10 +47,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .firstparty import (
-    EXCHANGE_APP_ID, EXCHANGE_ROLES, EXCHANGE_SCOPES, GRAPH_APP_ID, GRAPH_ROLES, GRAPH_SCOPES, RESOURCE_AUDIENCES, AppRole,
-    PermissionScope,
+    EXCHANGE_APP_ID, EXCHANGE_ROLES, EXCHANGE_SCOPES, GRAPH_APP_ID, GRAPH_CLI_CLIENT_ID, GRAPH_ROLES, GRAPH_SCOPES,
+    RESOURCE_AUDIENCES, AppRole, PermissionScope,
 )
-from .identity import IdentityPlatform
+from .errors import TokenError
+from .identity import App, IdentityPlatform, User
 
 GLOBAL_ADMIN = "Global Administrator"
 APPLICATION_ADMIN = "Application Administrator"
@@ -212,6 +213,11 @@ class Directory:
     permission_grants: list[PermissionGrant] = attrs.field(factory=list)
     #: UPN (lower case) -> directory role names.
     roles: dict[str, set[str]] = attrs.field(factory=dict)
+    #: Whether an admin already granted tenant-wide consent to the setup's public client
+    #: (Microsoft Graph Command Line Tools) for its admin-only scopes, as in a tenant
+    #: whose admins use Graph PowerShell.  Off: a person without an admin role signing in
+    #: for those scopes gets AADSTS90094; an admin's sign-in consents for the tenant.
+    setup_client_consented: bool = True
 
     def __attrs_post_init__(self) -> None:
         for app_id, name, roles, scopes in (
@@ -222,6 +228,7 @@ class Directory:
             sp = ServicePrincipal(str(uuid.uuid4()), app_id, name, self.now(), "f8cdef31-a31e-4b4a-93e4-5f571e91255a",
                                   roles, scopes, first_party=True)
             self.service_principals[sp.id] = sp
+        self.identity.consent_policy = self._consent
 
     @property
     def now(self) -> Callable[[], float]:
@@ -242,6 +249,21 @@ class Directory:
                 registered.usable_from = min(registered.usable_from, now)
                 for credential, when in registered.credentials_usable_from.items():
                     registered.credentials_usable_from[credential] = min(when, now)
+
+    def _consent(self, app: App, user: User, scopes: tuple[str, ...]) -> None:
+        """The identity platform's L{IdentityPlatform.consent_policy} for the setup client."""
+        if app.client_id != GRAPH_CLI_CLIENT_ID or self.setup_client_consented:
+            return
+        admin_only = {s.value for sp in self.service_principals.values() if sp.first_party for s in sp.scopes if s.type == "Admin"}
+        asked = {scope.rpartition("/")[2] for scope in scopes}
+        if not asked & admin_only:
+            return
+        if self.roles_of(user.upn) & CONSENT_GRANTERS:
+            self.setup_client_consented = True  # "Consent on behalf of your organization"
+            return
+        # As Entra ID answers a user who may not consent: "Need admin approval",
+        # AADSTS90094 (https://github.com/pnp/cli-microsoft365/issues/534).
+        raise TokenError("invalid_grant", 90094, "The grant requires admin permission.")
 
     # -- users and roles -------------------------------------------------------------
 

@@ -16,7 +16,12 @@ a public source confirms them (clients must still look permissions up by C{value
                 7427e0e9-2fba-42fe-b0c0-848c9e6a8182, openid
                 37f7f235-527c-4136-accd-4a02d197296e, profile
                 14dad69e-099b-42c9-810b-d002981feec1, IMAP.AccessAsUser.All
-                652390e4-393a-48de-9484-05f9b1212954
+                652390e4-393a-48de-9484-05f9b1212954; admin consent only:
+                Application.ReadWrite.All bdfbf15f-ee85-4955-8675-146e8e5296b5,
+                AppRoleAssignment.ReadWrite.All 84bccea3-f856-4a8a-967b-dbe0a3d53a64,
+                DelegatedPermissionGrant.ReadWrite.All 41ce6ca6-6826-4807-84f1-1c82854f7ee5,
+                User.Read.All a154be20-db9c-4678-8ab7-66f6cc099a59,
+                Directory.Read.All 06da0dbc-49e2-44d2-8312-53f166ab848a
   Office 365 Exchange Online (appId 00000002-0000-0ff1-ce00-000000000000)
     app roles:  SMTP.SendAsApp (id: a sandbox value, see L{SMTP_SEND_AS_APP_ID}),
                 Exchange.ManageAsApp dc50a0fb-09a3-484d-be87-e023b12c6440
@@ -87,6 +92,12 @@ GRAPH_SCOPES = (
     PermissionScope("37f7f235-527c-4136-accd-4a02d197296e", "openid", "Sign users in", "User"),
     PermissionScope("14dad69e-099b-42c9-810b-d002981feec1", "profile", "View users' basic profile", "User"),
     PermissionScope("652390e4-393a-48de-9484-05f9b1212954", "IMAP.AccessAsUser.All", "Read and write access to mailboxes via IMAP.", "User"),
+    # What the setup's admin sign-in asks for: admin consent only ("type": "Admin").
+    PermissionScope("bdfbf15f-ee85-4955-8675-146e8e5296b5", "Application.ReadWrite.All", "Read and write all applications", "Admin"),
+    PermissionScope("84bccea3-f856-4a8a-967b-dbe0a3d53a64", "AppRoleAssignment.ReadWrite.All", "Manage app permission grants and app role assignments", "Admin"),
+    PermissionScope("41ce6ca6-6826-4807-84f1-1c82854f7ee5", "DelegatedPermissionGrant.ReadWrite.All", "Manage all delegated permission grants", "Admin"),
+    PermissionScope("a154be20-db9c-4678-8ab7-66f6cc099a59", "User.Read.All", "Read all users' full profiles", "Admin"),
+    PermissionScope("06da0dbc-49e2-44d2-8312-53f166ab848a", "Directory.Read.All", "Read directory data", "Admin"),
 )
 EXCHANGE_ROLES = (
     _role(SMTP_SEND_AS_APP_ID, "SMTP.SendAsApp", "Send emails from mailboxes using SMTP AUTH"),

@@ -418,6 +418,10 @@ class IdentityPlatform:
         now = self.now()
         return [f for f in self.device_codes.values() if f.approved_by is None and f.expires_at > now and not f.declined]
 
+    def pending_flow(self, user_code: str) -> DeviceCode | None:
+        """The device flow a person's code names, if any (for the pages)."""
+        return self._device_by_user_code(user_code)
+
     def _device_by_user_code(self, user_code: str) -> DeviceCode | None:
         wanted = user_code.replace("-", "").replace(" ", "").upper()
         for flow in self.device_codes.values():
@@ -470,6 +474,11 @@ class IdentityPlatform:
         return found
 
     _id_tokens: list[str] = attrs.field(factory=list, repr=False)
+    #: Called when a person signs in for an app (authorize page, device login) with the
+    #: app, the user and the scopes asked; raises L{TokenError} to refuse (AADSTS90094
+    #: "The grant requires admin permission." when only an admin may consent).  Set by
+    #: L{xrelay.sandbox.entra.Directory}.
+    consent_policy: Callable[[App, User, tuple[str, ...]], None] | None = attrs.field(default=None, repr=False)
 
     # -- checks used by Exchange and Graph ------------------------------------------
 
@@ -637,6 +646,7 @@ class IdentityPlatform:
         L{TokenError} (AADSTS50126) for a wrong username or password.
         """
         user = self._authenticate(request.tenant, username, password)
+        self._check_consent(request.client_id, user, tuple(request.scope.split()))
         code = AuthorizationCode(
             "1.A" + _secret(200), request.client_id, user.upn, request.redirect_uri,
             tuple(request.scope.split()), request.code_challenge or None,
@@ -669,8 +679,14 @@ class IdentityPlatform:
             raise TokenError("invalid_grant", 70020, "The code you entered has expired or is not valid.")
         tenant = flow.tenant.domain if flow.tenant else "common"
         user = self._authenticate(tenant, username, password)
+        self._check_consent(flow.client_id, user, flow.scopes)
         flow.approved_by = user.upn
         return flow
+
+    def _check_consent(self, client_id: str, user: User, scopes: tuple[str, ...]) -> None:
+        """Whether this person may use (or consent to) the app for these scopes (L{consent_policy})."""
+        if self.consent_policy is not None:
+            self.consent_policy(self.apps[client_id], user, scopes)
 
     # -- grants ----------------------------------------------------------------------
 

@@ -75,6 +75,16 @@ def device_login_page(action: str, user_code: str = "", error: str | None = None
     )
 
 
+def admin_approval_page(app_name: str) -> bytes:
+    """
+    Entra ID's "Need admin approval" page (AADSTS90094), worded as people quote it, e.g.
+    https://github.com/Azure-Samples/active-directory-aspnetcore-webapp-openidconnect-v2/issues/44
+    """
+    return _page("Need admin approval", (
+        f'<p id="error" class="error">{escape(app_name)} needs permission to access resources in your organization that '
+        "only an admin can grant. Please ask an admin to grant permission to this app before you can use it.</p>"))
+
+
 def device_declined_page() -> bytes:
     return _page("Sign-in declined", '<p id="declined">You declined to sign in to the application on your device. You may now close this window.</p>')
 

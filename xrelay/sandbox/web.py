@@ -144,6 +144,8 @@ class SandboxResource(Resource):
         try:
             location = self.identity.sign_in(authorize, params.get("login", ""), params.get("passwd", ""))
         except TokenError as e:
+            if e.code == 90094:
+                return self._html(request, signin.admin_approval_page(app_name))
             message = "Your account or password is incorrect." if e.code == 50126 else "This username may be incorrect."
             return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), message,
                                                            permissions=shown))
@@ -210,6 +212,9 @@ class SandboxResource(Resource):
         try:
             flow = self.identity.device_login(params.get("otc", ""), params.get("login", ""), params.get("passwd", ""))
         except TokenError as e:
+            if e.code == 90094:
+                pending = self.identity.pending_flow(params.get("otc", ""))
+                return self._html(request, signin.admin_approval_page(self.identity.apps[pending.client_id].name if pending else ""))
             message = "Your account or password is incorrect." if e.code == 50126 else (
                 "That code didn't work. Check the code and try again." if e.code == 70020 else "This username may be incorrect."
             )
