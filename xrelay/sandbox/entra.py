@@ -351,6 +351,10 @@ class Directory:
                 app.required_resource_access = [dict(r) for r in value if isinstance(r, dict)]
             elif name == "keyCredentials" and isinstance(value, list):
                 app.key_credentials = [self._key_credential(app, k) for k in value if isinstance(k, dict)]
+            elif name == "passwordCredentials":
+                # Graph makes secrets itself (addPassword returns secretText once); a PATCH
+                # cannot set one (https://learn.microsoft.com/en-us/graph/api/application-addpassword).
+                raise bad_request("Property 'passwordCredentials' cannot be set with PATCH; use addPassword, which returns the secret once.")
             else:
                 raise bad_request(f"Property '{name}' is read-only or not supported by the sandbox and cannot be set.")
 
