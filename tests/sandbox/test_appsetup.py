@@ -245,8 +245,9 @@ def _refusals(sb: Sandbox) -> dict[str, Any]:
     out["bad_token"] = appadmin.graph("GET", "/applications", token="not-a-token")
     out["no_mailbox"] = appadmin.graph("GET", "/users/nobody@sandbox.example")
     exchangeadmin = sign_in_as(sb, "exchangeadmin@sandbox.example")
+    sb.exchange_admin.directory_lag = 3600
     out["exchange_sp_not_replicated"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=sp["id"])
-    sb.entra.replicate()
+    sb.exchange_admin.directory_lag = 0
     out["exchange_sp_wrong_object"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=app["id"])
     out["exchange_ok"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=sp["id"])
     out["exchange_no_mailbox"] = exchangeadmin.exchange("Add-MailboxPermission", Identity="nobody@sandbox.example",

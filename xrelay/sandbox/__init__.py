@@ -46,7 +46,10 @@ Timing knobs: C{sb.entra.replication_delay} (default 5 s: a new app, or a new cr
 is unknown to the token endpoint until then, AADSTS700016 / 700027 / 7000215) with
 C{sb.entra.replicate()} to make it pass now; C{sb.exchange_admin.acceptance_delay}
 (default 5 s: mailbox permissions and RBAC assignments take effect after it) with
-C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.run_powershell(lines)} runs the
+C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.directory_lag} (default 0: seconds
+before Exchange sees a new service principal, New-ServicePrincipal refused until then);
+C{sb.entra.setup_client_consented} (default on: tenant-wide consent to the setup client
+was given; off: a person without an admin role gets "Need admin approval", AADSTS90094); C{sb.exchange_admin.run_powershell(lines)} runs the
 lines an admin pastes by hand, and the page C{{sb.authority}/powershell} lets a person (or
 a browser test) sign in and paste them (refused without the Exchange role).
 C{sb.setup_settings()} gives the C{[setup]} keys that point the wizard here.  Role and

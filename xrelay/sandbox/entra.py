@@ -158,8 +158,6 @@ class ServicePrincipal:
     tags: list[str] = attrs.field(factory=list)
     #: First-party resources (Graph, Exchange) cannot be deleted or changed.
     first_party: bool = False
-    #: When other Microsoft services (Exchange) can see it: replication, as for apps.
-    replicated_from: float = 0.0
 
     def role(self, role_id: str) -> AppRole | None:
         return next((r for r in self.app_roles if r.id == role_id), None)
@@ -239,10 +237,8 @@ class Directory:
         return self.identity.add_tenant(self.tenant).id
 
     def replicate(self) -> None:
-        """Make time pass for replication: every app, credential and service principal is everywhere now."""
+        """Make time pass for replication: every app and credential works from now on."""
         now = self.now()
-        for sp in self.service_principals.values():
-            sp.replicated_from = min(sp.replicated_from, now)
         for app in self.applications.values():
             registered = self.identity.apps.get(app.app_id)
             if registered is not None:
@@ -443,8 +439,7 @@ class Directory:
             raise DirectoryError(409, "Request_MultipleObjectsWithSameKeyValue",
                                  "The service principal cannot be created, updated, or restored because the service principal "
                                  f"name {app_id} is already in use.")
-        sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.display_name, self.now(), self.tenant_id, tags=list(tags or []),
-                              replicated_from=self.now() + self.replication_delay)
+        sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.display_name, self.now(), self.tenant_id, tags=list(tags or []))
         self.service_principals[sp.id] = sp
         registered = self.identity.apps.get(app_id)
         if registered is not None:
