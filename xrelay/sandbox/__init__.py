@@ -49,8 +49,8 @@ C{sb.entra.replicate()} to make it pass now; C{sb.exchange_admin.acceptance_dela
 C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.directory_lag} (default 0: seconds
 before Exchange sees a new service principal, New-ServicePrincipal refused until then);
 C{sb.entra.setup_client_consented} (default on: tenant-wide consent to the setup client
-was given; off: a person without an admin role gets "Need admin approval", AADSTS90094); C{sb.exchange_admin.run_powershell(lines)} runs the
-lines an admin pastes by hand, and the page C{{sb.authority}/powershell} lets a person (or
+was given; off: a person without an admin role gets "Need admin approval", AADSTS90094).
+C{sb.exchange_admin.run_powershell(lines)} runs the lines an admin pastes by hand, and the page C{{sb.authority}/powershell} lets a person (or
 a browser test) sign in and paste them (refused without the Exchange role).
 C{sb.setup_settings()} gives the C{[setup]} keys that point the wizard here.  Role and
 scope ids of Microsoft Graph and Exchange Online: L{xrelay.sandbox.firstparty}.
