@@ -726,6 +726,10 @@ class IdentityPlatform:
             "rh": _secret(12), "roles": list(roles), "sub": app.service_principal_id, "tid": app.tenant.id,
             "uti": _secret(16), "ver": "1.0",
         }
+        if not roles:
+            # Entra ID leaves the claim out when no app role was granted (an app set up
+            # without admin consent): https://learn.microsoft.com/en-us/entra/identity-platform/access-token-claims-reference
+            del claims["roles"]
         token = self._issue_access(claims, app.client_id, app.tenant.id, resource, frozenset(roles), None)
         return {
             "token_type": "Bearer",
