@@ -23,14 +23,14 @@ a public source confirms them (clients must still look permissions up by C{value
                 User.Read.All a154be20-db9c-4678-8ab7-66f6cc099a59,
                 Directory.Read.All 06da0dbc-49e2-44d2-8312-53f166ab848a
   Office 365 Exchange Online (appId 00000002-0000-0ff1-ce00-000000000000)
-    app roles:  SMTP.SendAsApp (id: a sandbox value, see L{SMTP_SEND_AS_APP_ID}),
+    app roles:  SMTP.SendAsApp 7146a1f0-8703-45b3-9eae-527a64c00995,
                 Exchange.ManageAsApp dc50a0fb-09a3-484d-be87-e023b12c6440
     scopes:     Exchange.Manage, SMTP.Send (ids: sandbox values)
 
 Sources for the ids: the Microsoft Graph permissions reference
 (https://learn.microsoft.com/en-us/graph/permissions-reference), as quoted in public
-setup scripts; SMTP.SendAsApp's id is resolved by value in every public script we found,
-so the sandbox makes its own and says so.
+setup scripts and manifests; Exchange.Manage's and Exchange's SMTP.Send scope ids were not
+found, so the sandbox makes its own (clients look permissions up by value).
 
 Data only: L{xrelay.sandbox.entra} builds the directory from it.
 """
@@ -49,8 +49,10 @@ EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 #: device code flow and http://localhost redirects on any port
 #: (https://learn.microsoft.com/en-us/powershell/microsoftgraph/authentication-commands).
 GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
-#: Not confirmed from a public source: clients must look SMTP.SendAsApp up by value.
-SMTP_SEND_AS_APP_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "xrelay-sandbox:SMTP.SendAsApp"))
+#: As two public sources give it (an app manifest's requiredResourceAccess on Exchange
+#: Online and an IMAP/SMTP setup report's table of Exchange app role ids); clients should
+#: still look it up by value, as Microsoft's own scripts do.
+SMTP_SEND_AS_APP_ID = "7146a1f0-8703-45b3-9eae-527a64c00995"
 
 #: Resource service principal appId -> the token audiences its app roles appear in.
 RESOURCE_AUDIENCES: dict[str, tuple[str, ...]] = {
