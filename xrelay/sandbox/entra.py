@@ -236,9 +236,9 @@ class Directory:
     def tenant_id(self) -> str:
         return self.identity.add_tenant(self.tenant).id
 
-    def replicate(self) -> None:
-        """Make time pass for replication: every app and credential works from now on."""
-        now = self.now()
+    def replicate(self, within: float = 0.0) -> None:
+        """Make time pass for replication: every app and credential works C{within} seconds from now at the latest."""
+        now = self.now() + within
         for app in self.applications.values():
             registered = self.identity.apps.get(app.app_id)
             if registered is not None:
