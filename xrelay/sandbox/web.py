@@ -21,11 +21,11 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 
 from . import signin
+from .exchangeadmin import CmdletError, ExchangeAdmin
+from .graphadmin import GraphAdmin
 from .errors import Response, TokenError
 from .google import GoogleAuthorizeError, GoogleSignInError
-from .exchangeadmin import CmdletError, ExchangeAdmin
 from .graph import GraphMail
-from .graphadmin import GraphAdmin
 from .identity import AuthorizeRequest, IdentityPlatform
 
 
@@ -71,16 +71,8 @@ class SandboxResource(Resource):
         path = [unquote(s) for s in request.path.decode("utf-8", "replace").split("/")[1:]]
         method = request.method.decode()
         correlation = _header(request, "client-request-id")
-        if path == ["google", "token"] and method == "POST":
-            return self._json(request, self.identity.google.token(_form(request)))
-        if path == ["google", "o", "oauth2", "v2", "auth"] and method in ("GET", "POST"):
-            return self._google_authorize(request, method)
-        if len(path) == 4 and path[:2] == ["v1.0", "users"] and path[3] == "sendMail" and method == "POST":
-            return self._json(
-                request,
-                self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read() if request.content else b""),
-            )
-        if path[:1] == ["v1.0"] and self.graph_admin is not None:
+        # App management and Exchange's admin API (the setup wizard); mail routes follow.
+        if self.graph_admin is not None and self.graph_admin.serves(path):
             answer = self.graph_admin.handle(method, path, _query(request), _header(request, "authorization"),
                                              request.content.read() if request.content else b"")
             if answer is not None:
@@ -90,6 +82,15 @@ class SandboxResource(Resource):
                 return self._json(request, self.exchange_admin.invoke(path[2], _header(request, "authorization"), _json_body(request)))
         if path == ["powershell"] and self.exchange_admin is not None:
             return self._powershell(request, method)
+        if path == ["google", "token"] and method == "POST":
+            return self._json(request, self.identity.google.token(_form(request)))
+        if path == ["google", "o", "oauth2", "v2", "auth"] and method in ("GET", "POST"):
+            return self._google_authorize(request, method)
+        if len(path) == 4 and path[:2] == ["v1.0", "users"] and path[3] == "sendMail" and method == "POST":
+            return self._json(
+                request,
+                self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read() if request.content else b""),
+            )
         if path and path[0] == "devicelogin":
             return self._device_login(request, method)
         if len(path) == 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:
