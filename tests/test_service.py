@@ -17,7 +17,7 @@ from twisted.internet import reactor, task, threads
 from twisted.python.filepath import FilePath
 
 from tests.conftest import free_port
-from xrelay.config import read_config
+from xrelay.configfile import read_config
 from xrelay.sandbox import Sandbox
 from xrelay.service import makeService
 

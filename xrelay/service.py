@@ -23,10 +23,9 @@ from xrelay.config import (
     AccountConfig,
     Config,
     ConfigError,
-    account_from_table,
-    read_config,
     with_accounts,
 )
+from xrelay.configfile import account_from_table, read_config
 from xrelay.interfaces import ISpool
 
 log = Logger(namespace="xrelay")
@@ -240,7 +239,7 @@ def makeService(config: Config, reactor: Any = None,
     from xrelay.history import open_history
     from xrelay.inbound import InboundService
     from xrelay.operations.control import ControlService
-    from xrelay.operations.events import FanOutEvents, guarded
+    from xrelay.events import FanOutEvents, guarded
     from xrelay.operations.metrics import RelayMetrics
     from xrelay.spool import Spool
     from xrelay.tokens import TokenService

@@ -178,7 +178,8 @@ async def test_history_days_zero_keeps_nothing(world) -> None:
 def test_history_keys_are_read_and_checked(world) -> None:
     import pytest
 
-    from xrelay.config import ConfigError, DeliveryConfig, read_config
+    from xrelay.config import ConfigError, DeliveryConfig
+    from xrelay.configfile import read_config
 
     path, text = world.config_path, world.config_path.read_text()
 

@@ -35,7 +35,7 @@ from xrelay.config import ListenerConfig
 from xrelay.delivery.testing import fail_all, per_recipient
 from xrelay.envelope import FailureKind
 from xrelay.interfaces import IRelayEvents
-from xrelay.operations.events import (
+from xrelay.events import (
     FanOutEvents,
     GuardedEvents,
     NullEvents,

@@ -40,9 +40,11 @@ from xrelay.delivery.scheduler import FairQueue
 from xrelay.envelope import (DeliveryResult, FailureKind, OutboundMessage,
                              Outcome, RecipientResult, Reply)
 from xrelay.history.sink import NullHistory
-from xrelay.interfaces import IDelivery, ISpool, ITransport, SpoolFull, UnknownEntry
+from xrelay.interfaces import (IQueueControl, ISpool, ITransport, SpoolFull,
+                               UnknownEntry)
 from xrelay.lifecycle import ACTIVE, DEFERRED, FAILED, QUEUED
-from xrelay.operations.events import guarded, report_outcome
+from xrelay.events import guarded, report_outcome
+from xrelay.records import OutcomeRecord
 from xrelay.routing import entry_account
 from xrelay.spool import SpoolEntry
 
@@ -59,22 +61,6 @@ SHUTTING_DOWN = Reply(421, "4.3.2 The relay is shutting down; the message is que
 
 
 @attrs.frozen
-class OutcomeRecord:
-    """One attempt's outcome, for the admin page and metrics."""
-
-    entry_id: str
-    sender: str
-    account: str
-    at: float
-    #: "delivered", "deferred", "failed" (or "partial": some delivered, rest deferred).
-    outcome: str
-    delivered: int
-    deferred: int
-    failed: int
-    reply: str
-
-
-@attrs.frozen
 class EngineStatus:
     counts: dict[str, int]
     oldest_age: float | None
@@ -86,7 +72,7 @@ class EngineStatus:
     accounts: dict[str, AccountStatus] = attrs.field(factory=dict)
 
 
-@implementer(IDelivery)
+@implementer(IQueueControl)
 class DeliveryEngine(Service):
     """
     @param transports: account name -> the transport that delivers through it.  The
@@ -536,6 +522,23 @@ class DeliveryEngine(Service):
     async def _withdraw_bounce(self, entry_id: str, bounce_id: str) -> None:
         """The original's record could not be written: its bounce must not exist."""
         await withdraw_bounce(self.spool, entry_id, bounce_id)
+
+    # -- what operators may do (IQueueControl) ---------------------------------------
+
+    def in_flight(self, entry_id: str) -> bool:
+        return entry_id in self._in_flight
+
+    def hold(self, entry_id: str) -> None:
+        self.queue.discard(entry_id)
+
+    def reschedule(self, entry: SpoolEntry) -> None:
+        if entry.state not in (QUEUED, DEFERRED):
+            return
+        self._enqueue(entry, entry.next_attempt if entry.state == DEFERRED else 0.0)
+        self._pump()
+
+    def release_bounce(self, bounce_id: str) -> None:
+        self._release_bounce(bounce_id)
 
     # -- what operators see --------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from xrelay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
+from xrelay.subcommands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
 from xrelay.config import Config
 from xrelay.operations.control import (
     ControlClient,

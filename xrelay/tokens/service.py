@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from xrelay.config import AccountConfig, Config
-from xrelay.operations.events import guarded
+from xrelay.events import guarded
 from xrelay.tokens.cache import AccountCache, load_key
 from xrelay.tokens.errors import SignInFailed
 from xrelay.tokens.expiry import CredentialExpiry, ExpiryWatch

@@ -30,6 +30,9 @@ import enum
 
 import attrs
 
+from xrelay.records import TokenStatus
+
+
 
 class TokenState(enum.Enum):
     EMPTY = "no token"
@@ -84,31 +87,6 @@ REFRESH_MARGIN = 300.0
 
 class InvalidTransition(Exception):
     """A programming error: an event that cannot happen in the current state."""
-
-
-@attrs.frozen
-class TokenStatus:
-    """
-    What the admin page, the metrics and C{xrelay accounts} show for one account.
-
-    @ivar state: one of L{TokenState}'s values ("ok", "expiring", "needs sign-in", ...).
-    @ivar expires_at: POSIX time the current access token expires, if there is one.
-    @ivar last_refresh: POSIX time of the last successful token request.
-    @ivar last_error: the last failure, without secrets.
-    @ivar hint: what an operator should do, when something must be done.
-    """
-
-    account: str
-    state: str
-    expires_at: float | None = None
-    last_refresh: float | None = None
-    last_error: str | None = None
-    hint: str | None = None
-    provider: str | None = None
-    flow: str | None = None
-    #: POSIX time since which the account has had no usable token (failures or a
-    #: refusal), for the health check's grace period; C{None} while it works.
-    failing_since: float | None = None
 
 
 @attrs.frozen

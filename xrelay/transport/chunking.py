@@ -17,7 +17,7 @@ its C{BDAT ... LAST}, and never send a chunk after a refusal it has seen.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -30,14 +30,38 @@ from xrelay.envelope import (
 )
 from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import ChunkSender, DataInterrupted, DataShrunk
-
-if TYPE_CHECKING:
-    from xrelay.transport.smtp import UpstreamConnection
+from xrelay.transport.trouble import ConnectionTrouble, whole_result
 
 __all__ = ["bdat_transaction"]
 
 
-async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMessage,
+class UpstreamConnection(Protocol):
+    """
+    What a BDAT transaction uses of its connection
+    (L{xrelay.transport.smtp.UpstreamConnection}, which calls it): typed here so that
+    this module does not import the one that imports it.
+    """
+
+    protocol: Any
+    clock: Any
+    timeouts: Any
+    clean: bool
+    broken: bool
+    messages_sent: int
+    bdat_chunk_size: int
+
+    def mail_from(self, message: OutboundMessage) -> bytes: ...
+
+    async def pipelined_reset(self, waits: list[Deferred[Reply]]) -> None: ...
+
+    async def first_reply(self, waits: list[Deferred[Reply]], stale: bool) -> Reply: ...
+
+    async def command_reply(self, d: Deferred[Reply], step: str) -> Reply: ...
+
+    async def wait(self, d: Deferred[Any], step: str, seconds: float) -> Any: ...
+
+
+async def bdat_transaction(connection: UpstreamConnection, message: OutboundMessage,
                            data: Any, reset: bool, stale: bool) -> DeliveryResult:
     """
     Send C{message} (its spool file open as C{data}) with BDAT; the result has a reply
@@ -48,10 +72,8 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
         raises L{xrelay.transport.smtp.StaleConnection}.
     @raise ConnectionTrouble: the connection failed before the outcome was known.
     """
-    from xrelay.transport.smtp import ConnectionTrouble, _whole
-
     protocol = connection.protocol
-    mail = connection._mail_from(message)
+    mail = connection.mail_from(message)
     rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
     group = [b"RSET", mail, *rcpts] if reset else [mail, *rcpts]
     waits: list[Deferred[Reply]] = [protocol.expect() for _ in group]
@@ -92,7 +114,7 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
     try:
         if reset:
             try:
-                await connection._pipelined_reset(waits)
+                await connection.pipelined_reset(waits)
             except BaseException:
                 quiet()
                 raise
@@ -124,7 +146,7 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
         if stalled:  # we gave up on the upstream, whatever was awaited when it happened
             raise _stalled(connection) from None
         if mail_reply is not None and mail_reply.code // 100 != 2:
-            return _whole(message, mail_reply)  # the refusal is the news, not the close
+            return whole_result(message, mail_reply)  # the refusal is the news, not the close
         if len(rcpt_replies) == len(message.recipients) and not any(
                 reply.code // 100 == 2 for reply in rcpt_replies):
             return _refused(message, rcpt_replies)
@@ -135,7 +157,7 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
     if any(r.code == 421 for r in chunk_replies):
         connection.broken = True
     if mail_reply.code // 100 != 2:
-        return _whole(message, mail_reply)
+        return whole_result(message, mail_reply)
     accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True)
                 if reply.code // 100 == 2]
     if not accepted:
@@ -143,13 +165,13 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
     refused = _refused(message, rcpt_replies).recipients
     bad = next((r for r in chunk_replies if r.code // 100 != 2), None)
     if bad is not None:
-        return _whole(message, bad, accepted, refused)
+        return whole_result(message, bad, accepted, refused)
     if not complete:  # pragma: no cover - the data stops only after a refusal
         raise ConnectionTrouble("message data", "the data stopped before its end")
     final = chunk_replies[-1]
     connection.messages_sent += 1
     connection.clean = final.code == 250
-    return _whole(message, final, accepted, refused)
+    return whole_result(message, final, accepted, refused)
 
 
 def _refused(message: OutboundMessage, rcpt_replies: list[Reply]) -> DeliveryResult:
@@ -173,24 +195,20 @@ def _length(data: Any) -> int:
     return os.fstat(data.fileno()).st_size
 
 
-def _stalled(connection: "UpstreamConnection") -> Exception:
-    from xrelay.transport.smtp import ConnectionTrouble
-
+def _stalled(connection: UpstreamConnection) -> Exception:
     return ConnectionTrouble(
         "message data", f"timed out after {connection.timeouts.data_block:g}s without progress")
 
 
-def _stall(connection: "UpstreamConnection", stalled: list[bool]) -> None:
+def _stall(connection: UpstreamConnection, stalled: list[bool]) -> None:
     stalled.append(True)
     connection.broken = True
     connection.protocol.abort()
 
 
-async def _sent(sending: "Deferred[bool]", connection: "UpstreamConnection",
+async def _sent(sending: "Deferred[bool]", connection: UpstreamConnection,
                 stalled: list[bool]) -> bool:
     """Wait for the chunks to be written; whether the LAST one went out."""
-    from xrelay.transport.smtp import ConnectionTrouble
-
     try:
         complete: bool = await sending
     except (DataInterrupted, DataShrunk, OSError) as e:

@@ -43,6 +43,8 @@ from xrelay.envelope import DeliveryResult
 from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
 from xrelay.transport.chunking import bdat_transaction
+from xrelay.transport.trouble import (ConnectionTrouble, StaleConnection, UpstreamRefused,
+                                      whole_result)
 from xrelay.streams import IStreamTransport
 
 log = Logger()
@@ -65,23 +67,6 @@ class Timeouts:
     data_block: float = 180
     data_end: float = 600
     quit: float = 10
-
-
-class ConnectionTrouble(Exception):
-    """
-    The connection is unusable: it failed, dropped, timed out, or the upstream broke
-    the protocol.  The text names the step and never contains a secret.
-    """
-
-    def __init__(self, step: str, why: str, dropped: bool = False) -> None:
-        super().__init__(step, why)
-        self.step = step
-        self.why = why
-        #: The connection went away (rather than timing out or misbehaving).
-        self.dropped = dropped
-
-    def __str__(self) -> str:
-        return f"{self.why} during {self.step}"
 
 
 class _Dropped(Exception):
@@ -394,7 +379,7 @@ class UpstreamConnection:
             return DeliveryResult.for_all(message.recipients, Outcome.PERMANENT, reply)
         return None
 
-    def _mail_from(self, message: OutboundMessage) -> bytes:
+    def mail_from(self, message: OutboundMessage) -> bytes:
         params = []
         if "SIZE" in self.capabilities:
             params.append(f"SIZE={message.size}")
@@ -407,7 +392,7 @@ class UpstreamConnection:
 
     async def _transaction(self, message: OutboundMessage, data: Any,
                            reset: bool = False, stale: bool = False) -> DeliveryResult:
-        mail = self._mail_from(message)
+        mail = self.mail_from(message)
         self.clean = False
         rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
         data_reply: Deferred[Reply] | None = None
@@ -417,7 +402,7 @@ class UpstreamConnection:
             group = [mail, *rcpts, b"DATA"]
             waits = self.protocol.commands([b"RSET", *group] if reset else group)
             if reset:
-                await self._pipelined_reset(waits)
+                await self.pipelined_reset(waits)
                 waits = waits[1:]
             data_reply = waits.pop()
             mail_reply = await self.first_reply([*waits, data_reply], stale)
@@ -440,7 +425,7 @@ class UpstreamConnection:
                     rcpt_replies.append(await self.command(line, "RCPT TO"))
         if mail_reply.code // 100 != 2:
             await self._abandon_data(data_reply)
-            return _whole(message, mail_reply)
+            return whole_result(message, mail_reply)
         accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 == 2]
         refused = tuple(
             RecipientResult(r, outcome_of(reply), reply)
@@ -455,11 +440,11 @@ class UpstreamConnection:
         else:
             reply = await self.command_reply(data_reply, "DATA", self.timeouts.data_start)
         if reply.code != 354:
-            return _whole(message, reply, accepted, refused)
+            return whole_result(message, reply, accepted, refused)
         reply = await self._stream(data)
         self.messages_sent += 1
         self.clean = reply.code == 250
-        return _whole(message, reply, accepted, refused)
+        return whole_result(message, reply, accepted, refused)
 
     async def first_reply(self, waits: list[Deferred[Reply]], stale: bool) -> Reply:
         """
@@ -501,7 +486,7 @@ class UpstreamConnection:
             except ConnectionTrouble:
                 pass
 
-    async def _pipelined_reset(self, waits: list[Deferred[Reply]]) -> None:
+    async def pipelined_reset(self, waits: list[Deferred[Reply]]) -> None:
         """
         The RSET at the head of a pipelined group.  If it failed, the MAIL and RCPT
         behind it may still have been taken, so this connection is given up (DATA is
@@ -578,35 +563,6 @@ def _needs_smtputf8(message: OutboundMessage) -> bool:
     return message.smtputf8 or not all(
         address.isascii() for address in (message.sender, *message.recipients)
     )
-
-
-def _whole(
-    message: OutboundMessage,
-    reply: Reply,
-    recipients: list[str] | None = None,
-    refused: tuple[RecipientResult, ...] = (),
-) -> DeliveryResult:
-    """One reply for every (accepted) recipient, plus those refused at RCPT."""
-    applies = message.recipients if recipients is None else recipients
-    results = tuple(RecipientResult(r, outcome_of(reply), reply) for r in applies)
-    failure = failure_of(reply) if reply.code // 100 != 2 else FailureKind.NONE
-    return DeliveryResult(results + refused, failure)
-
-
-class StaleConnection(Exception):
-    """
-    A reused connection failed its RSET: the upstream closed it while it was idle (or
-    it broke).  Nothing that could deliver a message was sent on it.
-    """
-
-
-class UpstreamRefused(Exception):
-    """The upstream refused a step of setting up the connection (EHLO, STARTTLS)."""
-
-    def __init__(self, reply: Reply, step: str) -> None:
-        super().__init__(reply, step)
-        self.reply = reply
-        self.step = step
 
 
 async def open_connection(

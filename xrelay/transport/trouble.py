@@ -1,0 +1,60 @@
+"""
+What can go wrong on an upstream SMTP connection, and the result one reply makes for
+a message: shared by the DATA conversation (L{xrelay.transport.smtp}) and the BDAT one
+(L{xrelay.transport.chunking}), below both so that neither imports the other for them.
+
+Values only: never a socket, never a secret in a text.
+"""
+
+from __future__ import annotations
+
+from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, RecipientResult, Reply
+from xrelay.transport.classify import failure_of, outcome_of
+
+__all__ = ["ConnectionTrouble", "StaleConnection", "UpstreamRefused", "whole_result"]
+
+
+class ConnectionTrouble(Exception):
+    """
+    The connection is unusable: it failed, dropped, timed out, or the upstream broke
+    the protocol.  The text names the step and never contains a secret.
+    """
+
+    def __init__(self, step: str, why: str, dropped: bool = False) -> None:
+        super().__init__(step, why)
+        self.step = step
+        self.why = why
+        #: The connection went away (rather than timing out or misbehaving).
+        self.dropped = dropped
+
+    def __str__(self) -> str:
+        return f"{self.why} during {self.step}"
+
+
+class StaleConnection(Exception):
+    """
+    A reused connection failed its RSET: the upstream closed it while it was idle (or
+    it broke).  Nothing that could deliver a message was sent on it.
+    """
+
+
+class UpstreamRefused(Exception):
+    """The upstream refused a step of setting up the connection (EHLO, STARTTLS)."""
+
+    def __init__(self, reply: Reply, step: str) -> None:
+        super().__init__(reply, step)
+        self.reply = reply
+        self.step = step
+
+
+def whole_result(
+    message: OutboundMessage,
+    reply: Reply,
+    recipients: list[str] | None = None,
+    refused: tuple[RecipientResult, ...] = (),
+) -> DeliveryResult:
+    """One reply for every (accepted) recipient, plus those refused at RCPT."""
+    applies = message.recipients if recipients is None else recipients
+    results = tuple(RecipientResult(r, outcome_of(reply), reply) for r in applies)
+    failure = failure_of(reply) if reply.code // 100 != 2 else FailureKind.NONE
+    return DeliveryResult(results + refused, failure)
