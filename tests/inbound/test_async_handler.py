@@ -72,7 +72,7 @@ async def test_a_waiting_rcpt_hook_keeps_pipelined_replies_in_order(
     for i, recipient in enumerate(recipients):
         # The hook is asked for one recipient at a time: the next RCPT is held behind
         # the undecided one, and nothing after MAIL is answered yet.
-        await until(lambda: len(handler.asked) == i + 1, timeout=30)
+        await until(lambda i=i: len(handler.asked) == i + 1, timeout=30)
         assert handler.asked[i][0] == recipient
         assert client.replies == []
         handler.asked[i][1].callback(None)
