@@ -74,7 +74,10 @@ class IInboundHandler(Interface):
     snapshot of the connection) and returns C{None} to go on, or a
     L{xrelay.records.Refusal}, which the client receives as the reply (code, enhanced
     status code, text) and which is logged.  Methods are called on the reactor thread
-    and must return at once: no blocking I/O, no Deferreds.  The default,
+    and must not block; one that must wait (a directory lookup) returns a Deferred
+    firing with the decision, or is a coroutine: the pipelined commands behind it wait,
+    and one that fails or takes longer than
+    L{xrelay.inbound.handler.HANDLER_TIMEOUT} costs the client a 451 4.3.0.  The default,
     L{xrelay.inbound.handler.PolicyHandler}, asks L{xrelay.policy}; an embedding program
     subclasses it (calling C{super()} keeps the relay's own rules) and passes it to
     L{xrelay.service.makeService} as C{inbound_handler}.
