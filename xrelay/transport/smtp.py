@@ -38,13 +38,12 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xrelay.envelope import FailureKind, Outcome, OutboundMessage, RecipientResult, Reply
+from xrelay.envelope import FailureKind, Outcome, OutboundMessage, Reply
 from xrelay.envelope import DeliveryResult
-from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
 from xrelay.transport.chunking import bdat_transaction
-from xrelay.transport.trouble import (ConnectionTrouble, StaleConnection, UpstreamRefused,
-                                      whole_result)
+from xrelay.transport.trouble import (ConnectionTrouble, EnvelopeReplies, StaleConnection,
+                                      UpstreamRefused)
 from xrelay.streams import IStreamTransport
 
 log = Logger()
@@ -423,28 +422,22 @@ class UpstreamConnection:
             if mail_reply.code == 250:
                 for line in rcpts:
                     rcpt_replies.append(await self.command(line, "RCPT TO"))
-        if mail_reply.code // 100 != 2:
+        # The envelope phase, as for BDAT: refused as a whole, or some recipients taken.
+        envelope = EnvelopeReplies(message, mail_reply, tuple(rcpt_replies))
+        refusal = envelope.refusal()
+        if refusal is not None:
             await self._abandon_data(data_reply)
-            return whole_result(message, mail_reply)
-        accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 == 2]
-        refused = tuple(
-            RecipientResult(r, outcome_of(reply), reply)
-            for r, reply in zip(message.recipients, rcpt_replies, strict=True)
-            if reply.code // 100 != 2
-        )
-        if not accepted:
-            await self._abandon_data(data_reply)
-            return DeliveryResult(refused, failure_of(refused[0].reply))
+            return refusal
         if data_reply is None:
             reply = await self.command(b"DATA", "DATA", self.timeouts.data_start)
         else:
             reply = await self.command_reply(data_reply, "DATA", self.timeouts.data_start)
         if reply.code != 354:
-            return whole_result(message, reply, accepted, refused)
+            return envelope.result(reply)
         reply = await self._stream(data)
         self.messages_sent += 1
         self.clean = reply.code == 250
-        return whole_result(message, reply, accepted, refused)
+        return envelope.result(reply)
 
     async def first_reply(self, waits: list[Deferred[Reply]], stale: bool) -> Reply:
         """

@@ -8,10 +8,13 @@ Values only: never a socket, never a secret in a text.
 
 from __future__ import annotations
 
+import attrs
+
 from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, RecipientResult, Reply
 from xrelay.transport.classify import failure_of, outcome_of
 
-__all__ = ["ConnectionTrouble", "StaleConnection", "UpstreamRefused", "whole_result"]
+__all__ = ["ConnectionTrouble", "EnvelopeReplies", "StaleConnection", "UpstreamRefused",
+           "whole_result"]
 
 
 class ConnectionTrouble(Exception):
@@ -58,3 +61,48 @@ def whole_result(
     results = tuple(RecipientResult(r, outcome_of(reply), reply) for r in applies)
     failure = failure_of(reply) if reply.code // 100 != 2 else FailureKind.NONE
     return DeliveryResult(results + refused, failure)
+
+
+@attrs.frozen
+class EnvelopeReplies:
+    """
+    The envelope phase of one transaction, the same for DATA and BDAT: the reply to
+    MAIL and one reply per recipient (fewer while they are still being read).
+    """
+
+    message: OutboundMessage
+    mail: Reply
+    rcpts: tuple[Reply, ...] = ()
+
+    @property
+    def accepted(self) -> list[str]:
+        return [r for r, reply in zip(self.message.recipients, self.rcpts, strict=False)
+                if reply.code // 100 == 2]
+
+    @property
+    def refused(self) -> tuple[RecipientResult, ...]:
+        return tuple(RecipientResult(r, outcome_of(reply), reply)
+                     for r, reply in zip(self.message.recipients, self.rcpts, strict=False)
+                     if reply.code // 100 != 2)
+
+    @property
+    def complete(self) -> bool:
+        """Every recipient has its reply."""
+        return len(self.rcpts) == len(self.message.recipients)
+
+    def refusal(self) -> DeliveryResult | None:
+        """
+        The result when the envelope was refused as a whole (MAIL, or every RCPT once
+        all have answered): no data phase; C{None} when the message may be sent.
+        """
+        if self.mail.code // 100 != 2:
+            return whole_result(self.message, self.mail)
+        if self.complete and not self.accepted:
+            refused = self.refused
+            return DeliveryResult(refused, failure_of(refused[0].reply) if refused
+                                  else FailureKind.NONE)
+        return None
+
+    def result(self, final: Reply) -> DeliveryResult:
+        """The data phase ended with C{final}: it applies to the accepted recipients."""
+        return whole_result(self.message, final, self.accepted, self.refused)
