@@ -17,13 +17,14 @@ from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
+from twisted.internet import reactor, threads
 from twisted.python.filepath import FilePath
 from zope.interface.verify import verifyObject
 
 import xrelay
 from tests.admin.conftest import account_toml
 from tests.conftest import free_port
+from tests.waiting import until
 from xrelay.interfaces import ISpool, ITokenSource
 from xrelay.sandbox import Sandbox
 from xrelay.testing import MemorySpool
@@ -36,14 +37,6 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     sb.start()
     yield sb
     pytest_twisted.blockon(sb.stop())
-
-
-async def until(condition: Any, timeout: float = 60.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition not met in time")
 
 
 @pytest_twisted.ensureDeferred

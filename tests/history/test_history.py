@@ -210,7 +210,7 @@ def attrs_evolve_defaults(delivery: Any) -> Any:
 async def test_each_way_a_message_ends_is_recorded(tmp_path: Path) -> None:
     """delivered, bounced, expired, handed back, deleted; partial stays waiting."""
     from xrelay.delivery.bounce import FailedRecipient
-    from xrelay.delivery.engine import OutcomeRecord
+    from xrelay.records import OutcomeRecord
     from xrelay.envelope import Outcome, RecipientResult, Reply
 
     path = str(tmp_path / "history.sqlite")

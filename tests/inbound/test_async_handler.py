@@ -72,7 +72,7 @@ async def test_a_waiting_rcpt_hook_keeps_pipelined_replies_in_order(
     for i, recipient in enumerate(recipients):
         # The hook is asked for one recipient at a time: the next RCPT is held behind
         # the undecided one, and nothing after MAIL is answered yet.
-        await until(lambda i=i: len(handler.asked) == i + 1, timeout=30)
+        await until(lambda i=i: len(handler.asked) == i + 1)
         assert handler.asked[i][0] == recipient
         assert client.replies == []
         handler.asked[i][1].callback(None)
@@ -169,24 +169,24 @@ async def test_connect_helo_mail_and_end_of_data_hooks_may_wait(relay: Any) -> N
     handler = Slow()
     r = await relay(make_config(), run_blocking=inline, inbound_handler=handler)
     client = await connect(r.port, greeting=False)
-    await until(lambda: "connect" in handler.waiting, timeout=30)
+    await until(lambda: "connect" in handler.waiting)
     client.send(b"EHLO client.test\r\n")  # sent early: read after the greeting
     assert client.replies == []
     handler.waiting["connect"].callback(None)
     (greeting,) = await client.read(1)
     assert greeting.startswith("220 ")
-    await until(lambda: "helo" in handler.waiting, timeout=30)
+    await until(lambda: "helo" in handler.waiting)
     handler.waiting["helo"].callback(None)
     (hello,) = await client.read(1)
     assert hello.startswith("250-relay.test")
     client.send(b"MAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n")
-    await until(lambda: "mail" in handler.waiting, timeout=30)
+    await until(lambda: "mail" in handler.waiting)
     assert client.replies == []
     handler.waiting["mail"].callback(None)
     assert await client.read(3) == ["250 2.1.0 Ok", "250 2.1.5 Ok",
                                     "354 End data with <CR><LF>.<CR><LF>"]
     client.send(MESSAGE + b"NOOP\r\n")
-    await until(lambda: "end_of_data" in handler.waiting, timeout=30)
+    await until(lambda: "end_of_data" in handler.waiting)
     assert client.replies == []
     handler.waiting["end_of_data"].callback(None)
     (done, noop) = await client.read(2)

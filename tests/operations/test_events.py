@@ -45,7 +45,7 @@ from xrelay.events import (
 from xrelay.operations.metrics import RelayMetrics
 from xrelay.tokens.source import RefreshingTokenSource
 from xrelay.transport.pool import trouble_reply
-from xrelay.transport.smtp import ConnectionTrouble
+from xrelay.transport.trouble import ConnectionTrouble
 
 FIRST = "tcp:0:interface=127.0.0.1"
 SECOND = "tcp:0:interface=127.0.0.2"  # all of 127/8 is loopback: a second listener label

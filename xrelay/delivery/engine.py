@@ -45,9 +45,8 @@ from xrelay.interfaces import (IQueueControl, ISpool, ITransport, SpoolFull,
                                UnknownEntry)
 from xrelay.lifecycle import ACTIVE, DEFERRED, FAILED, QUEUED
 from xrelay.events import guarded, report_outcome
-from xrelay.records import OutcomeRecord
+from xrelay.records import OutcomeRecord, SpoolEntry
 from xrelay.routing import entry_account
-from xrelay.spool import SpoolEntry
 
 log = Logger()
 

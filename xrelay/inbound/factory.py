@@ -17,7 +17,8 @@ import attrs
 from twisted.internet.protocol import Factory
 
 from xrelay.config import Config, ListenerConfig
-from xrelay.policy import Refusal, client_in_networks, client_network
+from xrelay.policy import client_in_networks, client_network
+from xrelay.records import Refusal
 
 __all__ = ["ConnectionCounter", "InboundFactory", "ListenerHost"]
 

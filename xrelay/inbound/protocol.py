@@ -58,7 +58,7 @@ from xrelay.inbound.states import (
 from xrelay.inbound.mailtransaction import Transaction
 from xrelay.inbound.transaction import MailCommands, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
-from xrelay.policy import Refusal
+from xrelay.records import Refusal
 from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from xrelay.inbound.conduct import Conduct
     from xrelay.inbound.factory import InboundFactory
     from xrelay.inbound.mailtransaction import Transaction
-    from xrelay.policy import Refusal
+    from xrelay.records import Refusal
 
 __all__ = ["ServerSurface"]
 

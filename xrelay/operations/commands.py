@@ -23,10 +23,10 @@ from twisted.internet import defer
 
 from xrelay.subcommands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
 from xrelay.config import Config
+from xrelay.operations.errors import ControlRefusal
 from xrelay.operations.control import (
     ControlClient,
     ControlHandlers,
-    ControlRefusal,
     DaemonNotRunning,
     SpoolLock,
     SpoolLocked,

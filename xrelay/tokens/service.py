@@ -34,7 +34,7 @@ from xrelay.tokens.expiry import CredentialExpiry, ExpiryWatch
 from xrelay.tokens.google import GoogleGrant
 from xrelay.tokens.microsoft import DeviceCodePrompt, MicrosoftGrant, stored_expiry
 from xrelay.tokens.source import GrantResult, RefreshingTokenSource
-from xrelay.tokens.status import TokenStatus
+from xrelay.records import TokenStatus
 from xrelay.tokens.trust import trust_bundle
 
 log = Logger(namespace="xrelay.tokens")

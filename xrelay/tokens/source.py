@@ -29,8 +29,8 @@ from xrelay.interfaces import IRelayEvents, ITokenSource
 from xrelay.events import guarded
 from xrelay.tokens.errors import (GrantRefused, GrantUnavailable, NeedsSignIn,
                                   TokenUnavailable)
-from xrelay.tokens.status import (REFUSED, Token, TokenLifecycle, TokenState,
-                                  TokenStatus)
+from xrelay.records import TokenStatus
+from xrelay.tokens.status import REFUSED, Token, TokenLifecycle, TokenState
 
 log = Logger(namespace="xrelay.tokens")
 

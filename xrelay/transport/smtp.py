@@ -124,7 +124,6 @@ class ClientProtocol(LineOnlyReceiver):
         self._lines: list[str] = []
         self.handshake: Deferred[None] = Deferred()
         self.lost: Deferred[None] = Deferred()
-        self.unsolicited: Reply | None = None
         self.connected_ = False
         self.on_lost: Callable[[], None] = lambda: None
 
@@ -173,7 +172,8 @@ class ClientProtocol(LineOnlyReceiver):
             if not d.called:  # a wait that timed out is skipped
                 d.callback(reply)
                 return
-        self.unsolicited = reply
+        # A reply nobody waits for (its wait timed out, and the connection is being
+        # given up): nothing to do with it.
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._violation(f"the upstream sent a reply line longer than {self.MAX_LENGTH}")
