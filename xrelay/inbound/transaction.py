@@ -52,6 +52,28 @@ _MAIL = re.compile(r"^FROM:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re
 _RCPT = re.compile(r"^TO:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re.S)
 
 
+def mail_parameters(text: str, esmtp: bool) -> "tuple[int | None, bool, bool] | str":
+    """
+    MAIL FROM's parameters as (SIZE, SMTPUTF8, BODY=8BITMIME), or the name of the
+    first one not recognised (every one is, after HELO rather than EHLO).
+    """
+    size, smtputf8, body_8bit = None, False, False
+    for parameter in text.split():
+        key, _, value = parameter.partition("=")
+        key = key.upper()
+        if key == "SIZE" and value.isdigit() and len(value) < 20 and esmtp:
+            size = int(value)
+        elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME") and esmtp:
+            body_8bit = value.upper() == "8BITMIME"
+        elif key == "SMTPUTF8" and not value and esmtp:
+            smtputf8 = True
+        elif key == "AUTH" and esmtp:
+            pass  # RFC 4954 5: the original submitter; nothing to do with it
+        else:
+            return key
+    return size, smtputf8, body_8bit
+
+
 def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
     """
     The end-of-DATA reply of a pass-through listener, from the upstream's result.
@@ -94,21 +116,11 @@ class MailCommands(_Base):
             self.error(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
             return None
         sender = match.group(1) if match.group(1) is not None else match.group(2)
-        size, smtputf8, body_8bit = None, False, False
-        for parameter in (match.group(3) or "").split():
-            key, _, value = parameter.partition("=")
-            key = key.upper()
-            if key == "SIZE" and value.isdigit() and len(value) < 20 and self.esmtp:
-                size = int(value)
-            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME") and self.esmtp:
-                body_8bit = value.upper() == "8BITMIME"
-            elif key == "SMTPUTF8" and not value and self.esmtp:
-                smtputf8 = True
-            elif key == "AUTH" and self.esmtp:
-                pass  # RFC 4954 5: the original submitter; nothing to do with it
-            else:
-                self.error(555, "5.5.4", f"MAIL FROM parameter {key} not recognised")
-                return None
+        parameters = mail_parameters(match.group(3) or "", self.esmtp)
+        if isinstance(parameters, str):
+            self.error(555, "5.5.4", f"MAIL FROM parameter {parameters} not recognised")
+            return None
+        size, smtputf8, body_8bit = parameters
         if size is not None and size > self.config.server.max_message_size:
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size "
                        f"of {self.config.server.max_message_size} bytes")

@@ -21,12 +21,9 @@ import re
 from typing import Any, Callable
 
 import attrs
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -43,7 +40,7 @@ from xrelay.envelope import DeliveryResult
 from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
 from xrelay.transport.chunking import bdat_transaction
 from xrelay.transport.trouble import (ConnectionTrouble, EnvelopeReplies, StaleConnection,
-                                      UpstreamRefused)
+                                      UpstreamRefused, describe_loss)
 from xrelay.streams import IStreamTransport
 
 log = Logger()
@@ -74,21 +71,6 @@ class _Dropped(Exception):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
-
-
-def describe_loss(reason: Failure) -> str:
-    """A short, secret-free text for why a connection ended."""
-    if reason.check(VerificationError):
-        return "TLS failed (the upstream's certificate is not valid for the host name)"
-    if isinstance(reason.value, SSL.Error):
-        errors = reason.value.args[0] if reason.value.args else None
-        texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
-        return f"TLS failed ({'; '.join(texts) or reason.getErrorMessage()})"
-    if reason.check(ConnectionDone):
-        return "the upstream closed the connection"
-    if reason.check(ConnectionLost):
-        return "the connection was lost"
-    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 def parse_capabilities(ehlo: Reply) -> dict[str, str]:

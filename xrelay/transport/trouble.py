@@ -3,18 +3,22 @@ What can go wrong on an upstream SMTP connection, and the result one reply makes
 a message: shared by the DATA conversation (L{xrelay.transport.smtp}) and the BDAT one
 (L{xrelay.transport.chunking}), below both so that neither imports the other for them.
 
-Values only: never a socket, never a secret in a text.
+Values and texts only: never a socket, never a secret in a text.
 """
 
 from __future__ import annotations
 
 import attrs
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
 
 from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, RecipientResult, Reply
 from xrelay.transport.classify import failure_of, outcome_of
 
 __all__ = ["ConnectionTrouble", "EnvelopeReplies", "StaleConnection", "UpstreamRefused",
-           "whole_result"]
+           "describe_loss", "whole_result"]
 
 
 class ConnectionTrouble(Exception):
@@ -106,3 +110,18 @@ class EnvelopeReplies:
     def result(self, final: Reply) -> DeliveryResult:
         """The data phase ended with C{final}: it applies to the accepted recipients."""
         return whole_result(self.message, final, self.accepted, self.refused)
+
+
+def describe_loss(reason: Failure) -> str:
+    """A short, secret-free text for why a connection ended."""
+    if reason.check(VerificationError):
+        return "TLS failed (the upstream's certificate is not valid for the host name)"
+    if isinstance(reason.value, SSL.Error):
+        errors = reason.value.args[0] if reason.value.args else None
+        texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
+        return f"TLS failed ({'; '.join(texts) or reason.getErrorMessage()})"
+    if reason.check(ConnectionDone):
+        return "the upstream closed the connection"
+    if reason.check(ConnectionLost):
+        return "the connection was lost"
+    return reason.getErrorMessage() or type(reason.value).__name__
