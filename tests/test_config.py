@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from xrelay.config import ConfigError, find_config_path, load_config, read_config
+from xrelay.config import ConfigError
+from xrelay.configfile import find_config_path, load_config, read_config
 from xrelay.passwords import hash_password
 
 GOOD = """

@@ -12,7 +12,8 @@ import pytest
 
 from tests.test_config import edit
 from xrelay.cli import main
-from xrelay.config import ConfigError, read_config
+from xrelay.config import ConfigError
+from xrelay.configfile import read_config
 
 LEGACY = ('{{ endpoint = "tcp:2465:interface=127.0.0.1", implicit_tls = true }}',
           '{ endpoint = "tcp:2465:interface=127.0.0.1", implicit_tls = true }, '

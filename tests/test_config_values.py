@@ -31,8 +31,8 @@ from xrelay.config import (
     ServerConfig,
     UserConfig,
     account_defaults,
-    read_config,
 )
+from xrelay.configfile import read_config
 from xrelay.passwords import hash_password
 
 

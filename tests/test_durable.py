@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from xrelay import durable, spool
-from xrelay.tokens import cache
+from xrelay import durable
 
 
 def test_write_durably_writes_the_whole_file_private_and_synced(
@@ -45,9 +46,23 @@ def test_fsync_directory_refuses_a_file(tmp_path: "os.PathLike[str]") -> None:
 
 
 def test_spool_and_token_cache_use_the_shared_helpers() -> None:
-    # Not two copies of the same code: both modules call the one in xrelay.durable.
-    assert spool._write_durably is durable.write_durably
-    assert spool._fsync_directory is durable.fsync_directory
-    assert cache.write_durably is durable.write_durably
-    assert cache.fsync_directory is durable.fsync_directory
-    assert not hasattr(cache, "_fsync_dir")
+    """
+    Not two copies of the same code: the spool (a module or a package) and the token
+    cache import the helpers of xrelay.durable and define no fsync or durable write of
+    their own.  Read from the source, so that no private name is asserted.
+    """
+    root = Path(durable.__file__).parent
+    users = {"spool": sorted(root.glob("spool.py")) + sorted(root.glob("spool/*.py")),
+             "token cache": [root / "tokens" / "cache.py"]}
+    for who, paths in users.items():
+        imported: set[str] = set()
+        own: list[str] = []
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module == "xrelay.durable":
+                    imported |= {a.name for a in node.names}
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                        "fsync_dir" in node.name or "write_durabl" in node.name):
+                    own.append(f"{path.name}: {node.name}")
+        assert {"write_durably", "fsync_directory"} <= imported, who
+        assert not own, f"the {who} has its own: {own}"

@@ -18,7 +18,7 @@ from twisted.internet import reactor, task, threads
 from twisted.python.filepath import FilePath
 
 from tests.conftest import free_port
-from xrelay.config import read_config
+from xrelay.configfile import read_config
 from xrelay.sandbox import DEFAULT_TENANT, Sandbox
 from xrelay.service import makeService
 

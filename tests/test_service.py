@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import smtplib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
+from twisted.internet import reactor, threads
 from twisted.python.filepath import FilePath
 
 from tests.conftest import free_port
-from xrelay.config import read_config
+from tests.waiting import until
+from xrelay.configfile import read_config
 from xrelay.sandbox import Sandbox
 from xrelay.service import makeService
 
@@ -32,14 +33,6 @@ def sandbox(tmp_path: Path):
     sb.start()
     yield sb
     pytest_twisted.blockon(sb.stop())
-
-
-async def until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition not met in time")
 
 
 def send(port: int, subject: str) -> None:

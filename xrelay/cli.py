@@ -13,37 +13,21 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 import attrs
 
 from xrelay import __version__
-from xrelay.config import Config, ConfigError, load_config, read_config
+from xrelay.config import Config, ConfigError
+from xrelay.configfile import read_config
 from xrelay.passwords import hash_password
+from xrelay.subcommands import (EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from,
+                                registered)
 
-EXIT_OK = 0
-EXIT_PROBLEM = 1
-EXIT_USAGE = 2
-
-#: Registered subcommands: name -> (function to add arguments, function to run).
-Command = Callable[[argparse.Namespace], int]
-_commands: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]] = {}
-
-
-def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]
-            = lambda p: None) -> Callable[[Command], Command]:
-    """Register a subcommand; other modules add theirs the same way."""
-
-    def register(run: Command) -> Command:
-        _commands[name] = (help, arguments, run)
-        return run
-
-    return register
-
-
-def config_from(args: argparse.Namespace) -> Config:
-    """The configuration named by C{--config} or found the usual way."""
-    return load_config(args.config)
+# The registry and exit statuses are below the operator modules that register
+# subcommands (xrelay.subcommands); their names stay importable from here.
+__all__ = ["EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "build_parser", "command",
+           "config_from", "describe", "main"]
 
 
 # -- check-config ----------------------------------------------------------------
@@ -163,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xrelay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help, arguments, run) in sorted(_commands.items()):
+    for name, (help, arguments, run) in sorted(registered().items()):
         child = sub.add_parser(name, help=help, description=help)
         child.add_argument("--config", "-c", metavar="FILE", help="configuration file "
                            "(default: $XRELAY_CONFIG, then /etc/xrelay/xrelay.toml)")

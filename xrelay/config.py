@@ -21,10 +21,10 @@ C{__attrs_post_init__} fills them in.  The reader passes only the keys a file na
 C{AccountConfig(provider="google", ...)} and a C{[[accounts]]} table with
 C{provider = "google"} get the same defaults.
 
-The reader's names (L{read_config}, L{load_config}, L{find_config_path},
-L{account_from_table}, L{DEFAULT_CONFIG_PATH}) are still importable from here; they
-live in L{xrelay.configfile} and are loaded on first use, so that this module imports
-nothing of the reader.
+The reader (L{xrelay.configfile.read_config}, C{load_config}, C{find_config_path},
+C{account_from_table}, C{DEFAULT_CONFIG_PATH}) is in its own module, which imports
+this one; this module imports nothing of the reader (the old names still resolve here,
+see L{__getattr__}).
 
 This module must not import the reactor or C{twisted.mail}: the twistd plugin and the
 C{xrelay} command load configurations before a reactor is chosen.
@@ -33,10 +33,11 @@ C{xrelay} command load configurations before a reactor is chosen.
 from __future__ import annotations
 
 import datetime
+import importlib
 import ipaddress
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 
@@ -44,27 +45,17 @@ from xrelay.addresses import SenderPattern
 from xrelay.clouds import CLOUDS, cloud_of
 from xrelay.passwords import InvalidPasswordHash, parse_password_hash
 
-if TYPE_CHECKING:
-    from xrelay.configfile import (  # noqa: F401  (re-exported, loaded lazily)
-        DEFAULT_CONFIG_PATH,
-        ENVIRONMENT_VARIABLE,
-        _Reader,
-        account_from_table,
-        find_config_path,
-        load_config,
-        read_config,
-    )
-
-#: The reader's public names, re-exported from L{xrelay.configfile} on first use.
+#: The reader's names, which lived here once and are L{xrelay.configfile}'s: still
+#: found here (README and older embedding programs import C{read_config} from here),
+#: looked up on first use without an import statement, so that the values never import
+#: their reader (that was a cycle for every type checker and reader of the code).
 _READER_NAMES = ("DEFAULT_CONFIG_PATH", "ENVIRONMENT_VARIABLE", "_Reader",
                  "account_from_table", "find_config_path", "load_config", "read_config")
 
 
 def __getattr__(name: str) -> Any:
     if name in _READER_NAMES:
-        from xrelay import configfile
-
-        return getattr(configfile, name)
+        return getattr(importlib.import_module("xrelay.configfile"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

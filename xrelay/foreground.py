@@ -16,7 +16,7 @@ import sys
 
 from twisted.logger import ILogObserver, jsonFileLogObserver
 
-from xrelay.cli import EXIT_OK, EXIT_USAGE, command
+from xrelay.subcommands import EXIT_OK, EXIT_USAGE, command
 
 LOG_FORMAT_VARIABLE = "XRELAY_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")

@@ -13,17 +13,24 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from zope.interface import Attribute, Interface
 
+# Interfaces are stated in terms of the bottom layer only (values, errors, the entry
+# lifecycle): never an implementation module (tests/test_imports.py holds this).
+from xrelay.lifecycle import NotAnEntryId, TransitionRefused
+from xrelay.records import ISpoolEntry
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from xrelay.delivery.engine import OutcomeRecord
     from xrelay.envelope import DeliveryResult, Envelope, OutboundMessage
     from xrelay.history.records import AcceptedMessage
-    from xrelay.inbound.handler import InboundSession
     from xrelay.inbound.headers import HeaderBlock
-    from xrelay.policy import Refusal
-    from xrelay.spool import SpoolEntry
-    from xrelay.tokens.status import TokenStatus
+    from xrelay.records import InboundSession, OutcomeRecord, Refusal, SpoolEntry, TokenStatus
+
+__all__ = [
+    "IDelivery", "IInboundHandler", "IIncomingMessage", "IMessageHistory", "IRelayEvents",
+    "IQueueControl", "ISpool", "ISpoolEntry", "ITokenSource", "ITransport", "NotAnEntryId", "SpoolFull",
+    "TransitionRefused", "UnknownEntry",
+]
 
 
 class IIncomingMessage(Interface):
@@ -62,12 +69,15 @@ class IInboundHandler(Interface):
     The decisions an inbound SMTP session asks for, one method per step (as aiosmtpd's
     handler object): the protocol only speaks SMTP, the handler decides.
 
-    Each method gets a read-only L{xrelay.inbound.handler.InboundSession} (client
+    Each method gets a read-only L{xrelay.records.InboundSession} (client
     address, HELO name, authenticated user, TLS, the current sender, the configuration
     snapshot of the connection) and returns C{None} to go on, or a
-    L{xrelay.policy.Refusal}, which the client receives as the reply (code, enhanced
+    L{xrelay.records.Refusal}, which the client receives as the reply (code, enhanced
     status code, text) and which is logged.  Methods are called on the reactor thread
-    and must return at once: no blocking I/O, no Deferreds.  The default,
+    and must not block; one that must wait (a directory lookup) returns a Deferred
+    firing with the decision, or is a coroutine: the pipelined commands behind it wait,
+    and one that fails or takes longer than
+    L{xrelay.inbound.handler.HANDLER_TIMEOUT} costs the client a 451 4.3.0.  The default,
     L{xrelay.inbound.handler.PolicyHandler}, asks L{xrelay.policy}; an embedding program
     subclasses it (calling C{super()} keeps the relay's own rules) and passes it to
     L{xrelay.service.makeService} as C{inbound_handler}.
@@ -122,49 +132,6 @@ class SpoolFull(Exception):
 
 class UnknownEntry(KeyError):
     """No entry with this id exists in the spool (already delivered or removed)."""
-
-
-class NotAnEntryId(ValueError):
-    """Text given as an entry id that is not one; C{str()} is the operator's message."""
-
-    def __init__(self, text: object) -> None:
-        shown = repr(text if not isinstance(text, str) or len(text) <= 80
-                     else text[:80] + "...")
-        super().__init__(f"{shown} is not an entry id (ids look like "
-                         "20261201T232515.123456-4242-000001; see `xrelay queue list`)")
-
-
-class TransitionRefused(ValueError):
-    """A state change that the lifecycle (L{xrelay.lifecycle.LIFECYCLE}) does not have."""
-
-
-class ISpoolEntry(Interface):
-    """
-    One spooled message as the delivery engine and operators see it: an immutable
-    value; a change is a new value returned by L{ISpool.move}.  Every spool hands out
-    L{xrelay.spool.SpoolEntry} values (which provide this), so that callers and
-    spools share one record type; this states what its fields promise.
-    """
-
-    entry_id: str = Attribute("The spool's id (L{xrelay.lifecycle.ENTRY_ID} syntax).")
-    state: str = Attribute(
-        "One of L{xrelay.lifecycle.STATES}, or C{corrupt} for one set aside.")
-    sender: str = Attribute("The envelope sender (C{''}: the null sender).")
-    recipients: tuple[str, ...] = Attribute("Those still to be delivered.")
-    data_path: str = Attribute(
-        "A file holding the message exactly as received (CRLF wire format), which a "
-        "transport opens and streams; valid while the entry is in the spool.")
-    size: int = Attribute("Bytes in C{data_path}.")
-    account: str = Attribute("The account chosen at acceptance (C{''}: route by sender).")
-    received_at: float = Attribute("When it was accepted (POSIX time).")
-    attempts: int = Attribute("Delivery attempts made so far.")
-    next_attempt: float = Attribute("For a deferred entry: when it is due.")
-    last_reply: Any = Attribute("The last upstream L{Reply} that mattered, or C{None}.")
-    failed_recipients: Any = Attribute("C{(recipient, Reply)} pairs that failed for good.")
-    bounce_of: "str | None" = Attribute(
-        "For a bounce we made, the entry it reports on; a bounce is never bounced.")
-    problem: str = Attribute("For an entry set aside as corrupt: why.")
-    envelope: "Envelope" = Attribute("The entry's envelope (for a new attempt).")
 
 
 class ISpool(Interface):
@@ -342,6 +309,41 @@ class IDelivery(Interface):
         """
 
 
+class IQueueControl(IDelivery):
+    """
+    What an operator's queue commands (L{xrelay.operations.queue.QueueOperations}: the
+    admin page, C{xrelay queue}, the control socket) may do to a running delivery
+    engine: the engine's schedule is its own, and this is the only way in.
+
+    Every method is called on the reactor thread and returns at once.
+    """
+
+    history: "IMessageHistory" = Attribute(
+        "Where the engine reports what happens to each message; an operator's action "
+        "is reported there too.")
+
+    def in_flight(entry_id: str) -> bool:
+        """Whether an attempt for this entry is under way (its outcome not yet settled)."""
+
+    def hold(entry_id: str) -> None:
+        """
+        Take the entry out of the schedule before an operator changes it on disk; a no-op
+        for an entry that is not scheduled.  The caller must first ask L{in_flight}.
+        """
+
+    def reschedule(entry: "SpoolEntry") -> None:
+        """
+        Put an entry back into the schedule as its record says (queued: now; deferred:
+        at its C{next_attempt}), e.g. after an operator's change failed.
+        """
+
+    def release_bounce(bounce_id: str) -> None:
+        """
+        A bounce spooled by an operator's action may go now (the original's record is
+        durable): counted and scheduled.
+        """
+
+
 class IMessageHistory(Interface):
     """
     Where the relay tells what happened to each message, for the message trace
@@ -382,7 +384,7 @@ class IRelayEvents(Interface):
     observers are installed; each relay has its own sink (C{makeService} makes one), so
     two relays in one process never count each other's events.  Every method is called
     on the reactor thread in the path of mail and must return at once.  The stages wrap
-    the sink they are given in L{xrelay.operations.events.GuardedEvents}: a sink that
+    the sink they are given in L{xrelay.events.GuardedEvents}: a sink that
     raises is logged, never allowed to break mail.
 
     Labels are bounded sets (account and listener names, failure kinds): never an
@@ -425,3 +427,4 @@ class IRelayEvents(Interface):
         A token request failed: C{reason} is "needs_sign_in" (refused: an operator must
         act) or "unavailable" (temporary, retried).
         """
+

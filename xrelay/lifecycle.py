@@ -7,17 +7,33 @@ Values and pure functions only: this module never touches a file.
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import time
 
-from xrelay.interfaces import NotAnEntryId, TransitionRefused
+from xrelay.statemachine import NoTransition, StateTable
 
 __all__ = [
     "ACTIVE", "CORRUPT", "DEFERRED", "DELIVERED", "ENTRY_ID", "FAILED", "LIFECYCLE",
-    "QUEUED", "RECEIVED", "STATES", "allow", "check_entry_id", "is_entry_id",
-    "new_entry_id",
+    "NotAnEntryId", "QUEUED", "RECEIVED", "STATES", "TABLE", "TransitionRefused", "allow",
+    "check_entry_id", "entry_received_at", "is_entry_id", "new_entry_id",
 ]
+
+
+class NotAnEntryId(ValueError):
+    """Text given as an entry id that is not one; C{str()} is the operator's message."""
+
+    def __init__(self, text: object) -> None:
+        shown = repr(text if not isinstance(text, str) or len(text) <= 80
+                     else text[:80] + "...")
+        super().__init__(f"{shown} is not an entry id (ids look like "
+                         "20261201T232515.123456-4242-000001; see `xrelay queue list`)")
+
+
+#: A state change that the lifecycle does not have: the one L{NoTransition} error of
+#: every state table, under the name the spool's callers know.
+TransitionRefused = NoTransition
 
 #: The live states, in the order an entry normally passes through them.
 QUEUED, ACTIVE, DEFERRED, FAILED = "queued", "active", "deferred", "failed"
@@ -42,6 +58,11 @@ LIFECYCLE: dict[str, frozenset[str]] = {
     FAILED: frozenset({DELIVERED, CORRUPT}),
     CORRUPT: frozenset({DELIVERED}),
 }
+
+#: The same transitions as a L{StateTable} whose events are named after the state they
+#: lead to ("move to active"): L{allow} and every spool ask it.
+TABLE: StateTable[str] = StateTable(
+    "spool entry", ((old, new, new) for old, news in LIFECYCLE.items() for new in news))
 
 #: Entry ids: UTC time, microseconds, pid, counter (L{new_entry_id}).  Anything else
 #: given as an entry id (a path, a NUL, a glob) is refused before storage is touched.
@@ -79,5 +100,18 @@ def allow(old: str, new: str, entry_id: str) -> None:
     """
     @raise TransitionRefused: when L{LIFECYCLE} has no transition from C{old} to C{new}.
     """
-    if new not in LIFECYCLE.get(old, frozenset()):
-        raise TransitionRefused(f"{entry_id}: no transition from {old} to {new}")
+    if not TABLE.allows(old, new):
+        raise TransitionRefused(f"{entry_id}: no transition from {old} to {new}", old, new)
+
+
+def entry_received_at(entry_id: str) -> float | None:
+    """
+    When a spool entry was received, from its id (C{YYYYmmddTHHMMSS.ffffff-...}, UTC),
+    for records that carry the id but not the time.
+    """
+    try:
+        stamp, rest = entry_id.split(".", 1)
+        micros = int(rest[:6])
+        return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S")) + micros / 1e6
+    except (ValueError, IndexError):
+        return None

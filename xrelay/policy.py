@@ -20,6 +20,7 @@ import attrs
 
 from xrelay.addresses import NULL_SENDER, matches_any
 from xrelay.config import AccountConfig, Config, UserConfig
+from xrelay.records import Refusal
 
 if TYPE_CHECKING:
     from xrelay.inbound.headers import HeaderBlock
@@ -38,24 +39,6 @@ __all__ = [
     "AuthFailures",
     "Attempt",
 ]
-
-
-@attrs.frozen
-class Refusal:
-    """
-    A decision against the client, as the reply the protocol sends.
-
-    @ivar code: basic status code.
-    @ivar enhanced: RFC 3463 enhanced status code.
-    @ivar text: what the client's administrator needs to know to fix it.
-    """
-
-    code: int
-    enhanced: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -19,8 +19,8 @@ import attrs
 
 from xrelay.addresses import SenderPattern
 from xrelay.cli import _toml
+from xrelay.configfile import DEFAULT_CONFIG_PATH
 from xrelay.config import (
-    DEFAULT_CONFIG_PATH,
     AccountConfig,
     AdminConfig,
     DeliveryConfig,

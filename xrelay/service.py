@@ -13,21 +13,28 @@ from __future__ import annotations
 import os
 import re
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import attrs
 from twisted.application.service import MultiService, Service
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.logger import Logger
 
 from xrelay.config import (
     AccountConfig,
     Config,
     ConfigError,
-    account_from_table,
-    read_config,
     with_accounts,
 )
-from xrelay.interfaces import ISpool
+from xrelay.configfile import account_from_table, read_config
+from xrelay.interfaces import IInboundHandler, IRelayEvents, ISpool, ITokenSource, ITransport
+
+if TYPE_CHECKING:
+    # Built in makeService only: importing this module stays cheap (no twisted.mail).
+    from xrelay.delivery import DeliveryEngine
+    from xrelay.inbound import InboundService
+    from xrelay.operations.control import ControlService
+    from xrelay.tokens import TokenService
 
 log = Logger(namespace="xrelay")
 
@@ -35,7 +42,7 @@ log = Logger(namespace="xrelay")
 class RecoveringSpoolService(Service):
     """Recovers the spool (crash leftovers) before any other stage starts."""
 
-    def __init__(self, spool: Any) -> None:
+    def __init__(self, spool: ISpool) -> None:
         self.spool = spool
 
     def startService(self) -> None:
@@ -66,11 +73,11 @@ class RelayService(MultiService):
 
     config: Config
     spool: ISpool
-    tokens: Any
-    delivery: Any
-    inbound: Any
-    transports: dict[str, Any]
-    control: Any
+    tokens: "TokenService"
+    delivery: "DeliveryEngine"
+    inbound: "InboundService"
+    transports: dict[str, ITransport]
+    control: "ControlService"
     history: Any = None
     sandbox: Any = None
     admin: Any = None
@@ -84,7 +91,7 @@ class RelayService(MultiService):
     def _transport_for(self, account: AccountConfig) -> Any:
         from xrelay.transport import timeouts_for, transport_for
 
-        return transport_for(account, self.tokens.sources[account.name],
+        return transport_for(account, self.tokens.source_for(account.name),
                              reactor=self.reactor, helo_name=self.config.server.hostname,
                              timeouts=timeouts_for(self.config.delivery))
 
@@ -211,12 +218,22 @@ class _StartedSandboxService(Service):
 
 
 def makeService(config: Config, reactor: Any = None,
-                credentials_checker: Any = None, events: Any = None,
-                inbound_handler: Any = None) -> RelayService:
+                credentials_checker: ICredentialsChecker | None = None,
+                events: IRelayEvents | None = None,
+                inbound_handler: IInboundHandler | None = None,
+                spool: ISpool | None = None,
+                token_sources: Mapping[str, ITokenSource] | None = None) -> RelayService:
     """
     Build the relay for this configuration.
 
     @param reactor: the reactor to use; the global one by default.
+    @param spool: where accepted mail is kept until delivered: any L{ISpool} (an
+        embedding program's own, or L{xrelay.testing.spool.MemorySpool} in its tests);
+        the durable spool under C{server.state_dir} by default.  Recovered at start,
+        before anything else runs.
+    @param token_sources: account name -> an L{ITokenSource} of the embedding program
+        for that account (it obtains the account's access tokens its own way); the
+        relay's own sign-in (msal, Google) for the other accounts.
     @param credentials_checker: who may SMTP AUTH: any C{twisted.cred}
         C{ICredentialsChecker} for C{IUsernamePassword} (an embedding program's LDAP or
         database); the configuration's C{[[users]]} by default.
@@ -240,7 +257,7 @@ def makeService(config: Config, reactor: Any = None,
     from xrelay.history import open_history
     from xrelay.inbound import InboundService
     from xrelay.operations.control import ControlService
-    from xrelay.operations.events import FanOutEvents, guarded
+    from xrelay.events import FanOutEvents, guarded
     from xrelay.operations.metrics import RelayMetrics
     from xrelay.spool import Spool
     from xrelay.tokens import TokenService
@@ -270,10 +287,16 @@ def makeService(config: Config, reactor: Any = None,
     # queue ...` from editing the spool behind the daemon's back, before recovery.
     top.control = ControlService(top, reactor=reactor)
     top.control.setServiceParent(top)
-    top.spool = Spool(os.path.join(config.server.state_dir, "spool"), reactor=reactor)
+    top.spool = spool if spool is not None else Spool(
+        os.path.join(config.server.state_dir, "spool"), reactor=reactor)
     RecoveringSpoolService(top.spool).setServiceParent(top)
 
-    top.tokens = TokenService(config, reactor=reactor, events=top.events)
+    unknown = sorted(set(token_sources or ()) - {a.name for a in config.accounts})
+    if unknown:
+        raise ValueError(f"token_sources names accounts the configuration does not "
+                         f"have: {', '.join(unknown)}")
+    top.tokens = TokenService(config, reactor=reactor, events=top.events,
+                              external=token_sources)
     top.tokens.setServiceParent(top)
 
     top.transports = {account.name: top._transport_for(account)

@@ -16,7 +16,8 @@ import os
 import pwd
 import sys
 
-from xrelay.config import ConfigError, read_config
+from xrelay.config import ConfigError
+from xrelay.configfile import read_config
 
 #: The user contrib/install.sh creates and contrib/systemd/xrelay.service names.
 SERVICE_USER = "xrelay"

@@ -61,13 +61,14 @@ from zope.interface import implementer
 
 from xrelay.durable import fsync_directory as _fsync_directory
 from xrelay.durable import write_durably as _write_durably
-from xrelay.envelope import Envelope, Reply
-from xrelay.interfaces import (IIncomingMessage, ISpool, ISpoolEntry, NotAnEntryId,
+from xrelay.envelope import Envelope
+from xrelay.interfaces import (IIncomingMessage, ISpool, NotAnEntryId,
                                SpoolFull, TransitionRefused, UnknownEntry)
 from xrelay.lifecycle import (ACTIVE, CORRUPT, DEFERRED, DELIVERED, ENTRY_ID, FAILED,
                               LIFECYCLE, QUEUED, RECEIVED, STATES, check_entry_id,
                               is_entry_id, new_entry_id)
 from xrelay.lifecycle import allow as _allow
+from xrelay.records import SpoolEntry
 
 __all__ = [
     "ACTIVE",
@@ -126,119 +127,6 @@ def run_inline(f: Callable[..., T], *args: Any) -> "Deferred[T]":
     there is no reactor to hand the result back from a thread.
     """
     return defer.maybeDeferred(f, *args)
-
-
-@implementer(ISpoolEntry)
-@attrs.frozen
-class SpoolEntry:
-    """
-    One spooled message as the delivery engine and operators see it.
-
-    @ivar recipients: those still to be delivered (delivered and permanently failed ones
-        are removed as results come in).
-    @ivar failed_recipients: C{(recipient, Reply)} pairs that failed permanently.
-    @ivar bounce_of: for a bounce (DSN) we generated, the id of the entry it reports on;
-        a bounce is never itself bounced.
-    """
-
-    entry_id: str
-    state: str
-    sender: str
-    recipients: tuple[str, ...]
-    data_path: str
-    size: int
-    account: str = ""
-    client_address: str = ""
-    client_helo: str = ""
-    authenticated_user: str | None = None
-    received_at: float = 0.0
-    smtputf8: bool = False
-    body_8bitmime: bool = False
-    original_recipients: tuple[str, ...] = ()
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_attempt: float | None = None
-    last_reply: Reply | None = None
-    failed_recipients: tuple[tuple[str, Reply], ...] = ()
-    bounce_of: str | None = None
-    #: For an entry set aside in C{corrupt/}: why (never stored in a record).
-    problem: str = ""
-
-    @classmethod
-    def received(cls, entry_id: str, env: Envelope, size: int, data_path: str,
-                 bounce_of: str | None = None) -> "SpoolEntry":
-        """A message just committed: queued, nothing tried yet (every spool's start)."""
-        return cls(
-            entry_id=entry_id,
-            state=QUEUED,
-            sender=env.sender,
-            recipients=tuple(env.recipients),
-            data_path=data_path,
-            size=size,
-            account=env.account,
-            client_address=env.client_address,
-            client_helo=env.client_helo,
-            authenticated_user=env.authenticated_user,
-            received_at=env.received_at or time.time(),
-            smtputf8=env.smtputf8,
-            body_8bitmime=env.body_8bitmime,
-            original_recipients=tuple(env.recipients),
-            bounce_of=bounce_of,
-        )
-
-    @property
-    def envelope(self) -> Envelope:
-        return Envelope(
-            sender=self.sender,
-            recipients=self.recipients,
-            client_address=self.client_address,
-            client_helo=self.client_helo,
-            authenticated_user=self.authenticated_user,
-            account=self.account,
-            received_at=self.received_at,
-            smtputf8=self.smtputf8,
-            body_8bitmime=self.body_8bitmime,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        record = attrs.asdict(self, recurse=False)
-        for transient in ("entry_id", "state", "data_path", "problem"):
-            del record[transient]
-        record["id"] = self.entry_id
-        record["recipients"] = list(self.recipients)
-        record["original_recipients"] = list(self.original_recipients)
-        record["last_reply"] = _reply_json(self.last_reply)
-        record["failed_recipients"] = [
-            {"recipient": r, "reply": _reply_json(reply)}
-            for r, reply in self.failed_recipients
-        ]
-        return record
-
-    @classmethod
-    def from_json(cls, record: dict[str, Any], state: str, data_path: str) -> "SpoolEntry":
-        get = record.get
-        failed = get("failed_recipients")
-        return cls(
-            record["id"], state, record["sender"], tuple(record["recipients"]),
-            data_path, record["size"],
-            account=get("account", ""),
-            client_address=get("client_address", ""),
-            client_helo=get("client_helo", ""),
-            authenticated_user=get("authenticated_user"),
-            received_at=get("received_at", 0.0),
-            smtputf8=get("smtputf8", False),
-            body_8bitmime=get("body_8bitmime", False),
-            original_recipients=tuple(get("original_recipients", ())),
-            attempts=get("attempts", 0),
-            next_attempt=get("next_attempt", 0.0),
-            last_attempt=get("last_attempt"),
-            last_reply=_reply_from(get("last_reply")),
-            failed_recipients=tuple(
-                (f["recipient"], _reply_from(f["reply"]) or Reply(554, ""))
-                for f in failed
-            ) if failed else (),
-            bounce_of=get("bounce_of"),
-        )
 
 
 #: One decoder for every record (json.loads on bytes first guesses their encoding).
@@ -319,14 +207,6 @@ def _corrupt_entry(directory: str, stem: str) -> SpoolEntry:
         client_address=text("client_address"),
         received_at=float(number) if isinstance(number, (int, float)) else 0.0,
         problem=problem)
-
-
-def _reply_json(reply: Reply | None) -> dict[str, Any] | None:
-    return None if reply is None else {"code": reply.code, "text": reply.text}
-
-
-def _reply_from(record: dict[str, Any] | None) -> Reply | None:
-    return None if record is None else Reply(record["code"], record["text"])
 
 
 _workers: concurrent.futures.ThreadPoolExecutor | None = None

@@ -14,7 +14,8 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
-from xrelay.config import Config, ConfigError, load_config
+from xrelay.config import Config, ConfigError
+from xrelay.configfile import load_config
 
 
 class Options(usage.Options):

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from xrelay.config import read_config
+from xrelay.configfile import read_config
 from xrelay.inbound.handler import PolicyHandler
 from xrelay.policy import Refusal
 from xrelay.service import makeService

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.python.filepath import FilePath
 
-from xrelay.config import read_config
+from xrelay.configfile import read_config
 from xrelay.passwords import hash_password
 from xrelay.sandbox import DEFAULT_TENANT, Sandbox
 

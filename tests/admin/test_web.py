@@ -14,9 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 
 from tests.admin.conftest import ADMIN_PASSWORD, start_relay
+from tests.waiting import until  # noqa: F401 (other tests import it from here)
 from xrelay.envelope import Envelope
 
 COOKIE = re.compile(r"xrelay_admin=([^;]+)")
@@ -88,6 +89,26 @@ async def test_unauthenticated_requests_are_refused(world) -> None:
     assert response.code == 403
     assert "Sign in first." in body
     assert relay.spool.get(entry_id).state == "queued"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_method_gets_405_with_allow(world) -> None:
+    """RFC 9110 15.5.6: a 405 names the methods the page answers, in Allow."""
+    relay = start_relay(world)
+
+    def rebuilt() -> Any:
+        raise AssertionError("the routes are rebuilt for a request")
+
+    relay.admin.site._route_table = rebuilt  # built once, at start: never again
+    anonymous = Browser(world.admin_url)
+    response, body = await anonymous.request("DELETE", "/login")
+    assert response.code == 405 and "Method not allowed." in body
+    assert response.headers.getRawHeaders(b"allow") == [b"GET, POST"]
+    response, _ = await anonymous.request("POST", "/metrics")
+    assert response.code == 405
+    assert response.headers.getRawHeaders(b"allow") == [b"GET"]
+    response, _ = await anonymous.request("GET", "/no-such-page")
+    assert response.code == 404 and not response.headers.hasHeader(b"allow")
 
 
 @pytest_twisted.ensureDeferred
@@ -206,16 +227,6 @@ async def smtp_send(port: int, sender: str, recipients: list[str],
             client.ehlo("tester")
             client.sendmail(sender, recipients, b"Subject: metrics\r\n\r\nhello\r\n")
     await deferToThread(send)
-
-
-async def until(condition: Any, timeout: float = 30.0) -> None:
-    from twisted.internet import reactor
-
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition not met in time")
 
 
 @pytest_twisted.ensureDeferred

@@ -178,7 +178,8 @@ async def test_history_days_zero_keeps_nothing(world) -> None:
 def test_history_keys_are_read_and_checked(world) -> None:
     import pytest
 
-    from xrelay.config import ConfigError, DeliveryConfig, read_config
+    from xrelay.config import ConfigError, DeliveryConfig
+    from xrelay.configfile import read_config
 
     path, text = world.config_path, world.config_path.read_text()
 
@@ -209,7 +210,7 @@ def attrs_evolve_defaults(delivery: Any) -> Any:
 async def test_each_way_a_message_ends_is_recorded(tmp_path: Path) -> None:
     """delivered, bounced, expired, handed back, deleted; partial stays waiting."""
     from xrelay.delivery.bounce import FailedRecipient
-    from xrelay.delivery.engine import OutcomeRecord
+    from xrelay.records import OutcomeRecord
     from xrelay.envelope import Outcome, RecipientResult, Reply
 
     path = str(tmp_path / "history.sqlite")

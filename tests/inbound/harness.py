@@ -18,6 +18,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.filepath import FilePath
 
+from tests.waiting import until  # noqa: F401 (the inbound tests import it from here)
 from xrelay.addresses import SenderPattern
 from xrelay.config import (
     AccountConfig,
@@ -242,18 +243,6 @@ def inline(f: Any, *args: Any) -> "Deferred[Any]":
 
 def certificates(tmp_path: Any) -> Certificates:
     return Certificates.make(os.fspath(tmp_path))
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    """Wait (on the real reactor) until C{condition()} is true."""
-    from twisted.internet.task import deferLater
-
-    waited = 0.0
-    while not condition():
-        if waited > timeout:
-            raise AssertionError("condition never became true")
-        await deferLater(global_reactor, 0.01, lambda: None)
-        waited += 0.01
 
 
 def only_connection(running: Running) -> Any:

@@ -29,7 +29,8 @@ from xrelay.inbound import InboundService, InboundSession, PolicyHandler
 from xrelay.inbound.headers import HeaderBlock
 from xrelay.inbound.testing import MemorySpool, RecordingDelivery
 from xrelay.interfaces import IInboundHandler
-from xrelay.policy import Refusal, header_sender_refusal, relay_refusal, route_refusal
+from xrelay.policy import header_sender_refusal, relay_refusal, route_refusal
+from xrelay.records import Refusal
 
 
 def session(config: Any = None, client: str = "127.0.0.1", user: Any = None,

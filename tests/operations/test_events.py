@@ -35,7 +35,7 @@ from xrelay.config import ListenerConfig
 from xrelay.delivery.testing import fail_all, per_recipient
 from xrelay.envelope import FailureKind
 from xrelay.interfaces import IRelayEvents
-from xrelay.operations.events import (
+from xrelay.events import (
     FanOutEvents,
     GuardedEvents,
     NullEvents,
@@ -45,7 +45,7 @@ from xrelay.operations.events import (
 from xrelay.operations.metrics import RelayMetrics
 from xrelay.tokens.source import RefreshingTokenSource
 from xrelay.transport.pool import trouble_reply
-from xrelay.transport.smtp import ConnectionTrouble
+from xrelay.transport.trouble import ConnectionTrouble
 
 FIRST = "tcp:0:interface=127.0.0.1"
 SECOND = "tcp:0:interface=127.0.0.2"  # all of 127/8 is loopback: a second listener label

@@ -146,7 +146,8 @@ def test_the_daemon_warns_thirty_and_seven_days_ahead_once_each(tmp_path: Path) 
 def test_client_secret_expires_and_health_grace_are_read(world) -> None:
     import pytest
 
-    from xrelay.config import ConfigError, read_config
+    from xrelay.config import ConfigError
+    from xrelay.configfile import read_config
 
     write_config(world, server_extra="health_grace = 120")
     text = world.config_path.read_text()

@@ -12,7 +12,8 @@ from pathlib import Path
 from cryptography import x509
 
 from xrelay.cli import main
-from xrelay.config import Config, ServerConfig, read_config
+from xrelay.config import Config, ServerConfig
+from xrelay.configfile import read_config
 from xrelay.inbound.tlsprofile import listener_tls
 
 

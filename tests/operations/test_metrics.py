@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from xrelay.envelope import Envelope
 from xrelay.operations.metrics import RelayMetrics
 from xrelay.spool import DEFERRED, Spool, run_inline
-from xrelay.tokens.status import TokenStatus
+from xrelay.records import TokenStatus
 
 NOW = 1_700_000_000.0
 

@@ -135,7 +135,7 @@ def test_retry_all_racing_an_attempt_that_is_just_starting(tmp_path: Any) -> Non
     harness.clock.advance(61)
     assert [f.__name__ for f, _, _ in runner.calls] == ["_move"]  # the first, to active
     first, second = ids
-    assert first in engine._in_flight and spool.get(first).state == DEFERRED
+    assert engine.in_flight(first) and spool.get(first).state == DEFERRED
 
     done = QueueOperations(spool, engine.config, engine).retry_all()
     step = done.__await__()

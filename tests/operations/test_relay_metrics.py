@@ -23,7 +23,7 @@ from tests.admin.test_web import (
     smtp_send,
     until,
 )
-from xrelay.config import read_config
+from xrelay.configfile import read_config
 from xrelay.interfaces import IRelayEvents
 from xrelay.service import makeService
 

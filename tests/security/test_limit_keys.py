@@ -9,7 +9,8 @@ import ipaddress
 
 import pytest
 
-from xrelay.config import ConfigError, ServerConfig, read_config
+from xrelay.config import ConfigError, ServerConfig
+from xrelay.configfile import read_config
 from xrelay.passwords import hash_password
 
 ACCOUNT = ('[[accounts]]\nname = "main"\nuser = "relay@example.com"\n'

@@ -24,7 +24,8 @@ from tests.inbound.harness import (
     plain,
     until,
 )
-from xrelay.config import ConfigError, ListenerConfig, read_config
+from xrelay.config import ConfigError, ListenerConfig
+from xrelay.configfile import read_config
 from xrelay.testing.spool import FIRST_ID
 
 LAN = (ipaddress.ip_network("192.168.10.0/24"),)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from xrelay.config import ConfigError, read_config
+from xrelay.config import ConfigError
+from xrelay.configfile import read_config
 from xrelay.sandbox import Sandbox
 
 from tests.tokens.conftest import app_only_account, config_for

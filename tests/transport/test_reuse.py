@@ -18,7 +18,7 @@ from tests.transport.test_smtp_protocol import connection, message
 from xrelay.envelope import Outcome
 from xrelay.sandbox import Sandbox
 from xrelay.transport import transport_for
-from xrelay.transport.smtp import StaleConnection
+from xrelay.transport.trouble import StaleConnection
 
 
 def test_reset_is_pipelined_with_the_envelope(tmp_path: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from zope.interface.verify import verifyObject
 
 from xrelay.interfaces import ITokenSource
-from xrelay.tokens.status import TokenStatus
+from xrelay.records import TokenStatus
 from xrelay.transport.testing import ClientCredentialsTokenSource, ScriptedTokenSource
 
 

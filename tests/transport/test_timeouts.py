@@ -13,7 +13,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
-from xrelay.config import DeliveryConfig, read_config
+from xrelay.config import DeliveryConfig
+from xrelay.configfile import read_config
 from xrelay.envelope import FailureKind, Outcome
 from xrelay.sandbox import Sandbox
 from xrelay.transport import Timeouts, timeouts_for, transport_for

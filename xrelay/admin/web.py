@@ -72,12 +72,17 @@ def _origin(url: str) -> str:
 
 
 class Refused(Exception):
-    """A request answered with an error page: status, text for the person."""
+    """
+    A request answered with an error page: status, text for the person, and the
+    headers the status needs (C{Allow} with a 405, RFC 9110 15.5.6).
+    """
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str,
+                 headers: dict[bytes, bytes] | None = None) -> None:
         super().__init__(code, text)
         self.code = code
         self.text = text
+        self.headers = headers or {}
 
 
 class AdminSite(Resource):
@@ -108,6 +113,8 @@ class AdminSite(Resource):
         #: Wrong passwords per source and for the account (L{SignInGuard}).
         self.guard = SignInGuard()
         self.failures = self.guard.failures
+        # The routes are built once, not per request.
+        self.routes, self.authenticated = self._route_table()
 
     @property
     def config(self) -> Any:
@@ -133,8 +140,10 @@ class AdminSite(Resource):
             request.write(b"Internal error; the relay's log has the details.\n")
             request.finish()
 
-    async def _dispatch(self, request: Any) -> None:
-        method, path = _text(request.method), _text(request.path)
+    def _route_table(self) -> tuple[
+            dict[tuple[str, str], Callable[[Any], Awaitable[Any]]],
+            dict[tuple[str, str], Callable[[Any, Session], Awaitable[Any]]]]:
+        """(method, path) -> page: the public pages, and those that need a session."""
         routes: dict[tuple[str, str], Callable[[Any], Awaitable[Any]]] = {
             ("GET", "/style.css"): self.style,
             ("GET", "/metrics"): self.metrics_page,
@@ -155,6 +164,15 @@ class AdminSite(Resource):
             ("POST", "/queue/retry-all"): self.queue_retry_all,
             ("POST", "/signin"): self.sign_in_start,
         }
+        return routes, authenticated
+
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods some page answers at C{path} (none: there is no such page)."""
+        return sorted({m for m, p in [*self.routes, *self.authenticated] if p == path})
+
+    async def _dispatch(self, request: Any) -> None:
+        method, path = _text(request.method), _text(request.path)
+        routes, authenticated = self.routes, self.authenticated
         try:
             if (method, path) in routes:
                 body = await routes[method, path](request)
@@ -169,12 +187,15 @@ class AdminSite(Resource):
                 if method == "POST":
                     self._check_csrf(request, session, path)
                 body = await authenticated[method, path](request, session)
-            elif any(p == path for _, p in list(routes) + list(authenticated)):
-                raise Refused(405, "Method not allowed.")
+            elif allowed := self.allowed_methods(path):
+                raise Refused(405, "Method not allowed.",
+                              {b"allow": ", ".join(allowed).encode("ascii")})
             else:
                 raise Refused(404, "No such page.")
         except Refused as e:
             request.setResponseCode(e.code)
+            for name, value in e.headers.items():
+                request.setHeader(name, value)
             body = await self._html(pages.Page("refused", pages.message_body(e.text)))
         if body is None or request.finished:
             return

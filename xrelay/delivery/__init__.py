@@ -5,6 +5,7 @@ L{DeliveryEngine} is the service; L{scheduler}, L{retry}, L{bounce} and L{rewrit
 its pure parts; L{testing} holds a scriptable transport for tests.
 """
 
-from xrelay.delivery.engine import DeliveryEngine, EngineStatus, OutcomeRecord
+from xrelay.delivery.engine import DeliveryEngine, EngineStatus
+from xrelay.records import OutcomeRecord
 
 __all__ = ["DeliveryEngine", "EngineStatus", "OutcomeRecord"]

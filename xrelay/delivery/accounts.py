@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 from twisted.logger import Logger
@@ -34,6 +34,7 @@ from xrelay.delivery.retry import RetryPolicy
 from xrelay.delivery.scheduler import DAY, FairQueue
 from xrelay.envelope import DeliveryResult, FailureKind, Outcome, RecipientResult, Reply
 from xrelay.replies import Decision, Hold, KnownReply, recognise
+from xrelay.statemachine import NoTransition, StateTable
 
 log = Logger()
 
@@ -41,15 +42,27 @@ OK = "ok"
 #: Every state an account can show (the metric's label values).
 STATES: tuple[str, ...] = (OK,) + tuple(h.value for h in Hold)
 
-#: event -> (states it may happen in, what it leads to).  C{None}: "the kind of hold
-#: the event names" (hold) or "unchanged" (probe: one message goes out while held;
-#: probe_failed: held again, the wait doubled up to max_retry_interval).
-TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
-    "hold": (frozenset(STATES), None),
-    "probe": (frozenset(STATES) - {OK}, None),
-    "probe_failed": (frozenset(STATES) - {OK}, None),
-    "resume": (frozenset(STATES) - {OK}, OK),
-}
+HELD: tuple[str, ...] = STATES[1:]
+
+
+def _rows() -> Iterator[tuple[str, str, str]]:
+    """
+    The one table of account transitions (L{xrelay.statemachine}): "hold: <kind>" from
+    any state into that hold; "probe" (one message goes out while held) leaves it held;
+    "probe_failed: <kind>" holds it again (the wait doubled up to max_retry_interval);
+    "resume" makes it ok.
+    """
+    for kind in HELD:
+        for state in STATES:
+            yield state, f"hold: {kind}", kind
+    for state in HELD:
+        yield state, "probe", state
+        for kind in HELD:
+            yield state, f"probe_failed: {kind}", kind
+        yield state, "resume", OK
+
+
+TABLE: StateTable[str] = StateTable("account", _rows())
 
 #: The budget journal is rewritten with only the rolling day's records after this many
 #: appends, so that it never grows without bound on a relay that is never restarted.
@@ -60,8 +73,8 @@ JOURNAL_COMPACT_EVERY = 20000
 UNKNOWN_DAY_PROBE = 3600.0
 
 
-class InvalidTransition(Exception):
-    """A programming error: an event that cannot happen in the current state."""
+#: The one error of every state table, under the name this module's callers know.
+InvalidTransition = NoTransition
 
 
 def clock_text(at: float) -> str:
@@ -117,11 +130,10 @@ class AccountHold:
     fix: str | None = None
     probe: str | None = None
 
-    def _move(self, event: str, target: str | None = None) -> None:
-        allowed, fixed = TRANSITIONS[event]
-        if self.state not in allowed:
-            raise InvalidTransition(f"{event} in state {self.state}")
-        self.state = fixed or target or self.state
+    def _move(self, event: str, kind: str | None = None) -> None:
+        """Move by L{TABLE}; C{kind} names the hold of a "hold" or "probe_failed"."""
+        name = f"{event}: {kind}" if kind is not None else event
+        self.state = TABLE.next(self.state, name, self.account)
 
 
 class AccountStates:

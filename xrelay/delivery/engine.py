@@ -37,41 +37,23 @@ from xrelay.delivery.bounce import (BounceNotSpooled, FailedRecipient, spool_bou
 from xrelay.delivery.retry import RetryPolicy
 from xrelay.delivery.rewrite import rewrite_from
 from xrelay.delivery.scheduler import FairQueue
+from xrelay.delivery.settlement import NO_RESULT, TOKEN_TROUBLE, Settlement, settle
 from xrelay.envelope import (DeliveryResult, FailureKind, OutboundMessage,
-                             Outcome, RecipientResult, Reply)
+                             Outcome, Reply)
 from xrelay.history.sink import NullHistory
-from xrelay.interfaces import IDelivery, ISpool, ITransport, SpoolFull, UnknownEntry
+from xrelay.interfaces import (IQueueControl, ISpool, ITransport, SpoolFull,
+                               UnknownEntry)
 from xrelay.lifecycle import ACTIVE, DEFERRED, FAILED, QUEUED
-from xrelay.operations.events import guarded, report_outcome
+from xrelay.events import guarded, report_outcome
+from xrelay.records import OutcomeRecord, SpoolEntry
 from xrelay.routing import entry_account
-from xrelay.spool import SpoolEntry
 
 log = Logger()
-
-#: Failures that mean "our credentials", never "this message": defer, never bounce.
-_TOKEN_TROUBLE = (FailureKind.NEEDS_SIGN_IN, FailureKind.AUTHENTICATION)
 
 NO_ACCOUNT = Reply(451, "4.3.5 No upstream account can send as this sender; add it to "
                    "an account's senders in xrelay.toml")
 INTERNAL_ERROR = Reply(451, "4.3.0 Internal error while delivering; will retry")
-NO_RESULT = Reply(451, "4.3.0 The upstream gave no result for this recipient")
 SHUTTING_DOWN = Reply(421, "4.3.2 The relay is shutting down; the message is queued")
-
-
-@attrs.frozen
-class OutcomeRecord:
-    """One attempt's outcome, for the admin page and metrics."""
-
-    entry_id: str
-    sender: str
-    account: str
-    at: float
-    #: "delivered", "deferred", "failed" (or "partial": some delivered, rest deferred).
-    outcome: str
-    delivered: int
-    deferred: int
-    failed: int
-    reply: str
 
 
 @attrs.frozen
@@ -86,7 +68,7 @@ class EngineStatus:
     accounts: dict[str, AccountStatus] = attrs.field(factory=dict)
 
 
-@implementer(IDelivery)
+@implementer(IQueueControl)
 class DeliveryEngine(Service):
     """
     @param transports: account name -> the transport that delivers through it.  The
@@ -425,75 +407,31 @@ class DeliveryEngine(Service):
 
     async def _settle(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult) -> None:
+        """Apply what the attempt came to (L{settle}): record, bounce, schedule, report."""
         now = self.clock.seconds()
-        by_recipient = {r.recipient: r for r in result.recipients}
-        delivered: list[RecipientResult] = []
-        temporary: list[RecipientResult] = []
-        permanent: list[FailedRecipient] = []
-        for recipient in entry.recipients:
-            r = by_recipient.get(recipient) or RecipientResult(recipient, Outcome.TEMPORARY,
-                                                               NO_RESULT)
-            settled = r.outcome
-            if result.failure in _TOKEN_TROUBLE and settled is not Outcome.DELIVERED:
-                settled = Outcome.TEMPORARY
-            if settled is Outcome.DELIVERED:
-                delivered.append(r)
-            elif settled is Outcome.TEMPORARY:
-                temporary.append(r)
-            else:
-                permanent.append(FailedRecipient(recipient, r.reply))
-        if temporary and self.policy.expired(entry.received_at, now):
-            permanent += [FailedRecipient(r.recipient, r.reply, expired=True)
-                          for r in temporary]
-            temporary = []
-
+        settled = settle(entry.recipients, result,
+                         self.policy.expired(entry.received_at, now))
         key = account.name if account else ""
-        pace = self.queue.pace(key)
         attempts = entry.attempts + 1
         delay = self.policy.delay(attempts, result.retry_after)
-        if result.failure is FailureKind.THROTTLED or result.retry_after is not None:
-            pace.throttle(now + (result.retry_after or self.policy.first_retry))
-        if result.failure in _TOKEN_TROUBLE:
-            # Nothing of this account can go until the token works: hold all of it.
-            pace.throttle(now + delay)
-
+        self._pace_after(key, result, delay, now)
         bounce_id = None
-        if permanent:
+        if settled.permanent:
             # The bounce and the entry's new record are one step (no lost bounce, no
             # second one): the bounce is committed but not released, the record is
             # written, and only then is the bounce sent; if the record cannot be
-            # written the bounce is withdrawn.  No bounce stored: those recipients wait
-            # like temporary failures and are tried again with back-off.
+            # written the bounce is withdrawn.
             try:
-                bounce_id = await self._bounce(entry, account, result, permanent, now)
+                bounce_id = await self._bounce(entry, account, result,
+                                               list(settled.permanent), now)
             except BounceNotSpooled:
-                temporary += [RecipientResult(f.recipient, Outcome.TEMPORARY, f.reply)
-                              for f in permanent]
-                permanent = []
-        problem = [r.reply for r in temporary] + [f.reply for f in permanent]
-        last_reply = problem[0] if problem else (delivered[0].reply if delivered
-                                                 else entry.last_reply)
-        failed_recipients = entry.failed_recipients + tuple(
-            (f.recipient, f.reply) for f in permanent)
+                settled = settled.without_bounce()
+        last_reply = settled.last_reply(entry.last_reply)
         changes = dict(attempts=attempts, last_attempt=now, last_reply=last_reply,
-                       failed_recipients=failed_recipients)
+                       failed_recipients=entry.failed_recipients + tuple(
+                           (f.recipient, f.reply) for f in settled.permanent))
         try:
-            if temporary:
-                next_attempt = now + delay
-                entry = await self.spool.move(
-                    entry, DEFERRED, recipients=tuple(r.recipient for r in temporary),
-                    next_attempt=next_attempt, **changes)
-                self.queue.add(entry.entry_id, key, next_attempt, len(temporary))
-                outcome = "partial" if delivered else "deferred"
-                self.totals["deferred"] += 1
-            elif failed_recipients:
-                await self.spool.move(entry, FAILED, recipients=(), **changes)
-                outcome = "failed"
-                self.totals["failed"] += 1
-            else:
-                await self.spool.remove(entry)
-                outcome = "delivered"
-                self.totals["delivered"] += 1
+            outcome = await self._record(entry, key, settled, now + delay, changes)
         except Exception:
             if bounce_id is not None:
                 await self._withdraw_bounce(entry.entry_id, bounce_id)
@@ -501,20 +439,55 @@ class DeliveryEngine(Service):
         if bounce_id is not None:
             self._release_bounce(bounce_id)
         record = OutcomeRecord(entry.entry_id, entry.sender, key, now, outcome,
-                               len(delivered), len(temporary), len(permanent),
-                               str(last_reply) if last_reply else "")
+                               len(settled.delivered), len(settled.temporary),
+                               len(settled.permanent), str(last_reply) if last_reply else "")
+        self._report(entry, record, settled, result, attempts)
+
+    def _pace_after(self, key: str, result: DeliveryResult, delay: float,
+                    now: float) -> None:
+        """Slow the account down after throttling or credential trouble."""
+        pace = self.queue.pace(key)
+        if result.failure is FailureKind.THROTTLED or result.retry_after is not None:
+            pace.throttle(now + (result.retry_after or self.policy.first_retry))
+        if result.failure in TOKEN_TROUBLE:
+            # Nothing of this account can go until the token works: hold all of it.
+            pace.throttle(now + delay)
+
+    async def _record(self, entry: SpoolEntry, key: str, settled: Settlement,
+                      next_attempt: float, changes: dict[str, Any]) -> str:
+        """The entry's new record (deferred, failed, or gone); returns the outcome."""
+        if settled.temporary:
+            moved = await self.spool.move(
+                entry, DEFERRED, recipients=tuple(r.recipient for r in settled.temporary),
+                next_attempt=next_attempt, **changes)
+            self.queue.add(moved.entry_id, key, next_attempt, len(settled.temporary))
+            self.totals["deferred"] += 1
+            return "partial" if settled.delivered else "deferred"
+        if changes["failed_recipients"]:
+            await self.spool.move(entry, FAILED, recipients=(), **changes)
+            self.totals["failed"] += 1
+            return "failed"
+        await self.spool.remove(entry)
+        self.totals["delivered"] += 1
+        return "delivered"
+
+    def _report(self, entry: SpoolEntry, record: OutcomeRecord, settled: Settlement,
+                result: DeliveryResult, attempts: int) -> None:
+        """The attempt for the admin page, the history, the log and the metrics."""
         self.recent.append(record)
-        self.history.attempted(record, delivered, temporary, permanent)
+        self.history.attempted(record, list(settled.delivered), list(settled.temporary),
+                               list(settled.permanent))
         log.info(
             "{entry_id} from <{sender}> via {account}: {outcome} ({delivered} delivered, "
             "{deferred} deferred, {failed} failed; {recipient_count} recipients); "
             "upstream: {upstream_reply}",
-            entry_id=entry.entry_id, sender=entry.sender, account=key or "(none)",
-            outcome=outcome, delivered=len(delivered), deferred=len(temporary),
-            failed=len(permanent), recipient_count=len(entry.recipients),
+            entry_id=entry.entry_id, sender=entry.sender, account=record.account or "(none)",
+            outcome=record.outcome, delivered=record.delivered, deferred=record.deferred,
+            failed=record.failed, recipient_count=len(entry.recipients),
             upstream_reply=record.reply, failure=result.failure.value,
             attempts=attempts, bounce_of=entry.bounce_of)
-        report_outcome(self.events, record.outcome, key, result.failure.value, entry, now)
+        report_outcome(self.events, record.outcome, record.account, result.failure.value,
+                       entry, record.at)
 
     async def _bounce(self, entry: SpoolEntry, account: AccountConfig | None,
                       result: DeliveryResult, failed: list[FailedRecipient],
@@ -536,6 +509,23 @@ class DeliveryEngine(Service):
     async def _withdraw_bounce(self, entry_id: str, bounce_id: str) -> None:
         """The original's record could not be written: its bounce must not exist."""
         await withdraw_bounce(self.spool, entry_id, bounce_id)
+
+    # -- what operators may do (IQueueControl) ---------------------------------------
+
+    def in_flight(self, entry_id: str) -> bool:
+        return entry_id in self._in_flight
+
+    def hold(self, entry_id: str) -> None:
+        self.queue.discard(entry_id)
+
+    def reschedule(self, entry: SpoolEntry) -> None:
+        if entry.state not in (QUEUED, DEFERRED):
+            return
+        self._enqueue(entry, entry.next_attempt if entry.state == DEFERRED else 0.0)
+        self._pump()
+
+    def release_bounce(self, bounce_id: str) -> None:
+        self._release_bounce(bounce_id)
 
     # -- what operators see --------------------------------------------------------
 

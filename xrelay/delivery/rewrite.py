@@ -15,12 +15,13 @@ touches the spooled original: the rewritten copy is a separate file.
 from __future__ import annotations
 
 import shutil
+from typing import BinaryIO
 
 #: A header section larger than this is passed through untouched after this point.
 MAX_HEADER_BYTES = 256 * 1024
 
 
-def _headers(source) -> list[bytes]:
+def _headers(source: BinaryIO) -> list[bytes]:
     """The header lines (with their CRLF) up to and including the empty line."""
     lines: list[bytes] = []
     total = 0

@@ -76,7 +76,7 @@ Warn = Callable[[str], None]
 
 def entry_time(entry_id: str) -> float:
     """When an entry was received, from its id; now when the id does not tell."""
-    from xrelay.operations.events import entry_received_at
+    from xrelay.lifecycle import entry_received_at
 
     return entry_received_at(entry_id) or time.time()
 

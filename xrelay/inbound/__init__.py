@@ -15,7 +15,8 @@ L{xrelay.inbound.testing} (test doubles for the spool and delivery seams).
 """
 
 from xrelay.inbound.errors import SpoolFull
-from xrelay.inbound.handler import InboundSession, PolicyHandler
+from xrelay.inbound.handler import PolicyHandler
+from xrelay.records import InboundSession
 from xrelay.inbound.service import InboundService, server_tls_options
 
 __all__ = ["InboundService", "InboundSession", "PolicyHandler", "SpoolFull",

@@ -11,19 +11,38 @@ This module must never refuse or close a connection without telling the client w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import attrs
 from twisted.internet.protocol import Factory
 
 from xrelay.config import Config, ListenerConfig
-from xrelay.inbound.protocol import ESMTPServer
-from xrelay.policy import Refusal, client_in_networks, client_network
+from xrelay.policy import client_in_networks, client_network
+from xrelay.records import Refusal
 
-if TYPE_CHECKING:
-    from xrelay.inbound.service import InboundService
+__all__ = ["ConnectionCounter", "InboundFactory", "ListenerHost"]
 
-__all__ = ["ConnectionCounter", "InboundFactory"]
+
+class ListenerHost(Protocol):
+    """
+    What a listener's factory reads from the service that owns every listener
+    (L{xrelay.inbound.service.InboundService}, which builds the factories): named here
+    so that the factory does not import the service above it.
+    """
+
+    config: Config
+    clock: Any
+    spool: Any
+    delivery: Any
+    history: Any
+    events: Any
+    checker: Any
+    handler: Any
+    auth_failures: Any
+    connections: "ConnectionCounter"
+    live: set[Any]
+
+    def starttls_options(self, listener: ListenerConfig) -> Any: ...
 
 
 @attrs.define
@@ -115,13 +134,16 @@ class InboundFactory(Factory):
     #: One log line per connection is enough; "Starting factory" twice is noise.
     noisy = False
 
-    # As buildProtocol below: ESMTPServer's factory attribute is its InboundFactory, which
-    # Twisted's _ProtoWithFactory (any Factory, settable) does not accept.
-    protocol = ESMTPServer  # type: ignore[assignment]
-
-    def __init__(self, service: "InboundService", listener: ListenerConfig,
-                 proxied: bool = False) -> None:
+    def __init__(self, service: ListenerHost, listener: ListenerConfig,
+                 connection: Callable[["InboundFactory"], Any], proxied: bool = False
+                 ) -> None:
+        """
+        @param connection: makes the protocol of one connection from this factory
+            (L{xrelay.inbound.protocol.ESMTPServer}: the service, which knows both,
+            passes it; this module stays below the protocol it serves).
+        """
         self.service = service
+        self.connection = connection
         self.listener = listener
         self.proxied = proxied
         #: TLS from the first byte: the listener's own TLS, or an C{ssl:} endpoint.
@@ -177,14 +199,11 @@ class InboundFactory(Factory):
         return self.service.connections
 
     @property
-    def live(self) -> set[ESMTPServer]:
+    def live(self) -> set[Any]:
         return self.service.live
 
-    # Twisted's Factory wants a protocol whose factory attribute is any Factory; an
-    # ESMTPServer's is always its InboundFactory.
-    def buildProtocol(self, addr: Any) -> ESMTPServer:  # type: ignore[override]
-        protocol = ESMTPServer(self)
-        return protocol
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.connection(self)
 
     def logPrefix(self) -> str:
         return f"xrelay-inbound {self.listener.endpoint}"

@@ -20,64 +20,38 @@ never do I/O or speak SMTP: the protocol replies and logs the refusal.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xrelay.config import Config, UserConfig
 from xrelay.envelope import Envelope
 from xrelay.interfaces import IInboundHandler
 from xrelay.policy import (
-    Refusal,
     address_refusal,
     header_sender_refusal,
     recipient_limit_refusal,
     relay_refusal,
     sender_refusal,
 )
+from xrelay.records import InboundSession, Refusal
 
 if TYPE_CHECKING:
     from xrelay.inbound.headers import HeaderBlock
     from xrelay.interfaces import IIncomingMessage
 
-__all__ = ["InboundSession", "PolicyHandler", "connect_refusal", "message_refusal",
-           "session_of"]
+__all__ = ["HANDLER_TIMEOUT", "InboundSession", "PolicyHandler", "connect_refusal", "decided",
+           "message_refusal", "session_of"]
 
 log = Logger()
 
 #: What a client hears when a handler fails instead of deciding: try again later.
 HANDLER_FAILED = Refusal(451, "4.3.0", "Local error in processing, try again later")
-
-
-@attrs.frozen
-class InboundSession:
-    """
-    What a handler may know about one SMTP session, at the moment it is asked.
-
-    @ivar client_address: the client's IP address (behind C{haproxy:}, the real client's).
-    @ivar helo: the EHLO/HELO name, C{None} before it (C{""} for a lenient MAIL without).
-    @ivar user: the authenticated relay user (its C{name} and C{senders}), or C{None}.
-    @ivar tls: whether the connection is encrypted (STARTTLS done, or implicit TLS).
-    @ivar starttls_offered: whether STARTTLS is available and not yet done (a refusal
-        may tell the client to use it).
-    @ivar config: the configuration snapshot this connection runs under.
-    @ivar sender: the envelope sender of the transaction under way, C{None} outside one.
-    """
-
-    client_address: str
-    helo: str | None
-    user: UserConfig | None
-    tls: bool
-    starttls_offered: bool
-    config: Config
-    sender: str | None = None
-
-    @property
-    def user_name(self) -> str | None:
-        """The authenticated user's name, or C{None}."""
-        return self.user.name if self.user is not None else None
 
 
 def session_of(protocol: Any, transaction: Any = None) -> InboundSession:
@@ -93,37 +67,112 @@ def session_of(protocol: Any, transaction: Any = None) -> InboundSession:
         sender=transaction.sender if transaction is not None else None)
 
 
-def connect_refusal(handler: IInboundHandler, session: InboundSession) -> Refusal | None:
+#: How long the protocol waits for a handler that returned a Deferred or a coroutine
+#: before it gives up on it and answers as for a failing handler.  Pipelined commands
+#: behind it wait too (their replies stay in order), so this is short next to the
+#: client's own command timeout (RFC 5321 4.5.3.2.7: 5 minutes).
+HANDLER_TIMEOUT = 30.0
+
+
+def decided(answer: Any, clock: Any, step: str, client: str,
+            failed: Refusal = HANDLER_FAILED,
+            timeout: float = HANDLER_TIMEOUT) -> "Refusal | None | Deferred[Refusal | None]":
     """
-    The handler's word on a new connection.  One that raises refuses the client for now
-    (421, which RFC 5321 3.8 allows instead of the greeting) rather than letting an
-    unasked client in or leaving it without a greeting.  (The other steps run inside the
-    protocol's command loop, which answers a failing step with 451 4.3.0.)
+    A handler's answer as the protocol uses it: a refusal or C{None} as it is; a
+    Deferred or a coroutine (an C{async def} hook) as a Deferred that fires with the
+    decision, or with C{failed} (logged) when the handler fails or takes longer than
+    C{timeout} seconds on C{clock}.
     """
+    if isinstance(answer, Refusal) or answer is None:
+        return answer
+    if inspect.iscoroutine(answer):
+        answer = Deferred.fromCoroutine(answer)
+    if not isinstance(answer, Deferred):
+        log.error("inbound: the inbound handler answered {step} from {client} with "
+                  "{kind}, not a Refusal, None or a Deferred; answering {reply}",
+                  step=step, client=client, kind=type(answer).__name__, reply=str(failed))
+        return failed
+    if clock is None:
+        from twisted.internet import reactor as clock
+    waiting: Deferred[Refusal | None] = answer
+    waiting.addTimeout(timeout, clock)
+
+    def checked(result: Any) -> Refusal | None:
+        if isinstance(result, Refusal) or result is None:
+            return result
+        log.error("inbound: the inbound handler's Deferred for {step} from {client} "
+                  "fired with {kind}, not a Refusal or None; answering {reply}",
+                  step=step, client=client, kind=type(result).__name__, reply=str(failed))
+        return failed
+
+    def failure(reason: Failure) -> Refusal:
+        if reason.check(defer.TimeoutError):
+            log.warn("inbound: the inbound handler did not decide {step} from {client} "
+                     "within {timeout:g}s; answering {reply}", step=step, client=client,
+                     timeout=timeout, reply=str(failed))
+        else:
+            log.failure("inbound: the inbound handler failed at {step} from {client}; "
+                        "answering {reply}", reason, step=step, client=client,
+                        reply=str(failed))
+        return failed
+
+    return waiting.addCallbacks(checked, failure)
+
+
+def connect_refusal(handler: IInboundHandler, session: InboundSession,
+                    clock: Any = None) -> "Refusal | None | Deferred[Refusal | None]":
+    """
+    The handler's word on a new connection.  One that raises (or whose Deferred fails
+    or times out) refuses the client for now (421, which RFC 5321 3.8 allows instead
+    of the greeting) rather than letting an unasked client in or leaving it without a
+    greeting.  (The other steps run inside the protocol's command loop, which answers
+    a failing step with 451 4.3.0.)
+    """
+    failed = Refusal(421, "4.3.0", f"{session.config.server.hostname} Local error in "
+                     "processing, try again later")
     try:
-        return handler.connect(session)
+        answer = handler.connect(session)
     except Exception:
         log.failure("inbound: the inbound handler failed at the connection from "
                     "{client}; answering 421", client=session.client_address)
-        return Refusal(421, "4.3.0", f"{session.config.server.hostname} Local error in "
-                       "processing, try again later")
+        return failed
+    return decided(answer, clock, "the connection", session.client_address, failed)
 
 
 def message_refusal(handler: IInboundHandler, session: InboundSession,
                     headers: "HeaderBlock", message: "IIncomingMessage",
-                    size: int) -> Refusal | None:
+                    size: int, clock: Any = None
+                    ) -> "Refusal | None | Deferred[Refusal | None]":
     """
     The handler's last two questions about a received message (its header fields, then
-    end of data).  A handler that raises costs the client a 451, never the message a
-    leftover spool entry: the caller aborts the message on any refusal.
+    end of data), each of which may wait.  A handler that raises costs the client a
+    451, never the message a leftover spool entry: the caller aborts the message on any
+    refusal.
     """
+    client = session.client_address
+
+    def then_end_of_data(refusal: Refusal | None
+                         ) -> "Refusal | None | Deferred[Refusal | None]":
+        if refusal is not None:
+            return refusal
+        try:
+            answer = handler.end_of_data(session, message.envelope, size)
+        except Exception:
+            log.failure("inbound: the inbound handler failed at the end of data from "
+                        "{client}; answering 451", client=client)
+            return HANDLER_FAILED
+        return decided(answer, clock, "the end of data", client)
+
     try:
-        return (handler.headers(session, headers)
-                or handler.end_of_data(session, message.envelope, size))
+        first = decided(handler.headers(session, headers), clock, "the header fields",
+                        client)
     except Exception:
         log.failure("inbound: the inbound handler failed at the end of data from "
-                    "{client}; answering 451", client=session.client_address)
+                    "{client}; answering 451", client=client)
         return HANDLER_FAILED
+    if isinstance(first, Deferred):
+        return first.addCallback(then_end_of_data)
+    return then_end_of_data(first)
 
 
 @implementer(IInboundHandler)

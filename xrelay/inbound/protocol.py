@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
-from xrelay.inbound.handler import connect_refusal, session_of
+from xrelay.inbound.handler import connect_refusal, decided, session_of
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
@@ -55,9 +55,10 @@ from xrelay.inbound.states import (
     DATA,
     PROXY,
 )
-from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
+from xrelay.inbound.mailtransaction import Transaction
+from xrelay.inbound.transaction import MailCommands, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
-from xrelay.policy import Refusal
+from xrelay.records import Refusal
 from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:
@@ -158,7 +159,19 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.close()
             return
         self.admitted = True
-        refusal = connect_refusal(self.factory.handler, session_of(self))
+        decision = connect_refusal(self.factory.handler, session_of(self), self.clock)
+        if isinstance(decision, Deferred):
+            # The handler must wait: what the client sends meanwhile stays buffered and
+            # is read after the greeting (the command loop resumes when it fires).
+            self._wait(decision.addCallback(self._greet))
+            return
+        self._greet(decision)
+        self._run()
+
+    def _greet(self, refusal: "Refusal | None") -> None:
+        """The greeting, or the connect hook's refusal instead of it."""
+        if self.state == CLOSED:
+            return
         if refusal is not None:
             log.warn("inbound connection from {client} refused by the inbound handler: "
                      "{reply}", client=self.client_address, reply=str(refusal))
@@ -169,13 +182,11 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             # RFC 5321 3.1: after a 554 greeting, wait for QUIT and answer 503 meanwhile
             # (server.max_errors and the idle timeout still end a client that won't).
             self._no_service = True
-            self._run()
             return
         log.info("inbound connection from {client} on {listener}",
                  client=self.client_address, listener=self.factory.listener.endpoint)
         self.factory.events.connection(self.factory.listener.endpoint)
         self.write_lines(220, [f"{self.config.server.hostname} ESMTP xrelay ready"])
-        self._run()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.tls:  # once per connection: why the TLS handshake failed, if it did
@@ -442,22 +453,31 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     # -- session commands ------------------------------------------------------
 
-    def do_HELO(self, argument: str) -> None:
-        self._hello(argument, esmtp=False)
+    def do_HELO(self, argument: str) -> "Deferred[None] | None":
+        return self._hello(argument, esmtp=False)
 
-    def do_EHLO(self, argument: str) -> None:
-        self._hello(argument, esmtp=True)
+    def do_EHLO(self, argument: str) -> "Deferred[None] | None":
+        return self._hello(argument, esmtp=True)
 
-    def _hello(self, argument: str, esmtp: bool) -> None:
+    def _hello(self, argument: str, esmtp: bool) -> "Deferred[None] | None":
         if not _HELO_NAME.match(argument):
             if not lenient_greeting(self.config, self.client_address):
                 self.error(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
-                return
+                return None
             log.info("inbound client {client}: {verb} with the name {name!r} accepted (a "
                      "device in relay.allow_networks)", client=self.client_address,
                      verb="EHLO" if esmtp else "HELO", name=argument[:100])
             argument = argument[:255]
-        refusal = self.factory.handler.helo(session_of(self), argument)
+        refusal = decided(self.factory.handler.helo(session_of(self), argument),
+                          self.clock, "EHLO" if esmtp else "HELO", self.client_address)
+        if isinstance(refusal, Deferred):
+            return refusal.addCallback(self._helo_decided, argument, esmtp)
+        self._helo_decided(refusal, argument, esmtp)
+        return None
+
+    def _helo_decided(self, refusal: Refusal | None, argument: str, esmtp: bool) -> None:
+        if self.state == CLOSED:
+            return
         if refusal is not None:
             self.refuse(refusal)
             return

@@ -36,7 +36,7 @@ from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
 from xrelay.history.sink import NullHistory
 from xrelay.interfaces import IDelivery, IInboundHandler, IRelayEvents, ISpool
-from xrelay.operations.events import guarded
+from xrelay.events import guarded
 from xrelay.policy import AuthFailures, proxy_trusted
 from xrelay.twistedapi import HAProxyProtocolWrapper, HAProxyWrappingFactory, proxy_header_read
 
@@ -242,7 +242,7 @@ class InboundService(MultiService):
         if proxied:
             description = description[len("haproxy:"):]
         endpoint = serverFromString(self.reactor, description)
-        factory: Any = InboundFactory(self, listener, proxied=proxied)
+        factory: Any = InboundFactory(self, listener, ESMTPServer, proxied=proxied)
         if listener.implicit_tls:
             if self.tls_options is None:
                 raise ValueError(f"{listener.endpoint}: implicit_tls needs "

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from xrelay.config import Config, UserConfig
     from xrelay.inbound.conduct import Conduct
     from xrelay.inbound.factory import InboundFactory
-    from xrelay.inbound.transaction import Transaction
-    from xrelay.policy import Refusal
+    from xrelay.inbound.mailtransaction import Transaction
+    from xrelay.records import Refusal
 
 __all__ = ["ServerSurface"]
 

@@ -12,7 +12,6 @@ anything in the spool.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,19 +21,19 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
-from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, Envelope, Outcome
 from xrelay.history.records import AcceptedMessage
 from xrelay.inbound.errors import SpoolFull
-from xrelay.inbound.handler import message_refusal, session_of
-from xrelay.inbound.headers import HeaderBlock
+from xrelay.inbound.handler import decided, message_refusal, session_of
 from xrelay.inbound.leniency import bare_lf_ends_data, lenient_greeting, strict_end_of_data_hint
 from xrelay.inbound.lines import Line, data_line_bytes, ends_data
+from xrelay.inbound.mailtransaction import Transaction
 from xrelay.inbound.received import protocol_keyword, received_header
 from xrelay.inbound.states import CLOSED, COMMAND, DATA
 from xrelay.inbound.submission import feed_header_lines, header_block_never_ended, missing_fields
 from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import route_refusal
+from xrelay.records import Refusal
 
 if TYPE_CHECKING:
     # ESMTPServer inherits from this mixin: it is checked against its surface.
@@ -53,34 +52,26 @@ _MAIL = re.compile(r"^FROM:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re
 _RCPT = re.compile(r"^TO:\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.I | re.S)
 
 
-@attrs.define
-class Transaction:
-    """One mail transaction, from MAIL FROM to the end of DATA or RSET."""
-
-    sender: str
-    account: AccountConfig
-    size: int | None = None
-    smtputf8: bool = False
-    body_8bitmime: bool = False
-    recipients: list[str] = attrs.field(factory=list)
-    id: str = attrs.field(factory=lambda: secrets.token_hex(6))
-    # While DATA is read:
-    message: IIncomingMessage | None = None
-    received: int = 0
-    pending: list[bytes] = attrs.field(factory=list)
-    pending_size: int = 0
-    #: Why the message will be refused at the end of DATA, once it is known.
-    refusal: tuple[int, str, str] | None = None
-    previous_crlf: bool = True
-    bare_line_ends: int = 0
-    #: The message's own header fields, as far as the policy and the trace need them.
-    headers: HeaderBlock = attrs.field(factory=HeaderBlock)
-    #: A "." line ends DATA whatever its line ends (a trusted device; see leniency).
-    lenient_end: bool = False
-    #: "." lines that did not end DATA only because of their bare line ends.
-    dot_lookalikes: int = 0
-    #: The message holds bytes above 127: declared upstream as BODY=8BITMIME.
-    eight_bit: bool = False
+def mail_parameters(text: str, esmtp: bool) -> "tuple[int | None, bool, bool] | str":
+    """
+    MAIL FROM's parameters as (SIZE, SMTPUTF8, BODY=8BITMIME), or the name of the
+    first one not recognised (every one is, after HELO rather than EHLO).
+    """
+    size, smtputf8, body_8bit = None, False, False
+    for parameter in text.split():
+        key, _, value = parameter.partition("=")
+        key = key.upper()
+        if key == "SIZE" and value.isdigit() and len(value) < 20 and esmtp:
+            size = int(value)
+        elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME") and esmtp:
+            body_8bit = value.upper() == "8BITMIME"
+        elif key == "SMTPUTF8" and not value and esmtp:
+            smtputf8 = True
+        elif key == "AUTH" and esmtp:
+            pass  # RFC 4954 5: the original submitter; nothing to do with it
+        else:
+            return key
+    return size, smtputf8, body_8bit
 
 
 def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
@@ -109,43 +100,46 @@ def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str,
 class MailCommands(_Base):
     """MAIL, RCPT and DATA, for L{ESMTPServer}."""
 
-    def do_MAIL(self, argument: str) -> None:
+    def do_MAIL(self, argument: str) -> "Deferred[None] | None":
         if self.helo is None:
             if not lenient_greeting(self.config, self.client_address):
                 self.error(503, "5.5.1", "Send EHLO/HELO first")
-                return
+                return None
             log.info("inbound client {client}: MAIL without HELO accepted (a device in "
                      "relay.allow_networks)", client=self.client_address)
             self.helo = ""
         if self.transaction is not None:
             self.error(503, "5.5.1", "Nested MAIL command")
-            return
+            return None
         match = _MAIL.match(argument)
         if match is None:
             self.error(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
-            return
+            return None
         sender = match.group(1) if match.group(1) is not None else match.group(2)
-        size, smtputf8, body_8bit = None, False, False
-        for parameter in (match.group(3) or "").split():
-            key, _, value = parameter.partition("=")
-            key = key.upper()
-            if key == "SIZE" and value.isdigit() and len(value) < 20 and self.esmtp:
-                size = int(value)
-            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME") and self.esmtp:
-                body_8bit = value.upper() == "8BITMIME"
-            elif key == "SMTPUTF8" and not value and self.esmtp:
-                smtputf8 = True
-            elif key == "AUTH" and self.esmtp:
-                pass  # RFC 4954 5: the original submitter; nothing to do with it
-            else:
-                self.error(555, "5.5.4", f"MAIL FROM parameter {key} not recognised")
-                return
+        parameters = mail_parameters(match.group(3) or "", self.esmtp)
+        if isinstance(parameters, str):
+            self.error(555, "5.5.4", f"MAIL FROM parameter {parameters} not recognised")
+            return None
+        size, smtputf8, body_8bit = parameters
         if size is not None and size > self.config.server.max_message_size:
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size "
                        f"of {self.config.server.max_message_size} bytes")
-            return
+            return None
         # The handler decides whether (xrelay.inbound.handler); the routing, which account.
-        refusal, account = self.factory.handler.mail(session_of(self), sender), None
+        # A handler that waits holds the pipelined commands behind MAIL until it decides.
+        decision = decided(self.factory.handler.mail(session_of(self), sender),
+                           self.clock, "MAIL FROM", self.client_address)
+        if isinstance(decision, Deferred):
+            return decision.addCallback(self._mail_decided, sender, size, smtputf8,
+                                        body_8bit)
+        self._mail_decided(decision, sender, size, smtputf8, body_8bit)
+        return None
+
+    def _mail_decided(self, refusal: Refusal | None, sender: str, size: int | None,
+                      smtputf8: bool, body_8bit: bool) -> None:
+        if self.state == CLOSED:
+            return
+        account = None
         if refusal is None:
             refusal, account = route_refusal(self.config, sender)
         if refusal is not None or account is None:
@@ -166,21 +160,33 @@ class MailCommands(_Base):
         self.transaction = Transaction(sender, account, size, smtputf8, body_8bit)
         self.reply(250, "2.1.0", "Ok")
 
-    def do_RCPT(self, argument: str) -> None:
+    def do_RCPT(self, argument: str) -> "Deferred[None] | None":
         transaction = self.transaction
         if transaction is None:
             self.error(503, "5.5.1", "Need MAIL command first")
-            return
+            return None
         match = _RCPT.match(argument)
         if match is None:
             self.error(501, "5.5.4", "Syntax: RCPT TO:<address>")
-            return
+            return None
         if match.group(3):
             self.error(555, "5.5.4", "RCPT TO parameters not recognised")
-            return
+            return None
         recipient = match.group(1) if match.group(1) is not None else match.group(2)
-        refusal = self.factory.handler.rcpt(session_of(self), recipient,
-                                            tuple(transaction.recipients))
+        refusal = decided(
+            self.factory.handler.rcpt(session_of(self), recipient,
+                                      tuple(transaction.recipients)),
+            self.clock, "RCPT TO", self.client_address)
+        if isinstance(refusal, Deferred):
+            # Later pipelined commands wait for it: their replies stay in order.
+            return refusal.addCallback(self._rcpt_decided, transaction, recipient)
+        self._rcpt_decided(refusal, transaction, recipient)
+        return None
+
+    def _rcpt_decided(self, refusal: Refusal | None, transaction: Transaction,
+                      recipient: str) -> None:
+        if self.state == CLOSED:
+            return
         if refusal is not None:
             self.refuse(refusal)  # logged there, in summary once they repeat
             return
@@ -405,7 +411,17 @@ class MailCommands(_Base):
         message = transaction.message
         transaction.message = None
         refusal = message_refusal(self.factory.handler, session_of(self, transaction),
-                                  transaction.headers, message, transaction.received)
+                                  transaction.headers, message, transaction.received,
+                                  self.clock)
+        if isinstance(refusal, Deferred):
+            return refusal.addCallback(self._message_decided, transaction, message)
+        return self._message_decided(refusal, transaction, message)
+
+    def _message_decided(self, refusal: Refusal | None, transaction: Transaction,
+                         message: IIncomingMessage) -> "Deferred[Any] | None":
+        if self.state == CLOSED:
+            message.abort()
+            return None
         if refusal is not None:
             log.warn("inbound message {message} from {client} user {user} refused: "
                      "{reply}", message=transaction.id, client=self.client_address,

@@ -21,12 +21,12 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from xrelay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
+from xrelay.subcommands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
 from xrelay.config import Config
+from xrelay.operations.errors import ControlRefusal
 from xrelay.operations.control import (
     ControlClient,
     ControlHandlers,
-    ControlRefusal,
     DaemonNotRunning,
     SpoolLock,
     SpoolLocked,
@@ -335,44 +335,15 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
          _queue_arguments)
 @_guarded
 def queue_command(args: argparse.Namespace) -> int:
-    if args.action == "list":
-        if args.id:
-            return _usage("queue list takes no id")
-    elif args.action == "retry" and args.all:
-        if args.id:
-            return _usage("give either an id or --all, not both")
-    elif not args.id:
-        return _usage(f"queue {args.action} needs an entry id")
-    if args.all and args.action != "retry":
-        return _usage("--all goes with retry only")
+    mistake = _queue_usage_mistake(args)
+    if mistake is not None:
+        return _usage(mistake)
     config = config_from(args)
     if args.action == "list":
-        entries = _ask(config, "queue.list", state=args.state)
-        if args.json:
-            print(json.dumps(entries, indent=1))
-        else:
-            for e in entries:
-                last = f"\tlast: {e['last_reply']}" if e["last_reply"] else ""
-                if e.get("problem"):
-                    last += f"\tproblem: {e['problem']}"
-                print(f"{e['id']}\t{e['state']}\t{e['attempts']} attempts\t<{e['sender']}> "
-                      f"-> {', '.join(e['recipients']) or '-'}{last}")
-            print(f"# {len(entries)} entries")
+        _print_queue(_ask(config, "queue.list", state=args.state), args.json)
         return EXIT_OK
     if args.action == "show":
-        entry = _ask(config, "queue.show", id=args.id)
-        if args.json:
-            print(json.dumps(entry, indent=1))
-        else:
-            for key in ("id", "state", "sender", "recipients", "account", "size",
-                        "attempts", "last_reply", "failed_recipients", "client_address"):
-                print(f"{key}: {entry[key]}")
-            if entry.get("problem"):
-                print(f"problem: {entry['problem']}")
-            print(f"received: {_when(entry['received_at'])}")
-            print(f"next attempt: {_when(entry['next_attempt'])}")
-            print("")
-            print(entry["headers"])
+        _print_entry(_ask(config, "queue.show", id=args.id), args.json)
         return EXIT_OK
     if args.action == "retry" and args.all:
         count = _ask(config, "queue.retry_all")
@@ -382,6 +353,49 @@ def queue_command(args: argparse.Namespace) -> int:
     verb = {"retry": "due now", "delete": "deleted", "bounce": "bounced to its sender"}
     print(f"{entry['id']}: {verb[args.action]}")
     return EXIT_OK
+
+
+def _queue_usage_mistake(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments of C{xrelay queue}, if anything."""
+    if args.action == "list":
+        if args.id:
+            return "queue list takes no id"
+    elif args.action == "retry" and args.all:
+        if args.id:
+            return "give either an id or --all, not both"
+    elif not args.id:
+        return f"queue {args.action} needs an entry id"
+    if args.all and args.action != "retry":
+        return "--all goes with retry only"
+    return None
+
+
+def _print_queue(entries: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(entries, indent=1))
+        return
+    for e in entries:
+        last = f"\tlast: {e['last_reply']}" if e["last_reply"] else ""
+        if e.get("problem"):
+            last += f"\tproblem: {e['problem']}"
+        print(f"{e['id']}\t{e['state']}\t{e['attempts']} attempts\t<{e['sender']}> "
+              f"-> {', '.join(e['recipients']) or '-'}{last}")
+    print(f"# {len(entries)} entries")
+
+
+def _print_entry(entry: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(entry, indent=1))
+        return
+    for key in ("id", "state", "sender", "recipients", "account", "size",
+                "attempts", "last_reply", "failed_recipients", "client_address"):
+        print(f"{key}: {entry[key]}")
+    if entry.get("problem"):
+        print(f"problem: {entry['problem']}")
+    print(f"received: {_when(entry['received_at'])}")
+    print(f"next attempt: {_when(entry['next_attempt'])}")
+    print("")
+    print(entry["headers"])
 
 
 def _usage(text: str) -> int:

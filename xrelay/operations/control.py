@@ -36,6 +36,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
+from xrelay.operations.errors import ControlRefusal
 from xrelay.operations.queue import QueueOperations, QueueProblem, describe_entry
 
 __all__ = [
@@ -159,10 +160,6 @@ class _ControlProtocol(LineReceiver):
         self._send({"ok": False, "error": "request too long"})
         if self.transport is not None:
             self.transport.loseConnection()
-
-
-class ControlRefusal(Exception):
-    """A request the daemon understood and refuses, with the reason for the operator."""
 
 
 class ControlHandlers:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from xrelay.cli import EXIT_OK, EXIT_PROBLEM, command, config_from
+from xrelay.subcommands import EXIT_OK, EXIT_PROBLEM, command, config_from
 from xrelay.config import ConfigError
 
 __all__ = ["make_certificate"]

@@ -25,10 +25,10 @@ from xrelay.delivery.bounce import (BounceNotSpooled, FailedRecipient, spool_bou
 from xrelay.envelope import DeliveryResult, Reply
 from xrelay.history.records import BOUNCED, DELETED
 from xrelay.history.sink import history_for
-from xrelay.interfaces import ISpool, NotAnEntryId, SpoolFull, UnknownEntry
+from xrelay.interfaces import IQueueControl, ISpool, NotAnEntryId, SpoolFull, UnknownEntry
 from xrelay.lifecycle import ACTIVE, CORRUPT, DEFERRED, FAILED, QUEUED, check_entry_id
 from xrelay.routing import entry_account
-from xrelay.spool import SpoolEntry
+from xrelay.records import SpoolEntry
 
 __all__ = ["QueueOperations", "QueueProblem", "OPERATOR_BOUNCE"]
 
@@ -44,13 +44,14 @@ class QueueProblem(Exception):
 class QueueOperations:
     """
     @param spool: the spool (any L{ISpool}).
-    @param delivery: the running L{DeliveryEngine}, or C{None} when the daemon is down.
+    @param delivery: the running delivery engine (its L{IQueueControl}), or C{None} when
+        the daemon is down.
     @param config: the configuration (accounts, for bounces made without a daemon).
     """
 
     spool: ISpool
     config: Config
-    delivery: Any = None
+    delivery: IQueueControl | None = None
 
     def entries(self, state: str | None = None) -> list[SpoolEntry]:
         return list(self.spool.entries(state))
@@ -86,7 +87,7 @@ class QueueOperations:
     def _hold(self, entry: SpoolEntry, doing: str) -> None:
         """Take the entry out of the engine's schedule, unless it is being sent now."""
         if entry.state == ACTIVE or (self.delivery is not None
-                                     and entry.entry_id in self.delivery._in_flight):
+                                     and self.delivery.in_flight(entry.entry_id)):
             # (active also while its result waits to be recorded on a full disk)
             raise QueueProblem(f"{entry.entry_id} is being delivered right now; "
                                f"cannot {doing} it; try again in a moment")
@@ -95,17 +96,15 @@ class QueueOperations:
                                f"({entry.problem}); cannot {doing} it; inspect its "
                                "files in the spool's corrupt/ folder, then delete it")
         if self.delivery is not None:
-            self.delivery.queue.discard(entry.entry_id)
+            self.delivery.hold(entry.entry_id)
 
     def _unhold(self, entry: SpoolEntry, doing: str, error: BaseException) -> QueueProblem:
         """
         The change failed: the entry goes back into the engine's schedule as it was,
         and the operator is told why.
         """
-        if self.delivery is not None and entry.state in (QUEUED, DEFERRED):
-            self.delivery._enqueue(entry, entry.next_attempt if entry.state == DEFERRED
-                                   else 0.0)
-            self.delivery._pump()
+        if self.delivery is not None:
+            self.delivery.reschedule(entry)
         if isinstance(error, SpoolFull):
             why = ("the disk is full; free space in server.state_dir and try again")
         elif isinstance(error, UnknownEntry):
@@ -187,7 +186,7 @@ class QueueOperations:
                 await withdraw_bounce(self.spool, entry.entry_id, bounce_id)
             raise self._unhold(entry, "bounce", e) from None
         if bounce_id is not None and self.delivery is not None:
-            self.delivery._release_bounce(bounce_id)
+            self.delivery.release_bounce(bounce_id)
         # (Without a daemon the bounce waits in the queue: sent when it starts.)
         history.finished(entry_id, BOUNCED, time.time())
         return moved

@@ -15,12 +15,9 @@ import time
 from typing import Any
 
 from xrelay.envelope import Envelope, Outcome
+from xrelay.operations.errors import ControlRefusal
 
 __all__ = ["send_test_message", "test_message_bytes"]
-
-
-class NoSuchAccount(Exception):
-    pass
 
 
 def test_message_bytes(sender: str, to: str, hostname: str, account: str) -> bytes:
@@ -47,10 +44,9 @@ async def send_test_message(relay: Any, to: str, account_name: str | None = None
     """
     Spool and deliver a test message; the result says what the upstream replied.
 
-    @raise xrelay.operations.control.ControlRefusal: unknown or missing account, or a
+    @raise xrelay.operations.errors.ControlRefusal: unknown or missing account, or a
         bad address.
     """
-    from xrelay.operations.control import ControlRefusal
 
     config = relay.config
     if "@" not in to or any(c in to for c in "<>\r\n ") or len(to) > 254:

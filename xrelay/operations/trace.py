@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from xrelay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
+from xrelay.subcommands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
 from xrelay.history import (HistoryMissing, MessageStory, MessageTrace, TraceQuery,
                             history_path, parse_since, search, story)
 from xrelay.history.query import local_time

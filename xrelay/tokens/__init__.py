@@ -12,7 +12,8 @@ command.  Nothing in this package may log or expose a token or a secret.
 from xrelay.tokens.errors import NeedsSignIn, SignInFailed, TokenError, TokenUnavailable
 from xrelay.tokens.microsoft import DeviceCodePrompt
 from xrelay.tokens.service import TokenService, stored_status
-from xrelay.tokens.status import TokenState, TokenStatus
+from xrelay.records import TokenStatus
+from xrelay.tokens.status import TokenState
 
 __all__ = [
     "DeviceCodePrompt",

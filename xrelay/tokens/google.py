@@ -39,7 +39,7 @@ from xrelay.tokens.cache import AccountCache
 from xrelay.tokens.errors import GrantRefused, GrantUnavailable, SignInFailed
 from xrelay.tokens.microsoft import RunBlocking
 from xrelay.tokens.source import GrantResult, ITokenGrant
-from xrelay.tokens.status import TokenStatus
+from xrelay.records import TokenStatus
 from xrelay.tokens.trust import REQUEST_TIMEOUT, https_policy
 
 log = Logger(namespace="xrelay.tokens.google")

@@ -34,14 +34,13 @@ from xrelay.tokens import aadsts
 from xrelay.tokens.cache import AccountCache
 from xrelay.tokens.errors import GrantRefused, GrantUnavailable, SignInFailed
 from xrelay.tokens.source import GrantResult, ITokenGrant
-from xrelay.tokens.status import TokenStatus
+from xrelay.records import TokenStatus
 from xrelay.tokens.trust import TrustedSession
 
 # msal can log request details, PII and, at DEBUG, token responses: keep it quiet
 # whatever the embedding program configured for the root logger.
 logging.getLogger("msal").setLevel(logging.WARNING)
 
-SMTP_APP_SCOPE = "https://outlook.office365.com/.default"
 GRAPH_APP_SCOPE = "https://graph.microsoft.com/.default"
 SMTP_DELEGATED_SCOPE = "https://outlook.office.com/SMTP.Send"
 GRAPH_DELEGATED_SCOPE = "https://graph.microsoft.com/Mail.Send"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -26,14 +26,15 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from xrelay.config import AccountConfig, Config
-from xrelay.operations.events import guarded
+from xrelay.events import guarded
+from xrelay.interfaces import ITokenSource
 from xrelay.tokens.cache import AccountCache, load_key
 from xrelay.tokens.errors import SignInFailed
 from xrelay.tokens.expiry import CredentialExpiry, ExpiryWatch
 from xrelay.tokens.google import GoogleGrant
 from xrelay.tokens.microsoft import DeviceCodePrompt, MicrosoftGrant, stored_expiry
 from xrelay.tokens.source import GrantResult, RefreshingTokenSource
-from xrelay.tokens.status import TokenStatus
+from xrelay.records import TokenStatus
 from xrelay.tokens.trust import trust_bundle
 
 log = Logger(namespace="xrelay.tokens")
@@ -71,13 +72,19 @@ class TokenService(Service):
     @param events: the relay's L{xrelay.interfaces.IRelayEvents} sink, given to every
         token source (refreshes and failures); nothing is counted by default.
 
-    @ivar sources: account name -> L{RefreshingTokenSource} (an L{ITokenSource}).
+    @param external: account name -> an embedding program's own L{ITokenSource} for
+        that account (a token it obtains its own way): used as it is, never started,
+        refreshed or stopped here; the other accounts get a L{RefreshingTokenSource}.
+
+    @ivar sources: account name -> L{RefreshingTokenSource} (an L{ITokenSource}), for
+        the accounts this service obtains tokens for.
     """
 
     name = "tokens"
 
     def __init__(self, config: Config, reactor: Any = None,
-                 clock: IReactorTime | None = None, events: Any = None) -> None:
+                 clock: IReactorTime | None = None, events: Any = None,
+                 external: Mapping[str, ITokenSource] | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -93,9 +100,16 @@ class TokenService(Service):
         self._key: bytes | None = None
         self._shutdown_trigger: Any = None
         self._device_codes: set[DeviceCodePrompt] = set()
+        self.external: dict[str, ITokenSource] = dict(external or {})
         self.sources: dict[str, RefreshingTokenSource] = {}
         for account in config.accounts:
-            self.sources[account.name] = self._source(account)
+            if account.name not in self.external:
+                self.sources[account.name] = self._source(account)
+
+    def source_for(self, account: str) -> ITokenSource:
+        """The token source of this account: the embedder's own, or this service's."""
+        external = self.external.get(account)
+        return external if external is not None else self.sources[account]
 
     # -- wiring ---------------------------------------------------------------
 
@@ -227,6 +241,8 @@ class TokenService(Service):
             self.expiry.check(self.clock.seconds())
         sources: dict[str, RefreshingTokenSource] = {}
         for account in config.accounts:
+            if account.name in self.external:
+                continue
             if old.get(account.name) == account and account.name in self.sources:
                 sources[account.name] = self.sources[account.name]
                 continue
@@ -247,7 +263,11 @@ class TokenService(Service):
     # -- status ---------------------------------------------------------------
 
     def status(self) -> dict[str, TokenStatus]:
-        return {name: source.status() for name, source in self.sources.items()}
+        statuses = {name: source.status() for name, source in self.sources.items()}
+        for account in self.config.accounts:
+            if account.name in self.external:
+                statuses[account.name] = self.external[account.name].status()
+        return statuses
 
     def expiries(self) -> list[CredentialExpiry]:
         """The credentials' end dates as last read (at start, hourly, at reload)."""

@@ -26,11 +26,11 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from xrelay.interfaces import IRelayEvents, ITokenSource
-from xrelay.operations.events import guarded
+from xrelay.events import guarded
 from xrelay.tokens.errors import (GrantRefused, GrantUnavailable, NeedsSignIn,
                                   TokenUnavailable)
-from xrelay.tokens.status import (REFUSED, Token, TokenLifecycle, TokenState,
-                                  TokenStatus)
+from xrelay.records import TokenStatus
+from xrelay.tokens.status import REFUSED, Token, TokenLifecycle, TokenState
 
 log = Logger(namespace="xrelay.tokens")
 

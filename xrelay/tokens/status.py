@@ -1,7 +1,7 @@
 """
 The life of one account's access token, as a state machine, and the status it reports.
 
-States and the events that move between them are listed once, in L{TRANSITIONS}::
+States and the events that move between them are listed once, in L{TABLE}::
 
     no token ──refresh──▶ refreshing ──refreshed──▶ ok ──(time)──▶ expiring
         ▲                   │   │  ▲                │                │
@@ -27,8 +27,12 @@ itself (kept out of C{repr}), and never a refresh token or secret.
 from __future__ import annotations
 
 import enum
+from typing import Iterator
 
 import attrs
+
+from xrelay.records import TokenStatus
+from xrelay.statemachine import NoTransition, StateTable
 
 
 class TokenState(enum.Enum):
@@ -61,18 +65,33 @@ REFUSED: frozenset[TokenState] = frozenset({
 #: States in which the account delivers mail.
 USABLE: frozenset[TokenState] = frozenset({S.FRESH, S.EXPIRING, S.REFRESHING})
 
-#: event -> (states it may happen in, state it leads to).  C{None} as the target means
-#: "whatever the clock says now" (ok or expiring); L{REFUSED} as the target means "the
-#: refusal the platform's error names".
-TRANSITIONS: dict[str, tuple[frozenset[TokenState], TokenState | frozenset[TokenState] | None]] = {
-    "refresh": (frozenset({S.EMPTY, S.FRESH, S.EXPIRING, S.UNAVAILABLE}) | REFUSED,
-                S.REFRESHING),
-    "refreshed": (frozenset({S.REFRESHING}), None),
-    "failed": (frozenset({S.REFRESHING}), S.UNAVAILABLE),
-    "refused": (frozenset({S.REFRESHING}), REFUSED),
-    "signed_in": (frozenset(S), None),
-    "rejected": (frozenset({S.FRESH, S.EXPIRING, S.UNAVAILABLE}), S.EMPTY),
-}
+def _rows() -> Iterator[tuple[TokenState, str, TokenState]]:
+    """
+    The one table of token transitions, as C{(state, event, next state)}.  The states
+    on the left are those L{TokenLifecycle.state} shows; "refreshed" and "signed_in"
+    lead to "ok", which the clock alone turns into "expiring" (and a token past its
+    expiry into "no token").  A refusal is one event per refusal state, named
+    C{"refused: <state>"} (the platform's error names which).
+    """
+    for state in frozenset({S.EMPTY, S.FRESH, S.EXPIRING, S.UNAVAILABLE}) | REFUSED:
+        yield state, "refresh", S.REFRESHING
+    yield S.REFRESHING, "refreshed", S.FRESH
+    yield S.REFRESHING, "failed", S.UNAVAILABLE
+    for refusal in REFUSED:
+        yield S.REFRESHING, refused_event(refusal), refusal
+    for state in S:
+        yield state, "signed_in", S.FRESH
+    for state in (S.FRESH, S.EXPIRING, S.UNAVAILABLE):
+        yield state, "rejected", S.EMPTY
+
+
+def refused_event(state: TokenState) -> str:
+    """The event of a permanent refusal named C{state}."""
+    return f"refused: {state.value}"
+
+
+#: Every transition of an account's token (L{xrelay.statemachine}).
+TABLE: StateTable[TokenState] = StateTable("token", _rows())
 
 #: Back-off after temporary failures of the identity platform: first delay, ceiling.
 FIRST_BACKOFF = 5.0
@@ -82,33 +101,8 @@ MAX_BACKOFF = 300.0
 REFRESH_MARGIN = 300.0
 
 
-class InvalidTransition(Exception):
-    """A programming error: an event that cannot happen in the current state."""
-
-
-@attrs.frozen
-class TokenStatus:
-    """
-    What the admin page, the metrics and C{xrelay accounts} show for one account.
-
-    @ivar state: one of L{TokenState}'s values ("ok", "expiring", "needs sign-in", ...).
-    @ivar expires_at: POSIX time the current access token expires, if there is one.
-    @ivar last_refresh: POSIX time of the last successful token request.
-    @ivar last_error: the last failure, without secrets.
-    @ivar hint: what an operator should do, when something must be done.
-    """
-
-    account: str
-    state: str
-    expires_at: float | None = None
-    last_refresh: float | None = None
-    last_error: str | None = None
-    hint: str | None = None
-    provider: str | None = None
-    flow: str | None = None
-    #: POSIX time since which the account has had no usable token (failures or a
-    #: refusal), for the health check's grace period; C{None} while it works.
-    failing_since: float | None = None
+#: The one error of every state table, under the name this module's callers know.
+InvalidTransition = NoTransition
 
 
 @attrs.frozen
@@ -128,28 +122,38 @@ class Token:
 @attrs.define
 class TokenLifecycle:
     """
-    The state of one account's token; every change goes through L{_move}.
+    The state of one account's token.  The state is the table's output: each event
+    moves L{held} through L{TABLE}, and only the passing of time refines it (L{state}).
     """
 
     account: str
     token: Token | None = None
-    refreshing: bool = False
+    #: The state the last event led to (L{TABLE}'s output).
+    held: TokenState = S.EMPTY
     sign_in_hint: str | None = None
     retry_at: float | None = None
     backoff: float = 0.0
     last_refresh: float | None = None
     last_error: str | None = None
-    #: Which refusal (one of L{REFUSED}) while C{sign_in_hint} is set.
+    #: Which refusal (one of L{REFUSED}) was the last one.
     refusal: TokenState = S.NEEDS_SIGN_IN
     failing_since: float | None = None
 
+    @property
+    def refreshing(self) -> bool:
+        return self.held is S.REFRESHING
+
     def state(self, now: float) -> TokenState:
-        if self.sign_in_hint is not None and not self.refreshing:
-            return self.refusal
-        if self.refreshing:
-            return S.REFRESHING
-        if self.retry_at is not None and now < self.retry_at:
-            return S.UNAVAILABLE
+        """
+        L{held}, as the clock shows it: a token is "ok" until its refresh is due
+        ("expiring") and "no token" once expired; a back-off ("unavailable") ends at
+        C{retry_at}, after which the token, if any, shows again.
+        """
+        held = self.held
+        if held is S.UNAVAILABLE and (self.retry_at is None or now >= self.retry_at):
+            held = S.FRESH
+        if held is not S.FRESH:
+            return held
         if self.token is None or now >= self.token.expires_at:
             return S.EMPTY
         if now >= self.token.refresh_at:
@@ -162,20 +166,13 @@ class TokenLifecycle:
             return self.token
         return None
 
-    def _move(self, event: str, now: float) -> TokenState:
-        allowed, target = TRANSITIONS[event]
-        current = self.state(now)
-        if current not in allowed:
-            raise InvalidTransition(f"{event} in state {current.value}")
-        if isinstance(target, frozenset):
-            return self.refusal
-        return target if target is not None else S.FRESH
+    def _move(self, event: str, now: float) -> None:
+        self.held = TABLE.next(self.state(now), event, self.account)
 
     # -- events ---------------------------------------------------------------
 
     def begin_refresh(self, now: float) -> None:
         self._move("refresh", now)
-        self.refreshing = True
 
     def refreshed(self, token: Token, now: float) -> None:
         self._move("refreshed", now)
@@ -184,7 +181,6 @@ class TokenLifecycle:
     def failed(self, error: str, now: float) -> float:
         """A temporary failure: back off.  Returns when to try again."""
         self._move("failed", now)
-        self.refreshing = False
         self.last_error = error
         self._failing(now)
         self.backoff = min(MAX_BACKOFF, self.backoff * 2 if self.backoff else FIRST_BACKOFF)
@@ -195,9 +191,9 @@ class TokenLifecycle:
                 state: TokenState = S.NEEDS_SIGN_IN) -> None:
         """A permanent refusal, named C{state} (one of L{REFUSED})."""
         if state not in REFUSED:
-            raise InvalidTransition(f"refused into {state.value}")
-        self._move("refused", now)
-        self.refreshing = False
+            raise NoTransition(f"{self.account}: refused into {state.value}", state,
+                               "refused")
+        self._move(refused_event(state), now)
         self.token = None
         self.last_error = error
         self.sign_in_hint = hint
@@ -214,14 +210,13 @@ class TokenLifecycle:
 
     def rejected(self, now: float) -> None:
         """The upstream refused the current token: forget it."""
-        if self.state(now) not in TRANSITIONS["rejected"][0]:
+        if not TABLE.allows(self.state(now), "rejected"):
             return  # already being replaced, or never had one: nothing to forget
         self._move("rejected", now)
         self.token = None
         self.retry_at = None
 
     def _have(self, token: Token, now: float) -> None:
-        self.refreshing = False
         self.token = token
         self.sign_in_hint = None
         self.retry_at = None

@@ -17,27 +17,50 @@ its C{BDAT ... LAST}, and never send a chunk after a refusal it has seen.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import Any, Protocol
 
+import attrs
 from twisted.internet.defer import Deferred
 
 from xrelay.envelope import (
     DeliveryResult,
-    FailureKind,
     OutboundMessage,
-    RecipientResult,
     Reply,
 )
-from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import ChunkSender, DataInterrupted, DataShrunk
-
-if TYPE_CHECKING:
-    from xrelay.transport.smtp import UpstreamConnection
+from xrelay.transport.trouble import ConnectionTrouble, EnvelopeReplies
 
 __all__ = ["bdat_transaction"]
 
 
-async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMessage,
+class UpstreamConnection(Protocol):
+    """
+    What a BDAT transaction uses of its connection
+    (L{xrelay.transport.smtp.UpstreamConnection}, which calls it): typed here so that
+    this module does not import the one that imports it.
+    """
+
+    protocol: Any
+    clock: Any
+    timeouts: Any
+    clean: bool
+    broken: bool
+    messages_sent: int
+    bdat_chunk_size: int
+
+    def mail_from(self, message: OutboundMessage) -> bytes: ...
+
+    async def pipelined_reset(self, waits: list[Deferred[Reply]]) -> None: ...
+
+    async def first_reply(self, waits: list[Deferred[Reply]], stale: bool) -> Reply: ...
+
+    async def command_reply(self, d: Deferred[Reply], step: str) -> Reply: ...
+
+    async def wait(self, d: Deferred[Any], step: str, seconds: float) -> Any: ...
+
+
+async def bdat_transaction(connection: UpstreamConnection, message: OutboundMessage,
                            data: Any, reset: bool, stale: bool) -> DeliveryResult:
     """
     Send C{message} (its spool file open as C{data}) with BDAT; the result has a reply
@@ -48,160 +71,183 @@ async def bdat_transaction(connection: "UpstreamConnection", message: OutboundMe
         raises L{xrelay.transport.smtp.StaleConnection}.
     @raise ConnectionTrouble: the connection failed before the outcome was known.
     """
-    from xrelay.transport.smtp import ConnectionTrouble, _whole
+    return await BdatTransaction(connection, message, data, reset, stale).run()
 
-    protocol = connection.protocol
-    mail = connection._mail_from(message)
-    rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
-    group = [b"RSET", mail, *rcpts] if reset else [mail, *rcpts]
-    waits: list[Deferred[Reply]] = [protocol.expect() for _ in group]
-    chunk_waits: list[Deferred[Reply]] = []
-    refused_seen: list[bool] = []
-    size = _length(data)
-    connection.clean = False
 
-    def on_chunk() -> None:
-        d = protocol.expect()
-        d.addCallback(_note_refusal, refused_seen)
-        chunk_waits.append(d)
+@attrs.define
+class BdatTransaction:
+    """
+    One BDAT transaction's state: what was sent, which replies are awaited, whether a
+    refusal was seen (no further chunk goes out then) or the upstream stalled.
+    """
 
-    stalled: list[bool] = []
-    sender = ChunkSender(
-        data, size, protocol.transport,
-        prefix=b"".join(line + b"\r\n" for line in group),
-        on_chunk=on_chunk, proceed=lambda: not refused_seen,
-        chunk_size=connection.bdat_chunk_size,
-    )
-    watchdog = connection.clock.callLater(connection.timeouts.data_block,
-                                          lambda: _stall(connection, stalled))
+    connection: UpstreamConnection
+    message: OutboundMessage
+    data: Any
+    reset: bool
+    stale: bool
+    waits: list[Deferred[Reply]] = attrs.field(factory=list)
+    chunk_waits: list[Deferred[Reply]] = attrs.field(factory=list)
+    #: A refusal came back (MAIL, every RCPT, or a chunk): send no further chunk.
+    refused_seen: bool = False
+    #: The upstream took no data for C{data_block} seconds: the connection was aborted.
+    stalled: bool = False
+    envelope: EnvelopeReplies | None = None
+    rcpt_replies: list[Reply] = attrs.field(factory=list)
+    sending: Deferred[bool] | None = None
+    watchdog: Any = None
 
-    def progress() -> None:
-        if watchdog.active():
-            watchdog.reset(connection.timeouts.data_block)
+    async def run(self) -> DeliveryResult:
+        self._start()
+        try:
+            envelope = await self._envelope_phase()
+            complete = await self._sent()
+            if self.watchdog.active():
+                # The data is out: from here the reply timeouts apply, as after DATA's dot.
+                self.watchdog.cancel()
+            chunk_replies = await self._chunk_replies(complete)
+        except ConnectionTrouble as trouble:
+            self._quiet()
+            return self._after_trouble(trouble)
+        finally:
+            if self.watchdog.active():
+                self.watchdog.cancel()
+        return self._result(envelope, chunk_replies, complete)
 
-    sender.progress = progress
-    sending = sender.start()
+    def _start(self) -> None:
+        """One write: (RSET,) MAIL, every RCPT and the first chunk with its data."""
+        connection = self.connection
+        protocol = connection.protocol
+        rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in self.message.recipients]
+        mail = connection.mail_from(self.message)
+        group = [b"RSET", mail, *rcpts] if self.reset else [mail, *rcpts]
+        self.waits = [protocol.expect() for _ in group]
+        connection.clean = False
+        sender = ChunkSender(
+            self.data, _length(self.data), protocol.transport,
+            prefix=b"".join(line + b"\r\n" for line in group),
+            on_chunk=self._on_chunk, proceed=lambda: not self.refused_seen,
+            chunk_size=connection.bdat_chunk_size,
+        )
+        self.watchdog = connection.clock.callLater(connection.timeouts.data_block,
+                                                   self._stall)
+        sender.progress = self._progress
+        self.sending = sender.start()
 
-    def quiet() -> None:
-        pending: list[Deferred[Any]] = [*waits, *chunk_waits, sending]
+    def _on_chunk(self) -> None:
+        d = self.connection.protocol.expect()
+        d.addCallback(self._note_refusal)
+        self.chunk_waits.append(d)
+
+    def _note_refusal(self, reply: Reply) -> Reply:
+        if reply.code // 100 != 2:
+            self.refused_seen = True
+        return reply
+
+    def _progress(self) -> None:
+        if self.watchdog.active():
+            self.watchdog.reset(self.connection.timeouts.data_block)
+
+    def _stall(self) -> None:
+        self.stalled = True
+        self.connection.broken = True
+        self.connection.protocol.abort()
+
+    def _quiet(self) -> None:
+        """Nothing awaited any more may fail unhandled."""
+        pending: list[Deferred[Any]] = [*self.waits, *self.chunk_waits]
+        if self.sending is not None:
+            pending.append(self.sending)
         for w in pending:
             w.addErrback(lambda _: None)
 
-    mail_reply: Reply | None = None
-    rcpt_replies: list[Reply] = []
-    try:
-        if reset:
-            try:
-                await connection._pipelined_reset(waits)
-            except BaseException:
-                quiet()
-                raise
-            waits = waits[1:]
+    async def _envelope_phase(self) -> EnvelopeReplies:
+        """The replies to (RSET,) MAIL and every RCPT, in order."""
+        connection = self.connection
+        waits = self.waits
         try:
-            mail_reply = await connection.first_reply(waits, stale)
+            if self.reset:
+                await connection.pipelined_reset(waits)
+                waits = waits[1:]
+            mail = await connection.first_reply(waits, self.stale)
         except BaseException:
-            quiet()
+            self._quiet()
             raise
-        if mail_reply.code // 100 != 2:
-            refused_seen.append(True)
-        else:
-            for w in waits[1:]:
-                rcpt_replies.append(await connection.command_reply(w, "RCPT TO"))
-            if not any(reply.code // 100 == 2 for reply in rcpt_replies):
-                refused_seen.append(True)
-        complete = await _sent(sending, connection, stalled)
-        if watchdog.active():
-            # The data is out: from here the reply timeouts apply, as after DATA's dot.
-            watchdog.cancel()
-        chunk_replies = []
-        for i, w in enumerate(chunk_waits):
-            last = complete and i == len(chunk_waits) - 1
+        self.envelope = EnvelopeReplies(self.message, mail)
+        if mail.code // 100 != 2:
+            self.refused_seen = True
+            return self.envelope
+        for w in waits[1:]:
+            self.rcpt_replies.append(await connection.command_reply(w, "RCPT TO"))
+            self.envelope = EnvelopeReplies(self.message, mail, tuple(self.rcpt_replies))
+        if not self.envelope.accepted:
+            self.refused_seen = True
+        return self.envelope
+
+    async def _chunk_replies(self, complete: bool) -> list[Reply]:
+        connection = self.connection
+        replies = []
+        for i, w in enumerate(self.chunk_waits):
+            last = complete and i == len(self.chunk_waits) - 1
             step = "end of data" if last else "message data"
             seconds = connection.timeouts.data_end if last else connection.timeouts.command
-            chunk_replies.append(await connection.wait(w, step, seconds))
-    except ConnectionTrouble:
-        quiet()
-        if stalled:  # we gave up on the upstream, whatever was awaited when it happened
-            raise _stalled(connection) from None
-        if mail_reply is not None and mail_reply.code // 100 != 2:
-            return _whole(message, mail_reply)  # the refusal is the news, not the close
-        if len(rcpt_replies) == len(message.recipients) and not any(
-                reply.code // 100 == 2 for reply in rcpt_replies):
-            return _refused(message, rcpt_replies)
-        raise
-    finally:
-        if watchdog.active():
-            watchdog.cancel()
-    if any(r.code == 421 for r in chunk_replies):
-        connection.broken = True
-    if mail_reply.code // 100 != 2:
-        return _whole(message, mail_reply)
-    accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True)
-                if reply.code // 100 == 2]
-    if not accepted:
-        return _refused(message, rcpt_replies)
-    refused = _refused(message, rcpt_replies).recipients
-    bad = next((r for r in chunk_replies if r.code // 100 != 2), None)
-    if bad is not None:
-        return _whole(message, bad, accepted, refused)
-    if not complete:  # pragma: no cover - the data stops only after a refusal
-        raise ConnectionTrouble("message data", "the data stopped before its end")
-    final = chunk_replies[-1]
-    connection.messages_sent += 1
-    connection.clean = final.code == 250
-    return _whole(message, final, accepted, refused)
+            replies.append(await connection.wait(w, step, seconds))
+        return replies
 
+    def _after_trouble(self, trouble: ConnectionTrouble) -> DeliveryResult:
+        """
+        The connection failed: a refusal already seen is the news (not the close);
+        otherwise the trouble goes up to the caller.
+        """
+        if self.stalled:  # we gave up on the upstream, whatever was awaited then
+            raise self._stalled() from None
+        if self.envelope is not None:
+            refusal = self.envelope.refusal()
+            if refusal is not None:
+                return refusal
+        raise trouble
 
-def _refused(message: OutboundMessage, rcpt_replies: list[Reply]) -> DeliveryResult:
-    """The recipients refused at RCPT (the failure kind of the first refusal)."""
-    refused = tuple(
-        RecipientResult(r, outcome_of(reply), reply)
-        for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 != 2)
-    return DeliveryResult(refused, failure_of(refused[0].reply) if refused
-                          else FailureKind.NONE)
+    def _stalled(self) -> Exception:
+        return ConnectionTrouble("message data", "timed out after "
+                                 f"{self.connection.timeouts.data_block:g}s without progress")
 
+    async def _sent(self) -> bool:
+        """Wait for the chunks to be written; whether the LAST one went out."""
+        assert self.sending is not None
+        connection = self.connection
+        try:
+            complete: bool = await self.sending
+        except (DataInterrupted, DataShrunk, OSError) as e:
+            connection.broken = True
+            connection.protocol.abort()
+            if self.stalled:
+                raise self._stalled() from None
+            if isinstance(e, DataInterrupted):
+                raise ConnectionTrouble("message data", "the connection was lost",
+                                        dropped=True) from None
+            why = "the spooled message is shorter than its size" if isinstance(
+                e, DataShrunk) else f"reading the spooled message failed ({e.strerror})"
+            raise ConnectionTrouble("message data", why) from None
+        return complete
 
-def _note_refusal(reply: Reply, seen: list[bool]) -> Reply:
-    if reply.code // 100 != 2:
-        seen.append(True)
-    return reply
+    def _result(self, envelope: EnvelopeReplies, chunk_replies: list[Reply],
+                complete: bool) -> DeliveryResult:
+        connection = self.connection
+        if any(r.code == 421 for r in chunk_replies):
+            connection.broken = True
+        refusal = envelope.refusal()
+        if refusal is not None:
+            return refusal
+        bad = next((r for r in chunk_replies if r.code // 100 != 2), None)
+        if bad is not None:
+            return envelope.result(bad)
+        if not complete:  # pragma: no cover - the data stops only after a refusal
+            raise ConnectionTrouble("message data", "the data stopped before its end")
+        final = chunk_replies[-1]
+        connection.messages_sent += 1
+        connection.clean = final.code == 250
+        return envelope.result(final)
 
 
 def _length(data: Any) -> int:
-    import os
-
     return os.fstat(data.fileno()).st_size
-
-
-def _stalled(connection: "UpstreamConnection") -> Exception:
-    from xrelay.transport.smtp import ConnectionTrouble
-
-    return ConnectionTrouble(
-        "message data", f"timed out after {connection.timeouts.data_block:g}s without progress")
-
-
-def _stall(connection: "UpstreamConnection", stalled: list[bool]) -> None:
-    stalled.append(True)
-    connection.broken = True
-    connection.protocol.abort()
-
-
-async def _sent(sending: "Deferred[bool]", connection: "UpstreamConnection",
-                stalled: list[bool]) -> bool:
-    """Wait for the chunks to be written; whether the LAST one went out."""
-    from xrelay.transport.smtp import ConnectionTrouble
-
-    try:
-        complete: bool = await sending
-    except (DataInterrupted, DataShrunk, OSError) as e:
-        connection.broken = True
-        connection.protocol.abort()
-        if stalled:
-            raise _stalled(connection) from None
-        if isinstance(e, DataInterrupted):
-            raise ConnectionTrouble("message data", "the connection was lost",
-                                    dropped=True) from None
-        why = "the spooled message is shorter than its size" if isinstance(
-            e, DataShrunk) else f"reading the spooled message failed ({e.strerror})"
-        raise ConnectionTrouble("message data", why) from None
-    return complete

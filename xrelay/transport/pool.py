@@ -31,12 +31,10 @@ from xrelay.transport.classify import (
     is_send_as_denied,
     send_as_detail,
 )
+from xrelay.transport.trouble import ConnectionTrouble, StaleConnection, UpstreamRefused
 from xrelay.transport.smtp import (
-    ConnectionTrouble,
-    StaleConnection,
     Timeouts,
     UpstreamConnection,
-    UpstreamRefused,
     open_connection,
 )
 from xrelay.transport.tls import client_tls

@@ -21,12 +21,9 @@ import re
 from typing import Any, Callable
 
 import attrs
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -38,11 +35,12 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xrelay.envelope import FailureKind, Outcome, OutboundMessage, RecipientResult, Reply
+from xrelay.envelope import FailureKind, Outcome, OutboundMessage, Reply
 from xrelay.envelope import DeliveryResult
-from xrelay.transport.classify import failure_of, outcome_of
 from xrelay.transport.data import BDAT_CHUNK_SIZE, DataInterrupted, DataSender
 from xrelay.transport.chunking import bdat_transaction
+from xrelay.transport.trouble import (ConnectionTrouble, EnvelopeReplies, StaleConnection,
+                                      UpstreamRefused, describe_loss)
 from xrelay.streams import IStreamTransport
 
 log = Logger()
@@ -67,44 +65,12 @@ class Timeouts:
     quit: float = 10
 
 
-class ConnectionTrouble(Exception):
-    """
-    The connection is unusable: it failed, dropped, timed out, or the upstream broke
-    the protocol.  The text names the step and never contains a secret.
-    """
-
-    def __init__(self, step: str, why: str, dropped: bool = False) -> None:
-        super().__init__(step, why)
-        self.step = step
-        self.why = why
-        #: The connection went away (rather than timing out or misbehaving).
-        self.dropped = dropped
-
-    def __str__(self) -> str:
-        return f"{self.why} during {self.step}"
-
-
 class _Dropped(Exception):
     """The connection was lost while a reply was awaited."""
 
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
-
-
-def describe_loss(reason: Failure) -> str:
-    """A short, secret-free text for why a connection ended."""
-    if reason.check(VerificationError):
-        return "TLS failed (the upstream's certificate is not valid for the host name)"
-    if isinstance(reason.value, SSL.Error):
-        errors = reason.value.args[0] if reason.value.args else None
-        texts = [e[-1] for e in errors if isinstance(e, tuple) and e] if isinstance(errors, list) else []
-        return f"TLS failed ({'; '.join(texts) or reason.getErrorMessage()})"
-    if reason.check(ConnectionDone):
-        return "the upstream closed the connection"
-    if reason.check(ConnectionLost):
-        return "the connection was lost"
-    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 def parse_capabilities(ehlo: Reply) -> dict[str, str]:
@@ -140,7 +106,6 @@ class ClientProtocol(LineOnlyReceiver):
         self._lines: list[str] = []
         self.handshake: Deferred[None] = Deferred()
         self.lost: Deferred[None] = Deferred()
-        self.unsolicited: Reply | None = None
         self.connected_ = False
         self.on_lost: Callable[[], None] = lambda: None
 
@@ -189,7 +154,8 @@ class ClientProtocol(LineOnlyReceiver):
             if not d.called:  # a wait that timed out is skipped
                 d.callback(reply)
                 return
-        self.unsolicited = reply
+        # A reply nobody waits for (its wait timed out, and the connection is being
+        # given up): nothing to do with it.
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._violation(f"the upstream sent a reply line longer than {self.MAX_LENGTH}")
@@ -394,7 +360,7 @@ class UpstreamConnection:
             return DeliveryResult.for_all(message.recipients, Outcome.PERMANENT, reply)
         return None
 
-    def _mail_from(self, message: OutboundMessage) -> bytes:
+    def mail_from(self, message: OutboundMessage) -> bytes:
         params = []
         if "SIZE" in self.capabilities:
             params.append(f"SIZE={message.size}")
@@ -407,7 +373,7 @@ class UpstreamConnection:
 
     async def _transaction(self, message: OutboundMessage, data: Any,
                            reset: bool = False, stale: bool = False) -> DeliveryResult:
-        mail = self._mail_from(message)
+        mail = self.mail_from(message)
         self.clean = False
         rcpts = [f"RCPT TO:<{r}>".encode("utf-8") for r in message.recipients]
         data_reply: Deferred[Reply] | None = None
@@ -417,7 +383,7 @@ class UpstreamConnection:
             group = [mail, *rcpts, b"DATA"]
             waits = self.protocol.commands([b"RSET", *group] if reset else group)
             if reset:
-                await self._pipelined_reset(waits)
+                await self.pipelined_reset(waits)
                 waits = waits[1:]
             data_reply = waits.pop()
             mail_reply = await self.first_reply([*waits, data_reply], stale)
@@ -438,28 +404,22 @@ class UpstreamConnection:
             if mail_reply.code == 250:
                 for line in rcpts:
                     rcpt_replies.append(await self.command(line, "RCPT TO"))
-        if mail_reply.code // 100 != 2:
+        # The envelope phase, as for BDAT: refused as a whole, or some recipients taken.
+        envelope = EnvelopeReplies(message, mail_reply, tuple(rcpt_replies))
+        refusal = envelope.refusal()
+        if refusal is not None:
             await self._abandon_data(data_reply)
-            return _whole(message, mail_reply)
-        accepted = [r for r, reply in zip(message.recipients, rcpt_replies, strict=True) if reply.code // 100 == 2]
-        refused = tuple(
-            RecipientResult(r, outcome_of(reply), reply)
-            for r, reply in zip(message.recipients, rcpt_replies, strict=True)
-            if reply.code // 100 != 2
-        )
-        if not accepted:
-            await self._abandon_data(data_reply)
-            return DeliveryResult(refused, failure_of(refused[0].reply))
+            return refusal
         if data_reply is None:
             reply = await self.command(b"DATA", "DATA", self.timeouts.data_start)
         else:
             reply = await self.command_reply(data_reply, "DATA", self.timeouts.data_start)
         if reply.code != 354:
-            return _whole(message, reply, accepted, refused)
+            return envelope.result(reply)
         reply = await self._stream(data)
         self.messages_sent += 1
         self.clean = reply.code == 250
-        return _whole(message, reply, accepted, refused)
+        return envelope.result(reply)
 
     async def first_reply(self, waits: list[Deferred[Reply]], stale: bool) -> Reply:
         """
@@ -501,7 +461,7 @@ class UpstreamConnection:
             except ConnectionTrouble:
                 pass
 
-    async def _pipelined_reset(self, waits: list[Deferred[Reply]]) -> None:
+    async def pipelined_reset(self, waits: list[Deferred[Reply]]) -> None:
         """
         The RSET at the head of a pipelined group.  If it failed, the MAIL and RCPT
         behind it may still have been taken, so this connection is given up (DATA is
@@ -578,35 +538,6 @@ def _needs_smtputf8(message: OutboundMessage) -> bool:
     return message.smtputf8 or not all(
         address.isascii() for address in (message.sender, *message.recipients)
     )
-
-
-def _whole(
-    message: OutboundMessage,
-    reply: Reply,
-    recipients: list[str] | None = None,
-    refused: tuple[RecipientResult, ...] = (),
-) -> DeliveryResult:
-    """One reply for every (accepted) recipient, plus those refused at RCPT."""
-    applies = message.recipients if recipients is None else recipients
-    results = tuple(RecipientResult(r, outcome_of(reply), reply) for r in applies)
-    failure = failure_of(reply) if reply.code // 100 != 2 else FailureKind.NONE
-    return DeliveryResult(results + refused, failure)
-
-
-class StaleConnection(Exception):
-    """
-    A reused connection failed its RSET: the upstream closed it while it was idle (or
-    it broke).  Nothing that could deliver a message was sent on it.
-    """
-
-
-class UpstreamRefused(Exception):
-    """The upstream refused a step of setting up the connection (EHLO, STARTTLS)."""
-
-    def __init__(self, reply: Reply, step: str) -> None:
-        super().__init__(reply, step)
-        self.reply = reply
-        self.step = step
 
 
 async def open_connection(

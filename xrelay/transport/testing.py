@@ -19,7 +19,8 @@ from twisted.web.client import Agent
 from zope.interface import implementer
 
 from xrelay.interfaces import ITokenSource
-from xrelay.tokens.status import TokenState, TokenStatus
+from xrelay.records import TokenStatus
+from xrelay.tokens.status import TokenState
 from xrelay.transport.tls import https_policy
 
 
