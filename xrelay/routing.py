@@ -43,3 +43,23 @@ def entry_account(config: Config, account: str, sender: str) -> AccountConfig | 
 def sendable_senders(config: Config) -> list[str]:
     """The sender patterns this relay can deliver, for the text of a refusal."""
     return [p.text for account in config.accounts for p in account.senders]
+
+
+
+def route_size_limit(config: Config, account: AccountConfig) -> tuple[int, str]:
+    """
+    The largest message this account can carry, and why it is that, for the reply at
+    the end of DATA while the device still listens (a 250 and a bounce later reaches a
+    scanner's unread mailbox).  C{server.max_message_size} caps every route.
+    """
+    own, why = account.largest_message()
+    if own is not None and own < config.server.max_message_size:
+        return own, why
+    return config.server.max_message_size, "server.max_message_size"
+
+
+def largest_route_size(config: Config) -> int:
+    """What C{SIZE} advertises: the largest message some route can carry."""
+    if not config.accounts:
+        return config.server.max_message_size
+    return max(route_size_limit(config, account)[0] for account in config.accounts)

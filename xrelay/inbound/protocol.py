@@ -58,6 +58,7 @@ from xrelay.inbound.states import (
 from xrelay.inbound.transaction import MailCommands, Transaction, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.policy import Refusal
+from xrelay.routing import largest_route_size
 from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:
@@ -467,7 +468,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if not esmtp:
             self.write_lines(250, [hostname])
             return
-        lines = [hostname, "PIPELINING", f"SIZE {self.config.server.max_message_size}",
+        lines = [hostname, "PIPELINING", f"SIZE {largest_route_size(self.config)}",
                  "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self._starttls_available():
             lines.append("STARTTLS")

@@ -35,6 +35,7 @@ from xrelay.inbound.states import CLOSED, COMMAND, DATA
 from xrelay.inbound.submission import feed_header_lines, header_block_never_ended, missing_fields
 from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import route_refusal
+from xrelay.routing import route_size_limit
 
 if TYPE_CHECKING:
     # ESMTPServer inherits from this mixin: it is checked against its surface.
@@ -81,6 +82,16 @@ class Transaction:
     dot_lookalikes: int = 0
     #: The message holds bytes above 127: declared upstream as BODY=8BITMIME.
     eight_bit: bool = False
+    #: The largest message the account's route carries, and why (routing).
+    size_limit: int = 0
+    size_why: str = "server.max_message_size"
+
+    def too_big_text(self) -> str:
+        """The 552 5.3.4 text: the limit, and whose it is when it is the account's."""
+        if self.size_why == "server.max_message_size":
+            return f"Message too big; the limit is {self.size_limit} bytes"
+        return (f"Message too big for account {self.account.name}: it carries at most "
+                f"{self.size_limit} bytes ({self.size_why})")
 
 
 def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str, str]:
@@ -163,7 +174,16 @@ class MailCommands(_Base):
                      "reached", client=self.client_address, sender=sender)
             self.reply(452, "4.3.1", "Insufficient system storage")
             return
-        self.transaction = Transaction(sender, account, size, smtputf8, body_8bit)
+        transaction = Transaction(sender, account, size, smtputf8, body_8bit)
+        transaction.size_limit, transaction.size_why = route_size_limit(self.config,
+                                                                        account)
+        if size is not None and size > transaction.size_limit:
+            log.warn("inbound client {client}: sender {sender} refused at MAIL: SIZE={size} "
+                     "over what account {account} carries", client=self.client_address,
+                     sender=sender, size=size, account=account.name)
+            self.reply(552, "5.3.4", transaction.too_big_text())
+            return
+        self.transaction = transaction
         self.reply(250, "2.1.0", "Ok")
 
     def do_RCPT(self, argument: str) -> None:
@@ -261,9 +281,8 @@ class MailCommands(_Base):
         if not transaction.headers.done:
             data = feed_header_lines(transaction.headers, data, self._missing_fields)
         transaction.received += len(data)
-        if transaction.received > self.config.server.max_message_size:
-            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
-                                 f"{self.config.server.max_message_size} bytes")
+        if transaction.received > transaction.size_limit:
+            self._refuse_message(552, "5.3.4", transaction.too_big_text())
             return None
         transaction.pending.append(data)
         transaction.pending_size += len(data)
@@ -287,9 +306,8 @@ class MailCommands(_Base):
         if not transaction.headers.done:
             block = feed_header_lines(transaction.headers, block, self._missing_fields)
         transaction.received += len(block)
-        if transaction.received > self.config.server.max_message_size:
-            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
-                                 f"{self.config.server.max_message_size} bytes")
+        if transaction.received > transaction.size_limit:
+            self._refuse_message(552, "5.3.4", transaction.too_big_text())
             return
         transaction.pending.append(block)
         transaction.pending_size += len(block)
