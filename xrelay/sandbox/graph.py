@@ -60,7 +60,9 @@ UPLOAD_PATH = "graph-upload"
 #: What the real service answers for a mailbox or app in trouble (L{GraphMail.fail_mailbox}).
 MAILBOX_FAILURES: dict[str, tuple[int, str, str]] = {
     # An unlicensed, inactive, soft-deleted or on-premises mailbox:
-    # https://learn.microsoft.com/troubleshoot/exchange/administration/rest-api-is-not-yet-supported-for-this-mailbox-error
+    # https://github.com/MicrosoftDocs/OfficeDocs-Support/pull/1036 (Microsoft's
+    # article "REST API is not yet supported for this mailbox"; licence needed:
+    # https://github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/717)
     # (as answered: "The mailbox is either inactive, soft-deleted, or is hosted
     # on-premise.", https://github.com/iyear/E5SubBot/issues/39)
     "MailboxNotEnabledForRESTAPI": (404, "MailboxNotEnabledForRESTAPI",
