@@ -279,6 +279,11 @@ class ListenerConfig:
         metadata={"doc": (
         'oldest TLS version this listener accepts, "1.0" | "1.1" | "1.2" | "1.3"; '
         'unset: server.tls_min_version. "1.0"/"1.1" only for old printers that need it')})
+    auth_without_tls: str = attrs.field(
+        validator=_one_of(("never", "trusted")), default="never", metadata={"doc": (
+        '"trusted": clients in relay.allow_networks may log in (AUTH) on this listener '
+        'without TLS, for devices set to "SMTP AUTH on, SSL off"; their passwords cross '
+        'the trusted network in clear. "never": server.require_tls_for_auth decides')})
 
     def __attrs_post_init__(self) -> None:
         if self.implicit_tls and self.starttls:

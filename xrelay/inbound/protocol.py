@@ -43,7 +43,7 @@ from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
 from xrelay.inbound.handler import connect_refusal, session_of
-from xrelay.inbound.leniency import lenient_greeting
+from xrelay.inbound.leniency import auth_without_tls, lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
 from xrelay.inbound.states import (
@@ -482,7 +482,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _auth_advertised(self) -> bool:
         return (self.checker.offered and self.user is None
-                and (self.tls or not self.config.server.require_tls_for_auth))
+                and (self.tls or auth_without_tls(self.config, self.factory.listener,
+                                                  self.client_address)))
 
     def do_NOOP(self, argument: str) -> None:
         self.reply(250, "2.0.0", "Ok")
