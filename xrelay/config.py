@@ -340,7 +340,9 @@ class ServerConfig:
     max_line_length: int = attrs.field(
         validator=_at_least(1000), default=4096, metadata={"doc": (
         "Longest command or data line accepted, in bytes with the CRLF (RFC 5321 "
-        "requires 1000 at least); longer lines are refused, never split.")})
+        "requires 1000 at least); longer lines are refused (552 naming this setting), "
+        "never split. Raise it (e.g. to 1048576) for scanners that send base64 without "
+        "line breaks; a line is held in memory while it arrives.")})
     idle_timeout: int = attrs.field(
         validator=_at_least(1), default=300, metadata={"doc": (
         "Seconds a client may stay silent within a mail transaction (after MAIL, and "

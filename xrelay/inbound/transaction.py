@@ -265,7 +265,10 @@ class MailCommands(_Base):
         previous_crlf, transaction.previous_crlf = transaction.previous_crlf, line.crlf
         if line.overlong:
             self._refuse_message(552, "5.6.0", "Message refused: a line is longer than "
-                                 f"{self.config.server.max_line_length} bytes")
+                                 f"{self.config.server.max_line_length} bytes "
+                                 "(server.max_line_length; raise it for devices that send "
+                                 "long unbroken lines, such as base64 without line "
+                                 "breaks)")
             return None
         if ends_data(line, previous_crlf, transaction.lenient_end):
             return self._end_of_data(lenient=not ends_data(line, previous_crlf, False))
