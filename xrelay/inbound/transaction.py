@@ -98,7 +98,8 @@ def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str,
     """
     The end-of-DATA reply of a pass-through listener, from the upstream's result.
 
-    All delivered: 250.  Handed back (nothing delivered; the engine dropped the entry):
+    All delivered: 250, with the upstream's own reply (Exchange's carries its message id,
+    what an operator searches Exchange's message trace for).  Handed back (nothing delivered; the engine dropped the entry):
     the first upstream reply, code and text verbatim (C{554 5.2.252 SendAsDenied; ...},
     C{451 4.7.500 ...}), and the device keeps the message.  Otherwise the relay kept the
     message (some recipients delivered, or the attempt did not finish), so the reply is
@@ -106,7 +107,10 @@ def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str,
     """
     failed = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
     if not failed:
-        return 250, "2.0.0", f"Ok: delivered as {entry_id}"
+        said = result.recipients[0].reply if result.recipients else None
+        if said is None or not said.text:
+            return 250, "2.0.0", f"Ok: delivered as {entry_id}"
+        return 250, "2.0.0", f"Ok: delivered as {entry_id}; upstream said {said}"
     if not result.handed_back:
         delivered = len(result.recipients) - len(failed)
         return 250, "2.0.0", (f"Ok: queued as {entry_id}; delivered to {delivered} of "
