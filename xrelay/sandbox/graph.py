@@ -187,6 +187,8 @@ class GraphMail:
     #: Requests seen, as C{(method, what)} (C{what}: sendMail, draft, createUploadSession,
     #: upload, send, delete), for tests to count.
     requests: list[tuple[str, str]] = attrs.field(factory=list)
+    #: The size of every range PUT to an upload URL, in order.
+    range_sizes: list[int] = attrs.field(factory=list)
     _throttle: list[int] = attrs.field(factory=list)
     _failing: dict[str, str] = attrs.field(factory=dict)
     _fail_send: int = 0
@@ -305,6 +307,7 @@ class GraphMail:
         session = self.uploads.get(session_id)
         if session is None or not secrets.compare_digest(session.auth_token, auth_token) or session.expires <= now:
             return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure.", now)
+        self.range_sizes.append(len(body))
         if len(body) > MAX_RANGE_BYTES:
             return graph_error(413, "RequestBodyTooLarge", "The maximum request length supported is 4MB.", now)
         match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", (content_range or "").strip())
