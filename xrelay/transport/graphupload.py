@@ -36,6 +36,8 @@ the message's size.  Never logs the token or the upload URL (it carries a token)
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import json
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
@@ -56,6 +58,19 @@ RANGE_BYTES = 10 * 320 * 1024
 #: The message, as the draft, must fit one request (4 MB as base64) with room to spare.
 DRAFT_BYTES = 4 * 1024 * 1024 // 4 * 3 - 64 * 1024
 _SIGNED = (b"multipart/signed", b"application/pkcs7-mime", b"application/x-pkcs7-mime")
+
+
+def _signed_or_encrypted(f: BinaryIO) -> bool:
+    """Whether the message's own Content-Type is S/MIME (signed or enveloped)."""
+    head = b""
+    for line in f:
+        if line in (b"\r\n", b"\n") or len(head) > 256 * 1024:
+            break
+        head += line
+    f.seek(0)
+    content_type = email.parser.BytesHeaderParser(
+        policy=email.policy.compat32).parsebytes(head).get_content_type()
+    return content_type.encode() in _SIGNED
 
 
 def lifted_parts(parts: list[Part], size: int) -> list[Part] | None:
@@ -100,8 +115,7 @@ async def send_with_upload_sessions(transport: "GraphTransport",
     """Send C{message} as a draft with its large attachments uploaded, then sent."""
     with open(message.data_path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(64 * 1024).lower()
-        if any(kind in head for kind in _SIGNED):
+        if _signed_or_encrypted(f):
             return _refuse(message, "A signed or encrypted (S/MIME) message over Graph's "
                            "4 MB request cannot be split into a draft and uploads "
                            "without breaking its signature; use transport = \"smtp\"")
