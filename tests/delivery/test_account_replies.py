@@ -161,3 +161,30 @@ async def test_graph_token_refused_twice_holds_with_the_graph_fix(relay: Relay) 
     assert status.state == "app not authorised for the mailbox"
     assert "Mail.Send" in status.fix and "New-ServicePrincipal" not in status.fix
     assert relay.waiting() and relay.failed() == []
+
+
+# -- the daily recipient budget ----------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_the_budget_counts_what_the_provider_took(relay: Relay) -> None:
+    """Refused (bounced) and deferred recipients leave the day's count; the bounce itself
+    is a message the account sends, so it counts."""
+    relay.start(first_retry=60, recipients_per_day=100)
+    relay.sandbox.exchange.reject_recipient("gone@example.net")
+    relay.receive(1, recipients=("alice@example.net", "gone@example.net", "bob@example.net"))
+    await relay.idle()
+    await relay.idle()  # the bounce to the sender
+    pace = relay.engine.queue.pace("sandbox")
+    assert relay.mails == 2  # alice and bob's copy, and the bounce
+    assert pace.recipients_today(relay.clock.seconds()) == 3  # alice, bob, the bounce
+    step, line = PROVIDER_REPLIES["server-busy"]
+    relay.sandbox.exchange.fail_next(step, line)
+    relay.receive(1)
+    await relay.idle()
+    assert pace.recipients_today(relay.clock.seconds()) == 3  # deferred: not counted
+    await relay.advance(60)
+    assert relay.mails == 3
+    assert pace.recipients_today(relay.clock.seconds()) == 4  # counted once, delivered
+    # and a restart adds the journal up the same way
+    records = relay.engine.accounts.budget.load("sandbox", relay.clock.seconds())
+    assert sum(n for _, n in records) == 4
