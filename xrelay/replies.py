@@ -169,10 +169,8 @@ _GRAPH_MAILBOX_FIX = (
 
 #: The provider replies xrelay knows, most specific first (the first match wins).
 KNOWN_REPLIES: tuple[KnownReply, ...] = (
-    # "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.
-    # MapiExceptionQuotaExceeded; Failed to process message due to a permanent exception
-    # with message Cannot submit message." (the SENDING mailbox is full: every SMTP AUTH
-    # submission is kept in its Sent Items)
+    # "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException...
+    # Cannot submit message." (the SENDING mailbox is full: Sent Items keeps every send)
     # https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
     # https://learn.microsoft.com/exchange/troubleshoot/email-delivery/cannot-send-mail-mepf
     KnownReply("sender-mailbox-full", "exchange", (554, 552, 452, 451), None,
@@ -180,16 +178,14 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "the relay's own mailbox is full (Sent Items), so Exchange submits nothing "
                "from it",
                Decision.HOLD_ACCOUNT, Hold.MAILBOX_FULL, _MAILBOX_FULL_FIX),
-    # "550 5.7.501 Access denied, spam abuse detected", "550 5.7.502 Access denied,
-    # banned sender", "550 5.7.503 Access denied, banned sender" (Exchange Online NDR
-    # codes: the sending account is banned for spam)
+    # "550 5.7.501 Access denied, spam abuse detected", "550 5.7.502/5.7.503 Access
+    # denied, banned sender" (Exchange Online NDRs: the sender is banned for spam)
     # https://learn.microsoft.com/exchange/mail-flow-best-practices/non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online
     KnownReply("banned-sender", "exchange", (550, 554), r"5\.7\.50[123]", None,
                "the mailbox is banned from sending (spam abuse detected)",
                Decision.HOLD_ACCOUNT, Hold.BLOCKED, _BLOCKED_SENDER_FIX),
-    # "530 5.7.57 Client not authenticated to send mail. [...PROD.OUTLOOK.COM ...]" at
-    # MAIL FROM (Microsoft's list: "5.7.57 SMTP; Client was not authenticated to send
-    # anonymous mail during MAIL FROM"): the AUTH did not take
+    # "530 5.7.57 Client not authenticated to send mail. [...]" at MAIL FROM ("5.7.57
+    # SMTP; Client was not authenticated to send anonymous mail during MAIL FROM")
     # https://learn.microsoft.com/exchange/mail-flow-best-practices/how-to-set-up-a-multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-365
     KnownReply("not-authenticated-5.7.57", "exchange", (530, 550), r"5\.7\.57", None,
                "Exchange Online took the session as anonymous: SMTP AUTH did not happen "
@@ -216,8 +212,7 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "Access and data control > API controls).  xrelay probes one message per "
                "probe interval."),
     # Gmail "450-4.2.1 The user you are trying to contact is receiving mail at a rate
-    # that prevents additional messages from being delivered. Please resend your
-    # message at a later time." (one busy RECIPIENT: not the account's throttling)
+    # that prevents additional messages from being delivered. ..." (one busy RECIPIENT)
     # https://support.google.com/a/answer/3726730
     KnownReply("gmail-recipient-rate", "gmail", (450, 451), r"4\.2\.1",
                r"receiving mail at a rate|receiving email at a rate",
@@ -456,10 +451,8 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                Decision.RETRY_MESSAGE, None,
                "The recipient's mailbox is full; the message is retried until max_age "
                "(the recipient must make room)."),
-    # Gmail "552-5.2.2 The recipient's inbox is out of storage space and inactive.
-    # Please direct the recipient to https://support.google.com/mail/?p=OverQuotaPerm"
-    # (and "552-5.2.2 The email account that you tried to reach is over quota."):
-    # permanent, as the code says
+    # Gmail "552-5.2.2 The recipient's inbox is out of storage space and inactive. ..."
+    # and "552-5.2.2 The email account that you tried to reach is over quota.": permanent
     # https://support.google.com/a/answer/3726730
     KnownReply("recipient-over-quota-permanent", "gmail", (552, 550), r"5\.2\.2", None,
                "the recipient's mailbox is full and inactive",
@@ -521,8 +514,8 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "the mailbox cannot be used through Graph (unlicensed, inactive or "
                "on-premises)",
                Decision.HOLD_ACCOUNT, Hold.MAILBOX_UNAVAILABLE, _GRAPH_MAILBOX_FIX),
-    # Microsoft Graph HTTP 404 ErrorInvalidUser "The requested user '<user>' is invalid."
-    # (no such user, no mailbox, or not its primary address)
+    # Graph HTTP 404 ErrorInvalidUser "The requested user '<user>' is invalid." (no
+    # such user, no mailbox, or not its primary address)
     # https://learn.microsoft.com/graph/api/user-sendmail
     # https://github.com/microsoftgraph/microsoft-graph-docs/issues/7580
     KnownReply("graph-invalid-user", "graph", (554, 451), None,
@@ -535,17 +528,16 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "PrimarySmtpAddress,UserPrincipalName) and that the user has an Exchange "
                "Online licence.  xrelay keeps the mail queued and probes one message per "
                "probe interval."),
-    # Microsoft Graph ErrorQuotaExceeded "Mailbox has exceeded maximum mailbox size."
-    # (Exchange's response code, passed through by Graph: the sending mailbox is full)
+    # Graph ErrorQuotaExceeded "Mailbox has exceeded maximum mailbox size." (Exchange's
+    # response code, passed through: the sending mailbox is full)
     # https://learn.microsoft.com/exchange/client-developer/web-service-reference/responsecode
     # https://github.com/microsoftgraph/microsoft-graph-docs/issues/2927
     KnownReply("graph-mailbox-full", "graph", (451, 554), None,
                r"Microsoft Graph: HTTP \d+ ErrorQuotaExceeded",
                "the relay's own mailbox is full",
                Decision.HOLD_ACCOUNT, Hold.MAILBOX_FULL, _MAILBOX_FULL_FIX),
-    # Graph HTTP 401 InvalidAuthenticationToken twice, the second time with a fresh
-    # token (reported by xrelay's Graph transport as 535 5.7.3 "Graph refused the token
-    # twice"): the token lacks what Graph needs, not a stale token
+    # Graph HTTP 401 InvalidAuthenticationToken for a fresh token too (xrelay's Graph
+    # transport: 535 5.7.3 "Graph refused the token twice"): not a stale token
     # https://learn.microsoft.com/graph/resolve-auth-errors
     KnownReply("graph-token-refused", "graph", (535,), None, r"Graph refused the token",
                "Graph refuses the app's tokens",
