@@ -95,3 +95,28 @@ async def test_a_signed_message_is_refused_not_broken(sandbox: Sandbox, tmp_path
     assert [r.outcome for r in result.recipients] == [Outcome.PERMANENT]
     assert "S/MIME" in result.recipients[0].reply.text
     assert sandbox.graph.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_mid_sized_files_go_in_one_post_each(sandbox: Sandbox, tmp_path: Any) -> None:
+    """Three 2 MB files (8 MB as MIME): two leave the draft, each under 3 MB, so each goes
+    in one POST .../attachments as Microsoft says; the third stays in the draft."""
+    transport = upload_transport(sandbox)
+    msg = EmailMessage()
+    msg["From"] = "relay@sandbox.example"
+    msg["To"] = "alice@example.net"
+    msg["Subject"] = "=?utf-8?q?three_scans?="
+    msg.set_content("Scans attached.")
+    files = {f"scan-{i}.pdf": os.urandom(2 * 1024 * 1024) for i in range(3)}
+    for name, data in files.items():
+        msg.add_attachment(data, maintype="application", subtype="pdf", filename=name)
+    result = await transport.deliver(message_file(tmp_path, msg.as_bytes(
+        policy=email.policy.SMTP)))
+    await transport.close()
+    assert [r.outcome for r in result.recipients] == [Outcome.DELIVERED]
+    kinds = [what for _, what in sandbox.graph.requests]
+    assert kinds == ["draft", "attachment", "attachment", "send"]
+    [delivered] = sandbox.mailbox.messages
+    received = email.message_from_bytes(delivered.data, policy=email.policy.default)
+    got = {p.get_filename(): p.get_content() for p in received.walk() if p.get_filename()}
+    assert got == files

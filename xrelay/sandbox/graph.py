@@ -228,6 +228,9 @@ class GraphMail:
         if rest == ["messages"] and method == "POST":
             self.requests.append((method, "draft"))
             return self.create_draft(user, authorization, content_type, body)
+        if len(rest) == 3 and rest[0] == "messages" and rest[2] == "attachments" and method == "POST":
+            self.requests.append((method, "attachment"))
+            return self.add_attachment(user, rest[1], authorization, body)
         if len(rest) == 4 and rest[0] == "messages" and rest[2:] == ["attachments", "createUploadSession"] and method == "POST":
             self.requests.append((method, "createUploadSession"))
             return self.create_upload_session(user, rest[1], authorization, body)
@@ -300,6 +303,37 @@ class GraphMail:
             "uploadUrl": f"{self.identity.base_url}/{UPLOAD_PATH}/{session_id}?authtoken={session.auth_token}",
             "expirationDateTime": _graph_time(session.expires),
             "nextExpectedRanges": ["0-"],
+        })
+
+    def add_attachment(self, user: str, draft_id: str, authorization: str | None, body: bytes) -> Response:
+        """
+        C{POST .../messages/{id}/attachments} with a C{fileAttachment} (files under
+        3 MB): https://learn.microsoft.com/graph/api/message-post-attachments
+        """
+        checked = self._check(user, authorization, "Mail.ReadWrite")
+        if isinstance(checked, Response):
+            return checked
+        now = self.now()
+        if len(body) > self.max_request_bytes:
+            return graph_error(413, "RequestBodyTooLarge", "The maximum request length supported is 4MB.", now)
+        draft = self.drafts.get(draft_id)
+        if draft is None or draft.user.lower() != checked.mailbox.lower():
+            return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.", now)
+        try:
+            item = json.loads(body)
+            if item.get("@odata.type") != "#microsoft.graph.fileAttachment":
+                raise ValueError(item.get("@odata.type"))
+            data = base64.b64decode(item["contentBytes"], validate=True)
+            name = str(item["name"])
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return graph_error(400, "ErrorInvalidRequest", "The request is invalid: a #microsoft.graph.fileAttachment with name and contentBytes expected.", now)
+        attachment = Attachment(name, str(item.get("contentType") or ""), len(data), bool(item.get("isInline")),
+                                str(item.get("contentId") or ""), bytearray(data))
+        draft.attachments.append(attachment)
+        return Response(201, {
+            "@odata.type": "#microsoft.graph.fileAttachment", "id": "AAMkAD" + secrets.token_urlsafe(18),
+            "name": name, "contentType": attachment.content_type, "size": attachment.size,
+            "isInline": attachment.is_inline, "contentId": attachment.content_id or None,
         })
 
     def upload_range(self, session_id: str, auth_token: str, content_range: str | None, body: bytes) -> Response:
