@@ -120,3 +120,19 @@ async def test_mid_sized_files_go_in_one_post_each(sandbox: Sandbox, tmp_path: A
     received = email.message_from_bytes(delivered.data, policy=email.policy.default)
     got = {p.get_filename(): p.get_content() for p in received.walk() if p.get_filename()}
     assert got == files
+
+
+@pytest_twisted.ensureDeferred
+async def test_throttled_upload_session_waits_and_leaves_no_draft(sandbox: Sandbox,
+                                                                  tmp_path: Any) -> None:
+    transport = upload_transport(sandbox)
+    sandbox.graph.throttle_next(1, retry_after=9, after=1)  # the draft goes, not the session
+    result = await transport.deliver(message_file(tmp_path, scan(4 * 1024 * 1024)))
+    assert result.failure is FailureKind.THROTTLED and result.retry_after == 9.0
+    assert [r.outcome for r in result.recipients] == [Outcome.TEMPORARY]
+    assert [what for _, what in sandbox.graph.requests] == [
+        "draft", "createUploadSession", "delete"]
+    assert sandbox.graph.drafts == {}
+    result = await transport.deliver(message_file(tmp_path, scan(4 * 1024 * 1024)))
+    await transport.close()
+    assert [r.outcome for r in result.recipients] == [Outcome.DELIVERED]

@@ -193,9 +193,10 @@ class GraphMail:
     _failing: dict[str, str] = attrs.field(factory=dict)
     _fail_send: int = 0
 
-    def throttle_next(self, count: int = 1, retry_after: int = 2) -> None:
-        """The next C{count} requests get C{429} with C{Retry-After: retry_after}."""
-        self._throttle.extend([retry_after] * count)
+    def throttle_next(self, count: int = 1, retry_after: int = 2, after: int = 0) -> None:
+        """The next C{count} requests (after C{after} that go through) get C{429} with
+        C{Retry-After: retry_after}."""
+        self._throttle.extend([0] * after + [retry_after] * count)
 
     def fail_mailbox(self, user: str, kind: str | None) -> None:
         """Answer every request for C{user} as Graph does for a L{MAILBOX_FAILURES}
@@ -402,8 +403,8 @@ class GraphMail:
     def _check(self, user: str, authorization: str | None, permission: str) -> Session | Response:
         """The caller's session for C{user}, or Graph's refusal."""
         now = self.now()
-        if self._throttle:
-            retry_after = self._throttle.pop(0)
+        retry_after = self._throttle.pop(0) if self._throttle else 0
+        if retry_after:
             # https://learn.microsoft.com/graph/throttling (429 with Retry-After)
             return graph_error(
                 429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.", now,
