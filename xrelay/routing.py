@@ -9,7 +9,7 @@ Pure functions over the configuration: no I/O.
 from __future__ import annotations
 
 from xrelay.addresses import matches_any
-from xrelay.config import AccountConfig, Config
+from xrelay.config import GRAPH_SINGLE_REQUEST_MESSAGE, AccountConfig, Config
 
 
 def route_sender(config: Config, sender: str) -> AccountConfig | None:
@@ -63,3 +63,24 @@ def largest_route_size(config: Config) -> int:
     if not config.accounts:
         return config.server.max_message_size
     return max(route_size_limit(config, account)[0] for account in config.accounts)
+
+
+def unsplittable(account: AccountConfig, size: int, content_type: str | None) -> str | None:
+    """
+    Why a message cannot go through this account although its size is within the
+    route's limit, or C{None}: over Graph's single request, upload sessions can only
+    carry it by taking attachments out of a C{multipart} message, so a single-part or
+    S/MIME one (C{multipart/signed}, C{application/pkcs7-mime}) would be accepted and
+    then bounced.  Said at the end of DATA instead, while the device listens.
+    """
+    if account.transport != "graph" or account.graph_large_messages != "upload_session":
+        return None
+    if size <= GRAPH_SINGLE_REQUEST_MESSAGE:
+        return None
+    kind = (content_type or "text/plain").split(";")[0].strip().lower()
+    if kind.startswith("multipart/") and kind != "multipart/signed":
+        return None
+    return (f"Message too big for account {account.name}: a {kind} message over "
+            f"{GRAPH_SINGLE_REQUEST_MESSAGE} bytes cannot be split into a Microsoft Graph "
+            "draft and attachment uploads (send it as attachments, or use an account "
+            "with transport = \"smtp\")")

@@ -106,3 +106,21 @@ async def test_without_upload_sessions_the_device_is_told_at_the_end_of_data(
     assert reply.startswith("250 ")
     await until(lambda: delivery.results, timeout=60)
     assert len(sandbox.mailbox.messages) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_message_upload_sessions_cannot_split_is_told_at_once(
+        relay: Any, sandbox: Any, tmp_path: Any) -> None:
+    sandbox.default_app.roles[GRAPH_RESOURCE] = ("Mail.Send", "Mail.ReadWrite")
+    running, delivery, spool = await relay_through_graph(
+        relay, sandbox, tmp_path, graph_large_messages="upload_session")
+    import base64
+
+    single = (b"From: scanner@example.com\r\nTo: alice@example.net\r\nSubject: scan\r\n"
+              b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+              + base64.encodebytes(os.urandom(3 * 1024 * 1024)).replace(b"\n", b"\r\n"))
+    _, reply = await send(running.port, single)
+    assert reply.startswith("552 5.3.4 Message too big for account sandbox: a "
+                            "application/pdf message over"), reply
+    assert "cannot be split" in reply
+    assert list(spool.entries()) == [] and sandbox.graph.requests == []

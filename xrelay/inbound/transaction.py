@@ -35,7 +35,7 @@ from xrelay.inbound.states import CLOSED, COMMAND, DATA
 from xrelay.inbound.submission import feed_header_lines, header_block_never_ended, missing_fields
 from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import route_refusal
-from xrelay.routing import route_size_limit
+from xrelay.routing import route_size_limit, unsplittable
 
 if TYPE_CHECKING:
     # ESMTPServer inherits from this mixin: it is checked against its surface.
@@ -429,6 +429,14 @@ class MailCommands(_Base):
             return None
         message = transaction.message
         transaction.message = None
+        unsent = unsplittable(transaction.account, transaction.received,
+                              transaction.headers.first("content-type"))
+        if unsent is not None:
+            log.warn("inbound message {message} from {client} refused: {reason}",
+                     message=transaction.id, client=self.client_address, reason=unsent)
+            message.abort()
+            self.reply(552, "5.3.4", unsent)
+            return None
         refusal = message_refusal(self.factory.handler, session_of(self, transaction),
                                   transaction.headers, message, transaction.received)
         if refusal is not None:
