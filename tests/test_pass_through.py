@@ -81,6 +81,8 @@ async def settle() -> None:
 async def test_delivered_upstream_before_the_device_hears_250(relay, sandbox) -> None:
     code, text = await threads.deferToThread(send, relay.port, MAILBOX)
     assert code == 250 and text.startswith(b"2.0.0 Ok: delivered as ")
+    # Exchange's own reply follows (issue 23; the README says so)
+    assert b"; upstream said 250 2.6.0 <" in text and b"Queued mail for delivery" in text
     # The 250 came after Exchange accepted it, not after the spool did.
     assert [m.mail_from for m in sandbox.mailbox.messages] == [MAILBOX]
     await settle()

@@ -270,6 +270,11 @@ class ListenerConfig:
         metadata={"doc": (
         'oldest TLS version this listener accepts, "1.0" | "1.1" | "1.2" | "1.3"; '
         'unset: server.tls_min_version. "1.0"/"1.1" only for old printers that need it')})
+    auth_without_tls: str = attrs.field(
+        validator=_one_of(("never", "trusted")), default="never", metadata={"doc": (
+        '"trusted": clients in relay.allow_networks may log in (AUTH) on this listener '
+        'without TLS, for devices set to "SMTP AUTH on, SSL off"; their passwords cross '
+        'the trusted network in clear. "never": server.require_tls_for_auth decides')})
 
     def __attrs_post_init__(self) -> None:
         if self.implicit_tls and self.starttls:
@@ -326,7 +331,9 @@ class ServerConfig:
     max_line_length: int = attrs.field(
         validator=_at_least(1000), default=4096, metadata={"doc": (
         "Longest command or data line accepted, in bytes with the CRLF (RFC 5321 "
-        "requires 1000 at least); longer lines are refused, never split.")})
+        "requires 1000 at least); longer lines are refused (552 naming this setting), "
+        "never split. Raise it (e.g. to 1048576) for scanners that send base64 without "
+        "line breaks; a line is held in memory while it arrives.")})
     idle_timeout: int = attrs.field(
         validator=_at_least(1), default=300, metadata={"doc": (
         "Seconds a client may stay silent within a mail transaction (after MAIL, and "
@@ -475,6 +482,23 @@ PROVIDERS = ("microsoft", "google")
 DEFAULT_PROVIDER = PROVIDERS[0]
 FLOWS = ("client_credentials", "device_code", "auth_code", "refresh_token")
 TRANSPORTS = ("smtp", "graph")
+#: What a Graph account does with a message over the single-request limit.
+GRAPH_LARGE_MESSAGES = ("refuse", "upload_session")
+#: Clouds whose Graph has no createUploadSession (its "national cloud deployments"
+#: table: https://learn.microsoft.com/graph/api/attachment-createuploadsession).
+GRAPH_WITHOUT_UPLOAD_SESSIONS = ("usgov", "usgov-dod")
+#: Graph's single request (C{sendMail}, a MIME draft): 4 MB of body, and the MIME form
+#: counts as base64 ("provide the MIME content ... encoded in base64 format in the
+#: request body"; 413 beyond): https://learn.microsoft.com/graph/api/user-sendmail
+GRAPH_REQUEST_BYTES = 4 * 1024 * 1024
+#: Room left in the single request for the header fields the Graph transport rewrites
+#: (the envelope recipients in To/Cc/Bcc: L{xrelay.transport.graph}).
+GRAPH_HEADER_ROOM = 32 * 1024
+#: The largest message one Graph request carries (3 MB of the 4 MB as base64).
+GRAPH_SINGLE_REQUEST_MESSAGE = GRAPH_REQUEST_BYTES // 4 * 3 - GRAPH_HEADER_ROOM
+#: Upload sessions attach files "up to 150 MB" to a message:
+#: https://learn.microsoft.com/graph/outlook-large-attachments
+GRAPH_UPLOAD_SESSION_MESSAGE = 150 * 1024 * 1024
 
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 GOOGLE_AUTHORITY = "https://oauth2.googleapis.com"
@@ -639,6 +663,15 @@ class AccountConfig:
         validator=_date, default=None, metadata={"doc": (
         "The date the client secret expires (\"YYYY-MM-DD\", as shown in the app "
         "registration): xrelay warns 30 and 7 days ahead; update it with the secret.")})
+    graph_large_messages: str = attrs.field(
+        validator=_one_of(GRAPH_LARGE_MESSAGES), default="refuse", metadata={"doc": (
+        "`transport = \"graph\"` only: what happens to a message over Graph's 4 MB "
+        "request limit (about 3 MB of message, counted as base64). `refuse`: the device "
+        "gets `552 5.3.4` naming the limit at the end of DATA and nothing is queued. "
+        "`upload_session`: a draft plus attachments uploaded in ranges, then sent, up to "
+        "150 MB; needs the `Mail.ReadWrite` permission and is not offered by Graph in "
+        "`usgov` and `usgov-dod`. Default `refuse`: no permission beyond `Mail.Send` "
+        "unless asked for.")})
 
     def __attrs_post_init__(self) -> None:
         derived = account_defaults(self.provider, self.cloud)
@@ -673,9 +706,36 @@ class AccountConfig:
                                "OAuth client secret; write client_secret_file = \"...\"")
         if google and self.cloud != "global":
             raise InvalidValue("cloud", "is for Microsoft accounts; remove it")
+        if (self.graph_large_messages == "upload_session"
+                and self.cloud in GRAPH_WITHOUT_UPLOAD_SESSIONS):
+            # https://learn.microsoft.com/graph/api/attachment-createuploadsession
+            # ("national cloud deployments": not in US Government L4 nor L5 (DOD))
+            raise InvalidValue("graph_large_messages", f"Graph offers no upload "
+                               f"sessions in cloud {self.cloud!r}; write "
+                               'graph_large_messages = "refuse" (or use transport = '
+                               '"smtp" for large messages)')
+        if google and self.graph_large_messages != "refuse":
+            raise InvalidValue("graph_large_messages", "is for Microsoft Graph accounts; "
+                               "remove it")
         if not google and self.authorization_url is not None:
             raise InvalidValue("authorization_url", "is for Google accounts; Microsoft's "
                                "sign-in page follows from authority")
+
+    def largest_message(self) -> tuple[int | None, str]:
+        """
+        The largest message this account's transport carries (C{None}: no limit of its
+        own, only C{server.max_message_size}), and why, for the device's 552 and for
+        C{check-config}.
+        """
+        if self.transport != "graph":
+            return None, ""
+        if self.graph_large_messages == "upload_session":
+            return GRAPH_UPLOAD_SESSION_MESSAGE, ("Microsoft Graph upload sessions carry "
+                                                  "at most 150 MB")
+        return GRAPH_SINGLE_REQUEST_MESSAGE, (
+            "Microsoft Graph sendMail takes one 4 MB request with the message as base64; "
+            "graph_large_messages = \"upload_session\" (Mail.ReadWrite) or transport = "
+            "\"smtp\" carries more")
 
     @property
     def msal_authority(self) -> str:
@@ -786,6 +846,15 @@ class Config:
                 "tls_cert and tls_key, or (on a trusted network only) "
                 "require_tls_for_auth = false")
         found += legacy_tls_warnings(self, where)
+        for i, account in enumerate(self.accounts):
+            carries, why = account.largest_message()
+            if carries is not None and carries < self.server.max_message_size:
+                found.append(
+                    f"{where}: accounts[{i}].graph_large_messages: account "
+                    f"{account.name!r} carries at most {carries} bytes, less than "
+                    f"server.max_message_size = {self.server.max_message_size} ({why}); "
+                    "larger messages routed to it are refused at the end of DATA with "
+                    "552 5.3.4")
         return found
 
     def account(self, name: str) -> AccountConfig:

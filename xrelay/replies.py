@@ -55,6 +55,9 @@ class Hold(enum.Enum):
     DAILY_LIMIT = "daily limit reached"
     THROTTLED = "throttled"
     UNREACHABLE = "upstream unreachable"
+    MAILBOX_FULL = "mailbox full"
+    MAILBOX_UNAVAILABLE = "mailbox not usable"
+    NOT_AUTHENTICATED = "not authenticated upstream"
 
 
 @attrs.frozen
@@ -136,8 +139,87 @@ _THROTTLED_FIX = (
     "lower messages_per_minute or max_connections on account {account}.  xrelay waits, "
     "probes one message, and resumes by itself.")
 
+_MAILBOX_FULL_FIX = (
+    "The mailbox {user} is full, so Exchange Online refuses to submit mail from it: every "
+    "message sent through SMTP AUTH or Graph is kept in its Sent Items.  Make room "
+    "(empty Sent Items and Deleted Items), and stop it filling again with a retention "
+    "policy that deletes Sent Items after a few days (Microsoft Purview > Data lifecycle "
+    "management > Retention policies, or a Messaging Records Management tag: "
+    "New-RetentionPolicyTag -Type SentItems -RetentionAction DeleteAndAllowRecovery "
+    "-AgeLimitForRetention 7); for a shared mailbox sending through Graph, "
+    "Set-Mailbox -Identity {user} -MessageCopyForSentAsEnabled $false also helps.  "
+    "xrelay keeps the mail queued and probes one message per probe interval.")
+
+_BLOCKED_SENDER_FIX = (
+    "Microsoft has banned the mailbox {user} from sending (spam abuse detected).  Check "
+    "it for compromise (reset its credentials and the app's secret), then release it in "
+    "the Microsoft Defender portal > Email & collaboration > Review > Restricted "
+    "entities (https://security.microsoft.com/restrictedusers), or open a service "
+    "request in the Microsoft 365 admin center if it is not listed there.  xrelay keeps "
+    "the mail queued and probes one message per probe interval.")
+
+_GRAPH_MAILBOX_FIX = (
+    "Microsoft Graph cannot use the mailbox {user}: it has no Exchange Online licence, is "
+    "inactive or soft-deleted, or is hosted on-premises (a newly licensed mailbox can "
+    "take a while).  Assign an Exchange Online licence in the Microsoft 365 admin center "
+    "> Users > Active users > {user} > Licenses and apps, or check Get-Mailbox -Identity "
+    "{user}; an on-premises mailbox cannot send through Graph: use transport = \"smtp\" "
+    "on account {account}.  xrelay keeps the mail queued and probes one message per "
+    "probe interval.")
+
 #: The provider replies xrelay knows, most specific first (the first match wins).
 KNOWN_REPLIES: tuple[KnownReply, ...] = (
+    # "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException...
+    # Cannot submit message." (the SENDING mailbox is full: Sent Items keeps every send)
+    # https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+    # https://learn.microsoft.com/exchange/troubleshoot/email-delivery/cannot-send-mail-mepf
+    KnownReply("sender-mailbox-full", "exchange", (554, 552, 452, 451), None,
+               r"STOREDRV\.Submission\.Exception:QuotaExceeded",
+               "the relay's own mailbox is full (Sent Items), so Exchange submits nothing "
+               "from it",
+               Decision.HOLD_ACCOUNT, Hold.MAILBOX_FULL, _MAILBOX_FULL_FIX),
+    # "550 5.7.501 Access denied, spam abuse detected", "550 5.7.502/5.7.503 Access
+    # denied, banned sender" (Exchange Online NDRs: the sender is banned for spam)
+    # https://learn.microsoft.com/exchange/mail-flow-best-practices/non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online
+    KnownReply("banned-sender", "exchange", (550, 554), r"5\.7\.50[123]", None,
+               "the mailbox is banned from sending (spam abuse detected)",
+               Decision.HOLD_ACCOUNT, Hold.BLOCKED, _BLOCKED_SENDER_FIX),
+    # "530 5.7.57 Client not authenticated to send mail. [...]" at MAIL FROM ("5.7.57
+    # SMTP; Client was not authenticated to send anonymous mail during MAIL FROM")
+    # https://learn.microsoft.com/exchange/mail-flow-best-practices/how-to-set-up-a-multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-365
+    KnownReply("not-authenticated-5.7.57", "exchange", (530, 550), r"5\.7\.57", None,
+               "Exchange Online took the session as anonymous: SMTP AUTH did not happen "
+               "or did not count",
+               Decision.HOLD_ACCOUNT, Hold.NOT_AUTHENTICATED,
+               "Exchange Online refused to take mail from {user} without authentication "
+               "(530 5.7.57).  Check that account {account} sends to the client "
+               "submission endpoint (smtp_host = \"smtp.office365.com\", smtp_port = "
+               "587; not the domain's MX host), that SMTP AUTH is on for the mailbox "
+               "(Set-CASMailbox -Identity {user} -SmtpClientAuthenticationDisabled "
+               "$false) and that security defaults or a Conditional Access policy do "
+               "not block it.  xrelay probes one message per probe interval."),
+    # Gmail "530-5.7.0 Authentication Required. Learn more at
+    # https://support.google.com/mail/?p=WantAuthError"
+    # https://support.google.com/a/answer/3726730
+    KnownReply("gmail-auth-required", "gmail", (530,), r"5\.7\.0", None,
+               "Gmail took the session as unauthenticated",
+               Decision.HOLD_ACCOUNT, Hold.NOT_AUTHENTICATED,
+               "Gmail refused mail from {user} without authentication (530 5.7.0).  "
+               "Check that account {account} sends to smtp.gmail.com port 587 (or 465) "
+               "and signs in: its refresh token may have been revoked (sign in again "
+               "with `xrelay login {account}` or on the admin page), and the Google "
+               "Workspace admin must allow the OAuth client (Admin console > Security > "
+               "Access and data control > API controls).  xrelay probes one message per "
+               "probe interval."),
+    # Gmail "450-4.2.1 The user you are trying to contact is receiving mail at a rate
+    # that prevents additional messages from being delivered. ..." (one busy RECIPIENT)
+    # https://support.google.com/a/answer/3726730
+    KnownReply("gmail-recipient-rate", "gmail", (450, 451), r"4\.2\.1",
+               r"receiving mail at a rate|receiving email at a rate",
+               "this recipient receives too much mail just now",
+               Decision.RETRY_MESSAGE, None,
+               "One recipient's Gmail mailbox receives mail too fast just now; that "
+               "recipient is retried later, the account keeps delivering."),
     # "554 5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process
     # message due to a permanent exception with message [BeginDiagnosticData]WASCL
     # UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade.
@@ -207,6 +289,38 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "Conditional Access policies), then enable SMTP AUTH for the mailbox: "
                "Set-CASMailbox -Identity {user} -SmtpClientAuthenticationDisabled $false.  "
                "The token is kept; xrelay probes one message per probe interval.",
+               keeps_token=True),
+    # "535 5.7.139 Authentication unsuccessful, the request did not meet the criteria to
+    # be authenticated successfully. Contact your administrator." (a Conditional Access
+    # policy, e.g. one blocking "other clients", refused the sign-in)
+    # https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+    # https://learn.microsoft.com/entra/identity/conditional-access/policy-block-legacy-authentication
+    KnownReply("smtp-auth-conditional-access", "exchange", (535,), r"5\.7\.139",
+               r"did not meet the criteria",
+               "a Conditional Access policy refuses this sign-in",
+               Decision.HOLD_ACCOUNT, Hold.SMTP_AUTH_DISABLED,
+               "A Conditional Access policy refuses SMTP sign-ins of {user} (\"did not "
+               "meet the criteria\").  In the Microsoft Entra admin center > Protection "
+               "> Conditional Access, find the policy in the user's sign-in logs (Users "
+               "> {user} > Sign-in logs > Conditional Access tab) and exclude {user} (or "
+               "app {client_id}) from it, e.g. from a \"Block legacy authentication\" "
+               "policy that covers other clients.  The token is kept; xrelay probes one "
+               "message per probe interval.",
+               keeps_token=True),
+    # "535 5.7.139 Authentication unsuccessful, the user account is locked/disabled"
+    # (the account itself is blocked from signing in, or locked by smart lockout)
+    # https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+    # https://learn.microsoft.com/entra/identity/authentication/howto-password-smart-lockout
+    KnownReply("smtp-auth-account-locked", "exchange", (535,), r"5\.7\.139",
+               r"account (?:is )?(?:locked|disabled|blocked)|locked out|user is locked\b"
+               r"(?! by your organization's security defaults)",
+               "the mailbox's user account is locked or blocked from signing in",
+               Decision.HOLD_ACCOUNT, Hold.SMTP_AUTH_DISABLED,
+               "The user account {user} is locked or blocked from signing in.  In the "
+               "Microsoft 365 admin center > Users > Active users > {user}, unblock "
+               "sign-in (Block sign-in: off) and reset its password if it was locked "
+               "by smart lockout; check the Entra sign-in logs for who locked it.  The "
+               "token is kept; xrelay probes one message per probe interval.",
                keeps_token=True),
     # Any other "535 5.7.139 Authentication unsuccessful, ..." (e.g. "the request did not
     # meet the criteria to be authenticated successfully"): SMTP AUTH is off somewhere.
@@ -329,13 +443,22 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "default, up to 150 MB; Gmail: 25 MB).  Ask the sender to send it smaller, "
                "or raise the mailbox's MaxSendSize: Set-Mailbox -Identity {user} "
                "-MaxSendSize 150MB."),
-    # Gmail "552-5.2.2 The email account that you tried to reach is over quota."
+    # Gmail "452-4.2.2 The recipient's inbox is out of storage space. Please direct the
+    # recipient to https://support.google.com/mail/?p=OverQuotaTemp" (for now)
     # https://support.google.com/a/answer/3726730
-    KnownReply("recipient-over-quota", "gmail", (552, 452), r"[45]\.2\.2", None,
-               "the recipient's mailbox is full",
+    KnownReply("recipient-over-quota", "gmail", (452, 450, 552), r"4\.2\.2", None,
+               "the recipient's mailbox is full for now",
                Decision.RETRY_MESSAGE, None,
                "The recipient's mailbox is full; the message is retried until max_age "
                "(the recipient must make room)."),
+    # Gmail "552-5.2.2 The recipient's inbox is out of storage space and inactive. ..."
+    # and "552-5.2.2 The email account that you tried to reach is over quota.": permanent
+    # https://support.google.com/a/answer/3726730
+    KnownReply("recipient-over-quota-permanent", "gmail", (552, 550), r"5\.2\.2", None,
+               "the recipient's mailbox is full and inactive",
+               Decision.BOUNCE_RECIPIENT, None,
+               "The recipient's mailbox is full (and, at Gmail, inactive): the message "
+               "bounces; the recipient must make room before mail can reach them."),
     # Gmail "550-5.4.5 Daily user sending limit exceeded. For more information on
     # Gmail's sending limits, go to https://support.google.com/a/answer/166852"
     # https://support.google.com/a/answer/3726730
@@ -379,6 +502,52 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
     KnownReply("gmail-try-later", "gmail", (421,), r"4\.7\.0", None,
                "Gmail asks to come back later",
                Decision.HOLD_ACCOUNT, Hold.THROTTLED, _THROTTLED_FIX),
+    # Microsoft Graph HTTP 404 MailboxNotEnabledForRESTAPI "The mailbox is either
+    # inactive, soft-deleted, or is hosted on-premise." / "REST API is not yet supported
+    # for this mailbox." (no Exchange Online licence, or an on-premises mailbox)
+    # https://github.com/MicrosoftDocs/OfficeDocs-Support/pull/1036 (Microsoft's
+    # article "REST API is not yet supported for this mailbox"; licence needed:
+    # https://github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/717)
+    # https://learn.microsoft.com/graph/hybrid-rest-support
+    KnownReply("graph-mailbox-not-enabled", "graph", (554, 451), None,
+               r"Microsoft Graph: HTTP 404 MailboxNotEnabledForRESTAPI",
+               "the mailbox cannot be used through Graph (unlicensed, inactive or "
+               "on-premises)",
+               Decision.HOLD_ACCOUNT, Hold.MAILBOX_UNAVAILABLE, _GRAPH_MAILBOX_FIX),
+    # Graph HTTP 404 ErrorInvalidUser "The requested user '<user>' is invalid." (no
+    # such user, no mailbox, or not its primary address)
+    # https://learn.microsoft.com/graph/api/user-sendmail
+    # https://github.com/microsoftgraph/microsoft-graph-docs/issues/7580
+    KnownReply("graph-invalid-user", "graph", (554, 451), None,
+               r"Microsoft Graph: HTTP 404 ErrorInvalidUser",
+               "Graph does not know the account's user as a mailbox",
+               Decision.HOLD_ACCOUNT, Hold.MAILBOX_UNAVAILABLE,
+               "Microsoft Graph does not know {user} as a user with a mailbox.  Check "
+               "that user on account {account} is the mailbox's primary SMTP address or "
+               "user principal name (Get-Mailbox -Identity {user} | Format-List "
+               "PrimarySmtpAddress,UserPrincipalName) and that the user has an Exchange "
+               "Online licence.  xrelay keeps the mail queued and probes one message per "
+               "probe interval."),
+    # Graph ErrorQuotaExceeded "Mailbox has exceeded maximum mailbox size." (Exchange's
+    # response code, passed through: the sending mailbox is full)
+    # https://learn.microsoft.com/exchange/client-developer/web-service-reference/responsecode
+    # https://github.com/microsoftgraph/microsoft-graph-docs/issues/2927
+    KnownReply("graph-mailbox-full", "graph", (451, 554), None,
+               r"Microsoft Graph: HTTP \d+ ErrorQuotaExceeded",
+               "the relay's own mailbox is full",
+               Decision.HOLD_ACCOUNT, Hold.MAILBOX_FULL, _MAILBOX_FULL_FIX),
+    # Graph HTTP 401 InvalidAuthenticationToken for a fresh token too (xrelay's Graph
+    # transport: 535 5.7.3 "Graph refused the token twice"): not a stale token
+    # https://learn.microsoft.com/graph/resolve-auth-errors
+    KnownReply("graph-token-refused", "graph", (535,), None, r"Graph refused the token",
+               "Graph refuses the app's tokens",
+               Decision.HOLD_ACCOUNT, Hold.APP_NOT_AUTHORISED,
+               "Microsoft Graph refuses the tokens of app {client_id} for {user}.  In the "
+               "Microsoft Entra admin center > App registrations > the app > API "
+               "permissions, add Microsoft Graph > Application permissions > Mail.Send "
+               "(delegated: Mail.Send) and Grant admin consent; check that the tenant and "
+               "cloud of account {account} are the mailbox's.  xrelay probes one message "
+               "per probe interval."),
     # Microsoft Graph sendMail throttling: HTTP 429 "ApplicationThrottled" /
     # "MailboxConcurrency", reported by xrelay's Graph transport as 451 4.7.0.
     # https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits
@@ -394,8 +563,10 @@ KNOWN_REPLIES: tuple[KnownReply, ...] = (
                "the app may not send as this mailbox through Graph",
                Decision.HOLD_ACCOUNT, Hold.APP_NOT_AUTHORISED,
                "Microsoft Graph denies app {client_id} access to {user}: grant the "
-               "application permission Mail.Send with admin consent, and if an "
-               "application access policy limits the app, add {user} to its group "
+               "application permission Mail.Send with admin consent (and Mail.ReadWrite "
+               "when account {account} has graph_large_messages = \"upload_session\": "
+               "drafts and upload sessions need it), and if an application access "
+               "policy limits the app, add {user} to its group "
                "(Test-ApplicationAccessPolicy -Identity {user} -AppId {client_id})."),
     # Any other Exchange/Gmail/Graph "throttled" wording, kept from the old rules.
     KnownReply("throttled-text", "any", tuple(range(400, 500)), None,

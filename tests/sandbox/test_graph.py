@@ -52,3 +52,83 @@ def test_send_mail_errors(sandbox: Sandbox):
     denied = yield threads.deferToThread(_send, sandbox, token, MIME, "scanner@sandbox.example")
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "ErrorSendAsDenied"
     assert sandbox.mailbox.messages == []
+
+
+def _call(sb: Sandbox, token: str, method: str, path: str, **kw: object) -> requests.Response:
+    return requests.request(method, f"{sb.graph_url}/users/{DEFAULT_MAILBOX}{path}",
+                            headers={"Authorization": f"Bearer {token}",
+                                     **kw.pop("headers", {})},  # type: ignore[dict-item]
+                            verify=sb.ca_file, timeout=30, **kw)  # type: ignore[arg-type]
+
+
+def _draft_and_upload(sb: Sandbox, token: str) -> dict[str, object]:
+    """A draft, an upload session, ranges out of order and too large, then in order."""
+    out: dict[str, object] = {}
+    draft = _call(sb, token, "POST", "/messages", data=base64.b64encode(MIME),
+                  headers={"Content-Type": "text/plain"})
+    out["draft"] = draft.status_code
+    draft_id = draft.json()["id"]
+    session = _call(sb, token, "POST", f"/messages/{draft_id}/attachments/createUploadSession",
+                    json={"AttachmentItem": {"attachmentType": "file", "name": "scan.pdf",
+                                             "size": 5 * 1024 * 1024}})
+    out["session"] = session.status_code, sorted(session.json())
+    url = session.json()["uploadUrl"]
+    out["ranges"] = session.json()["nextExpectedRanges"]
+    total = 5 * 1024 * 1024
+    data = bytes(range(256)) * (total // 256)
+
+    def put(start: int, end: int, with_token: bool = True) -> requests.Response:
+        return requests.put(url if with_token else url.split("?")[0], data=data[start:end + 1],
+                            headers={"Content-Type": "application/octet-stream",
+                                     "Content-Range": f"bytes {start}-{end}/{total}"},
+                            verify=sb.ca_file, timeout=30)
+
+    out["no_token"] = put(0, 9, with_token=False).status_code
+    out["too_big"] = put(0, 4 * 1024 * 1024).status_code  # 4 MB + 1 byte
+    out["out_of_order"] = put(100, 199).status_code
+    first = put(0, 3 * 1024 * 1024 - 1)
+    out["first"] = first.status_code, first.json()["nextExpectedRanges"]
+    last = put(3 * 1024 * 1024, total - 1)
+    out["last"] = last.status_code, "Location" in last.headers
+    out["send"] = _call(sb, token, "POST", f"/messages/{draft_id}/send").status_code
+    out["data"] = data
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_draft_upload_session_ranges_and_send(sandbox: Sandbox):
+    graph = app_token(sandbox, "https://graph.microsoft.com")
+    no_readwrite = yield threads.deferToThread(
+        _call, sandbox, graph, "POST", "/messages", data=base64.b64encode(MIME),
+        headers={"Content-Type": "text/plain"})
+    assert no_readwrite.status_code == 403  # drafts need Mail.ReadWrite
+    sandbox.default_app.roles["https://graph.microsoft.com"] = ("Mail.Send", "Mail.ReadWrite")
+    graph = app_token(sandbox, "https://graph.microsoft.com")
+    out = yield threads.deferToThread(_draft_and_upload, sandbox, graph)
+    assert out["draft"] == 201
+    assert out["session"] == (201, ["@odata.context", "expirationDateTime", "nextExpectedRanges",
+                                    "uploadUrl"])
+    assert out["ranges"] == ["0-"]
+    assert out["no_token"] == 401 and out["too_big"] == 413 and out["out_of_order"] == 416
+    assert out["first"] == (200, [str(3 * 1024 * 1024)])
+    assert out["last"] == (201, True)
+    assert out["send"] == 202
+    [message] = sandbox.mailbox.messages
+    import email
+
+    parsed = email.message_from_bytes(message.data)
+    [pdf] = [p for p in parsed.walk() if p.get_filename() == "scan.pdf"]
+    assert pdf.get_payload(decode=True) == out["data"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_mailbox_failures_as_graph_answers_them(sandbox: Sandbox):
+    graph = app_token(sandbox, "https://graph.microsoft.com")
+    for kind, status in (("MailboxNotEnabledForRESTAPI", 404), ("ErrorInvalidUser", 404),
+                         ("ErrorQuotaExceeded", 403)):
+        sandbox.graph.fail_mailbox(DEFAULT_MAILBOX, kind)
+        response = yield threads.deferToThread(_send, sandbox, graph)
+        assert response.status_code == status and response.json()["error"]["code"] == kind
+    sandbox.graph.fail_mailbox(DEFAULT_MAILBOX, None)
+    response = yield threads.deferToThread(_send, sandbox, graph)
+    assert response.status_code == 202

@@ -106,3 +106,30 @@ def test_the_file_watch_leaves_a_working_account_alone(sandbox: Sandbox, tmp_pat
         yield deferLater(reactor, 0.2, lambda: None)
     assert len(sandbox.identity.google.access_tokens) == asked
     assert not service.sources["gmail"].grant.credentials_changed()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_wrong_client_secret_is_named_and_a_corrected_file_is_read_within_seconds(
+        sandbox: Sandbox, tmp_path: Path, services: Make):
+    """Issue 23: invalid_client is the client secret, not a refresh token to replace;
+    the corrected client_secret_file is picked up without `xrelay reload`."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    account, keys = google_account(sandbox, tmp_path)
+    secret_file(tmp_path, "google-secret.txt", "GOCSPX-not-the-secret")
+    service = services(config_for(tmp_path / "state", account))
+    with pytest.raises(NeedsSignIn):
+        yield service.sources["gmail"].access_token()
+    status = service.status()["gmail"]
+    assert status.state == "client secret rejected"
+    assert status.last_error == "invalid_client: Unauthorized"
+    assert account.client_secret_file in status.hint and "within seconds" in status.hint
+    assert "refresh token" not in status.hint
+    assert "GOCSPX-not-the-secret" not in repr(status)
+    secret_file(tmp_path, "google-secret.txt", keys["client_secret"])  # the fix
+    for _ in range(100):  # the service looks at the files every few seconds
+        if service.status()["gmail"].state == "ok":
+            break
+        yield deferLater(reactor, 0.1, lambda: None)
+    assert service.status()["gmail"].state == "ok"

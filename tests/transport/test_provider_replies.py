@@ -55,7 +55,16 @@ def test_every_row_cites_a_source() -> None:
            "disabled for the Tenant."), Decision.HOLD_ACCOUNT, Hold.SMTP_AUTH_DISABLED),
     (Reply(550, "5.7.60 SMTP; Client does not have permissions to send as this sender"),
      Decision.HOLD_SENDER, None),
+    # Gmail: 452 4.2.2 (full for now) is retried; 552 5.2.2 is permanent (issue 23).
+    (Reply(452, "4.2.2 The recipient's inbox is out of storage space."),
+     Decision.RETRY_MESSAGE, None),
     (Reply(552, "5.2.2 The email account that you tried to reach is over quota."),
+     Decision.BOUNCE_RECIPIENT, None),
+    (Reply(554, "5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException."
+                "MapiExceptionQuotaExceeded; Failed to process message"),
+     Decision.HOLD_ACCOUNT, Hold.MAILBOX_FULL),
+    (Reply(450, "4.2.1 The user you are trying to contact is receiving mail at a rate "
+                "that prevents additional messages from being delivered."),
      Decision.RETRY_MESSAGE, None),
     (Reply(550, "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found"),
      Decision.BOUNCE_RECIPIENT, None),
@@ -70,6 +79,9 @@ def test_decisions(reply: Reply, decision: Decision, hold: Hold | None) -> None:
 def test_over_quota_is_not_too_big() -> None:
     """measurements.md: 552-5.2.2 (recipient over quota) was labelled TOO_BIG."""
     reply = Reply(552, "5.2.2 The email account that you tried to reach is over quota.")
+    assert failure_of(reply) is FailureKind.NONE
+    assert outcome_of(reply) is Outcome.PERMANENT  # Gmail's 552 5.2.2 (issue 23)
+    reply = Reply(452, "4.2.2 The recipient's inbox is out of storage space.")
     assert failure_of(reply) is FailureKind.NONE
     assert outcome_of(reply) is Outcome.TEMPORARY
 

@@ -101,6 +101,8 @@ class DeliveryEngine(Service):
         self.recent: collections.deque[OutcomeRecord] = collections.deque(maxlen=100)
         self.totals = {"delivered": 0, "deferred": 0, "failed": 0, "bounces": 0}
         self._in_flight: dict[str, Deferred[DeliveryResult]] = {}
+        #: When each attempt in flight started (its record in the day's budget).
+        self._started_at: dict[str, float] = {}
         #: Results waiting to be recorded (the disk was full): entry id -> the timer.
         self._unsettled: dict[str, Any] = {}
         self._timer: Any = None
@@ -213,7 +215,8 @@ class DeliveryEngine(Service):
                                                         SHUTTING_DOWN))
         self.queue.discard(entry_id)
         key = self._key(entry)
-        self.queue.pace(key).start(self.clock.seconds(), len(entry.recipients))
+        self._started_at[entry_id] = self.clock.seconds()
+        self.queue.pace(key).start(self._started_at[entry_id], len(entry.recipients))
         return _shadow(self._start(entry_id, key, hand_back=True))
 
     def resume_account(self, name: str) -> None:
@@ -241,6 +244,7 @@ class DeliveryEngine(Service):
             return
         now = self.clock.seconds()
         for entry_id, account in self.queue.take(now):
+            self._started_at[entry_id] = now  # the budget's record of this start
             self._start(entry_id, account)
         self.accounts.check_budgets(now)
         wake = self.queue.next_wake(now)
@@ -276,6 +280,7 @@ class DeliveryEngine(Service):
 
         def done(result: Any) -> Any:
             del self._in_flight[entry_id]
+            self._started_at.pop(entry_id, None)
             self.accounts.finished(account, entry_id)
             if released:
                 self._pump()  # settling may have scheduled a retry: set the timer
@@ -303,6 +308,7 @@ class DeliveryEngine(Service):
             else:
                 result = await self._send(entry, account, transport)
                 result = self.accounts.judge(account, entry.entry_id, entry.sender, result)
+            self._refund_budget(entry, result)
             release()
             if hand_back and not any(r.outcome is Outcome.DELIVERED
                                      for r in result.recipients):
@@ -328,6 +334,14 @@ class DeliveryEngine(Service):
                            self.clock.seconds() + self.policy.delay(entry.attempts + 1), 1)
             return DeliveryResult.for_all(entry.recipients, Outcome.TEMPORARY,
                                           INTERNAL_ERROR)
+
+    def _refund_budget(self, entry: SpoolEntry, result: DeliveryResult) -> None:
+        """The recipients this attempt did not deliver leave the day's budget (issue 23:
+        bounced and deferred recipients are not the provider's count)."""
+        started = self._started_at.pop(entry.entry_id, None)
+        undelivered = sum(1 for r in result.recipients if r.outcome is not Outcome.DELIVERED)
+        if started is not None and undelivered:
+            self.queue.pace(self._key(entry)).refund(started, undelivered)
 
     def _settle_later(self, entry_id: str, account: AccountConfig | None,
                       result: DeliveryResult, error: BaseException | None, tries: int) -> None:

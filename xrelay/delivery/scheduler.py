@@ -100,6 +100,23 @@ class AccountPace:
         if self.journal is not None:
             self.journal(now, recipients)
 
+    def refund(self, started: float, recipients: int) -> None:
+        """
+        Recipients of the attempt started at C{started} that the upstream did not take
+        (refused, bounced, or deferred: a retry counts them when it starts) leave the
+        day's count: the provider's limit counts what it accepted.  The journal gets the
+        negative record at the same time, so a restart adds up the same.
+        """
+        for i in range(len(self._day) - 1, -1, -1):
+            at, n = self._day[i]
+            if at == started and n > 0:
+                taken = min(recipients, n)
+                self._day[i] = (at, n - taken)
+                self._day_total -= taken
+                if self.journal is not None and taken:
+                    self.journal(at, -taken)
+                return
+
     def restore(self, records: Iterable[tuple[float, int]]) -> None:
         """The day's starts remembered from before a restart (oldest first)."""
         for at, n in records:

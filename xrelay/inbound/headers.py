@@ -22,7 +22,7 @@ import attrs
 __all__ = ["HeaderBlock", "MAX_KEPT", "WATCHED"]
 
 #: The fields whose values are kept (lower case).  Every field name is remembered.
-WATCHED = frozenset({"from", "sender", "subject", "message-id", "date"})
+WATCHED = frozenset({"from", "sender", "subject", "message-id", "date", "content-type"})
 
 #: At most this many bytes of watched field values are kept, whatever the message holds.
 MAX_KEPT = 16 * 1024

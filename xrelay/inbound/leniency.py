@@ -18,10 +18,10 @@ These are pure decisions (no I/O); the protocol asks them and logs what it toler
 
 from __future__ import annotations
 
-from xrelay.config import Config, UserConfig
+from xrelay.config import Config, ListenerConfig, UserConfig
 from xrelay.policy import client_in_networks
 
-__all__ = ["bare_lf_ends_data", "lenient_greeting", "BARE_LF_HINT"]
+__all__ = ["bare_lf_ends_data", "lenient_greeting", "BARE_LF_HINT", "auth_without_tls"]
 
 #: The sentence every strict reply or log line about bare line ends carries, so that an
 #: administrator finds the setting from the device's error page.
@@ -40,6 +40,20 @@ def bare_lf_ends_data(config: Config, client_address: str, user: UserConfig | No
     """Whether a single-dot line ends DATA whatever its line endings, for this client."""
     return (config.relay.bare_lf_end_of_data == "trusted"
             and trusted_device(config, client_address, user))
+
+
+def auth_without_tls(config: Config, listener: ListenerConfig, client_address: str
+                     ) -> bool:
+    """
+    Whether this client may use AUTH on this connection without TLS: when TLS is not
+    required for AUTH at all, or when the listener lets the trusted LAN's devices log
+    in in clear (C{auth_without_tls = "trusted"}: printers set to "SMTP AUTH on, SSL
+    off").
+    """
+    if not config.server.require_tls_for_auth:
+        return True
+    return (listener.auth_without_tls == "trusted"
+            and client_in_networks(config, client_address))
 
 
 def lenient_greeting(config: Config, client_address: str) -> bool:

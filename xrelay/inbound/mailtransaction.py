@@ -47,3 +47,13 @@ class Transaction:
     dot_lookalikes: int = 0
     #: The message holds bytes above 127: declared upstream as BODY=8BITMIME.
     eight_bit: bool = False
+    #: The largest message the account's route carries, and why (routing).
+    size_limit: int = 0
+    size_why: str = "server.max_message_size"
+
+    def too_big_text(self) -> str:
+        """The 552 5.3.4 text: the limit, and whose it is when it is the account's."""
+        if self.size_why == "server.max_message_size":
+            return f"Message too big; the limit is {self.size_limit} bytes"
+        return (f"Message too big for account {self.account.name}: it carries at most "
+                f"{self.size_limit} bytes ({self.size_why})")

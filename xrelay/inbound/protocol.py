@@ -43,7 +43,7 @@ from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
 from xrelay.inbound.handler import connect_refusal, decided, session_of
-from xrelay.inbound.leniency import lenient_greeting
+from xrelay.inbound.leniency import auth_without_tls, lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
 from xrelay.inbound.smtpauth import AuthCommands
 from xrelay.inbound.states import (
@@ -59,6 +59,7 @@ from xrelay.inbound.mailtransaction import Transaction
 from xrelay.inbound.transaction import MailCommands, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.records import Refusal
+from xrelay.routing import largest_route_size
 from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:
@@ -487,7 +488,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if not esmtp:
             self.write_lines(250, [hostname])
             return
-        lines = [hostname, "PIPELINING", f"SIZE {self.config.server.max_message_size}",
+        lines = [hostname, "PIPELINING", f"SIZE {largest_route_size(self.config)}",
                  "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self._starttls_available():
             lines.append("STARTTLS")
@@ -501,7 +502,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _auth_advertised(self) -> bool:
         return (self.checker.offered and self.user is None
-                and (self.tls or not self.config.server.require_tls_for_auth))
+                and (self.tls or auth_without_tls(self.config, self.factory.listener,
+                                                  self.client_address)))
 
     def do_NOOP(self, argument: str) -> None:
         self.reply(250, "2.0.0", "Ok")

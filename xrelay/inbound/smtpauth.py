@@ -27,6 +27,7 @@ from xrelay.inbound.auth import (
     parse_plain,
 )
 from xrelay.inbound.credentials import TemporaryAuthFailure
+from xrelay.inbound.leniency import auth_without_tls
 from xrelay.inbound.lines import Line
 from xrelay.inbound.states import (
     AUTH_LOGIN_PASSWORD,
@@ -54,8 +55,9 @@ class AuthCommands(_Base):
         if not self.checker.offered:
             self.error(502, "5.5.1", "AUTH not available")
             return None
-        if self.config.server.require_tls_for_auth and not self.tls:
-            self.error(530, "5.7.0", "Must issue a STARTTLS command first")
+        if not self.tls and not auth_without_tls(self.config, self.factory.listener,
+                                                   self.client_address):
+            self._refuse_auth_without_tls()
             return None
         if self.helo is None:
             self.error(503, "5.5.1", "Send EHLO first")
@@ -99,6 +101,26 @@ class AuthCommands(_Base):
         self.state = AUTH_LOGIN_USER
         self.write_lines(334, [LOGIN_USERNAME_PROMPT])
         return None
+
+    def _refuse_auth_without_tls(self) -> None:
+        """
+        530 for AUTH before TLS, naming what the device can do: STARTTLS only where
+        this listener offers it, and the settings that decide (a device's error page
+        shows this text; its administrator looks for the setting).
+        """
+        listener = self.factory.listener
+        setting = ("server.require_tls_for_auth = true; for devices in "
+                   "relay.allow_networks that cannot do TLS set auth_without_tls = "
+                   f"\"trusted\" on listener {listener.endpoint}")
+        if self._starttls_available():
+            text = f"Must issue a STARTTLS command first ({setting})"
+        else:
+            text = (f"Authentication requires TLS and this listener offers no STARTTLS "
+                    f"({setting}, or connect to a TLS port)")
+        log.warn("inbound client {client}: AUTH without TLS refused on {listener}: "
+                 "{setting}", client=self.client_address, listener=listener.endpoint,
+                 setting=setting)
+        self.error(530, "5.7.0", text)
 
     def _auth_response(self, line: Line) -> "Deferred[Any] | None":
         """A SASL response line.  Never logged: it carries the password."""

@@ -34,6 +34,7 @@ from xrelay.inbound.submission import feed_header_lines, header_block_never_ende
 from xrelay.interfaces import IIncomingMessage
 from xrelay.policy import route_refusal
 from xrelay.records import Refusal
+from xrelay.routing import route_size_limit, unsplittable
 
 if TYPE_CHECKING:
     # ESMTPServer inherits from this mixin: it is checked against its surface.
@@ -78,7 +79,8 @@ def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str,
     """
     The end-of-DATA reply of a pass-through listener, from the upstream's result.
 
-    All delivered: 250.  Handed back (nothing delivered; the engine dropped the entry):
+    All delivered: 250, with the upstream's own reply (Exchange's carries its message id,
+    what an operator searches Exchange's message trace for).  Handed back (nothing delivered; the engine dropped the entry):
     the first upstream reply, code and text verbatim (C{554 5.2.252 SendAsDenied; ...},
     C{451 4.7.500 ...}), and the device keeps the message.  Otherwise the relay kept the
     message (some recipients delivered, or the attempt did not finish), so the reply is
@@ -86,7 +88,10 @@ def pass_through_reply(result: DeliveryResult, entry_id: str) -> tuple[int, str,
     """
     failed = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
     if not failed:
-        return 250, "2.0.0", f"Ok: delivered as {entry_id}"
+        said = result.recipients[0].reply if result.recipients else None
+        if said is None or not said.text:
+            return 250, "2.0.0", f"Ok: delivered as {entry_id}"
+        return 250, "2.0.0", f"Ok: delivered as {entry_id}; upstream said {said}"
     if not result.handed_back:
         delivered = len(result.recipients) - len(failed)
         return 250, "2.0.0", (f"Ok: queued as {entry_id}; delivered to {delivered} of "
@@ -157,7 +162,16 @@ class MailCommands(_Base):
                      "reached", client=self.client_address, sender=sender)
             self.reply(452, "4.3.1", "Insufficient system storage")
             return
-        self.transaction = Transaction(sender, account, size, smtputf8, body_8bit)
+        transaction = Transaction(sender, account, size, smtputf8, body_8bit)
+        transaction.size_limit, transaction.size_why = route_size_limit(self.config,
+                                                                        account)
+        if size is not None and size > transaction.size_limit:
+            log.warn("inbound client {client}: sender {sender} refused at MAIL: SIZE={size} "
+                     "over what account {account} carries", client=self.client_address,
+                     sender=sender, size=size, account=account.name)
+            self.reply(552, "5.3.4", transaction.too_big_text())
+            return
+        self.transaction = transaction
         self.reply(250, "2.1.0", "Ok")
 
     def do_RCPT(self, argument: str) -> "Deferred[None] | None":
@@ -251,7 +265,10 @@ class MailCommands(_Base):
         previous_crlf, transaction.previous_crlf = transaction.previous_crlf, line.crlf
         if line.overlong:
             self._refuse_message(552, "5.6.0", "Message refused: a line is longer than "
-                                 f"{self.config.server.max_line_length} bytes")
+                                 f"{self.config.server.max_line_length} bytes "
+                                 "(server.max_line_length; raise it for devices that send "
+                                 "long unbroken lines, such as base64 without line "
+                                 "breaks)")
             return None
         if ends_data(line, previous_crlf, transaction.lenient_end):
             return self._end_of_data(lenient=not ends_data(line, previous_crlf, False))
@@ -267,9 +284,8 @@ class MailCommands(_Base):
         if not transaction.headers.done:
             data = feed_header_lines(transaction.headers, data, self._missing_fields)
         transaction.received += len(data)
-        if transaction.received > self.config.server.max_message_size:
-            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
-                                 f"{self.config.server.max_message_size} bytes")
+        if transaction.received > transaction.size_limit:
+            self._refuse_message(552, "5.3.4", transaction.too_big_text())
             return None
         transaction.pending.append(data)
         transaction.pending_size += len(data)
@@ -293,9 +309,8 @@ class MailCommands(_Base):
         if not transaction.headers.done:
             block = feed_header_lines(transaction.headers, block, self._missing_fields)
         transaction.received += len(block)
-        if transaction.received > self.config.server.max_message_size:
-            self._refuse_message(552, "5.3.4", "Message too big; the limit is "
-                                 f"{self.config.server.max_message_size} bytes")
+        if transaction.received > transaction.size_limit:
+            self._refuse_message(552, "5.3.4", transaction.too_big_text())
             return
         transaction.pending.append(block)
         transaction.pending_size += len(block)
@@ -410,6 +425,14 @@ class MailCommands(_Base):
             return None
         message = transaction.message
         transaction.message = None
+        unsent = unsplittable(transaction.account, transaction.received,
+                              transaction.headers.first("content-type"))
+        if unsent is not None:
+            log.warn("inbound message {message} from {client} refused: {reason}",
+                     message=transaction.id, client=self.client_address, reason=unsent)
+            message.abort()
+            self.reply(552, "5.3.4", unsent)
+            return None
         refusal = message_refusal(self.factory.handler, session_of(self, transaction),
                                   transaction.headers, message, transaction.received,
                                   self.clock)

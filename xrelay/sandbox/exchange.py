@@ -74,7 +74,16 @@ PROVIDER_REPLIES: dict[str, tuple[str, str]] = {
     "gmail-auth-temporary": ("AUTH", "454 4.7.0 Too many login attempts, please try again later. - gsmtp"),
     "gmail-try-later": ("MAIL", "421-4.7.0 Try again later, closing connection.\r\n421 4.7.0  - gsmtp"),
     "gmail-daily-limit": ("MAIL", "550-5.4.5 Daily user sending limit exceeded. For more information on Gmail\r\n550 5.4.5 sending limits go to https://support.google.com/a/answer/166852 - gsmtp"),
-    "recipient-over-quota": ("RCPT", "552-5.2.2 The email account that you tried to reach is over quota.\r\n552 5.2.2  - gsmtp"),
+    "recipient-over-quota": ("RCPT", "452-4.2.2 The recipient's inbox is out of storage space. Please direct the\r\n452-4.2.2 recipient to\r\n452 4.2.2  https://support.google.com/mail/?p=OverQuotaTemp - gsmtp"),
+    "recipient-over-quota-permanent": ("RCPT", "552-5.2.2 The email account that you tried to reach is over quota.\r\n552 5.2.2  - gsmtp"),
+    "sender-mailbox-full": ("END_OF_DATA", "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.MapiExceptionQuotaExceeded; Failed to process message due to a permanent exception with message Cannot submit message. [Hostname=SB1PR01MB0001.sandbox.prod.outlook.com]"),
+    "banned-sender": ("MAIL", "550 5.7.501 Access denied, spam abuse detected. [SB1PR01MB0001.sandbox.prod.outlook.com]"),
+    "not-authenticated-5.7.57": ("MAIL", "530 5.7.57 Client not authenticated to send mail. [SB1PR01CA0001.sandbox.prod.outlook.com]"),
+    "smtp-auth-conditional-access": ("AUTH", "535 5.7.139 Authentication unsuccessful, the request did not meet the criteria to be authenticated successfully. Contact your administrator."),
+    # (representative wording: the account's own lock, as Exchange reports it under 5.7.139)
+    "smtp-auth-account-locked": ("AUTH", "535 5.7.139 Authentication unsuccessful, the user account is locked. Contact your administrator."),
+    "gmail-auth-required": ("MAIL", "530-5.7.0 Authentication Required. Learn more at\r\n530 5.7.0  https://support.google.com/mail/?p=WantAuthError - gsmtp"),
+    "gmail-recipient-rate": ("RCPT", "450-4.2.1 The user you are trying to contact is receiving mail at a rate that\r\n450-4.2.1 prevents additional messages from being delivered. Please resend your\r\n450 4.2.1 message at a later time. - gsmtp"),
 }
 
 

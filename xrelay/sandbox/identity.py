@@ -83,6 +83,17 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 REFUSALS: dict[int, tuple[str, str]] = {
     53003: ("invalid_grant", "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance."),
     65001: ("invalid_grant", "The user or administrator has not consented to use the application with ID '{client_id}' named '{name}'. Send an interactive authorization request for this user and resource."),
+    # Texts of https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    7000218: ("invalid_client", "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."),
+    7000112: ("unauthorized_client", "Application '{client_id}'({name}) is disabled."),
+    50011: ("invalid_request", "The redirect URI specified in the request does not match the redirect URIs configured for the application '{client_id}'."),
+    500011: ("invalid_resource", "The resource principal named https://outlook.office365.com was not found in the tenant. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."),
+    90002: ("invalid_request", "Tenant not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+    50057: ("invalid_grant", "The user account is disabled."),
+    50053: ("invalid_grant", "Your account is locked because you've tried to sign in too many times with an incorrect user ID or password."),
+    50055: ("invalid_grant", "The password is expired."),
+    530003: ("invalid_grant", "Your device is required to be managed to access this resource."),
+    50158: ("invalid_grant", "External security challenge not satisfied."),
 }
 
 

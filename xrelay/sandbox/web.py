@@ -25,7 +25,7 @@ from .exchangeadmin import CmdletError, ExchangeAdmin
 from .graphadmin import GraphAdmin
 from .errors import Response, TokenError
 from .google import GoogleAuthorizeError, GoogleSignInError
-from .graph import GraphMail
+from .graph import UPLOAD_PATH, GraphMail
 from .identity import AuthorizeRequest, IdentityPlatform
 
 
@@ -86,11 +86,11 @@ class SandboxResource(Resource):
             return self._json(request, self.identity.google.token(_form(request)))
         if path == ["google", "o", "oauth2", "v2", "auth"] and method in ("GET", "POST"):
             return self._google_authorize(request, method)
-        if len(path) == 4 and path[:2] == ["v1.0", "users"] and path[3] == "sendMail" and method == "POST":
-            return self._json(
-                request,
-                self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read() if request.content else b""),
-            )
+        if path[:2] == ["v1.0", "users"] or path[:1] == [UPLOAD_PATH]:
+            mail = self.graph.handle(method, path, _form(request), lambda name: _header(request, name),
+                                     request.content.read() if request.content else b"")
+            if mail is not None:
+                return self._json(request, mail)
         if path and path[0] == "devicelogin":
             return self._device_login(request, method)
         if len(path) == 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:

@@ -22,7 +22,7 @@ import attrs
 
 from xrelay.tokens.status import TokenState
 
-__all__ = ["Refusal", "REFUSALS", "explain", "aadsts_codes"]
+__all__ = ["Refusal", "REFUSALS", "explain", "aadsts_codes", "known_refusal"]
 
 #: Microsoft Learn: Microsoft Entra authentication and authorization error codes.
 REFERENCE = "https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes"
@@ -108,6 +108,65 @@ REFUSALS: tuple[Refusal, ...] = (
             S.CONDITIONAL_ACCESS,
             "look up the sign-in of {who} in Entra ID > Sign-in logs (Conditional Access "
             "tab) and exclude it from the blocking policy, or allow this relay's address"),
+    # AADSTS7000218 InvalidClient "The request body must contain the following
+    # parameter: 'client_assertion' or 'client_secret'." (a delegated sign-in of an app
+    # whose "Allow public client flows" is off; app-only: no secret was sent)
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    # https://learn.microsoft.com/en-us/entra/identity-platform/msal-client-application-configuration
+    Refusal((7000218,), "the app registration does not allow this sign-in without a "
+            "secret", S.APP_MISCONFIGURED, "{public_client_fix}"),
+    # AADSTS7000112 UnauthorizedClientApplicationDisabled "Application is disabled."
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    # https://learn.microsoft.com/troubleshoot/entra/entra-id/app-integration/error-code-aadsts7000112-application-is-disabled
+    Refusal((7000112,), "the application is disabled in the tenant", S.APP_MISCONFIGURED,
+            "in the Microsoft Entra admin center > Enterprise applications > the app "
+            "{client_id} > Properties, set \"Enabled for users to sign-in?\" to Yes (a "
+            "new sign-in does not help until then)"),
+    # AADSTS50011 InvalidReplyTo "The redirect URI '...' specified in the request does
+    # not match the redirect URIs configured for the application '...'."
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    Refusal((50011,), "the redirect URI is not one the app registration lists",
+            S.APP_MISCONFIGURED,
+            "add the admin page's redirect URI (shown on its sign-in page: "
+            "<admin URL>/signin/callback) to app {client_id} under Entra ID > App "
+            "registrations > Authentication > Web > Redirect URIs, or set "
+            "admin.public_url to the address the browser uses"),
+    # AADSTS500011 InvalidResourceServicePrincipalNotFound "The resource principal named
+    # https://outlook.office365.com was not found in the tenant named ..." (no Exchange
+    # Online in the tenant, or a national-cloud tenant asked on the global cloud)
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    Refusal((500011,), "the tenant has no Exchange Online (or Graph) service principal "
+            "for this cloud", S.APP_NOT_FOUND,
+            "check that tenant \"{tenant}\" has Exchange Online licences (Microsoft 365 "
+            "admin center > Billing > Licenses) and that cloud = \"{cloud}\" is the "
+            "tenant's cloud (a GCC High tenant needs cloud = \"usgov\"); no sign-in "
+            "helps until then"),
+    # AADSTS90002 InvalidTenantName "Tenant '...' not found. Check to make sure you have
+    # the correct tenant ID and are signing into the correct cloud."
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    Refusal((90002,), "no such tenant in this cloud", S.TENANT_NOT_FOUND,
+            "check tenant = \"{tenant}\" (the Directory (tenant) ID or the "
+            "*.onmicrosoft.com domain from the app registration's Overview page) and "
+            "cloud = \"{cloud}\""),
+    # AADSTS50057 UserDisabled "The user account is disabled.", AADSTS50053 IdsLocked
+    # (locked after too many failed sign-ins, or sign-ins from blocked IPs), AADSTS50055
+    # InvalidPasswordExpiredPassword "The password is expired."
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    Refusal((50057, 50053, 50055), "the user account is disabled, locked or its "
+            "password has expired", S.USER_BLOCKED,
+            "in the Microsoft 365 admin center > Users > Active users > {user}: unblock "
+            "sign-in, or wait for the lockout to end (Entra smart lockout), or have the "
+            "user change the expired password; then run `xrelay login {name}` (or Sign "
+            "in on the admin page)"),
+    # AADSTS530003 "Your device is required to be managed to access this resource.",
+    # AADSTS50158 ExternalSecurityChallenge "External security challenge was not
+    # satisfied." (both Conditional Access requirements the relay cannot meet)
+    # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+    Refusal((530003, 50158), "a Conditional Access requirement (managed device, external "
+            "MFA) was not met", S.CONDITIONAL_ACCESS,
+            "look up the sign-in of {who} in Entra ID > Sign-in logs (Conditional Access "
+            "tab) and exclude it from the policy requiring a managed device or an "
+            "external security challenge; the relay cannot satisfy either"),
     # AADSTS50173 FreshTokenNeeded (grant revoked), AADSTS50126 (invalid credentials),
     # AADSTS70043 (sign-in frequency): a person must sign in again
     # https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
@@ -125,6 +184,15 @@ def aadsts_codes(text: str) -> list[int]:
     return [int(m) for m in _CODE.findall(text or "")]
 
 
+def known_refusal(text: str) -> bool:
+    """
+    Whether the text names an AADSTS refusal of the table: a person must act, whatever
+    the OAuth error beside it (AADSTS50011 and 90002 come as C{invalid_request}, which
+    alone would read as worth retrying).
+    """
+    return any(code in _BY_CODE for code in aadsts_codes(text))
+
+
 def _fields(account: Any) -> dict[str, str]:
     graph = getattr(account, "transport", "smtp") == "graph"
     app_only = account.flow == "client_credentials"
@@ -135,8 +203,20 @@ def _fields(account: Any) -> dict[str, str]:
         permission = ("Office 365 Exchange Online > SMTP.SendAsApp (Application)"
                       if app_only else "Microsoft Graph > SMTP.Send (Delegated)")
     refresh = getattr(account, "refresh_token_file", None)
+    if app_only:
+        public_client_fix = (
+            f"put the client secret's Value into {account.client_secret_file or 'client_secret_file'} "
+            "(the request went without a secret: the file is empty?)")
+    else:
+        public_client_fix = (
+            f"in Entra ID > App registrations > {account.client_id or '?'} > "
+            "Authentication > Advanced settings, set \"Allow public client flows\" to "
+            "Yes and Save; `xrelay login` fails the same way until then")
     return {
         "name": account.name,
+        "user": account.user,
+        "cloud": getattr(account, "cloud", "global"),
+        "public_client_fix": public_client_fix,
         "client_id": account.client_id or "?",
         "tenant": account.tenant or "?",
         "client_secret_file": account.client_secret_file or "client_secret_file",

@@ -40,6 +40,7 @@ from xrelay.tokens.errors import GrantRefused, GrantUnavailable, SignInFailed
 from xrelay.tokens.microsoft import RunBlocking
 from xrelay.tokens.source import GrantResult, ITokenGrant
 from xrelay.records import TokenStatus
+from xrelay.tokens.status import TokenState
 from xrelay.tokens.trust import REQUEST_TIMEOUT, https_policy
 
 log = Logger(namespace="xrelay.tokens.google")
@@ -101,8 +102,36 @@ class GoogleGrant:
         return self._http
 
     def credentials_changed(self) -> bool:
-        return self.cache.changed() or _signature(
-            self.account.refresh_token_file) != self._meta.get("rt_file")
+        if self.cache.changed():
+            return True
+        if "secret_file" in self._meta and _signature(
+                self.account.client_secret_file) != self._meta["secret_file"]:
+            return True  # a corrected client secret: tried within seconds, as Microsoft's
+        return _signature(self.account.refresh_token_file) != self._meta.get("rt_file")
+
+    def explain(self, reason: str) -> tuple[TokenState, str]:
+        """
+        The refusal's state and fix.  Google's token endpoint answers a wrong client
+        secret with C{invalid_client: Unauthorized} and an unknown client with
+        C{invalid_client: The OAuth client was not found.}
+        (https://developers.google.com/identity/protocols/oauth2/web-server#exchange-authorization-code,
+        https://datatracker.ietf.org/doc/html/rfc6749#section-5.2): no new refresh token
+        or sign-in helps there, the client's id and secret must be right.
+        """
+        secret_file = self.account.client_secret_file or "client_secret_file"
+        client = self.account.client_id or "?"
+        if reason.startswith("invalid_client"):
+            if "not found" in reason.lower():
+                return TokenState.APP_NOT_FOUND, (
+                    f"Google knows no OAuth client {client}: check client_id against "
+                    "Google Cloud console > APIs & Services > Credentials (the client "
+                    "may have been deleted)")
+            return TokenState.CLIENT_SECRET_REJECTED, (
+                f"Google refused the client secret of OAuth client {client}: put the "
+                "client secret from Google Cloud console > APIs & Services > "
+                f"Credentials > {client} into {secret_file}; xrelay reads it again by "
+                "itself within seconds (or run `xrelay reload`)")
+        return TokenState.NEEDS_SIGN_IN, self.hint
 
     def record(self, status: TokenStatus) -> Deferred[None]:
         def write() -> None:
@@ -178,6 +207,7 @@ class GoogleGrant:
         """
         assert self.account.client_secret_file is not None
         secret = yield self.run(_read_secret, self.account.client_secret_file)
+        self._meta["secret_file"] = _signature(self.account.client_secret_file)
         body = urlencode(dict(form, client_id=self.account.client_id or "",
                               client_secret=secret)).encode("ascii")
         try:

@@ -299,7 +299,7 @@ class MicrosoftGrant:
         if "access_token" in result:
             return GrantResult(result["access_token"], float(result.get("expires_in", 3599)))
         reason = describe(result)
-        if result.get("error") in PERMANENT_ERRORS:
+        if result.get("error") in PERMANENT_ERRORS or aadsts.known_refusal(reason):
             raise GrantRefused(reason)
         raise GrantUnavailable(reason)
 
@@ -383,7 +383,11 @@ class MicrosoftGrant:
     def _adopt(self, app: msal.ClientApplication, result: dict[str, Any]) -> GrantResult:
         """Keep a successful sign-in: its cache replaces the account's cache file."""
         if "access_token" not in result:
-            raise SignInFailed(self.account.name, describe(result))
+            reason = describe(result)
+            _, fix, meaning = aadsts.explain(reason, self.account)
+            if meaning is not None:  # e.g. AADSTS7000218: a new sign-in cannot help
+                reason = f"{reason} ({meaning}); to fix: {fix}"
+            raise SignInFailed(self.account.name, reason)
         who = _signed_in_as(result)
         if who is not None and who.lower() != self.account.user.lower():
             raise SignInFailed(self.account.name, f"signed in as {who}, but the account "

@@ -50,6 +50,9 @@ class TokenState(enum.Enum):
     MFA_REQUIRED = "MFA required"
     REFRESH_TOKEN_EXPIRED = "refresh token expired"
     CONDITIONAL_ACCESS = "blocked by conditional access"
+    APP_MISCONFIGURED = "app registration misconfigured"
+    TENANT_NOT_FOUND = "tenant not found"
+    USER_BLOCKED = "user sign-in blocked"
     #: An app-only refusal that no AADSTS row explains.
     CREDENTIALS_REFUSED = "credentials refused"
 
@@ -60,7 +63,8 @@ S = TokenState
 REFUSED: frozenset[TokenState] = frozenset({
     S.NEEDS_SIGN_IN, S.CLIENT_SECRET_REJECTED, S.CLIENT_SECRET_EXPIRED,
     S.CERTIFICATE_REJECTED, S.APP_NOT_FOUND, S.CONSENT_MISSING, S.MFA_REQUIRED,
-    S.REFRESH_TOKEN_EXPIRED, S.CONDITIONAL_ACCESS, S.CREDENTIALS_REFUSED})
+    S.REFRESH_TOKEN_EXPIRED, S.CONDITIONAL_ACCESS, S.CREDENTIALS_REFUSED,
+    S.APP_MISCONFIGURED, S.TENANT_NOT_FOUND, S.USER_BLOCKED})
 
 #: States in which the account delivers mail.
 USABLE: frozenset[TokenState] = frozenset({S.FRESH, S.EXPIRING, S.REFRESHING})

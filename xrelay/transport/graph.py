@@ -1,13 +1,18 @@
 """
 The Microsoft Graph transport: C{POST {graph_url}/users/{user}/sendMail} with the MIME
-message base64-encoded as C{text/plain}, for tenants where SMTP AUTH is switched off.
+message base64-encoded as C{text/plain}, for tenants where SMTP AUTH is switched off;
+messages over the single-request limit go as a draft with upload sessions
+(L{xrelay.transport.graphupload}) when the account allows it.
 
-Graph answers for the whole message (C{202} means accepted for every recipient) and takes
-the recipients from the MIME headers (To, Cc, Bcc), not from an envelope: envelope
-recipients that no header names (a device's Bcc) are added in a C{Bcc:} header, which
-Exchange removes before delivery, so that none is silently left out.  Messages over
-the single-request limit (4 MB of request body, counted after base64) are failed with a
-clear reason: the draft-and-upload-session route is not implemented.
+Graph has no envelope: it takes the recipients from the MIME header fields To, Cc and
+Bcc ("provide the MIME content with the applicable Internet message headers ("To",
+"CC", "BCC", "Subject")": https://learn.microsoft.com/graph/api/user-sendmail).  So
+that exactly the envelope recipients get the message, once each, the transport
+rewrites those fields when they and the envelope differ (L{with_envelope_recipients}):
+To and Cc keep the envelope recipients they name, every other envelope recipient goes
+into one Bcc field (which Exchange does not show to the others), and addresses that are
+not envelope recipients are left out.  A message whose fields name exactly its envelope
+is sent byte for byte as spooled.
 
 This module must never log the token or put it into a result, and never let an HTTP
 error fail the Deferred: every response becomes a L{DeliveryResult}.
@@ -16,10 +21,9 @@ error fail the Deferred: every response becomes a L{DeliveryResult}.
 from __future__ import annotations
 
 import base64
-import email.parser
-import email.policy
 import email.utils
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -33,7 +37,10 @@ from zope.interface import implementer
 from xrelay.config import AccountConfig
 from xrelay.envelope import DeliveryResult, FailureKind, OutboundMessage, Outcome, Reply
 from xrelay.interfaces import ITokenSource, ITransport
-from xrelay.transport.classify import send_as_detail
+from xrelay.replies import recognise
+from xrelay.transport.classify import failure_of, outcome_of, send_as_detail
+from xrelay.transport.graphmessage import GraphStop, with_envelope_recipients
+from xrelay.transport.graphupload import send_with_upload_sessions
 from xrelay.transport.pool import token_failure
 from xrelay.transport.tls import https_policy
 
@@ -63,32 +70,6 @@ def retry_after_seconds(value: bytes | str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
-
-
-def with_envelope_recipients(data: bytes, recipients: "tuple[str, ...]") -> bytes:
-    """
-    The message with a C{Bcc:} header naming every envelope recipient that its To, Cc
-    and Bcc headers do not, replacing any Bcc header it had (one Bcc at most, RFC 5322).
-    """
-    end = data.find(b"\r\n\r\n")
-    head = data[: end + 2] if end >= 0 else data
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    named = {address.lower() for _, address in email.utils.getaddresses(
-        [str(v) for field in ("to", "cc", "bcc") for v in headers.get_all(field, [])])}
-    missing = [r for r in recipients if r.lower() not in named]
-    if not missing:
-        return data
-    bcc = [address for _, address in email.utils.getaddresses(
-        [str(v) for v in headers.get_all("bcc", [])]) if address] + missing
-    kept, in_bcc = [], False
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and in_bcc:
-            continue
-        in_bcc = line[:4].lower() == b"bcc:"
-        if not in_bcc:
-            kept.append(line)
-    field = b"Bcc: " + ", ".join(bcc).encode("utf-8") + b"\r\n"
-    return field + b"\r\n".join(kept) + data[len(head):]
 
 
 def graph_error(body: bytes) -> tuple[str, str]:
@@ -156,60 +137,103 @@ class GraphTransport:
         return DeliveryResult.for_all(message.recipients, outcome, reply, failure,
                                       detail, retry_after)
 
+    @property
+    def user_url(self) -> str:
+        return f"{self.account.graph_url.rstrip('/')}/users/{quote(self.account.user, safe='@')}"
+
     async def _attempt(self, message: OutboundMessage) -> DeliveryResult:
         try:
-            with open(message.data_path, "rb") as f:
-                data = with_envelope_recipients(f.read(), message.recipients)
+            size = os.path.getsize(message.data_path)
+            # Read only what one request can carry: a larger message is never loaded.
+            data = None
+            if size <= MAX_REQUEST_BYTES:
+                with open(message.data_path, "rb") as f:
+                    data = with_envelope_recipients(f.read(), message.recipients)
         except OSError as e:
             reply = Reply(451, f"4.3.0 xrelay cannot read the spooled message: {e.strerror}")
             return self._all(message, Outcome.TEMPORARY, reply)
-        encoded = base64_size(len(data))
-        if encoded > MAX_REQUEST_BYTES:
+        if data is None or base64_size(len(data)) > MAX_REQUEST_BYTES:
+            if self.account.graph_large_messages == "upload_session":
+                return await send_with_upload_sessions(self, message)
+            encoded = base64_size(len(data) if data is not None else size)
             reply = Reply(
                 552,
-                f"5.3.4 Message too big for Microsoft Graph sendMail: {len(data)} bytes "
+                f"5.3.4 Message too big for Microsoft Graph sendMail: {size} bytes "
                 f"is {encoded} bytes as base64, over the 4 MB single-request limit "
-                "(use transport = \"smtp\" for large messages)",
+                "(set graph_large_messages = \"upload_session\" or use transport = "
+                "\"smtp\" for large messages)",
             )
             return self._all(message, Outcome.PERMANENT, reply, FailureKind.TOO_BIG,
                              reply.text[6:])
-        body = base64.b64encode(data)
+        try:
+            response, content = await self.call(
+                "POST", f"{self.user_url}/sendMail", base64.b64encode(data), "text/plain")
+        except GraphStop as stop:
+            return stop.result(message)
+        return self.result(message, response, content)
+
+    async def call(self, method: str, url: str, body: bytes | None = None,
+                   content_type: str | None = None) -> tuple[Any, bytes]:
+        """
+        One authorised Graph request: a token, the request, and on a first 401 a fresh
+        token and the request once more.  Raises L{GraphStop} when no answer came (no
+        token, no connection); every answer is returned for the caller to judge.
+        """
         for attempt in (1, 2):
             try:
                 token: str = await self.tokens.access_token()
             except Exception as e:
                 failed = token_failure(e, self.account.name, self.reactor.seconds())
-                return self._all(message, Outcome.TEMPORARY, failed.reply, failed.failure,
-                                 failed.detail, failed.retry_after)
-            try:
-                response = await self._http.post(
-                    self.url, data=body, timeout=self.timeout,
-                    headers={"Authorization": f"Bearer {token}",
-                             "Content-Type": "text/plain"},
-                )
-                content = await response.content()
-            except Exception as e:
-                why = str(e) or type(e).__name__
-                reply = Reply(451, f"4.4.2 Graph request to {self.account.graph_url} "
-                                   f"failed: {why}")
-                return self._all(message, Outcome.TEMPORARY, reply, FailureKind.CONNECTION,
-                                 reply.text[6:])
+                raise GraphStop(Outcome.TEMPORARY, failed.reply, failed.failure,
+                                failed.detail, failed.retry_after) from None
+            headers = {"Authorization": f"Bearer {token}"}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            response, content = await self.plain_call(method, url, body, headers)
             if response.code == 401 and attempt == 1:
                 self.tokens.token_rejected(token)
                 continue
-            return self._result(message, response, content)
+            return response, content
         raise AssertionError("unreachable")
 
-    def _result(self, message: OutboundMessage, response: Any, content: bytes) -> DeliveryResult:
+    async def plain_call(self, method: str, url: str, body: bytes | None,
+                         headers: dict[str, str]) -> tuple[Any, bytes]:
+        """A request as is (an upload URL carries its own authorisation)."""
+        try:
+            response = await self._http.request(method, url, data=body, headers=headers,
+                                                timeout=self.timeout)
+            content = await response.content()
+        except Exception as e:
+            why = str(e) or type(e).__name__
+            reply = Reply(451, f"4.4.2 Graph request to {self.account.graph_url} "
+                               f"failed: {why}")
+            raise GraphStop(Outcome.TEMPORARY, reply, FailureKind.CONNECTION,
+                            reply.text[6:]) from None
+        return response, content
+
+    def result(self, message: OutboundMessage, response: Any, content: bytes,
+               accepted: int = 202) -> DeliveryResult:
+        """The delivery result for Graph's answer to the request that sends."""
+        status = response.code
+        if status == accepted:
+            return self._all(message, Outcome.DELIVERED,
+                             Reply(250, f"2.0.0 Accepted by Microsoft Graph (HTTP {status})"))
+        return self.failure(response, content).result(message)
+
+    def failure(self, response: Any, content: bytes) -> "GraphStop":
+        """
+        What a Graph error answer means, in the reply table's vocabulary: the transport
+        writes it as an SMTP-like reply (C{Microsoft Graph: HTTP 404
+        MailboxNotEnabledForRESTAPI: ...}) and L{xrelay.replies} decides, so that an
+        account-level error holds the account with its fix instead of bouncing each
+        message.
+        """
         status = response.code
         code, text = graph_error(content)
         said = f"HTTP {status}{' ' + code if code else ''}{': ' + text if text else ''}"
-        if status == 202:
-            return self._all(message, Outcome.DELIVERED,
-                             Reply(250, "2.0.0 Accepted by Microsoft Graph sendMail (HTTP 202)"))
         if status == 401:
             reply = Reply(535, f"5.7.3 Graph refused the token twice ({said})")
-            return self._all(message, Outcome.TEMPORARY, reply, FailureKind.AUTHENTICATION,
+            return GraphStop(Outcome.TEMPORARY, reply, FailureKind.AUTHENTICATION,
                              f"Graph refused a freshly fetched token for "
                              f"{self.account.user}: {said}.  Check the app's Mail.Send "
                              "permission and admin consent.  The message stays queued.")
@@ -221,21 +245,29 @@ class GraphTransport:
             throttled = status in (429, 503)
             reply = Reply(451, f"4.7.0 Microsoft Graph: {said}"
                           if throttled else f"4.4.0 Microsoft Graph: {said}")
-            return self._all(message, Outcome.TEMPORARY, reply,
+            return GraphStop(Outcome.TEMPORARY, reply,
                              FailureKind.THROTTLED if throttled else FailureKind.CONNECTION,
                              reply.text[6:], retry)
         if status == 403 and code == "ErrorSendAsDenied":
             reply = Reply(554, f"5.2.252 SendAsDenied; Microsoft Graph: {said}")
-            return self._all(message, Outcome.PERMANENT, reply, FailureKind.SEND_AS_DENIED,
-                             send_as_detail(self.account.user, message.sender))
+            return GraphStop(Outcome.PERMANENT, reply, FailureKind.SEND_AS_DENIED,
+                             send_as_detail(self.account.user, "<sender>"))
         if status == 413:
             reply = Reply(552, f"5.3.4 Microsoft Graph: {said}")
-            return self._all(message, Outcome.PERMANENT, reply, FailureKind.TOO_BIG,
-                             reply.text[6:])
-        if status == 403:
-            # Missing permission or consent: an operator fixes it; don't bounce.
-            reply = Reply(451, f"4.7.0 Microsoft Graph: {said}")
-            return self._all(message, Outcome.TEMPORARY, reply, FailureKind.AUTHENTICATION,
-                             reply.text[6:])
-        reply = Reply(554, f"5.6.0 Microsoft Graph: {said}")
-        return self._all(message, Outcome.PERMANENT, reply, FailureKind.NONE, reply.text[6:])
+            return GraphStop(Outcome.PERMANENT, reply, FailureKind.TOO_BIG, reply.text[6:])
+        # 403 (permission, consent, an access policy, a full mailbox), 404 (no usable
+        # mailbox) and the rest: the reply table knows the account-level ones.
+        reply = (Reply(451, f"4.7.0 Microsoft Graph: {said}") if status == 403
+                 else Reply(554, f"5.6.0 Microsoft Graph: {said}"))
+        row = recognise(reply, self.account.flow == "client_credentials")
+        failure = failure_of(reply)
+        detail = reply.text[6:]
+        if row is not None and row.hold is not None:
+            detail += "  " + row.advice(user=self.account.user,
+                                        client_id=self.account.client_id or "",
+                                        account=self.account.name)
+        return GraphStop(outcome_of(reply), reply, failure, detail)
+
+
+__all__ = ["GraphTransport", "GraphStop", "with_envelope_recipients", "base64_size",
+           "retry_after_seconds", "graph_error", "MAX_REQUEST_BYTES"]
