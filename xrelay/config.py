@@ -435,9 +435,10 @@ class RelayConfig:
             "because nobody wrote this key.")})
     senders: tuple[SenderPattern, ...] = attrs.field(
         validator=_patterns, default=ANY_SENDER, metadata={
-        "doc": "Envelope senders that clients admitted by network may use (`*`, "
-        "`*@example.com`, `scanner@example.com`); the accounts' own `senders` still "
-        "decide what can be delivered."})
+        "doc": "Senders that clients admitted by network may use (`*`, "
+        "`*@example.com`, `scanner@example.com`): the envelope sender and, unless `*` "
+        "is listed, every address in the message's `From:` and `Sender:` (as a user's "
+        "`senders`); the accounts' own `senders` still decide what can be delivered."})
     default_account: str | None = attrs.field(default=None, metadata={"doc": (
         "Account used for senders that match no account's `senders`; unset, such "
         "senders are refused at MAIL FROM.")})
@@ -474,8 +475,10 @@ class UserConfig:
         "refused.")})
     senders: tuple[SenderPattern, ...] = attrs.field(
         validator=_patterns, default=ANY_SENDER, metadata={
-        "doc": "Envelope senders this user may use; give each device its own address, "
-        "e.g. `[\"scanner@example.com\"]`."})
+        "doc": "Senders this user may use; give each device its own address, "
+        "e.g. `[\"scanner@example.com\"]`.  Unless `*` is listed, the message's own "
+        "`From:` and `Sender:` must match too, and a header block with a line that is "
+        "not a field before its empty line is refused (550 5.7.1)."})
 
 
 PROVIDERS = ("microsoft", "google")
