@@ -304,8 +304,12 @@ class AuthFailures:
        C{per_address_limit} within C{window} seconds, refuse it outright.  A source can
        only lock itself out.
      - per account name: failures from I{other} sources make the answers for that name
-       slower (up to C{max_delay}), never a refusal, so an attacker elsewhere cannot
-       lock a device or the admin out; the right password still works, later.
+       slower, never a refusal, so an attacker elsewhere cannot lock a device or the
+       admin out.  That wait is only for a source that has failed itself (within the
+       window), and at most C{aimed_max_delay}: a device that has not mistyped gets its
+       answer at once however many guesses others made on its name (printers give up on
+       a reply after some seconds, and user names like C{scanner} are guessable), while
+       every guessing source still waits and is still refused past its limit.
     A success clears the source and the failures it had caused for that account (a
     device that mistyped is not punished), not what others caused.
 
@@ -318,6 +322,8 @@ class AuthFailures:
     base_delay: float = 1.0
     max_delay: float = 30.0
     per_address_limit: int = 10
+    #: The most a wait earned by I{other} sources' failures on an account may add.
+    aimed_max_delay: float = 3.0
     #: Whether a source's own failures slow its answers (SMTP AUTH), or only refuse it
     #: past the limit (the admin page, where a person types).
     source_delay: bool = True
@@ -358,7 +364,7 @@ class AuthFailures:
         if self.blocked(source, now):
             return None
         delay = max(self._wait(self._count(source, now)) if self.source_delay else 0.0,
-                    self._wait(self._others(account, source, now)))
+                    self._aimed(account, source, now))
         self._in_flight[source] = self._in_flight.get(source, 0) + 1
         return Attempt(source, account, delay)
 
@@ -405,7 +411,13 @@ class AuthFailures:
         own = self._wait(self._count(address, now)) if self.source_delay else 0.0
         if account is None:
             return own
-        return max(own, self._wait(self._others(account, address, now)))
+        return max(own, self._aimed(account, address, now))
+
+    def _aimed(self, account: str, source: str, now: float) -> float:
+        """The wait others' failures on this account add, for a source that failed too."""
+        if not self._recent(source, now):
+            return 0.0
+        return min(self._wait(self._others(account, source, now)), self.aimed_max_delay)
 
     def blocked(self, address: str, now: float) -> bool:
         """Whether the address has used up its failures (in flight included) for now."""
