@@ -387,11 +387,20 @@ class ServerConfig:
         "doc": "Connections of `max_connections` kept for clients in "
                "`relay.allow_networks` (at most half), so that outsiders cannot crowd "
                "the printers out; 0 turns it off."})
+    reserved_auth_connections: int = attrs.field(
+        validator=_at_least(0), default=10, metadata={
+        "doc": "Connections of `max_connections` beyond the shared ones kept for "
+               "sessions that authenticate (devices sending from outside "
+               "`relay.allow_networks`, e.g. on port 587; at most half of what "
+               "`reserved_connections` leaves): a client taking one must authenticate "
+               "within 15 s, and each /24 or /64 may take one at a time; 0 turns it off."})
     idle_timeout_before_mail: int = attrs.field(
         validator=_at_least(1), default=60, metadata={
-        "doc": "Seconds a client may stay silent while no mail transaction is open "
-               "(before MAIL FROM, between messages), at most `idle_timeout`, which "
-               "applies within a transaction."})
+        "doc": "Seconds a client may stay silent or send only NOOP, RSET, HELP and the "
+               "like while no mail transaction is open (before MAIL FROM, between "
+               "messages), counted from its last command that moved towards a message "
+               "(EHLO, STARTTLS, AUTH, MAIL...); at most `idle_timeout`, which applies "
+               "within a transaction."})
     max_junk_commands: int = attrs.field(validator=_at_least(1), default=100, metadata={
         "doc": "NOOP, RSET, VRFY, HELP, EHLO and HELO commands allowed on one connection "
                "since its last accepted message (as Postfix's `smtpd_junk_command_limit`); "

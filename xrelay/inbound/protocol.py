@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
-from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
+from xrelay.inbound.conduct import JUNK_COMMANDS, PROGRESS_COMMANDS, Conduct
 from xrelay.inbound.handler import connect_refusal, session_of
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
@@ -63,9 +63,14 @@ from xrelay.streams import IStreamTransport
 if TYPE_CHECKING:
     from xrelay.inbound.factory import InboundFactory
 
-__all__ = ["ESMTPServer", "pass_through_reply", "canonical_address"]
+__all__ = ["AUTH_RESERVE_SECONDS", "ESMTPServer", "pass_through_reply", "canonical_address"]
 
 log = Logger()
+
+#: Seconds a client admitted to the authenticated sessions' reserve has to authenticate
+#: (a device's EHLO, STARTTLS, EHLO and AUTH take a second or two); see
+#: L{xrelay.inbound.factory.ConnectionCounter}.
+AUTH_RESERVE_SECONDS = 15
 
 #: Bytes buffered while waiting for an asynchronous decision before reading pauses.
 PAUSE_BUFFER = 256 * 1024
@@ -111,6 +116,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._running = False
         self._paused = False
         self._timer: Any = None
+        #: When the client last moved towards a message (connected, greeted, TLS, AUTH,
+        #: a transaction): the silence allowed before MAIL counts from there, so NOOP,
+        #: RSET and HELP do not keep a slot.
+        self._useful_at = 0.0
+        #: Admitted to the authenticated sessions' reserve: the call that closes the
+        #: connection unless it authenticated (L{xrelay.inbound.factory.Admitted}).
+        self._probation: Any = None
         self._shutting_down = False
         self._awaiting_header = False
         #: The inbound handler refused the client with a 554 greeting: only QUIT now.
@@ -120,6 +132,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def connectionMade(self) -> None:
         self.factory.live.add(self)
+        self._useful_at = self.clock.seconds()
         self._restart_timer()
         if self.state != PROXY:
             self.begin()
@@ -150,14 +163,18 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         """Admit the client (connection caps) and greet it."""
         peer = self.transport.getPeer()
         self.client_address = canonical_address(getattr(peer, "host", "") or str(peer))
-        refusal = self.factory.connections.admit(self.client_address, self.config)
-        if refusal is not None:
+        admission = self.factory.connections.admit(self.client_address, self.config)
+        if isinstance(admission, Refusal):
             log.warn("inbound connection from {client} refused: {reply}",
-                     client=self.client_address, reply=str(refusal))
-            self.reply(refusal.code, refusal.enhanced, refusal.text)
+                     client=self.client_address, reply=str(admission))
+            self.reply(admission.code, admission.enhanced, admission.text)
             self.close()
             return
         self.admitted = True
+        self._useful_at = self.clock.seconds()
+        if admission.probation:
+            self._probation = self.clock.callLater(AUTH_RESERVE_SECONDS,
+                                                   self._probation_over)
         refusal = connect_refusal(self.factory.handler, session_of(self))
         if refusal is not None:
             log.warn("inbound connection from {client} refused by the inbound handler: "
@@ -188,6 +205,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if summary is not None:
             log.info("inbound client {client}: {summary}", client=self.client_address,
                      summary=summary)
+        self._end_probation()
         if self.admitted:
             self.factory.connections.release(self.client_address)
             self.admitted = False
@@ -213,8 +231,38 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _restart_timer(self) -> None:
         self._cancel_timer()
+        if self.user is not None:
+            self._end_probation()
         if self.state != CLOSED:
-            self._timer = self.clock.callLater(self._idle_limit(), self._timed_out)
+            wait: float = self._idle_limit()
+            now = self.clock.seconds()
+            if self.transaction is not None or self.state == DATA:
+                self._useful_at = now
+            elif self.state != PROXY:
+                wait = max(0.0, self._useful_at + wait - now)
+            self._timer = self.clock.callLater(wait, self._timed_out)
+
+    def _end_probation(self) -> None:
+        if self._probation is not None:
+            if self._probation.active():
+                self._probation.cancel()
+            self._probation = None
+            self.factory.connections.end_probation(self.client_address)
+
+    def _probation_over(self) -> None:
+        self._probation = None
+        self.factory.connections.end_probation(self.client_address)
+        if self.user is not None or self.state == CLOSED:
+            return
+        log.warn("inbound client {client} took a slot kept for authenticated sessions "
+                 "(server.reserved_auth_connections) and did not authenticate within "
+                 "{seconds}s, closing", client=self.client_address,
+                 seconds=AUTH_RESERVE_SECONDS)
+        self._drop_transaction("not authenticated in the reserve")
+        self.reply(421, "4.7.0", f"{self.config.server.hostname} Too many connections; "
+                   f"the free ones are for clients that authenticate within "
+                   f"{AUTH_RESERVE_SECONDS}s, try again later")
+        self.close()
 
     def _idle_limit(self) -> int:
         """
@@ -264,9 +312,11 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def refuse(self, refusal: Refusal) -> None:
         """A refused command: counted like an error (see L{error})."""
-        if (refusal.code, refusal.enhanced) == (452, "4.5.3"):
+        if (refusal.code, refusal.enhanced) == (452, "4.5.3") and not (
+                self.conduct.excess_recipient()):
             # Too many recipients: the client is told to send the rest in another
-            # message (RFC 5321 4.5.3.1.10), which is not misbehaviour.
+            # message (RFC 5321 4.5.3.1.10), which is not misbehaviour, up to
+            # RECIPIENT_OVERSHOOT of them; past that each counts (Conduct).
             self.reply(refusal.code, refusal.enhanced, refusal.text)
             return
         self.error(refusal.code, refusal.enhanced, refusal.text)
@@ -335,6 +385,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                         d = self._dispatch(line)
                         self._restart_timer()
                     else:
+                        self._useful_at = self.clock.seconds()
                         d = self._data_line(line)
                 except Exception:
                     # A bug must cost the client one reply, not the connection; the
@@ -417,6 +468,9 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if handler is None:
             self.error(500, "5.5.2", "Command not recognised")
             return None
+        if verb.upper() in PROGRESS_COMMANDS or (verb.upper() in ("EHLO", "HELO")
+                                                 and self.helo is None):
+            self._useful_at = self.clock.seconds()
         if verb.upper() in JUNK_COMMANDS and self.conduct.junk_command():
             log.warn("inbound client {client}: {count} commands without mail "
                      "(server.max_junk_commands), closing", client=self.client_address,
