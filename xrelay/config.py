@@ -761,6 +761,14 @@ class AdminConfig:
     public_url: str | None = attrs.field(default=None, metadata={"doc": (
         "The address browsers use to reach the admin page (behind a proxy), for the "
         "OAuth redirect URI `public_url/signin/callback` and the cookie's Secure flag.")})
+    monitoring_networks: tuple[Network, ...] = attrs.field(
+        validator=_networks, default=(), metadata={"doc": (
+        "Networks (CIDR) of monitoring servers that read `/metrics` and the full "
+        "`/healthz` report without signing in, e.g. `[\"127.0.0.1/32\"]` for a "
+        "Prometheus on this host. Anyone else gets `/healthz` as healthy or not with "
+        "the names of the failed checks only, and `/metrics` refused (403). Behind a "
+        "reverse proxy on this host every client comes from loopback: list it only if "
+        "the proxy does not pass `/metrics` and `/healthz` through.")})
 
 
 @attrs.frozen
