@@ -279,6 +279,12 @@ class ListenerConfig:
         metadata={"doc": (
         'oldest TLS version this listener accepts, "1.0" | "1.1" | "1.2" | "1.3"; '
         'unset: server.tls_min_version. "1.0"/"1.1" only for old printers that need it')})
+    bare_lf_end_of_data: str | None = attrs.field(
+        validator=_one_of(("trusted", "never"), _bare_lf_problem, optional=True),
+        default=None, metadata={"doc": (
+        '"never" on the listener of a trusted host that forwards content others wrote '
+        "(a web form, an old MTA): only CRLF.CRLF ends DATA there; unset: "
+        "relay.bare_lf_end_of_data")})
 
     def __attrs_post_init__(self) -> None:
         if self.implicit_tls and self.starttls:
@@ -456,7 +462,10 @@ class RelayConfig:
         metadata={"doc": (
         '"trusted": for clients admitted by allow_networks (not authenticated) a "." '
         'line ends DATA whatever its line ending (LF.LF, as Postfix exempts '
-        '$mynetworks); "never": only CRLF.CRLF ends DATA, for every client')})
+        '$mynetworks); "never": only CRLF.CRLF ends DATA, for every client. A trusted '
+        "host that forwards content others wrote could let them end a message early "
+        "and start a second one: give it a listener with `bare_lf_end_of_data = "
+        '"never"`, or set "never" here')})
     allow_public_networks: bool = attrs.field(
         validator=_boolean, default=False, metadata={
         "doc": "Must be true for allow_networks to hold 0.0.0.0/0, ::/0 or any public "

@@ -360,7 +360,8 @@ class _Reader:
                 raise self.fail(name, "must be an endpoint description string or a table "
                                 '{ endpoint = "tcp:465", implicit_tls = true }')
             self.known_keys(item, name, ["endpoint", "implicit_tls", "pass_through",
-                                         "starttls", "tls_min_version"])
+                                         "starttls", "tls_min_version",
+                                         "bare_lf_end_of_data"])
             self.get(item, "endpoint", f"{name}.endpoint", str, required=True)
             listeners.append(self.build(name, ListenerConfig, keys={"endpoint": name},
                                         **self.scalars(item, name, ListenerConfig)))
