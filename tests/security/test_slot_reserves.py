@@ -52,6 +52,24 @@ async def test_commands_that_move_no_mail_do_not_keep_the_slot(relay, command):
     await until(lambda: r.service.connections.total == 0)
 
 
+@pytest.mark.parametrize("command", [b"MAIL FROM:<a@example.com>", b"EHLO",
+                                     b"AUTH PLAIN " + plain("scanner", "wrong")])
+@pytest_twisted.ensureDeferred
+async def test_refused_commands_do_not_keep_the_slot_either(relay, command):
+    clock = Clock()
+    r = await relay(make_config(allow_networks=PRINTERS, require_tls_for_auth=False,
+                                max_auth_failures=10), clock=clock, run_blocking=inline)
+    r.service.auth_failures.base_delay = 0  # the wait for a wrong password is not tested
+    holder = await connect(r.port)  # 127.0.0.1: outside allow_networks here
+    await ehlo(holder)
+    for _ in range(2):
+        clock.advance(20)
+        reply = await holder.command(command)
+        assert reply[:1] in ("5", "4") and not reply.startswith("421"), reply
+    clock.advance(20)
+    assert (await holder.read(1)) == [TIMEOUT]
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_silence_counts_from_the_last_command_that_moved_towards_mail(relay):
     clock = Clock()

@@ -17,15 +17,10 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["Conduct", "JUNK_COMMANDS", "LOGGED_EACH", "PROGRESS_COMMANDS",
-           "RECIPIENT_OVERSHOOT"]
+__all__ = ["Conduct", "JUNK_COMMANDS", "LOGGED_EACH", "RECIPIENT_OVERSHOOT"]
 
 #: Commands that keep a session alive without moving a message forward.
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
-
-#: Commands that move a session towards a message (the first EHLO/HELO does too): the
-#: silence allowed before MAIL counts from the last of them, never from a NOOP.
-PROGRESS_COMMANDS = frozenset({"STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "BDAT"})
 
 #: Recipients refused as too many (452 4.5.3) that do not count as errors, since the
 #: last accepted message: Postfix's C{smtpd_recipient_overshoot_limit} default.

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from xrelay.config import Config, UserConfig
 from xrelay.inbound.auth import MECHANISMS
-from xrelay.inbound.conduct import JUNK_COMMANDS, PROGRESS_COMMANDS, Conduct
+from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
 from xrelay.inbound.handler import connect_refusal, session_of
 from xrelay.inbound.leniency import lenient_greeting
 from xrelay.inbound.lines import Line, LineBuffer
@@ -116,10 +116,13 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._running = False
         self._paused = False
         self._timer: Any = None
-        #: When the client last moved towards a message (connected, greeted, TLS, AUTH,
-        #: a transaction): the silence allowed before MAIL counts from there, so NOOP,
-        #: RSET and HELP do not keep a slot.
+        #: When the client last moved towards a message (connected, its first HELO or
+        #: EHLO of a session, a successful AUTH, a transaction): the silence allowed
+        #: before MAIL counts from there, so NOOP, RSET, HELP and refused commands do not
+        #: keep a slot.
         self._useful_at = 0.0
+        #: The user whose successful AUTH last counted as moving towards a message.
+        self._user_seen: UserConfig | None = None
         #: Admitted to the authenticated sessions' reserve: the call that closes the
         #: connection unless it authenticated (L{xrelay.inbound.factory.Admitted}).
         self._probation: Any = None
@@ -231,11 +234,14 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _restart_timer(self) -> None:
         self._cancel_timer()
-        if self.user is not None:
-            self._end_probation()
+        now = self.clock.seconds()
+        if self.user is not self._user_seen:  # an AUTH succeeded (or STARTTLS reset it)
+            self._user_seen = self.user
+            if self.user is not None:
+                self._useful_at = now
+                self._end_probation()
         if self.state != CLOSED:
             wait: float = self._idle_limit()
-            now = self.clock.seconds()
             if self.transaction is not None or self.state == DATA:
                 self._useful_at = now
             elif self.state != PROXY:
@@ -250,6 +256,10 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.factory.connections.end_probation(self.client_address)
 
     def _probation_over(self) -> None:
+        if self.user is None and self.state != CLOSED and self._busy:
+            # An AUTH check is under way: its answer decides, not the clock.
+            self._probation = self.clock.callLater(1, self._probation_over)
+            return
         self._probation = None
         self.factory.connections.end_probation(self.client_address)
         if self.user is not None or self.state == CLOSED:
@@ -468,9 +478,6 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if handler is None:
             self.error(500, "5.5.2", "Command not recognised")
             return None
-        if verb.upper() in PROGRESS_COMMANDS or (verb.upper() in ("EHLO", "HELO")
-                                                 and self.helo is None):
-            self._useful_at = self.clock.seconds()
         if verb.upper() in JUNK_COMMANDS and self.conduct.junk_command():
             log.warn("inbound client {client}: {count} commands without mail "
                      "(server.max_junk_commands), closing", client=self.client_address,
@@ -516,6 +523,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.refuse(refusal)
             return
         self._drop_transaction("new EHLO")
+        if self.helo is None:  # the session's first greeting moves it forward, no other
+            self._useful_at = self.clock.seconds()
         self.helo, self.esmtp = argument, esmtp
         hostname = self.config.server.hostname
         if not esmtp:
