@@ -216,3 +216,28 @@ async def test_a_user_allowed_every_sender_is_not_refused_for_a_malformed_block(
     assert (await send(client, OWN + b"From\t: x@example.com\r\n:x\r\n\r\nscan\r\n")
             ).startswith("250 2.0.0 Ok: queued")
 
+
+
+@pytest.mark.parametrize("block, malformed", [
+    (b"From: a@example.com\r\n\r\n", None),
+    (b"From : a@example.com\r\nFrom\t: b@example.com\r\n\r\n", None),
+    (b"hello\r\nFrom: a@example.com\r\n\r\n", None),  # a body from line 1: no header block
+    (b"Date: x\r\n:x\r\n\r\n", "line 2 of the header block has an empty field name"),
+    (b"Date: x\r\nnot a field\r\n\r\n",
+     "line 2 of the header block has no colon (it is not a header field)"),
+    (b" x\r\nFrom: a@example.com\r\n\r\n",
+     "line 1 of the header block is a continuation line before any field"),
+    (b"From printer@example.com\r\n\r\n",
+     "line 1 of the header block has no colon (it is not a header field)"),
+    (b"Date: x\r\nX Y: z\r\n\r\n", "line 2 of the header block has a field name with a "
+     "space or a character outside printable US-ASCII"),
+], ids=["plain", "obsolete-space", "body-first", "empty-name", "no-colon",
+        "leading-continuation", "mbox-from", "spaced-name"])
+def test_the_header_scanner_says_where_the_block_went_wrong(block, malformed):
+    from xrelay.inbound.headers import HeaderBlock
+
+    headers = HeaderBlock()
+    headers.feed(block + b"body\r\n")
+    assert headers.done and headers.malformed == malformed
+    if block.startswith(b"From : "):
+        assert headers.addresses("from") == ["a@example.com", "b@example.com"]
