@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -19,10 +20,12 @@ import treq
 
 from tests.admin.conftest import start_relay, write_config
 from tests.admin.test_web import spool_message, until
+from tests.operations.test_commands import daemons, start_daemon, xrelay  # noqa: F401
 from tests.security.test_admin_signin import Browser
 from xrelay.operations import health
 
 ATTACKER = "127.0.0.2"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def get_json(browser: Browser, path: str) -> tuple[int, Any, str]:
@@ -56,6 +59,23 @@ async def test_healthz_tells_a_stranger_only_whether_and_what_failed(world, monk
     assert code == 503 and full["failed"] == ["spool", "accounts"]
     assert full["checks"]["daemon"]["pid"] == os.getpid()
     assert relay.spool.directory in body and "boss" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_container_health_check_still_gets_the_whole_report(world, daemons):  # noqa: F811
+    # The Containerfile's HEALTHCHECK and the systemd notes run `xrelay health`, which
+    # asks the daemon over its control socket: no admin network, no sign-in.
+    write_config(world, monitoring=False)
+    daemons.append(await start_daemon(world))
+    code, out, err = await xrelay(world, "health", "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["healthy"] is True and report["checks"]["daemon"]["pid"] > 0
+    assert report["checks"]["spool"]["path"].startswith(str(world.state_dir))
+    response = await treq.get(world.admin_url + "/healthz")
+    assert response.code == 200
+    assert set(json.loads(await response.content())) == {"healthy", "failed", "detail"}
+    assert 'CMD ["xrelay", "health"]' in (ROOT / "Containerfile").read_text()
 
 
 @pytest_twisted.ensureDeferred
