@@ -17,6 +17,7 @@ from typing import Iterable
 
 from xrelay.addresses import SenderPattern
 from xrelay.config import Config
+from xrelay.parents import parent_folder_problems
 
 __all__ = ["problems", "warnings"]
 
@@ -34,6 +35,8 @@ def problems(config: Config) -> list[str]:
     problem = _state_dir_problem(config.server.state_dir)
     if problem:
         found.append(f"{where}: server.state_dir: {problem}")
+    found.extend(f"{where}: server.state_dir: {line}"
+                 for line in parent_folder_problems(config.server.state_dir))
     return found
 
 

@@ -77,7 +77,12 @@ def describe(config: Config) -> list[str]:
     lines += ["", "[relay]",
               f"allow_networks = {_toml([str(n) for n in config.relay.allow_networks])}",
               f"senders = {_toml([p.text for p in config.relay.senders])}",
-              _setting("default_account", config.relay.default_account)]
+              _setting("default_account", config.relay.default_account),
+              _setting("bare_lf_end_of_data", config.relay.bare_lf_end_of_data)
+              + ('  # a "." line with bare LF ends DATA for allow_networks: a host there '
+                 "that forwards content others wrote (a web form, an old MTA) belongs on "
+                 'a listener with bare_lf_end_of_data = "never"'
+                 if config.relay.bare_lf_end_of_data == "trusted" else "")]
     for user in config.users:
         lines += ["", "[[users]]", f"name = {_toml(user.name)}",
                   'password_hash = "<masked>"',

@@ -275,6 +275,12 @@ class ListenerConfig:
         '"trusted": clients in relay.allow_networks may log in (AUTH) on this listener '
         'without TLS, for devices set to "SMTP AUTH on, SSL off"; their passwords cross '
         'the trusted network in clear. "never": server.require_tls_for_auth decides')})
+    bare_lf_end_of_data: str | None = attrs.field(
+        validator=_one_of(("trusted", "never"), _bare_lf_problem, optional=True),
+        default=None, metadata={"doc": (
+        '"never" on the listener of a trusted host that forwards content others wrote '
+        "(a web form, an old MTA): only CRLF.CRLF ends DATA there; unset: "
+        "relay.bare_lf_end_of_data")})
 
     def __attrs_post_init__(self) -> None:
         if self.implicit_tls and self.starttls:
@@ -385,11 +391,20 @@ class ServerConfig:
         "doc": "Connections of `max_connections` kept for clients in "
                "`relay.allow_networks` (at most half), so that outsiders cannot crowd "
                "the printers out; 0 turns it off."})
+    reserved_auth_connections: int = attrs.field(
+        validator=_at_least(0), default=10, metadata={
+        "doc": "Connections of `max_connections` beyond the shared ones kept for "
+               "sessions that authenticate (devices sending from outside "
+               "`relay.allow_networks`, e.g. on port 587; at most half of what "
+               "`reserved_connections` leaves): a client taking one must authenticate "
+               "within 15 s, and each /24 or /64 may take one at a time; 0 turns it off."})
     idle_timeout_before_mail: int = attrs.field(
         validator=_at_least(1), default=60, metadata={
-        "doc": "Seconds a client may stay silent while no mail transaction is open "
-               "(before MAIL FROM, between messages), at most `idle_timeout`, which "
-               "applies within a transaction."})
+        "doc": "Seconds a client may stay silent or send only NOOP, RSET, HELP and the "
+               "like while no mail transaction is open (before MAIL FROM, between "
+               "messages), counted from its last command that moved towards a message "
+               "(EHLO, STARTTLS, AUTH, MAIL...); at most `idle_timeout`, which applies "
+               "within a transaction."})
     max_junk_commands: int = attrs.field(validator=_at_least(1), default=100, metadata={
         "doc": "NOOP, RSET, VRFY, HELP, EHLO and HELO commands allowed on one connection "
                "since its last accepted message (as Postfix's `smtpd_junk_command_limit`); "
@@ -433,9 +448,10 @@ class RelayConfig:
             "because nobody wrote this key.")})
     senders: tuple[SenderPattern, ...] = attrs.field(
         validator=_patterns, default=ANY_SENDER, metadata={
-        "doc": "Envelope senders that clients admitted by network may use (`*`, "
-        "`*@example.com`, `scanner@example.com`); the accounts' own `senders` still "
-        "decide what can be delivered."})
+        "doc": "Senders that clients admitted by network may use (`*`, "
+        "`*@example.com`, `scanner@example.com`): the envelope sender and, unless `*` "
+        "is listed, every address in the message's `From:` and `Sender:` (as a user's "
+        "`senders`); the accounts' own `senders` still decide what can be delivered."})
     default_account: str | None = attrs.field(default=None, metadata={"doc": (
         "Account used for senders that match no account's `senders`; unset, such "
         "senders are refused at MAIL FROM.")})
@@ -444,7 +460,10 @@ class RelayConfig:
         metadata={"doc": (
         '"trusted": for clients admitted by allow_networks (not authenticated) a "." '
         'line ends DATA whatever its line ending (LF.LF, as Postfix exempts '
-        '$mynetworks); "never": only CRLF.CRLF ends DATA, for every client')})
+        '$mynetworks); "never": only CRLF.CRLF ends DATA, for every client. A trusted '
+        "host that forwards content others wrote could let them end a message early "
+        "and start a second one: give it a listener with `bare_lf_end_of_data = "
+        '"never"`, or set "never" here')})
     allow_public_networks: bool = attrs.field(
         validator=_boolean, default=False, metadata={
         "doc": "Must be true for allow_networks to hold 0.0.0.0/0, ::/0 or any public "
@@ -472,8 +491,10 @@ class UserConfig:
         "refused.")})
     senders: tuple[SenderPattern, ...] = attrs.field(
         validator=_patterns, default=ANY_SENDER, metadata={
-        "doc": "Envelope senders this user may use; give each device its own address, "
-        "e.g. `[\"scanner@example.com\"]`."})
+        "doc": "Senders this user may use; give each device its own address, "
+        "e.g. `[\"scanner@example.com\"]`.  Unless `*` is listed, the message's own "
+        "`From:` and `Sender:` must match too, and a header block with a line that is "
+        "not a field before its empty line is refused (550 5.7.1)."})
 
 
 PROVIDERS = ("microsoft", "google")
@@ -800,6 +821,14 @@ class AdminConfig:
     public_url: str | None = attrs.field(default=None, metadata={"doc": (
         "The address browsers use to reach the admin page (behind a proxy), for the "
         "OAuth redirect URI `public_url/signin/callback` and the cookie's Secure flag.")})
+    monitoring_networks: tuple[Network, ...] = attrs.field(
+        validator=_networks, default=(), metadata={"doc": (
+        "Networks (CIDR) of monitoring servers that read `/metrics` and the full "
+        "`/healthz` report without signing in, e.g. `[\"127.0.0.1/32\"]` for a "
+        "Prometheus on this host. Anyone else gets `/healthz` as healthy or not with "
+        "the names of the failed checks only, and `/metrics` refused (403). Behind a "
+        "reverse proxy on this host every client comes from loopback: list it only if "
+        "the proxy does not pass `/metrics` and `/healthz` through.")})
 
 
 @attrs.frozen

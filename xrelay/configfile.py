@@ -129,6 +129,7 @@ READ_APART = {
     ServerConfig: {"listen", "hostname", "state_dir", "tls_cert", "tls_key",
                    "trusted_proxies"},
     RelayConfig: {"allow_networks", "senders"},
+    AdminConfig: {"monitoring_networks"},
     UserConfig: {"senders"},
     AccountConfig: {"senders", "client_secret_file", "certificate_file",
                     "certificate_key_file", "refresh_token_file", "ca_file",
@@ -360,7 +361,7 @@ class _Reader:
                                 '{ endpoint = "tcp:465", implicit_tls = true }')
             self.known_keys(item, name, ["endpoint", "implicit_tls", "pass_through",
                                          "starttls", "tls_min_version",
-                                         "auth_without_tls"])
+                                         "auth_without_tls", "bare_lf_end_of_data"])
             self.get(item, "endpoint", f"{name}.endpoint", str, required=True)
             listeners.append(self.build(name, ListenerConfig, keys={"endpoint": name},
                                         **self.scalars(item, name, ListenerConfig)))
@@ -506,11 +507,16 @@ class _Reader:
                           **self.scalars(raw, "delivery", DeliveryConfig))
 
     def admin(self, raw: dict[str, Any]) -> AdminConfig:
-        self.known_keys(raw, "admin", ["listen", "password_hash", "public_url"], hints={
+        self.known_keys(raw, "admin", ["listen", "password_hash", "public_url",
+                                       "monitoring_networks"], hints={
             "password": "plaintext passwords are not accepted; run `xrelay hash-password`"
             " and write password_hash = \"<its output>\" instead"})
         self.hash(raw, "admin.password_hash")
         values = self.scalars(raw, "admin", AdminConfig)
+        monitoring = self.networks(raw, "monitoring_networks", "admin.monitoring_networks",
+                                   '"127.0.0.1/32"')
+        if monitoring is not None:
+            values["monitoring_networks"] = monitoring
         if values.get("public_url"):
             values["public_url"] = values["public_url"].rstrip("/")
         return self.build("admin", AdminConfig, **values)

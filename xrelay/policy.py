@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import attrs
 
-from xrelay.addresses import NULL_SENDER, matches_any
-from xrelay.config import AccountConfig, Config, UserConfig
+from xrelay.addresses import NULL_SENDER, SenderPattern, matches_any
+from xrelay.config import ANY_SENDER, AccountConfig, Config, UserConfig
 from xrelay.records import Refusal
 
 if TYPE_CHECKING:
@@ -200,30 +200,46 @@ def recipient_limit_refusal(config: Config, accepted: int) -> Refusal | None:
                    "message, send the rest in another message")
 
 
-def header_sender_refusal(user: UserConfig | None, headers: "HeaderBlock") -> Refusal | None:
+def header_sender_refusal(user: UserConfig | None, headers: "HeaderBlock",
+                          relay_senders: Sequence[SenderPattern] = ANY_SENDER,
+                          ) -> Refusal | None:
     """
-    For a user whose C{senders} is restricted, the message's own C{From:} (every address
-    in it) and C{Sender:} must match the rule too: the envelope alone is not what the
-    recipient sees.  A header field that was seen but whose value was not kept (a header
-    block padded past L{xrelay.inbound.headers.MAX_KEPT}) is refused rather than waved
-    through.  Clients
-    admitted by network, and users allowed C{"*"}, are not checked.
+    For a restricted sender rule (a user's C{senders}, or C{relay.senders} for clients
+    admitted by network), the message's own C{From:} (every address in it) and
+    C{Sender:} must match the rule too: the envelope alone is not what the recipient
+    sees.  A rule allowing C{"*"} is not checked.
+
+    What the rule cannot see is refused rather than waved through, because an upstream
+    parser might read more than this relay did: a header field seen but whose value was
+    not kept (a header block padded past L{xrelay.inbound.headers.MAX_KEPT}), and a
+    header block that ended at a line that is not a field instead of at the empty line
+    (C{":x"}, a line without a colon, a continuation line first: Python's C{email}
+    reads fields past some of them).  The refusal is 550 5.7.1 like the rule's own:
+    the same message from a client the rule does not restrict is accepted, so it is
+    the sender rule, not the message format, that refuses it.
     """
-    if user is None or any(p.text == "*" for p in user.senders):
+    if user is not None:
+        patterns, rule, who = user.senders, f'users."{user.name}".senders', f"user {user.name}"
+    else:
+        patterns, rule, who = tuple(relay_senders), "relay.senders", "clients admitted by network"
+    if any(p.text == "*" for p in patterns):
         return None
-    patterns = tuple(p for p in user.senders if p.text != NULL_SENDER)
+    patterns = tuple(p for p in patterns if p.text != NULL_SENDER)
     allowed = ", ".join(p.text for p in patterns) or "none"
-    rule = f'users."{user.name}".senders'
+    if headers.malformed is not None:
+        return Refusal(550, "5.7.1", f"Header From: and Sender: cannot be checked against "
+                       f"{rule} for {who}: {headers.malformed}; end the header block "
+                       "with an empty line before the body")
     for field, name in (("from", "From:"), ("sender", "Sender:")):
         addresses = headers.addresses(field)
         if field in headers.dropped or (headers.has(field) and not addresses):
             return Refusal(550, "5.7.1", f"Header {name} cannot be checked against {rule} "
-                           f"for user {user.name}; send a plain {name} with one of: "
+                           f"for {who}; send a plain {name} with one of: "
                            f"{allowed}")
         for address in addresses:
             if not matches_any(patterns, address):
                 return Refusal(550, "5.7.1", f"Header {name} <{address}> is not allowed "
-                               f"for user {user.name} by {rule}; allowed: {allowed}")
+                               f"for {who} by {rule}; allowed: {allowed}")
     return None
 
 
@@ -271,8 +287,12 @@ class AuthFailures:
        C{per_address_limit} within C{window} seconds, refuse it outright.  A source can
        only lock itself out.
      - per account name: failures from I{other} sources make the answers for that name
-       slower (up to C{max_delay}), never a refusal, so an attacker elsewhere cannot
-       lock a device or the admin out; the right password still works, later.
+       slower, never a refusal, so an attacker elsewhere cannot lock a device or the
+       admin out.  That wait is only for a source that has failed itself (within the
+       window), and at most C{aimed_max_delay}: a device that has not mistyped gets its
+       answer at once however many guesses others made on its name (printers give up on
+       a reply after some seconds, and user names like C{scanner} are guessable), while
+       every guessing source still waits and is still refused past its limit.
     A success clears the source and the failures it had caused for that account (a
     device that mistyped is not punished), not what others caused.
 
@@ -285,6 +305,8 @@ class AuthFailures:
     base_delay: float = 1.0
     max_delay: float = 30.0
     per_address_limit: int = 10
+    #: The most a wait earned by I{other} sources' failures on an account may add.
+    aimed_max_delay: float = 3.0
     #: Whether a source's own failures slow its answers (SMTP AUTH), or only refuse it
     #: past the limit (the admin page, where a person types).
     source_delay: bool = True
@@ -325,7 +347,7 @@ class AuthFailures:
         if self.blocked(source, now):
             return None
         delay = max(self._wait(self._count(source, now)) if self.source_delay else 0.0,
-                    self._wait(self._others(account, source, now)))
+                    self._aimed(account, source, now))
         self._in_flight[source] = self._in_flight.get(source, 0) + 1
         return Attempt(source, account, delay)
 
@@ -372,7 +394,13 @@ class AuthFailures:
         own = self._wait(self._count(address, now)) if self.source_delay else 0.0
         if account is None:
             return own
-        return max(own, self._wait(self._others(account, address, now)))
+        return max(own, self._aimed(account, address, now))
+
+    def _aimed(self, account: str, source: str, now: float) -> float:
+        """The wait others' failures on this account add, for a source that failed too."""
+        if not self._recent(source, now):
+            return 0.0
+        return min(self._wait(self._others(account, source, now)), self.aimed_max_delay)
 
     def blocked(self, address: str, now: float) -> bool:
         """Whether the address has used up its failures (in flight included) for now."""

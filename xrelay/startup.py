@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-__all__ = ["StartupRefused", "cannot_listen", "refuse_to_start"]
+__all__ = ["StartupRefused", "cannot_listen", "refuse_to_start", "make_undumpable"]
 
 log = Logger(namespace="xrelay")
 
@@ -91,3 +91,33 @@ def say(line: str) -> None:
 
 def _is_log(stream: Any) -> bool:
     return type(stream).__name__ == "LoggingFile"
+
+
+#: prctl(2) option: whether the process may be dumped (core files) or ptrace-attached by
+#: its own user.
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+
+
+def make_undumpable() -> bool:
+    """
+    Make the daemon non-dumpable (Linux C{prctl(PR_SET_DUMPABLE, 0)}): a crash leaves no
+    core file holding access tokens, refresh tokens and the token cache's key, and
+    another process of the same user cannot read its memory through ptrace or
+    C{/proc/PID/mem}.  The systemd unit also sets C{LimitCORE=0}.  Returns whether it
+    took effect (false off Linux, or where prctl is refused: logged, not fatal).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) refused")
+        return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError) as e:
+        log.warn("xrelay: could not make the process non-dumpable ({error}); a crash "
+                 "dump could hold tokens: set LimitCORE=0 (systemd) or ulimit -c 0",
+                 error=str(e))
+        return False

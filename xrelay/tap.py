@@ -41,8 +41,9 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     from xrelay.service import makeService as make
-    from xrelay.startup import StartupRefused
+    from xrelay.startup import StartupRefused, make_undumpable
 
+    make_undumpable()  # before any token or key is in memory
     config: Config = options["xrelay-config"]
     try:
         return make(config)

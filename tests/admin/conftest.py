@@ -64,7 +64,8 @@ def free_port() -> int:
 
 
 def write_config(world: RelayWorld, delegated: bool = False, extra: str = "",
-                 first_retry: int = 1, server_extra: str = "", sections: str = "") -> None:
+                 first_retry: int = 1, server_extra: str = "", sections: str = "",
+                 monitoring: bool = True) -> None:
     sb = world.sandbox
     accounts = account_toml(dict(sb.default_account(), senders=["printer@sandbox.example", "*@example.com"]))
     if delegated:
@@ -95,6 +96,7 @@ max_retry_interval = {max(first_retry * 2, 2)}
 [admin]
 listen = "tcp:{world.admin_port}:interface=127.0.0.1"
 password_hash = "{ADMIN_HASH}"
+{'monitoring_networks = ["127.0.0.0/8"]' if monitoring else ""}
 {extra}
 """)
 

@@ -20,7 +20,8 @@ from tests.admin.conftest import ADMIN_PASSWORD, start_relay
 from tests.waiting import until  # noqa: F401 (other tests import it from here)
 from xrelay.envelope import Envelope
 
-COOKIE = re.compile(r"xrelay_admin=([^;]+)")
+#: The session cookie, named per listener port (or __Host- over TLS): xrelay.admin.sessions.
+COOKIE = re.compile(r"((?:__Host-)?xrelay_admin(?:_\d+)?)=([^;]*)")
 
 
 class Browser:
@@ -29,13 +30,14 @@ class Browser:
     def __init__(self, base: str) -> None:
         self.base = base
         self.cookie: str | None = None
+        self.cookie_name = "xrelay_admin"
         self.set_cookie_headers: list[bytes] = []
 
     async def request(self, method: str, path: str, data: dict[str, str] | None = None
                       ) -> tuple[Any, str]:
         headers = {}
         if self.cookie:
-            headers["Cookie"] = f"xrelay_admin={self.cookie}"
+            headers["Cookie"] = f"{self.cookie_name}={self.cookie}"
         response = await treq.request(method, self.base + path, data=data, headers=headers,
                                       allow_redirects=False)
         body = (await response.content()).decode("utf-8")
@@ -43,7 +45,8 @@ class Browser:
             self.set_cookie_headers.append(value)
             match = COOKIE.search(value.decode("ascii"))
             if match:
-                self.cookie = match.group(1) or None
+                self.cookie_name = match.group(1)
+                self.cookie = match.group(2) or None
         return response, body
 
     async def csrf(self, path: str = "/") -> str:
@@ -165,7 +168,7 @@ async def test_security_headers_and_cookie_flags(world) -> None:
         assert f"form-action 'self' {world.sandbox.authority}" in csp
         assert h.getRawHeaders(b"x-frame-options") == [b"DENY"]
         assert h.getRawHeaders(b"x-content-type-options") == [b"nosniff"]
-        assert h.getRawHeaders(b"referrer-policy") == [b"no-referrer"]
+        assert h.getRawHeaders(b"referrer-policy") == [b"same-origin"]
         assert h.getRawHeaders(b"cache-control") == [b"no-store"]
     for value in browser.set_cookie_headers:
         flags = value.decode().lower()

@@ -61,6 +61,10 @@ async def test_activity_restarts_the_idle_timer(relay):
     r = await relay(make_config(idle_timeout=120, idle_timeout_before_mail=120),
                     clock=clock)
     client = await connect(r.port)
+    # Within a transaction any command is activity; before MAIL only commands that move
+    # towards a message are (tests/security/test_connection_slots.py).
+    await client.command(b"EHLO client.test")
+    await client.command(b"MAIL FROM:<a@example.com>")
     for _ in range(3):
         clock.advance(100)
         assert (await client.command(b"NOOP")) == "250 2.0.0 Ok"

@@ -110,7 +110,7 @@ async def test_a_local_user_cannot_lock_out_a_browser_that_signed_in_before(worl
     relay.admin.site.failures.base_delay = 0.05  # the wait for the account stays short
     admin = Browser(world.admin_url)
     assert (await admin.sign_in()).code == 303
-    assert "xrelay_device" in admin.cookies
+    assert f"xrelay_device_{world.admin_port}" in admin.cookies
     token = await admin.csrf("/")
     await admin.request("POST", "/logout", {"csrf_token": token})
     # Another local user, on the same 127.0.0.1, burns the address's failures.
@@ -124,7 +124,7 @@ async def test_a_local_user_cannot_lock_out_a_browser_that_signed_in_before(worl
     assert response.code == 200
     # A forged device cookie is worth nothing.
     forger = Browser(world.admin_url)
-    forger.cookies["xrelay_device"] = "abc.def"
+    forger.cookies[f"xrelay_device_{world.admin_port}"] = "abc.def"
     assert (await forger.sign_in(ADMIN_PASSWORD)).code == 429
 
 

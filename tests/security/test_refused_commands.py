@@ -11,6 +11,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.inbound.harness import NOWHERE, connect, ehlo, make_config
 from xrelay.testing.spool import FIRST_ID
+from xrelay.inbound.conduct import RECIPIENT_OVERSHOOT
 
 TOO_MANY = "421 4.7.0 relay.test Too many errors, closing connection"
 
@@ -85,3 +86,23 @@ async def test_an_accepted_message_starts_the_count_again(relay):
     await client.command(b"FOO")
     await client.command(b"FOO")
     assert (await client.command(b"FOO")) == TOO_MANY
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recipient_flood_past_the_overshoot_counts_as_errors(relay):
+    # Finding (low): 100,000 pipelined RCPTs were all answered 452 4.5.3, none counted.
+    # Past RECIPIENT_OVERSHOOT of them (Postfix's smtpd_recipient_overshoot_limit)
+    # each is an error toward max_errors.
+    r = await relay(make_config(max_recipients=2, max_errors=5))
+    client = await connect(r.port)
+    await ehlo(client)
+    await client.command(b"MAIL FROM:<a@example.com>")
+    flood = 2 + RECIPIENT_OVERSHOOT + 100
+    client.send(b"".join(b"RCPT TO:<r%d@example.org>\r\n" % i for i in range(flood)))
+    await client.wait_closed()
+    replies = client.replies
+    # 2 accepted, the overshoot answered 452 freely, then 4 counted 452s and the 421.
+    assert replies[:2] == ["250 2.1.5 Ok"] * 2
+    assert len(replies) == 2 + RECIPIENT_OVERSHOOT + 4 + 1
+    assert all(reply.startswith("452 4.5.3 Too many recipients") for reply in replies[2:-1])
+    assert replies[-1] == TOO_MANY

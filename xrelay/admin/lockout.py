@@ -42,7 +42,7 @@ ADMIN_ACCOUNT = "admin"
 
 def _admin_failures() -> AuthFailures:
     # The admin types: their own mistakes cost no wait (the limit is enough); others'
-    # mistakes slow them by at most ten seconds.
+    # mistakes slow them only once they mistyped too, by at most aimed_max_delay.
     return AuthFailures(window=FAILURE_WINDOW, base_delay=1.0, max_delay=10.0,
                         per_address_limit=MAX_FAILURES, source_delay=False,
                         max_tracked=10000)

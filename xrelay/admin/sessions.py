@@ -19,9 +19,22 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Session", "SessionStore", "COOKIE_NAME"]
+__all__ = ["Session", "SessionStore", "COOKIE_NAME", "cookie_name"]
 
 COOKIE_NAME = "xrelay_admin"
+
+
+def cookie_name(base: str, port: int, secure: bool) -> str:
+    """
+    The name a cookie of the admin site goes by.  Cookies are per host, not per port
+    (RFC 6265 8.5): without a name of its own, the admin page's session on
+    C{127.0.0.1:8025} would be overwritten by, and mixed up with, another local web
+    application's cookie of the same name.  Over TLS the C{__Host-} prefix makes the
+    browser keep it host-only, C{Secure} and C{Path=/} whoever tries to set it
+    (RFC 6265bis 4.1.3.2); over plain HTTP the listener's port is in the name.  Either
+    way the cookie carries no C{Domain}, so it is host-only.
+    """
+    return f"__Host-{base}" if secure else f"{base}_{port}"
 
 #: An idle session ends after this many seconds; any session after MAX_AGE.
 IDLE_TIMEOUT = 30 * 60.0

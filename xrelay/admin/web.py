@@ -2,8 +2,10 @@
 The admin web site: routing, sign-in, CSRF checks and security headers.
 
 Policy lives here, once, for every page: every response carries the security headers;
-every page but the sign-in form, the stylesheet, C{/metrics}, C{/healthz} and the identity platform's
-return needs a signed-in session; every POST needs the session's CSRF token.  A refused
+every page but the sign-in form, the stylesheet, C{/healthz} (whose detail, and
+C{/metrics}, need a session or C{admin.monitoring_networks}) and the identity platform's
+return needs a signed-in session; every POST needs the session's CSRF token in its form
+body, and an C{Origin} of this site when the browser sends one.  A refused
 request gets a short page and a log line with the client's address, never a traceback.
 
 The browser sign-in ("Sign in with Microsoft" for delegated Microsoft accounts, "Sign in
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -35,7 +37,7 @@ from xrelay.admin import pages
 from xrelay.admin.glance import account_views, overall_line
 from xrelay.admin.lockout import (ADMIN_ACCOUNT, DEVICE_COOKIE, DEVICE_MAX_AGE,
                                   FAILURE_WINDOW, MAX_FAILURES, SignInGuard)
-from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore
+from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore, cookie_name
 from xrelay.interfaces import ISpool, UnknownEntry
 from xrelay.operations.queue import QueueOperations, QueueProblem
 
@@ -60,7 +62,9 @@ def security_headers(form_targets: list[str]) -> dict[bytes, bytes]:
         ).encode("ascii"),
         b"x-frame-options": b"DENY",
         b"x-content-type-options": b"nosniff",
-        b"referrer-policy": b"no-referrer",
+        # same-origin, not no-referrer: under no-referrer browsers send "Origin: null"
+        # with the site's own forms, and _check_csrf wants their real Origin.
+        b"referrer-policy": b"same-origin",
         b"cache-control": b"no-store",
         b"cross-origin-opener-policy": b"same-origin",
     }
@@ -215,8 +219,13 @@ class AdminSite(Resource):
         request.setHeader(b"location", location.encode("utf-8"))
         request.finish()
 
+    def _cookie(self, request: Any, base: str = COOKIE_NAME) -> bytes:
+        """This listener's name for one of the site's cookies (L{cookie_name})."""
+        port = getattr(request.getHost(), "port", 0)
+        return cookie_name(base, port, self._secure(request)).encode("ascii")
+
     def _session(self, request: Any) -> Session | None:
-        cookie = request.getCookie(COOKIE_NAME.encode("ascii"))
+        cookie = request.getCookie(self._cookie(request))
         return self.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
 
     def _session_or_new(self, request: Any) -> Session:
@@ -238,7 +247,7 @@ class AdminSite(Resource):
                     .startswith("https://"))
 
     def _set_cookie(self, request: Any, session: Session) -> None:
-        request.addCookie(COOKIE_NAME.encode("ascii"), session.identifier.encode("ascii"),
+        request.addCookie(self._cookie(request), session.identifier.encode("ascii"),
                           path=b"/", httpOnly=True, sameSite="strict",
                           secure=self._secure(request))
 
@@ -249,11 +258,46 @@ class AdminSite(Resource):
         return values[0].decode("utf-8", "replace")
 
     def _check_csrf(self, request: Any, session: Session, path: str) -> None:
-        if not session.csrf_matches(self._form(request, "csrf_token")):
+        """
+        A POST must carry the session's token in its form body (never the query string,
+        which leaks through logs, history and Referer) and, when the browser names its
+        C{Origin}, come from this site.
+        """
+        origin = request.getHeader(b"origin")
+        if origin is not None and origin not in self._own_origins(request):
+            log.warn("admin: POST {path} from {client} refused: Origin {origin} is not "
+                     "this site", path=path, client=_client(request),
+                     origin=origin.decode("ascii", "replace")[:200])
+            raise Refused(403, "This form did not come from this site's page; open the "
+                          "admin page at its own address and try again.")
+        if not session.csrf_matches(form_body_field(request, "csrf_token")):
             log.warn("admin: POST {path} from {client} refused: CSRF token missing or "
                      "wrong", path=path, client=_client(request))
             raise Refused(403, "This form has expired or did not come from this page; "
                           "reload the page and try again.")
+
+    def _own_origins(self, request: Any) -> set[bytes]:
+        """
+        The origins this site's own pages have: C{admin.public_url}'s, and the address
+        the browser used (its C{Host:}; a forged one makes no difference here, since
+        a browser sending a cross-site form names the other site as its origin).
+        """
+        own = {f"{'https' if request.isSecure() else 'http'}://".encode("ascii")
+               + (request.getHeader(b"host") or b"")}
+        if self.config.admin.public_url:
+            own.add(_origin(self.config.admin.public_url).encode("utf-8"))
+        return own
+
+    def may_monitor(self, request: Any) -> bool:
+        """
+        Whether this request may read the relay's details (C{/healthz} in full,
+        C{/metrics}): a signed-in session, or a client in C{admin.monitoring_networks}.
+        """
+        session = self._session(request)
+        if session is not None and session.authenticated:
+            return True
+        return client_in(getattr(self.config.admin, "monitoring_networks", ()),
+                         _client(request))
 
     # -- public pages --------------------------------------------------------------
 
@@ -261,18 +305,31 @@ class AdminSite(Resource):
         return b"text/css; charset=utf-8", pages.STYLE
 
     async def metrics_page(self, request: Any) -> tuple[bytes, bytes]:
+        """The metrics name accounts, listeners and counts: not for strangers."""
         from xrelay.operations.metrics import CONTENT_TYPE
 
+        if not self.may_monitor(request):
+            log.warn("admin: GET /metrics from {client} refused: not signed in and not "
+                     "in admin.monitoring_networks", client=_client(request))
+            raise Refused(403, "Sign in first, or add the monitoring server's network "
+                          "to admin.monitoring_networks.")
         return CONTENT_TYPE.encode("ascii"), self.metrics.exposition()
 
     async def healthz(self, request: Any) -> tuple[bytes, bytes]:
-        """The health report as JSON, no password: 200 when healthy, else 503."""
+        """
+        The health report as JSON, 200 when healthy, else 503.  Without a password it
+        says only whether the relay is healthy and the names of the failed checks; the
+        detail (paths, PID, listeners, accounts and their errors) is for a signed-in
+        session or C{admin.monitoring_networks}.
+        """
         import json
 
-        from xrelay.operations.health import health_report
+        from xrelay.operations.health import health_report, public_health
 
         report = health_report(self.relay)
         request.setResponseCode(200 if report["healthy"] else 503)
+        if not self.may_monitor(request):
+            report = public_health(report)
         return b"application/json", json.dumps(report, indent=1).encode("utf-8")
 
     async def login_form(self, request: Any, error: str | None = None) -> bytes:
@@ -293,7 +350,8 @@ class AdminSite(Resource):
             return await self.login_form(request, "Your session expired; try again.")
         self._check_csrf(request, session, "/login")
         client = _client(request)
-        source = self.guard.source(client, request.getCookie(DEVICE_COOKIE.encode("ascii")))
+        source = self.guard.source(client, request.getCookie(
+            self._cookie(request, DEVICE_COOKIE)))
         # Counted from now, before the slow check: concurrent guesses share the limit.
         attempt = self.failures.begin(source, ADMIN_ACCOUNT, self.reactor.seconds())
         if attempt is None:
@@ -322,7 +380,7 @@ class AdminSite(Resource):
         fresh = self.sessions.authenticate(session)
         self._set_cookie(request, fresh)
         # This browser is known now: a lockout of its address no longer holds it out.
-        request.addCookie(DEVICE_COOKIE.encode("ascii"),
+        request.addCookie(self._cookie(request, DEVICE_COOKIE),
                           self.guard.device_cookie().encode("ascii"), path=b"/",
                           max_age=str(DEVICE_MAX_AGE), httpOnly=True, sameSite="strict",
                           secure=self._secure(request))
@@ -334,8 +392,8 @@ class AdminSite(Resource):
 
     async def logout(self, request: Any, session: Session) -> None:
         self.sessions.end(session)
-        request.addCookie(COOKIE_NAME.encode("ascii"), b"", path=b"/", max_age="0",
-                          httpOnly=True, sameSite="strict")
+        request.addCookie(self._cookie(request), b"", path=b"/", max_age="0",
+                          httpOnly=True, sameSite="strict", secure=self._secure(request))
         self._redirect(request, "/login")
 
     def can_sign_in(self, account: Any) -> bool:
@@ -553,6 +611,31 @@ def sign_in_url(account: Any) -> str:
 
 def _text(value: bytes | None) -> str:
     return (value or b"").decode("utf-8", "replace")
+
+
+def form_body_field(request: Any, name: str) -> str | None:
+    """
+    A field of the POST's form body only: Twisted's C{request.args} mixes the query
+    string in, so a field that is (also) in the query string is not taken at all.
+    """
+    query = urlsplit(request.uri or b"").query
+    if name.encode("ascii") in parse_qs(query, keep_blank_values=True):
+        return None
+    values = request.args.get(name.encode("ascii"))
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def client_in(networks: Any, address: str) -> bool:
+    """Whether a client address lies in one of these networks."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
 def _client(request: Any) -> str:

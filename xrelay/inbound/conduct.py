@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["Conduct", "JUNK_COMMANDS", "LOGGED_EACH"]
+__all__ = ["Conduct", "JUNK_COMMANDS", "LOGGED_EACH", "RECIPIENT_OVERSHOOT"]
 
 #: Commands that keep a session alive without moving a message forward.
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
+
+#: Recipients refused as too many (452 4.5.3) that do not count as errors, since the
+#: last accepted message: Postfix's C{smtpd_recipient_overshoot_limit} default.
+RECIPIENT_OVERSHOOT = 1000
 
 #: Refusals of one connection that get a log line each; later ones are summarised.
 LOGGED_EACH = 3
@@ -34,6 +38,8 @@ class Conduct:
     max_junk: int
     errors: int = 0
     junk: int = 0
+    #: Recipients refused as one too many (452 4.5.3) since the last accepted message.
+    excess_recipients: int = 0
     #: Refusals seen in all, and the ones not logged one by one (for the summary).
     refusals: int = 0
     unlogged: int = 0
@@ -49,10 +55,22 @@ class Conduct:
         self.junk += 1
         return self.junk > self.max_junk
 
+    def excess_recipient(self) -> bool:
+        """
+        Count one recipient refused as too many (452 4.5.3); true when it must count as
+        an error too.  A client sending a long list pipelined gets
+        L{RECIPIENT_OVERSHOOT} such replies free, so that it can send the rest in
+        another message as RFC 5321 4.5.3.1.10 asks; past them every one is an error
+        toward C{max_errors}, so that 100,000 pipelined RCPTs end the connection.
+        """
+        self.excess_recipients += 1
+        return self.excess_recipients > RECIPIENT_OVERSHOOT
+
     def message_accepted(self) -> None:
         """A message was accepted: the client is doing real work; start counting again."""
         self.errors = 0
         self.junk = 0
+        self.excess_recipients = 0
 
     def log_refusal(self, reply: str) -> bool:
         """Whether this refusal gets a log line of its own (else it is summarised)."""

@@ -20,7 +20,7 @@ from xrelay.config import Config, ListenerConfig
 from xrelay.policy import client_in_networks, client_network
 from xrelay.records import Refusal
 
-__all__ = ["ConnectionCounter", "InboundFactory", "ListenerHost"]
+__all__ = ["Admitted", "ConnectionCounter", "InboundFactory", "ListenerHost"]
 
 
 class ListenerHost(Protocol):
@@ -45,6 +45,14 @@ class ListenerHost(Protocol):
     def starttls_options(self, listener: ListenerConfig) -> Any: ...
 
 
+@attrs.frozen
+class Admitted:
+    """A connection counted in; C{probation}: in the authenticated sessions' reserve,
+    so it must authenticate within L{xrelay.inbound.protocol.AUTH_RESERVE_SECONDS}."""
+
+    probation: bool = False
+
+
 @attrs.define
 class ConnectionCounter:
     """
@@ -54,6 +62,13 @@ class ConnectionCounter:
        hold at most L{header_share} slots;
      - clients outside C{relay.allow_networks} may not take the last
        C{server.reserved_connections} slots, which are the printers';
+     - of the slots left to them, the last C{server.reserved_auth_connections} are for
+       sessions that authenticate (devices sending from outside the printers'
+       networks, the port-587 case).  Whether a client will authenticate is not known
+       when it connects, so a client taking one of them is on probation: it must
+       authenticate within C{xrelay.inbound.protocol.AUTH_RESERVE_SECONDS} or it is
+       closed, and each network may have one client on probation at a time, so that
+       a few networks holding the shared slots cannot also hold the reserve;
      - one /24 (IPv4) or /64 (IPv6) may hold C{server.max_connections_per_network}.
     """
 
@@ -63,6 +78,9 @@ class ConnectionCounter:
     #: Connections on C{haproxy:} listeners whose PROXY header has not come yet: they
     #: count against C{max_connections}, within their small share.
     awaiting_header: int = 0
+    #: Connections in the authenticated sessions' reserve that have not authenticated
+    #: yet, per client network.
+    probation: dict[str, int] = attrs.field(factory=dict)
 
     @staticmethod
     def header_share(config: Config) -> int:
@@ -87,22 +105,37 @@ class ConnectionCounter:
         self.awaiting_header += 1
         return None
 
-    def admit(self, address: str, config: Config) -> Refusal | None:
+    @staticmethod
+    def reserves(config: Config) -> tuple[int, int]:
+        """The slots kept for C{relay.allow_networks}, and for authenticated sessions."""
+        server = config.server
+        networks = min(server.reserved_connections, server.max_connections // 2)
+        sessions = min(server.reserved_auth_connections,
+                       (server.max_connections - networks) // 2)
+        return networks, sessions
+
+    def admit(self, address: str, config: Config) -> Refusal | Admitted:
         """Count the connection in, or say why not (and leave the counts unchanged)."""
         server = config.server
         hostname = server.hostname
         full = self.full(config)
         if full is not None:
             return full
-        reserved = min(server.reserved_connections, server.max_connections // 2)
-        if (reserved and not client_in_networks(config, address)
-                and self.total + self.awaiting_header >= server.max_connections - reserved):
-            return Refusal(421, "4.7.0", f"{hostname} Too many connections, try again "
-                           "later")
+        busy = Refusal(421, "4.7.0", f"{hostname} Too many connections, try again later")
+        for_networks, for_sessions = self.reserves(config)
+        network = client_network(address)
+        in_use = self.total + self.awaiting_header
+        probation = False
+        if (for_networks or for_sessions) and not client_in_networks(config, address):
+            if in_use >= server.max_connections - for_networks:
+                return busy
+            if in_use >= server.max_connections - for_networks - for_sessions:
+                if self.probation.get(network, 0):
+                    return busy
+                probation = True
         if self.per_client.get(address, 0) >= server.max_connections_per_client:
             return Refusal(421, "4.7.0", f"{hostname} Too many connections from your "
                            "address, try again later")
-        network = client_network(address)
         if self.per_network.get(network, 0) >= max(server.max_connections_per_network,
                                                    server.max_connections_per_client):
             return Refusal(421, "4.7.0", f"{hostname} Too many connections from your "
@@ -110,17 +143,27 @@ class ConnectionCounter:
         self.total += 1
         self.per_client[address] = self.per_client.get(address, 0) + 1
         self.per_network[network] = self.per_network.get(network, 0) + 1
-        return None
+        if probation:
+            self.probation[network] = self.probation.get(network, 0) + 1
+        return Admitted(probation)
+
+    def end_probation(self, address: str) -> None:
+        """A connection admitted on probation authenticated, or went away."""
+        self._decrement(self.probation, client_network(address))
 
     def release(self, address: str) -> None:
         self.total -= 1
         for counts, key in ((self.per_client, address),
                             (self.per_network, client_network(address))):
-            left = counts.get(key, 1) - 1
-            if left > 0:
-                counts[key] = left
-            else:
-                counts.pop(key, None)
+            self._decrement(counts, key)
+
+    @staticmethod
+    def _decrement(counts: dict[str, int], key: str) -> None:
+        left = counts.get(key, 1) - 1
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
 
 
 class InboundFactory(Factory):

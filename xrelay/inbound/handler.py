@@ -216,7 +216,7 @@ class PolicyHandler:
         return refusal
 
     def headers(self, session: InboundSession, headers: "HeaderBlock") -> Refusal | None:
-        return header_sender_refusal(session.user, headers)
+        return header_sender_refusal(session.user, headers, session.config.relay.senders)
 
     def end_of_data(self, session: InboundSession, envelope: Envelope,
                     size: int) -> Refusal | None:

@@ -9,9 +9,14 @@ everyone else (the internet, authenticated submission) gets the strict protocol.
 is Postfix's answer to the same problem: C{smtpd_forbid_bare_newline_exclusions =
 $mynetworks}.
 
-The tolerated end of DATA is safe against SMTP smuggling because what goes upstream is
-always rebuilt: the spool holds only CRLF lines, and the transport dot-stuffs them, so
-the upstream sees exactly the messages the relay saw, never one more.
+The tolerated end of DATA is safe against SMTP smuggling toward the upstream because
+what goes upstream is always rebuilt: the spool holds only CRLF lines, and the transport
+dot-stuffs them, so the upstream sees exactly the messages the relay saw, never one more.
+It is not harmless for a trusted host that forwards content written by others (a web
+form, an old MTA that does not normalise bare LF): text with C{LF "." LF} in it ends
+the message there, and what follows is read as commands from a trusted client, a whole
+second message an outsider wrote.  Such a host belongs on a listener (or the relay) with
+C{bare_lf_end_of_data = "never"}.
 
 These are pure decisions (no I/O); the protocol asks them and logs what it tolerated.
 """
@@ -35,11 +40,14 @@ def trusted_device(config: Config, client_address: str, user: UserConfig | None)
     return user is None and client_in_networks(config, client_address)
 
 
-def bare_lf_ends_data(config: Config, client_address: str, user: UserConfig | None
-                      ) -> bool:
-    """Whether a single-dot line ends DATA whatever its line endings, for this client."""
-    return (config.relay.bare_lf_end_of_data == "trusted"
-            and trusted_device(config, client_address, user))
+def bare_lf_ends_data(config: Config, client_address: str, user: UserConfig | None,
+                      listener: ListenerConfig | None = None) -> bool:
+    """
+    Whether a single-dot line ends DATA whatever its line endings, for this client on
+    this listener (its own C{bare_lf_end_of_data}, else C{relay.bare_lf_end_of_data}).
+    """
+    setting = getattr(listener, "bare_lf_end_of_data", None) or config.relay.bare_lf_end_of_data
+    return setting == "trusted" and trusted_device(config, client_address, user)
 
 
 def auth_without_tls(config: Config, listener: ListenerConfig, client_address: str

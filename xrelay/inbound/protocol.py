@@ -65,9 +65,14 @@ from xrelay.streams import IStreamTransport
 if TYPE_CHECKING:
     from xrelay.inbound.factory import InboundFactory
 
-__all__ = ["ESMTPServer", "pass_through_reply", "canonical_address"]
+__all__ = ["AUTH_RESERVE_SECONDS", "ESMTPServer", "pass_through_reply", "canonical_address"]
 
 log = Logger()
+
+#: Seconds a client admitted to the authenticated sessions' reserve has to authenticate
+#: (a device's EHLO, STARTTLS, EHLO and AUTH take a second or two); see
+#: L{xrelay.inbound.factory.ConnectionCounter}.
+AUTH_RESERVE_SECONDS = 15
 
 #: Bytes buffered while waiting for an asynchronous decision before reading pauses.
 PAUSE_BUFFER = 256 * 1024
@@ -113,6 +118,16 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         self._running = False
         self._paused = False
         self._timer: Any = None
+        #: When the client last moved towards a message (connected, its first HELO or
+        #: EHLO of a session, a successful AUTH, a transaction): the silence allowed
+        #: before MAIL counts from there, so NOOP, RSET, HELP and refused commands do not
+        #: keep a slot.
+        self._useful_at = 0.0
+        #: The user whose successful AUTH last counted as moving towards a message.
+        self._user_seen: UserConfig | None = None
+        #: Admitted to the authenticated sessions' reserve: the call that closes the
+        #: connection unless it authenticated (L{xrelay.inbound.factory.Admitted}).
+        self._probation: Any = None
         self._shutting_down = False
         self._awaiting_header = False
         #: The inbound handler refused the client with a 554 greeting: only QUIT now.
@@ -122,6 +137,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def connectionMade(self) -> None:
         self.factory.live.add(self)
+        self._useful_at = self.clock.seconds()
         self._restart_timer()
         if self.state != PROXY:
             self.begin()
@@ -152,14 +168,18 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         """Admit the client (connection caps) and greet it."""
         peer = self.transport.getPeer()
         self.client_address = canonical_address(getattr(peer, "host", "") or str(peer))
-        refusal = self.factory.connections.admit(self.client_address, self.config)
-        if refusal is not None:
+        admission = self.factory.connections.admit(self.client_address, self.config)
+        if isinstance(admission, Refusal):
             log.warn("inbound connection from {client} refused: {reply}",
-                     client=self.client_address, reply=str(refusal))
-            self.reply(refusal.code, refusal.enhanced, refusal.text)
+                     client=self.client_address, reply=str(admission))
+            self.reply(admission.code, admission.enhanced, admission.text)
             self.close()
             return
         self.admitted = True
+        self._useful_at = self.clock.seconds()
+        if admission.probation:
+            self._probation = self.clock.callLater(AUTH_RESERVE_SECONDS,
+                                                   self._probation_over)
         decision = connect_refusal(self.factory.handler, session_of(self), self.clock)
         if isinstance(decision, Deferred):
             # The handler must wait: what the client sends meanwhile stays buffered and
@@ -200,6 +220,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if summary is not None:
             log.info("inbound client {client}: {summary}", client=self.client_address,
                      summary=summary)
+        self._end_probation()
         if self.admitted:
             self.factory.connections.release(self.client_address)
             self.admitted = False
@@ -225,8 +246,45 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def _restart_timer(self) -> None:
         self._cancel_timer()
+        now = self.clock.seconds()
+        if self.user is not self._user_seen:  # an AUTH succeeded (or STARTTLS reset it)
+            self._user_seen = self.user
+            if self.user is not None:
+                self._useful_at = now
+                self._end_probation()
         if self.state != CLOSED:
-            self._timer = self.clock.callLater(self._idle_limit(), self._timed_out)
+            wait: float = self._idle_limit()
+            if self.transaction is not None or self.state == DATA:
+                self._useful_at = now
+            elif self.state != PROXY:
+                wait = max(0.0, self._useful_at + wait - now)
+            self._timer = self.clock.callLater(wait, self._timed_out)
+
+    def _end_probation(self) -> None:
+        if self._probation is not None:
+            if self._probation.active():
+                self._probation.cancel()
+            self._probation = None
+            self.factory.connections.end_probation(self.client_address)
+
+    def _probation_over(self) -> None:
+        if self.user is None and self.state != CLOSED and self._busy:
+            # An AUTH check is under way: its answer decides, not the clock.
+            self._probation = self.clock.callLater(1, self._probation_over)
+            return
+        self._probation = None
+        self.factory.connections.end_probation(self.client_address)
+        if self.user is not None or self.state == CLOSED:
+            return
+        log.warn("inbound client {client} took a slot kept for authenticated sessions "
+                 "(server.reserved_auth_connections) and did not authenticate within "
+                 "{seconds}s, closing", client=self.client_address,
+                 seconds=AUTH_RESERVE_SECONDS)
+        self._drop_transaction("not authenticated in the reserve")
+        self.reply(421, "4.7.0", f"{self.config.server.hostname} Too many connections; "
+                   f"the free ones are for clients that authenticate within "
+                   f"{AUTH_RESERVE_SECONDS}s, try again later")
+        self.close()
 
     def _idle_limit(self) -> int:
         """
@@ -276,9 +334,11 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
 
     def refuse(self, refusal: Refusal) -> None:
         """A refused command: counted like an error (see L{error})."""
-        if (refusal.code, refusal.enhanced) == (452, "4.5.3"):
+        if (refusal.code, refusal.enhanced) == (452, "4.5.3") and not (
+                self.conduct.excess_recipient()):
             # Too many recipients: the client is told to send the rest in another
-            # message (RFC 5321 4.5.3.1.10), which is not misbehaviour.
+            # message (RFC 5321 4.5.3.1.10), which is not misbehaviour, up to
+            # RECIPIENT_OVERSHOOT of them; past that each counts (Conduct).
             self.reply(refusal.code, refusal.enhanced, refusal.text)
             return
         self.error(refusal.code, refusal.enhanced, refusal.text)
@@ -347,6 +407,7 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
                         d = self._dispatch(line)
                         self._restart_timer()
                     else:
+                        self._useful_at = self.clock.seconds()
                         d = self._data_line(line)
                 except Exception:
                     # A bug must cost the client one reply, not the connection; the
@@ -483,6 +544,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
             self.refuse(refusal)
             return
         self._drop_transaction("new EHLO")
+        if self.helo is None:  # the session's first greeting moves it forward, no other
+            self._useful_at = self.clock.seconds()
         self.helo, self.esmtp = argument, esmtp
         hostname = self.config.server.hostname
         if not esmtp:

@@ -245,7 +245,7 @@ class MailCommands(_Base):
             self.reply(451, "4.3.0", "Local error in processing, try again later")
             return
         transaction.lenient_end = bare_lf_ends_data(self.config, self.client_address,
-                                                    self.user)
+                                                    self.user, self.factory.listener)
         self.state = DATA
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>")
         header = received_header(

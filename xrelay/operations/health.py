@@ -11,7 +11,9 @@ that a load balancer's "unhealthy" can be read by a person.
 Each check is a plain function of the relay and the time, so that the lead (or another
 stage) can extend one without touching the others: L{failing_accounts} is the place for
 other reasons an account cannot deliver (provider holds).  Nothing here writes anything
-but a probe file in the spool folder, and nothing reported is a secret.
+but a probe file in the spool folder, and nothing reported is a secret; but the full
+report (PID, paths, listeners, account names, an identity platform's error text) is for
+the operator, so what C{/healthz} tells anyone who reaches it is L{public_health}.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import shutil
 import time
 from typing import Any
 
-__all__ = ["health_report", "failing_accounts", "listeners_check", "spool_check",
-           "DEFAULT_MIN_FREE_SPACE", "DEFAULT_GRACE"]
+__all__ = ["health_report", "public_health", "failing_accounts", "listeners_check",
+           "spool_check", "DEFAULT_MIN_FREE_SPACE", "DEFAULT_GRACE"]
 
 #: Defaults of C{server.min_free_space} and C{server.health_grace} for configurations
 #: that predate them (read with C{getattr}).
@@ -158,3 +160,15 @@ def health_report(relay: Any, now: float | None = None) -> dict[str, Any]:
             + (f"; {f['hint']}" if f.get("hint") else "") for f in failing)
     failed = [name for name, check in checks.items() if not check["ok"]]
     return {"healthy": not failed, "failed": failed, "checks": checks}
+
+
+def public_health(report: dict[str, Any]) -> dict[str, Any]:
+    """
+    What a stranger may learn from a health report: healthy or not, and the names of
+    the checks that failed (C{"spool"}, C{"accounts"}...), which are the same for every
+    relay.  No PID, path, listener, account name, client id or error text.
+    """
+    return {"healthy": bool(report["healthy"]),
+            "failed": [str(name) for name in report["failed"]],
+            "detail": "sign in, or add this address to admin.monitoring_networks, for "
+                      "the detail; `xrelay health` on the relay's host shows it too"}

@@ -5,7 +5,8 @@ authority.
 
 Devices rarely check a relay's certificate (and those that do can be given this one
 to trust, by its SHA-256 fingerprint, which is printed).  The key is RSA 2048 because
-old printers know no other kind, and it is written with mode 0600 from the first byte.
+old printers know no other kind, and it is written with mode 0600 from the first byte,
+under a new name renamed into place, never through a symlink (L{xrelay.keyfiles}).
 The sandbox's certificate authority (L{xrelay.sandbox.ca}) is for tests only; this is
 the one meant for real use.  This command must never overwrite a file unless told to
 (C{--force}), nor print the key.
@@ -26,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xrelay.subcommands import EXIT_OK, EXIT_PROBLEM, command, config_from
 from xrelay.config import ConfigError
+from xrelay.keyfiles import CERTIFICATE_MODE, KEY_MODE, write_new_file
 
 __all__ = ["make_certificate"]
 
@@ -73,16 +75,6 @@ def make_certificate(names: list[str], days: int = 825
     return certificate, key
 
 
-def _write(path: str, data: bytes, mode: int, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(path, mode)
-
-
 @command("make-cert", "write a self-signed certificate and key for the relay's "
          "listeners (for devices on the LAN)", _arguments)
 def make_cert(args: argparse.Namespace) -> int:
@@ -98,7 +90,7 @@ def make_cert(args: argparse.Namespace) -> int:
         print("xrelay: --days must be at least 1", file=sys.stderr)
         return EXIT_PROBLEM
     for path in (args.cert, args.key):
-        if os.path.exists(path) and not args.force:
+        if os.path.lexists(path) and not args.force:
             print(f"xrelay: {path} exists; pass --force to overwrite it", file=sys.stderr)
             return EXIT_PROBLEM
     certificate, key = make_certificate(names, args.days)
@@ -106,9 +98,13 @@ def make_cert(args: argparse.Namespace) -> int:
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     try:
-        _write(args.key, key_pem, 0o600, args.force)
-        _write(args.cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644,
-               args.force)
+        write_new_file(args.key, key_pem, KEY_MODE, replace=args.force)
+        write_new_file(args.cert, certificate.public_bytes(serialization.Encoding.PEM),
+                       CERTIFICATE_MODE, replace=args.force)
+    except FileExistsError as e:
+        print(f"xrelay: {e.filename2 or e.filename} exists; pass --force to overwrite it",
+              file=sys.stderr)
+        return EXIT_PROBLEM
     except OSError as e:
         print(f"xrelay: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return EXIT_PROBLEM

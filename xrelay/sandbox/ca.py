@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from typing import Iterable
 
 import attrs
@@ -26,18 +25,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import ssl
 from twisted.python.filepath import FilePath
 
+from xrelay.keyfiles import CERTIFICATE_MODE, KEY_MODE, write_new_file
+
 #: The names every sandbox server certificate covers: clients may connect by either.
 SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def _write_private(path: FilePath, data: bytes) -> None:
     """Write a key so that it is never readable by others, not even for an instant."""
-    fd = os.open(path.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(path.path, 0o600)
+    write_new_file(path.path, data, KEY_MODE)
+
+
+def _write_public(path: FilePath, data: bytes) -> None:
+    write_new_file(path.path, data, CERTIFICATE_MODE)
 
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -131,7 +131,7 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         ca_path = directory.child("ca.pem")
-        ca_path.setContent(cert.public_bytes(serialization.Encoding.PEM))
+        _write_public(ca_path, cert.public_bytes(serialization.Encoding.PEM))
         _write_private(directory.child("ca.key"), _key_pem(key))
         return cls(directory, ca_path.path, cert, key)
 
@@ -197,7 +197,7 @@ class CertificateAuthority:
         cert_path = self.directory.child(basename + ".pem")
         chain_path = self.directory.child(basename + "-chain.pem")
         key_path = self.directory.child(basename + ".key")
-        cert_path.setContent(cert_pem)
-        chain_path.setContent(cert_pem + self.ca_pem)
+        _write_public(cert_path, cert_pem)
+        _write_public(chain_path, cert_pem + self.ca_pem)
         _write_private(key_path, key_pem)
         return IssuedCertificate(names, cert_path.path, key_path.path, chain_path.path, cert_pem, key_pem)
