@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from xrelay import durable, spool
+from xrelay import durable
+from xrelay.spool import commit, incoming, spares, store
 from xrelay.tokens import cache
 
 
@@ -46,8 +47,10 @@ def test_fsync_directory_refuses_a_file(tmp_path: "os.PathLike[str]") -> None:
 
 def test_spool_and_token_cache_use_the_shared_helpers() -> None:
     # Not two copies of the same code: both modules call the one in xrelay.durable.
-    assert spool._write_durably is durable.write_durably
-    assert spool._fsync_directory is durable.fsync_directory
+    assert store.write_durably is durable.write_durably
+    assert incoming.write_durably is durable.write_durably
+    for module in (store, commit, spares):
+        assert module.fsync_directory is durable.fsync_directory
     assert cache.write_durably is durable.write_durably
     assert cache.fsync_directory is durable.fsync_directory
     assert not hasattr(cache, "_fsync_dir")
