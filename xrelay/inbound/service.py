@@ -29,6 +29,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from xrelay.config import Config, ListenerConfig, listener_offers_starttls
+from xrelay.inbound.backlog import with_backlog
 from xrelay.inbound.credentials import authenticator_for
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.handler import PolicyHandler
@@ -241,7 +242,8 @@ class InboundService(MultiService):
         proxied = description.lower().startswith("haproxy:")
         if proxied:
             description = description[len("haproxy:"):]
-        endpoint = serverFromString(self.reactor, description)
+        endpoint = serverFromString(self.reactor, with_backlog(
+            description, self.config.server.max_connections))
         factory: Any = InboundFactory(self, listener, proxied=proxied)
         if listener.implicit_tls:
             if self.tls_options is None:
