@@ -119,13 +119,13 @@ def test_unused_spares_are_renewed(tmp_path: Any, monkeypatch: Any) -> None:
     spares = spool._spares
     spares._run = run_inline  # type: ignore[assignment]
     spares.refill()
-    old = [entry_id for entry_id, _ in spares._ready]
+    old = [entry_id for entry_id, _, _ in spares._ready]
     assert len(old) == spares_module.STANDBY
     made_at = __import__("time").monotonic()
     monkeypatch.setattr(spares_module.time, "monotonic",
                         lambda: made_at + spares_module.RENEW + 1)
     clock.advance(spares_module.RENEW)
-    new = [entry_id for entry_id, _ in spares._ready]
+    new = [entry_id for entry_id, _, _ in spares._ready]
     assert len(new) == spares_module.STANDBY and not set(new) & set(old)
     assert sorted(files(spool, "data")) == sorted(i + ".eml" for i in new)
     spool.close()

@@ -36,7 +36,7 @@ log = Logger()
 #: Spare pairs kept ready at all times (made at start) ...
 STANDBY = 8
 #: ... and while messages arrive less than L{BUSY_GAP} seconds apart.
-BUSY = 64
+BUSY = 128
 BUSY_GAP = 0.5
 #: Unused spares older than this are replaced (an id says when its message arrived).
 RENEW = 60.0
@@ -58,7 +58,9 @@ class Spares:
         self._reactor = reactor
         self._new_id = new_id
         self._unlisted = unlisted
-        self._ready: collections.deque[tuple[str, float]] = collections.deque()
+        #: (id, when made, an open write descriptor of its data file): the reactor
+        #: thread makes no system call to open one (0.3 ms each under load).
+        self._ready: collections.deque[tuple[str, float, int]] = collections.deque()
         self._stale: list[str] = []
         self._making = False
         self._last_take = float("-inf")
@@ -72,15 +74,19 @@ class Spares:
     def __len__(self) -> int:
         return len(self._ready)
 
-    def take(self) -> str | None:
-        """The id of a ready spare pair, or C{None} (then the caller creates in place)."""
+    def take(self) -> tuple[str, int] | None:
+        """
+        The id of a ready spare pair and its data file open for writing, or C{None}
+        (then the caller creates in place).
+        """
         now = time.monotonic()
         busy, self._last_take = now - self._last_take < BUSY_GAP, now
-        entry_id = None
+        taken = None
         if self._ready and not self.full:
-            entry_id = self._ready.popleft()[0]
+            entry_id, _, fd = self._ready.popleft()
+            taken = entry_id, fd
         self.refill(BUSY if busy else STANDBY)
-        return entry_id
+        return taken
 
     def refill(self, target: int = STANDBY) -> None:
         """Make spares in a thread up to C{target} (one batch at a time)."""
@@ -100,23 +106,25 @@ class Spares:
         return (os.path.join(self.directory, "data", entry_id + ".eml"),
                 os.path.join(self.directory, QUEUED, entry_id + ".json"))
 
-    def _create(self, count: int, stale: list[str]) -> tuple[list[tuple[str, float]], bool]:
+    def _create(self, count: int, stale: list[str]
+                ) -> tuple[list[tuple[str, float, int]], bool]:
         """Thread side: remove stale pairs, make C{count} new ones, fsync both folders."""
         for entry_id in stale:
             record, data = self._paths(entry_id)[::-1]
             unlink_quietly(record)
             unlink_quietly(data)
-        made: list[tuple[str, float]] = []
+        made: list[tuple[str, float, int]] = []
         no_room = False
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         for _ in range(count):
             entry_id = self._new_id()
             data, record = self._paths(entry_id)
             try:
-                os.close(os.open(data, flags, 0o600))
+                fd = os.open(data, flags, 0o600)
                 try:
                     os.close(os.open(record, flags, 0o600))
                 except OSError:
+                    os.close(fd)
                     unlink_quietly(data)
                     raise
             except OSError as e:
@@ -124,7 +132,7 @@ class Spares:
                     raise
                 no_room = True
                 break
-            made.append((entry_id, time.monotonic()))
+            made.append((entry_id, time.monotonic(), fd))
         if made:
             fsync_directory(os.path.join(self.directory, "data"))
             fsync_directory(os.path.join(self.directory, QUEUED))
@@ -138,7 +146,7 @@ class Spares:
             self.broken = True  # stop trying; the spool works without
             return
         made, no_room = result
-        self._unlisted.update(entry_id for entry_id, _ in made)
+        self._unlisted.update(entry_id for entry_id, _, _ in made)
         self._ready.extend(made)
         if no_room or self.full:
             self.out_of_space()
@@ -155,7 +163,8 @@ class Spares:
         self._renewal = None
         cutoff = time.monotonic() - RENEW
         while self._ready and self._ready[0][1] <= cutoff:
-            entry_id = self._ready.popleft()[0]
+            entry_id, _, fd = self._ready.popleft()
+            os.close(fd)
             self._unlisted.discard(entry_id)
             self._stale.append(entry_id)
         self.refill(STANDBY)
@@ -174,7 +183,9 @@ class Spares:
 
     def drop(self) -> None:
         """Remove the spares now (at shutdown, or out of space)."""
-        ids = [entry_id for entry_id, _ in self._ready] + self._stale
+        for _, _, fd in self._ready:
+            os.close(fd)
+        ids = [entry_id for entry_id, _, _ in self._ready] + self._stale
         self._ready.clear()
         self._stale = []
         for entry_id in ids:
