@@ -221,7 +221,32 @@ async def test_spares_are_removed_at_shutdown(tmp_path: Any) -> None:
     await _spares_ready(spool)
     assert len(files(spool, "data")) >= 16
     [(phase, event, drop)] = fake.triggers
-    assert (phase, event) == ("before", "shutdown")
+    assert (phase, event) == ("after", "shutdown")  # once the services have stopped
     drop()
     assert files(spool, "data") == [] and files(spool, "queued") == []
     assert len(spool._spares) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_spool_owns_its_threads_and_closes_them(tmp_path: Any) -> None:
+    import concurrent.futures
+
+    from xrelay.spool import commit
+
+    # No pool at module level: each spool has its own, shut down with it.
+    assert not [v for v in vars(commit).values()
+                if isinstance(v, concurrent.futures.ThreadPoolExecutor)]
+    before = set(threading.enumerate())
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    entry_id = await receive(spool)
+    mine = [t for t in threading.enumerate() if t not in before
+            and t.name.startswith("xrelay-spool")]
+    assert mine
+    spool.close()
+    assert [t for t in mine if t.is_alive()] == []
+    assert files(spool, "tmp") == [] and files(spool, "data") == [entry_id + ".eml"]
+    # A late state change (the engine's last result while the process ends) still lands.
+    moved = await spool.move(spool.get(entry_id), ACTIVE)
+    assert spool.get(entry_id) == moved
+    assert [t for t in threading.enumerate() if t not in before
+            and t.name.startswith("xrelay-spool")] == []

@@ -25,6 +25,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -87,7 +88,12 @@ class Committer:
         return self._pool
 
     def in_thread(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-        """Run blocking spool work on the pool; its result on the reactor thread."""
+        """
+        Run blocking spool work on the pool; its result on the reactor thread.  After
+        L{close} (a late state change while the process ends) it runs on this thread.
+        """
+        if self.closed:
+            return defer.maybeDeferred(f, *args)
         d: Deferred[Any] = Deferred()
 
         def done(future: "concurrent.futures.Future[Any]") -> None:
@@ -112,7 +118,7 @@ class Committer:
     def enqueue(self, message: Incoming) -> "Deferred[str]":
         self.spool._recovered.clear()  # a new entry: recovery's listing is no longer whole
         d: Deferred[str] = Deferred()
-        if message.spare and self._run is None:
+        if message.spare and self._run is None and not self.closed:
             self._start_pair(message, d)
         else:
             # Without a spare: in batches, one at a time (their rounds include folder

@@ -118,7 +118,11 @@ class Spool:
         return self._committer.messages
 
     def close(self) -> None:
-        """Remove the spares, wait for commits in flight and stop the spool's threads."""
+        """
+        Remove the spares, wait for commits in flight and stop the spool's threads.
+        Work asked for afterwards runs on the calling thread, without spares.
+        """
+        self._spares.broken = True
         self._spares.drop()
         self._committer.close()
 
@@ -170,9 +174,10 @@ class Spool:
     def _register_shutdown(self) -> None:
         if self._shutdown_registered or self._spares.broken:
             return
-        # A clean stop leaves no spares behind and no thread running.
+        # A clean stop leaves no spares behind and no thread running: after the
+        # services have stopped (the engine records its last results until then).
         self._shutdown_registered = True
-        self._reactor.addSystemEventTrigger("before", "shutdown", self.close)
+        self._reactor.addSystemEventTrigger("after", "shutdown", self.close)
 
     def drop_spares(self) -> None:
         """Remove the spares now (they are made again as needed)."""
