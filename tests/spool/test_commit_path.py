@@ -250,3 +250,28 @@ async def test_the_spool_owns_its_threads_and_closes_them(tmp_path: Any) -> None
     assert spool.get(entry_id) == moved
     assert [t for t in threading.enumerate() if t not in before
             and t.name.startswith("xrelay-spool")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_removals_arriving_together_share_one_folder_fsync(tmp_path: Any,
+                                                                 monkeypatch: Any) -> None:
+    from twisted.internet import defer
+
+    from xrelay.spool import store
+
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    ids = await defer.gatherResults([receive(spool) for _ in range(10)])
+    synced: list[str] = []
+    real = store.fsync_directory
+
+    def counting(path: str) -> None:
+        synced.append(os.path.basename(path))
+        real(path)
+
+    monkeypatch.setattr(store, "fsync_directory", counting)
+    await defer.gatherResults([spool.remove(spool.get(i)) for i in ids])
+    assert spool.ids(QUEUED) == [] and not set(files(spool, "data")) & {
+        i + ".eml" for i in ids}
+    # The first removal runs alone; the nine asked for meanwhile go together.
+    assert synced == ["queued", "queued"]
+    spool.close()

@@ -17,6 +17,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xrelay.durable import fsync_directory, write_durably
@@ -96,6 +97,9 @@ class Spool:
         self._shutdown_registered = False
         #: Messages that found no spare pair ready (metrics, benchmarks).
         self.created_in_place = 0
+        #: Removals waiting for the one in progress (see L{remove}).
+        self._removals: list[tuple[SpoolEntry, Deferred[None]]] = []
+        self._removing = False
         #: Entries just committed, taken once by L{take_committed}.
         self._handover: collections.OrderedDict[str, SpoolEntry] = collections.OrderedDict()
         self.recovered = False
@@ -446,11 +450,49 @@ class Spool:
         return new
 
     def remove(self, entry: SpoolEntry) -> "Deferred[None]":
-        """Delivered: the entry leaves the spool (record first, then data)."""
+        """
+        Delivered: the entry leaves the spool (record first, then data).  With the
+        spool's own threads, removals asked for while one is running go together:
+        their records unlinked, each folder fsynced once for all of them, then their
+        data (one folder fsync for many settles).
+        """
         _allow(entry.state, DELIVERED, entry.entry_id)
         self._recovered.clear()
         self._handover.pop(entry.entry_id, None)
-        return self._run(self._remove, entry)
+        if entry.state == CORRUPT or self._run != self._committer.in_thread:
+            return self._run(self._remove, entry)
+        d: Deferred[None] = Deferred()
+        self._removals.append((entry, d))
+        self._next_removals()
+        return d
+
+    def _next_removals(self) -> None:
+        if self._removing or not self._removals:
+            return
+        batch, self._removals = self._removals, []
+        self._removing = True
+        self._run(self._remove_together, [e for e, _ in batch]).addBoth(
+            self._removed, batch)
+
+    def _removed(self, result: Any, batch: list[tuple[SpoolEntry, "Deferred[None]"]]
+                 ) -> None:
+        self._removing = False
+        self._next_removals()
+        for _, d in batch:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    def _remove_together(self, entries: list[SpoolEntry]) -> None:
+        folders = set()
+        for entry in entries:
+            unlink_quietly(self._json_path(entry.state, entry.entry_id))
+            folders.add(entry.state)
+        for state in sorted(folders):
+            fsync_directory(os.path.join(self.directory, state))
+        for entry in entries:
+            unlink_quietly(self._data_path(entry.entry_id))
 
     def _remove(self, entry: SpoolEntry) -> None:
         if entry.state == CORRUPT:
