@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,7 +59,11 @@ class FullDisk:
         real_open, real_write, real_fsync = os.open, os.write, os.fsync
         real_prepare = _Incoming.prepare
 
+        here = threading.current_thread()
+
         def allocating() -> None:
+            if threading.current_thread() is not here:
+                return  # another spool's thread (of an earlier test): not this disk
             self.count += 1
             if self.fail_from is not None and self.count >= self.fail_from:
                 self.failed += 1

@@ -100,15 +100,18 @@ class Spares:
             return
         self._making = True
         stale, self._stale = self._stale, []
-        self._run(self._create, count, stale).addBoth(self._made)
+        # Named here, before the files exist: listings skip them from the first instant.
+        ids = [self._new_id() for _ in range(count)]
+        self._unlisted.update(ids)
+        self._run(self._create, ids, stale).addBoth(self._made, ids)
 
     def _paths(self, entry_id: str) -> tuple[str, str]:
         return (os.path.join(self.directory, "data", entry_id + ".eml"),
                 os.path.join(self.directory, QUEUED, entry_id + ".json"))
 
-    def _create(self, count: int, stale: list[str]
+    def _create(self, ids: list[str], stale: list[str]
                 ) -> tuple[list[tuple[str, float, int]], bool]:
-        """Thread side: remove stale pairs, make C{count} new ones, fsync both folders."""
+        """Thread side: remove stale pairs, make those of C{ids}, fsync both folders."""
         for entry_id in stale:
             record, data = self._paths(entry_id)[::-1]
             unlink_quietly(record)
@@ -116,8 +119,7 @@ class Spares:
         made: list[tuple[str, float, int]] = []
         no_room = False
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        for _ in range(count):
-            entry_id = self._new_id()
+        for entry_id in ids:
             data, record = self._paths(entry_id)
             try:
                 fd = os.open(data, flags, 0o600)
@@ -138,15 +140,17 @@ class Spares:
             fsync_directory(os.path.join(self.directory, QUEUED))
         return made, no_room
 
-    def _made(self, result: Any) -> None:
+    def _made(self, result: Any, ids: list[str]) -> None:
         self._making = False
+        made_ids = {entry_id for entry_id, _, _ in result[0]} if isinstance(
+            result, tuple) else set()
+        self._unlisted.difference_update(set(ids) - made_ids)
         if not isinstance(result, tuple):
             log.failure("cannot make spare spool files; creating them as needed",
                         failure=result)
             self.broken = True  # stop trying; the spool works without
             return
         made, no_room = result
-        self._unlisted.update(entry_id for entry_id, _, _ in made)
         self._ready.extend(made)
         if no_room or self.full:
             self.out_of_space()
@@ -161,6 +165,10 @@ class Spares:
     def _renew(self) -> None:
         """Replace the spares made more than L{RENEW} ago (their ids would say so)."""
         self._renewal = None
+        if not os.path.isdir(os.path.join(self.directory, QUEUED)):
+            self.broken = True  # the spool folder is gone: nothing to make spares for
+            self.drop()
+            return
         cutoff = time.monotonic() - RENEW
         while self._ready and self._ready[0][1] <= cutoff:
             entry_id, _, fd = self._ready.popleft()
