@@ -91,6 +91,16 @@ def bad_reply(spool: Path) -> None:
                state=DEFERRED)
 
 
+def committed_without_data(spool: Path) -> None:
+    """A complete record of a commit whose data file is gone (lost since, not torn)."""
+    import zlib
+
+    from xrelay.spool.record import encode_record
+
+    plant_json(spool, encode_record(record(BAD, size=len(MESSAGE)), len(MESSAGE),
+                                    zlib.crc32(MESSAGE)), data=None)
+
+
 def bad_checksum(spool: Path) -> None:
     from xrelay.spool.record import encode_record
 
@@ -110,6 +120,8 @@ KINDS: dict[str, tuple[Callable[[Path], None], str]] = {
                                   "file name"),
     "record without data": (no_data, "its message data is missing"),
     "mistyped field": (bad_reply, "the record does not parse (TypeError"),
+    "committed record without data": (committed_without_data,
+                                      "its message data is missing"),
     "checksum differs": (bad_checksum, "the record's checksum does not match its "
                          "contents"),
 }

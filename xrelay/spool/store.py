@@ -289,8 +289,11 @@ class Spool:
             except FileNotFoundError:
                 size = None
         if (state == QUEUED and "data_size" in figures and data_names is None
-                and size != figures["data_size"]):
-            raise InterruptedCommit(f"its message data is {size or 0} bytes, the commit "
+                and size is not None and size != figures["data_size"]):
+            # Shorter (or longer) than the commit wrote: a power cut before the
+            # fdatasync returned.  No data file at all is another matter: its name was
+            # durable before the commit, so it was lost since (corruption, set aside).
+            raise InterruptedCommit(f"its message data is {size} bytes, the commit "
                                     f"wrote {figures['data_size']}")
         return parse_record(body, state, entry_id, data_path, size), figures
 
