@@ -11,7 +11,14 @@ before sending the next, a group committer taking whatever waits.
   folder (envelope and data together, self-checking so that recovery can tell a torn
   one), the files and the folder fsynced in the same round;
 - C{prepared_files}: the same, into files created (and their folder fsynced) ahead of
-  time, so that a commit changes no names: only data is fsynced, as in the sink.
+  time, so that a commit changes no names: only data is fsynced, as in the sink;
+- C{prepared_pairs}: the layout chosen for the spool (issue 28): the data file and the
+  record file both made ahead (C{data/<id>.eml}, C{queued/<id>.json}, folders fsynced
+  ahead), a commit writes both and fdatasyncs both concurrently: one round, no name
+  change, the data file left exactly as received;
+- C{pairs_overlapped}: the same, but each message's two fdatasyncs are issued as it
+  arrives, without waiting for the batch before it (a second batch commits while one
+  syncs).
 
     .venv/bin/python bench/commit_rounds.py [--concurrency 20] [--messages 1000]
 
@@ -90,6 +97,65 @@ def prepared(root: Path, ids: list[str]) -> None:
     list(POOL.map(put, ids))
 
 
+def prepared_pairs(root: Path, ids: list[str]) -> None:
+    """Data and record both made ahead: write both, fdatasync both, one round."""
+    def put(path: str, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    jobs = [POOL.submit(put, str(root / "data" / f"{i}.eml"), PAYLOAD) for i in ids]
+    jobs += [POOL.submit(put, str(root / "queued" / f"{i}.json"), ENVELOPE) for i in ids]
+    for job in jobs:
+        job.result()
+
+
+def make_pairs(root: Path, count: int) -> None:
+    for sub in ("data", "queued"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        os.close(os.open(str(root / "data" / f"m{n}.eml"), os.O_WRONLY | os.O_CREAT, 0o600))
+        os.close(os.open(str(root / "queued" / f"m{n}.json"), os.O_WRONLY | os.O_CREAT,
+                         0o600))
+    fsync_path(str(root / "data"))
+    fsync_path(str(root / "queued"))
+    os.sync()
+
+
+def overlapped_pairs(root: Path, clients: int, count: int) -> float:
+    """Each message's two fdatasyncs issued at once, no batch boundary."""
+    make_pairs(root, count)
+    numbers = iter(range(count))
+
+    def put(path: str, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def client() -> None:
+        for n in numbers:
+            a = POOL.submit(put, str(root / "data" / f"m{n}.eml"), PAYLOAD)
+            b = POOL.submit(put, str(root / "queued" / f"m{n}.json"), ENVELOPE)
+            a.result()
+            b.result()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(root)
+    return count / elapsed
+
+
 def make_ahead(root: Path, count: int) -> None:
     (root / "queued").mkdir(parents=True, exist_ok=True)
     for n in range(count):
@@ -131,6 +197,8 @@ def grouped(root: Path, commit: Callable[[Path, list[str]], None], clients: int,
         (root / sub).mkdir(parents=True, exist_ok=True)
     if commit is prepared:
         make_ahead(root, count)
+    if commit is prepared_pairs:
+        make_pairs(root, count)
     threads = [threading.Thread(target=client) for _ in range(clients)]
     committing = threading.Thread(target=committer)
     start = time.perf_counter()
@@ -182,7 +250,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="xrelay-rounds-", dir=args.dir))
     runs: dict[str, list[float]] = {"sink": [], "two_rounds": [], "one_round": [],
-                                    "prepared_files": []}
+                                    "prepared_files": [], "prepared_pairs": [],
+                                    "pairs_overlapped": []}
     try:
         for r in range(args.rounds):
             runs["sink"].append(round(sink(work / f"s{r}", args.concurrency, args.messages), 1))
@@ -192,6 +261,10 @@ def main() -> None:
                                                    args.concurrency, args.messages), 1))
             runs["prepared_files"].append(round(grouped(work / f"p{r}", prepared,
                                                         args.concurrency, args.messages), 1))
+            runs["prepared_pairs"].append(round(grouped(work / f"q{r}", prepared_pairs,
+                                                        args.concurrency, args.messages), 1))
+            runs["pairs_overlapped"].append(round(overlapped_pairs(
+                work / f"v{r}", args.concurrency, args.messages), 1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
@@ -200,6 +273,9 @@ def main() -> None:
                       "two_rounds_x_sink": round(med["two_rounds"] / med["sink"], 2),
                       "one_round_x_sink": round(med["one_round"] / med["sink"], 2),
                       "prepared_files_x_sink": round(med["prepared_files"] / med["sink"], 2),
+                      "prepared_pairs_x_sink": round(med["prepared_pairs"] / med["sink"], 2),
+                      "pairs_overlapped_x_sink": round(med["pairs_overlapped"] / med["sink"],
+                                                       2),
                       "load_average": os.getloadavg()[0]}))
 
 

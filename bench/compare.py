@@ -321,6 +321,25 @@ async def accept(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any
     return summary
 
 
+async def lone_messages(port: int, pid: int, count: int) -> dict[str, Any]:
+    """
+    C{count} sessions one after another, one 10 KB message each (a printer): the
+    median time from the final dot to the 250, and of the whole session.
+    """
+    cpu = tree_cpu(pid)
+    dots, sessions = [], []
+    for _ in range(count):
+        start = time.perf_counter()
+        run = await run_load("127.0.0.1", port, 1, 1, 10240)
+        sessions.append(time.perf_counter() - start)
+        if run.ok:
+            dots.append(run.percentile(50))
+    used = tree_cpu(pid) - cpu
+    return {"dot_to_250_p50_ms": round(statistics.median(dots) * 1000, 2) if dots else None,
+            "session_p50_ms": round(statistics.median(sessions) * 1000, 2),
+            "cpu_ms_per_message": round(used / max(len(dots), 1) * 1000, 2)}
+
+
 async def in_thread(f: Callable[..., Any], *a: Any) -> Any:
     from twisted.internet import threads
 
@@ -367,17 +386,45 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         children.append(far)
         relay = await in_thread(lambda: processes.start_relay(
             dict(account, smtp_port=far_info["port"]), relay_port, "accept", log_pipe=True))
+        servers = [("sink", sink_port, sink.pid)]
+        if postfix is not None:
+            servers.append(("postfix", postfix.port, postfix_pid))
+        if args.baseline:
+            # The code before, run from its own tree, side by side in the same rounds.
+            before_port = free_port()
+            before = await in_thread(lambda: processes.start_relay(
+                dict(account, smtp_port=far_info["port"]), before_port, "before",
+                log_pipe=True, tree=args.baseline))
+            servers.append(("xrelay-before", before_port, before.pid))
+        servers.append(("xrelay", relay_port, relay.pid))
 
-        # Durable acceptance, rounds alternating between the servers.
-        rows: dict[str, list[dict[str, Any]]] = {"sink": [], "postfix": [], "xrelay": []}
+        # Durable acceptance, rounds alternating between the servers; then single
+        # messages (one connection, one message, one after another), the same way.
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in servers}
+        single: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in servers}
         for _ in range(args.rounds):
-            rows["sink"].append(await accept(sink_port, sink.pid, args))
-            if postfix is not None:
-                rows["postfix"].append(await accept(postfix.port, postfix_pid, args))
-            row = await accept(relay_port, relay.pid, args)
-            rows["xrelay"].append(row)
+            for name, port, pid in servers:
+                rows[name].append(await accept(port, pid, args))
             print("acceptance round", {k: v[-1]["messages_per_second"] for k, v in rows.items()
                                        if v}, flush=True)
+        for _ in range(args.rounds):
+            for name, port, pid in servers:
+                single[name].append(await lone_messages(port, pid, args.sessions))
+            print("single-message round", {k: v[-1]["dot_to_250_p50_ms"]
+                                           for k, v in single.items() if v}, flush=True)
+        results["single"] = {name: {
+            "dot_to_250_p50_ms": statistics.median(r["dot_to_250_p50_ms"] for r in runs),
+            "session_p50_ms": statistics.median(r["session_p50_ms"] for r in runs),
+            "runs_dot_to_250_p50_ms": [r["dot_to_250_p50_ms"] for r in runs],
+            "cpu_ms_per_message": statistics.median(r["cpu_ms_per_message"] for r in runs)}
+            for name, runs in single.items() if runs}
+        results["per_round_ratios"] = {
+            f"{a} / {b}": [round(x["messages_per_second"] / max(y["messages_per_second"],
+                                                                 0.1), 2)
+                           for x, y in zip(rows[a], rows[b], strict=True)]
+            for a, b in (("xrelay", "postfix"), ("xrelay", "sink"), ("xrelay", "xrelay-before"),
+                         ("xrelay-before", "postfix"), ("xrelay-before", "sink"))
+            if rows.get(a) and rows.get(b)}
         acceptance = {}
         for name, runs in rows.items():
             if runs:
@@ -390,9 +437,14 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "failed": sum(r["messages_failed"] for r in runs)}
         results["acceptance"] = acceptance
         processes.stop(relay)  # what it has not delivered yet stays in its spool
+        if args.baseline:
+            processes.stop(before)
         stop(far)
         if postfix is not None:
             await in_thread(postfix.stop)
+        results["machine"]["load_average_after_acceptance"] = load_average()
+        if args.acceptance_only:
+            return results
 
         # End to end and printer-like sessions through the delayed upstream.
         results["end_to_end"] = {}
@@ -518,7 +570,8 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def table(r: dict[str, Any]) -> str:
     m = r["machine"]
     out = [f"{m['cpus']} CPUs, load average {m['load_average_before']} before, "
-           f"{m['load_average_after']} after; acceptance: {r['load']}, medians of "
+           f"{m.get('load_average_after', m.get('load_average_after_acceptance'))} after; "
+           f"acceptance: {r['load']}, medians of "
            f"{len(next(iter(r['acceptance'].values()))['runs'])} alternating rounds", ""]
     acc = r["acceptance"]
     sink = acc["sink"]["median_msg_per_s"]
@@ -526,13 +579,20 @@ def table(r: dict[str, Any]) -> str:
     out.append("| durable acceptance | msg/s | x fsync sink | x Postfix | p50 ms | "
                "CPU s / 1,000 |")
     out.append("|---|---|---|---|---|---|")
-    for name in ("sink", "postfix", "xrelay"):
+    for name in ("sink", "postfix", "xrelay-before", "xrelay"):
         if name in acc:
             a = acc[name]
             out.append(f"| {name} | {a['median_msg_per_s']} {a['runs']} | "
                        f"{a['median_msg_per_s'] / sink:.2f} | "
                        f"{(a['median_msg_per_s'] / pf) if pf else float('nan'):.2f} | "
                        f"{a['p50_ms']} | {a['cpu_seconds_per_1000']} |")
+    out += ["", "| per-round ratio | rounds |", "|---|---|"]
+    out += [f"| {pair} | {ratios} |" for pair, ratios in r.get("per_round_ratios", {}).items()]
+    out += ["", "| single messages (one per session) | dot to 250 p50 ms (rounds) | "
+            "session p50 ms | CPU ms / msg |", "|---|---|---|---|"]
+    for name, s in r.get("single", {}).items():
+        out.append(f"| {name} | {s['dot_to_250_p50_ms']} {s['runs_dot_to_250_p50_ms']} | "
+                   f"{s['session_p50_ms']} | {s['cpu_ms_per_message']} |")
     out += ["", "| end to end (300 msgs, 10 clients, 3 upstream connections) | msg/s | "
             "round trips / msg | upstream connections |", "|---|---|---|---|"]
     for name, e in r.get("end_to_end", {}).items():
@@ -559,6 +619,12 @@ def main() -> None:
                         help="one-way upstream delays (ms)")
     parser.add_argument("--dir", default="/var/tmp", help="a real disk, not tmpfs")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--baseline", default=None, metavar="TREE",
+                        help="also run the xrelay of this source tree (the code before) in "
+                        "the same acceptance rounds, e.g. /work/main")
+    parser.add_argument("--acceptance-only", action="store_true",
+                        help="stop after acceptance and single messages (no end to end, "
+                        "no printer sessions)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="xrelay-compare-", dir=args.dir))
     os.chmod(work, 0o755)  # Postfix's daemons run as postfix and must reach their queue

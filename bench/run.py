@@ -145,12 +145,16 @@ class Processes:
 
     def start_relay(self, account: dict[str, Any], port: int, name: str,
                     pass_through_port: int | None = None,
-                    log_pipe: bool = False) -> subprocess.Popen[bytes]:
+                    log_pipe: bool = False, tree: str | None = None
+                    ) -> subprocess.Popen[bytes]:
         """
         @param log_pipe: log to standard output, a pipe, as the systemd unit does
             (journald reads it), instead of C{--logfile} on the spool's disk, where
             each line's write can wait for the journal.
+        @param tree: run the xrelay of this source tree (first on C{PYTHONPATH}), for
+            a before/after comparison in one session; default: the installed one.
         """
+        env = dict(os.environ, PYTHONPATH=tree) if tree else None
         state = self.workdir / f"state-{name}"
         account = dict(account, messages_per_minute=0, recipients_per_day=0,
                        max_connections=3)  # Exchange Online allows 3 per mailbox
@@ -173,14 +177,14 @@ class Processes:
             self.children.append(reader)
             child = subprocess.Popen(
                 [twistd, "-n", "--pidfile=", "xrelay", "--config", str(config)],
-                cwd=self.workdir, stdout=reader.stdin, stderr=subprocess.STDOUT)
+                cwd=self.workdir, stdout=reader.stdin, stderr=subprocess.STDOUT, env=env)
             assert reader.stdin is not None
             reader.stdin.close()  # the relay holds the pipe; cat ends when it does
         else:
             child = subprocess.Popen(
                 [twistd, "-n", "--pidfile=", f"--logfile={log}",
                  "xrelay", "--config", str(config)], cwd=self.workdir,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         self.children.append(child)
         wait_for(lambda: listening(port), 60, "the relay")
         return child

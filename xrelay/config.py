@@ -348,7 +348,8 @@ class ServerConfig:
     max_connections: int = attrs.field(
         validator=_at_least(1), default=200, metadata={"doc": (
         "Concurrent client connections, over all listeners; more are refused with "
-        "421.")})
+        "421. Also each listener's backlog (connections the kernel queues while the "
+        "relay is busy), unless its endpoint names one (`backlog=`).")})
     max_connections_per_client: int = attrs.field(
         validator=_at_least(1), default=20, metadata={"doc": (
         "Concurrent connections from one client address; raise it for an application "

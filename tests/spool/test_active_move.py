@@ -7,6 +7,7 @@ transition stays durable.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -19,9 +20,11 @@ from xrelay.spool import ACTIVE, DEFERRED, QUEUED, Spool, run_inline
 def fsyncs(monkeypatch: Any) -> list[int]:
     calls: list[int] = []
     real = os.fsync
+    here = threading.current_thread()
 
     def counting(fd: int) -> None:
-        calls.append(fd)
+        if threading.current_thread() is here:  # not other spools' threads
+            calls.append(fd)
         real(fd)
 
     monkeypatch.setattr(os, "fsync", counting)

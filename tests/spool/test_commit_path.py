@@ -1,14 +1,13 @@
 """
-The commit path's shortcuts keep the promise: while busy, message files are created
-by a thread ahead of need in data/ under the id of a message to come (the reactor
-thread only opens one, and a commit renames only the envelope), a full disk still
-refuses before the 354, and the entry just committed is handed to the delivery engine
-as written instead of being read back.
+The commit path's shortcuts keep the promise: spare pairs (data/<id>.eml and
+queued/<id>.json, empty, names durable) are made by a thread ahead of need, a few from
+the start and more while busy (the reactor thread only opens one, and a commit changes
+no name at all), a full disk still refuses before the 354, and the entry just committed
+is handed to the delivery engine as written instead of being read back.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
 import threading
@@ -16,10 +15,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor, threads
 
 from tests.spool.test_spool import ENVELOPE, MESSAGE, files, receive
-from xrelay.spool import _SPARES, ACTIVE, QUEUED, Spool, SpoolFull, run_inline
+from xrelay.spool import ACTIVE, QUEUED, Spool, SpoolFull, run_inline
+from xrelay.spool import spares as spares_module
 
 
 async def _spares_ready(spool: Spool) -> None:
@@ -67,11 +67,13 @@ async def test_reactor_thread_creates_no_file_once_spares_exist(
     assert threading.current_thread().name not in creations
     assert spool.read_data(entry_id) == MESSAGE
     assert spool.get(entry_id).size == len(MESSAGE)
-    assert [os.path.basename(os.path.dirname(r)) for r in renames] == ["queued"]
-    # What a crash leaves (the spares: data without an entry) is what recovery removes.
-    spool.recovered = False
-    spool.recover()
-    assert files(spool, "tmp") == []
+    assert renames == []  # committed in place: no name changes at all
+    with open(os.path.join(spool.directory, "queued", entry_id + ".json"), "rb") as f:
+        assert f.read().startswith(b'{"xrelay_record": 1, ')
+    # What a crash leaves (the spare pairs: empty records and data) is what recovery
+    # removes, quietly.
+    Spool(spool.directory, run_blocking=run_inline).recover()
+    assert files(spool, "tmp") == [] and files(spool, "corrupt") == []
     assert files(spool, "data") == sorted([first + ".eml", entry_id + ".eml"])
     assert spool.ids(QUEUED) == sorted([first, entry_id])
 
@@ -85,20 +87,48 @@ def monkeypatch_rename(renames: list[str], real: Any) -> None:
     os.rename = recording  # type: ignore[assignment]
 
 
-def test_spares_only_while_busy_and_not_once_stale(tmp_path: Any, monkeypatch: Any) -> None:
-    made: list[tuple[Any, ...]] = []
+@pytest_twisted.ensureDeferred
+async def test_a_lone_message_finds_a_spare_made_at_start(tmp_path: Any,
+                                                         creations: list[str]) -> None:
     spool = Spool(str(tmp_path / "spool"), reactor=reactor)
-    monkeypatch.setattr(spool, "_run", lambda f, *a: (made.append(a), defer.succeed(
-        ([], False)))[1] if f == spool._create_spares else defer.maybeDeferred(f, *a))
-    spool.incoming(ENVELOPE).abort()
-    assert made == []  # one message now and then: created in place, no spares
-    spool.incoming(ENVELOPE).abort()
-    assert made == [(_SPARES, [])]  # a second one right after: busy
-    spool._spares.append(("20000101T000000.000000-1-000001", str(tmp_path / "x.eml"), 0.0))
-    message = spool.incoming(ENVELOPE)
-    assert message.entry_id != "20000101T000000.000000-1-000001"  # too old an id
-    assert made[-1] == (_SPARES, [str(tmp_path / "x.eml")])  # removed by the thread
-    message.abort()
+    spool.recover()  # the start: a few spares are made without any message
+    for _ in range(500):
+        if len(spool._spares) >= spares_module.STANDBY:
+            break
+        await threads.deferToThread(__import__("time").sleep, 0.01)
+    assert len(spool._spares) == spares_module.STANDBY
+    # Spares are not entries: listings, counts and lookups do not show them.
+    assert spool.ids(QUEUED) == [] and spool.counts()[QUEUED] == 0
+    assert list(spool.entries()) == []
+    assert len(files(spool, "queued")) == spares_module.STANDBY
+    del creations[:]
+    message = spool.incoming(ENVELOPE)  # one message now and then: a spare all the same
+    assert message.spare and threading.current_thread().name not in creations
+    message.write(MESSAGE)
+    entry_id = await message.commit()
+    assert spool.ids(QUEUED) == [entry_id] and spool.read_data(entry_id) == MESSAGE
+    spool.close()
+
+
+def test_unused_spares_are_renewed(tmp_path: Any, monkeypatch: Any) -> None:
+    """A spare's id says when it was made: unused ones are replaced after a while."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    spool = Spool(str(tmp_path / "spool"), reactor=clock)
+    spares = spool._spares
+    spares._run = run_inline  # type: ignore[assignment]
+    spares.refill()
+    old = [entry_id for entry_id, _, _ in spares._ready]
+    assert len(old) == spares_module.STANDBY
+    made_at = __import__("time").monotonic()
+    monkeypatch.setattr(spares_module.time, "monotonic",
+                        lambda: made_at + spares_module.RENEW + 1)
+    clock.advance(spares_module.RENEW)
+    new = [entry_id for entry_id, _, _ in spares._ready]
+    assert len(new) == spares_module.STANDBY and not set(new) & set(old)
+    assert sorted(files(spool, "data")) == sorted(i + ".eml" for i in new)
+    spool.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -191,6 +221,57 @@ async def test_spares_are_removed_at_shutdown(tmp_path: Any) -> None:
     await _spares_ready(spool)
     assert len(files(spool, "data")) >= 16
     [(phase, event, drop)] = fake.triggers
-    assert (phase, event) == ("before", "shutdown")
+    assert (phase, event) == ("after", "shutdown")  # once the services have stopped
     drop()
-    assert files(spool, "data") == [] and spool._spares == collections.deque()
+    assert files(spool, "data") == [] and files(spool, "queued") == []
+    assert len(spool._spares) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_spool_owns_its_threads_and_closes_them(tmp_path: Any) -> None:
+    import concurrent.futures
+
+    from xrelay.spool import commit
+
+    # No pool at module level: each spool has its own, shut down with it.
+    assert not [v for v in vars(commit).values()
+                if isinstance(v, concurrent.futures.ThreadPoolExecutor)]
+    before = set(threading.enumerate())
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    entry_id = await receive(spool)
+    mine = [t for t in threading.enumerate() if t not in before
+            and t.name.startswith("xrelay-spool")]
+    assert mine
+    spool.close()
+    assert [t for t in mine if t.is_alive()] == []
+    assert files(spool, "tmp") == [] and files(spool, "data") == [entry_id + ".eml"]
+    # A late state change (the engine's last result while the process ends) still lands.
+    moved = await spool.move(spool.get(entry_id), ACTIVE)
+    assert spool.get(entry_id) == moved
+    assert [t for t in threading.enumerate() if t not in before
+            and t.name.startswith("xrelay-spool")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_removals_arriving_together_share_one_folder_fsync(tmp_path: Any,
+                                                                 monkeypatch: Any) -> None:
+    from twisted.internet import defer
+
+    from xrelay.spool import store
+
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    ids = await defer.gatherResults([receive(spool) for _ in range(10)])
+    synced: list[str] = []
+    real = store.fsync_directory
+
+    def counting(path: str) -> None:
+        synced.append(os.path.basename(path))
+        real(path)
+
+    monkeypatch.setattr(store, "fsync_directory", counting)
+    await defer.gatherResults([spool.remove(spool.get(i)) for i in ids])
+    assert spool.ids(QUEUED) == [] and not set(files(spool, "data")) & {
+        i + ".eml" for i in ids}
+    # The first removal runs alone; the nine asked for meanwhile go together.
+    assert synced == ["queued", "queued"]
+    spool.close()

@@ -2,8 +2,8 @@
 One unreadable file never stops the relay: every corrupt-entry kind is set aside in
 C{spool/corrupt/} (with a log line naming the file and the reason), the good messages
 are delivered, and C{xrelay queue list --state corrupt} / C{queue show} tell the
-operator what is known.  Orphan data is set aside, never deleted; an operator's folder
-is left alone with a warning.
+operator what is known.  An operator's folder is left alone with a warning.  (Data
+without a record and interrupted commits are not corruption: tests/spool/test_torn.py.)
 """
 
 from __future__ import annotations
@@ -91,8 +91,21 @@ def bad_reply(spool: Path) -> None:
                state=DEFERRED)
 
 
-def orphan_data(spool: Path) -> None:
-    (spool / "data" / f"{BAD}.eml").write_bytes(MESSAGE)
+def committed_without_data(spool: Path) -> None:
+    """A complete record of a commit whose data file is gone (lost since, not torn)."""
+    import zlib
+
+    from xrelay.spool.record import encode_record
+
+    plant_json(spool, encode_record(record(BAD, size=len(MESSAGE)), len(MESSAGE),
+                                    zlib.crc32(MESSAGE)), data=None)
+
+
+def bad_checksum(spool: Path) -> None:
+    from xrelay.spool.record import encode_record
+
+    raw = encode_record(record(BAD, size=len(MESSAGE)))
+    plant_json(spool, raw.replace(b"scanner@", b"scannex@"))  # same length, other bytes
 
 
 KINDS: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -107,7 +120,10 @@ KINDS: dict[str, tuple[Callable[[Path], None], str]] = {
                                   "file name"),
     "record without data": (no_data, "its message data is missing"),
     "mistyped field": (bad_reply, "the record does not parse (TypeError"),
-    "data without a record": (orphan_data, "message data without a record"),
+    "committed record without data": (committed_without_data,
+                                      "its message data is missing"),
+    "checksum differs": (bad_checksum, "the record's checksum does not match its "
+                         "contents"),
 }
 
 

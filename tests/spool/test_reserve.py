@@ -142,3 +142,28 @@ def test_the_reserve_wraps_any_spool(tmp_path) -> None:
 
 
 ENVELOPE_FOR_RESERVE = Envelope("scanner@example.com", ("a@example.org",))
+
+
+def test_free_space_is_measured_at_most_every_100_ms_far_from_the_reserve(
+        tmp_path: Path) -> None:
+    from xrelay import diskspace
+
+    spool = Spool(str(tmp_path), run_blocking=run_inline)
+    now = [1000.0]
+    measured: list[int] = []
+    free = {"bytes": 10_000}
+
+    def measure() -> int:
+        measured.append(free["bytes"])
+        return free["bytes"]
+
+    guarded = ReservingSpool(spool, lambda: 100, free=measure, clock=lambda: now[0])
+    for _ in range(50):  # a burst: MAIL and DATA of 25 messages within 100 ms
+        assert guarded.shortfall() is None
+        now[0] += diskspace.MEASURE_EVERY / 60
+    assert len(measured) == 1
+    now[0] += diskspace.MEASURE_EVERY
+    free["bytes"] = 250  # near the reserve: measured at every question from now on
+    assert guarded.shortfall() is None and len(measured) == 2
+    free["bytes"] = 50
+    assert guarded.shortfall() is not None and len(measured) == 3

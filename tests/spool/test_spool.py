@@ -71,7 +71,9 @@ def test_commit_keeps_bytes_and_envelope_readable(tmp_path) -> None:
     with open(os.path.join(spool.directory, "data", entry_id + ".eml"), "rb") as f:
         assert f.read() == MESSAGE
     with open(os.path.join(spool.directory, "queued", entry_id + ".json")) as f:
-        record = json.load(f)
+        check, body = f.read().split("\n", 1)  # the check line, then the record
+    assert json.loads(check)["length"] == len(body.encode())
+    record = json.loads(body)
     assert record["sender"] == "scanner@example.com"
     assert record["recipients"] == ["a@example.org", "b@example.org"]
     assert record["client_address"] == "192.168.10.7"

@@ -175,3 +175,4 @@ def test_smtp_client_gets_452_and_relay_recovers(small_filesystem):
     finally:
         yield inbound.stopService()
         yield engine.stopService()
+        spool.close()  # its threads, and the spare files it holds open

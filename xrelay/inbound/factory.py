@@ -17,6 +17,7 @@ import attrs
 from twisted.internet.protocol import Factory
 
 from xrelay.config import Config, ListenerConfig
+from xrelay.inbound.acceptlog import AcceptanceLog
 from xrelay.policy import client_in_networks, client_network
 from xrelay.records import Refusal
 
@@ -41,6 +42,7 @@ class ListenerHost(Protocol):
     auth_failures: Any
     connections: "ConnectionCounter"
     live: set[Any]
+    acceptance_log: "AcceptanceLog"
 
     def starttls_options(self, listener: ListenerConfig) -> Any: ...
 

@@ -29,6 +29,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from xrelay.config import Config, ListenerConfig, listener_offers_starttls
+from xrelay.inbound.acceptlog import AcceptanceLog
+from xrelay.inbound.backlog import with_backlog
 from xrelay.inbound.credentials import authenticator_for
 from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.handler import PolicyHandler
@@ -170,6 +172,8 @@ class InboundService(MultiService):
             reactor = global_reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
+        #: The "queued as" lines, a summary instead above 10 a second.
+        self.acceptance_log = AcceptanceLog(self.clock)
         self.spool = spool
         self.delivery = delivery
         #: Where accepted messages are recorded for the message trace (IMessageHistory).
@@ -241,7 +245,8 @@ class InboundService(MultiService):
         proxied = description.lower().startswith("haproxy:")
         if proxied:
             description = description[len("haproxy:"):]
-        endpoint = serverFromString(self.reactor, description)
+        endpoint = serverFromString(self.reactor, with_backlog(
+            description, self.config.server.max_connections))
         factory: Any = InboundFactory(self, listener, ESMTPServer, proxied=proxied)
         if listener.implicit_tls:
             if self.tls_options is None:
@@ -331,4 +336,6 @@ class InboundService(MultiService):
         timer = self.reactor.callLater(self.config.server.shutdown_timeout, give_up)
         done.addBoth(lambda r: timer.cancel() if timer.active() else None)
         check()
+        # The summary of messages without a line of their own, before the process ends.
+        done.addCallback(lambda _: self.acceptance_log.flush())
         return defer.gatherResults(stopping + [done]).addCallback(lambda _: None)

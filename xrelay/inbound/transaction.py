@@ -475,12 +475,10 @@ class MailCommands(_Base):
             self.reply(code, enhanced, text)
 
     def _committed(self, entry_id: str, transaction: Transaction) -> "Deferred[Any] | None":
-        log.info("inbound message {message} queued as {entry} from {client} sender "
-                 "{sender} user {user} account {account} recipients {count} size {size}",
-                 message=transaction.id, entry=entry_id, client=self.client_address,
-                 sender=transaction.sender, user=self.user.name if self.user else None,
-                 account=transaction.account.name, count=len(transaction.recipients),
-                 size=transaction.received)
+        self.factory.service.acceptance_log.queued(
+            transaction.id, entry_id, self.client_address, transaction.sender,
+            self.user.name if self.user else None, transaction.account.name,
+            len(transaction.recipients), transaction.received)
         self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
         self.conduct.message_accepted()
         self.factory.events.accepted(transaction.account.name)
