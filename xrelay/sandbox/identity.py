@@ -234,7 +234,6 @@ class IdentityPlatform(IdentityRules):
         flow.approved_by = user.upn
         return flow
 
-
     # -- outages and the request log ---------------------------------------------
 
     def _outage(self, correlation_id: str | None) -> Response | None:
@@ -257,7 +256,6 @@ class IdentityPlatform(IdentityRules):
 
     def _log(self, endpoint: str, grant_type: str, client_id: str, tenant: str, outcome: str, scope: str = "") -> None:
         self.requests.append(TokenRequest(self.now(), endpoint, grant_type, client_id, tenant, outcome, scope))
-
 
 
 def matches(pattern: str, address: str) -> bool:

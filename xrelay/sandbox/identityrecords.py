@@ -5,8 +5,9 @@ records of its directory (tenants, app registrations, users) and of what it issu
 (access and refresh tokens, device and authorization codes, the request log).
 
 L{xrelay.sandbox.identityrules} decides with them; L{xrelay.sandbox.identity} speaks
-the v2.0 endpoints' wire format.  This module holds values and tables only: it must
-never decide who gets a token, do I/O, or show a secret in a record's repr.
+the v2.0 endpoints' wire format.  This module holds values and tables, and reads the
+tables for what a list of scopes asks for (L{resource_and_permissions}); it must never
+decide who gets a token, keep state, do I/O, or show a secret in a record's repr.
 """
 
 from __future__ import annotations

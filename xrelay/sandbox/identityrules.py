@@ -257,7 +257,6 @@ class IdentityRules:
             return None
         return record
 
-
     def _check_consent(self, client_id: str, user: User, scopes: tuple[str, ...]) -> None:
         """Whether this person may use (or consent to) the app for these scopes (L{consent_policy})."""
         if self.consent_policy is not None:
@@ -401,7 +400,6 @@ class IdentityRules:
         user = self.user(flow.approved_by)
         assert user is not None
         return self._delegated_response(app, user, flow.scopes, form, nonce=None, with_refresh=True)
-
 
     # -- helpers ---------------------------------------------------------------------
 
