@@ -61,6 +61,8 @@ table.counts { width: auto; min-width: 16em; }
 details > summary { cursor: pointer; list-style-position: inside; }
 details[open] > summary { color: #6a737d; }
 form.inline { display: inline; }
+pre.mono { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff;
+           border: 1px solid #dfe3e8; padding: 0.6em 0.8em; }
 .actions { white-space: nowrap; }
 .actions form { display: inline-block; margin: 0 0.25em 0.25em 0; }
 button { font: inherit; font-size: 0.88em; padding: 0.2em 0.55em; border-radius: 3px;
@@ -135,6 +137,7 @@ class Page(Element):
                  for key, label, href in (("status", "Status", "/"),
                                           ("queue", "Queue", "/queue"),
                                           ("trace", "Trace", "/trace"),
+                                          ("setup", "Add an account", "/setup"),
                                           ("metrics", "Metrics", "/metrics"))]
         return tags.nav(*links, tags.form(method="post", action="/logout", class_="inline")(
             csrf_field(self._csrf), tags.button("Sign out", type="submit", id="logout")))

@@ -107,6 +107,10 @@ class AdminSite(Resource):
         self.pending: dict[str, tuple[str, dict[str, Any], float]] = {}
         #: Wrong passwords per source and for the account (L{SignInGuard}).
         self.guard = SignInGuard()
+        from xrelay.admin.setup_wizard import SetupWizard
+
+        #: The "Add an account" wizard at /setup.
+        self.setup_wizard = SetupWizard(self)
         self.failures = self.guard.failures
 
     @property
@@ -117,7 +121,8 @@ class AdminSite(Resource):
 
     def render(self, request: Any) -> Any:
         form_targets = sorted({_origin(sign_in_url(a)) for a in self.config.accounts
-                               if self.can_sign_in(a)})
+                               if self.can_sign_in(a)}
+                              | {_origin(self.config.setup.authority)})
         for name, value in security_headers(form_targets).items():
             request.setHeader(name, value)
         d = defer.ensureDeferred(self._dispatch(request))
@@ -154,9 +159,18 @@ class AdminSite(Resource):
             ("POST", "/queue/delete"): self.queue_delete,
             ("POST", "/queue/retry-all"): self.queue_retry_all,
             ("POST", "/signin"): self.sign_in_start,
+            ("GET", "/setup"): self.setup_wizard.page,
+            ("POST", "/setup/plan"): self.setup_wizard.plan,
+            ("POST", "/setup/signin"): self.setup_wizard.sign_in,
+            ("POST", "/setup/device"): self.setup_wizard.device,
+            ("POST", "/setup/reset"): self.setup_wizard.reset,
+            ("POST", "/setup/test"): self.setup_wizard.test,
         }
         try:
-            if (method, path) in routes:
+            if (method, path) == ("GET", "/") and self.setup_wizard.owns(request):
+                # The identity platform's return to the wizard's admin sign-in.
+                body = await self.setup_wizard.callback(request)
+            elif (method, path) in routes:
                 body = await routes[method, path](request)
             elif (method, path) in authenticated:
                 session = self._session(request)

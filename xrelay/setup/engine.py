@@ -148,6 +148,10 @@ class SetupEngine:
                                        request.account_name))
         if request.app_only:
             self._wait_for_token(table["name"])
+        else:
+            self._wait("Entra ID knows the new app (a new app takes seconds to minutes "
+                       "to replicate; before that its sign-in answers AADSTS700016)",
+                       lambda: self._app_known(table["name"]))
         if plan.exchange_steps:
             self._exchange(admin, app, sp, table["name"])
         return SetupResult(table["name"], app["appId"], admin.tenant_id,
@@ -330,6 +334,28 @@ class SetupEngine:
             if found.name.startswith(step):
                 return None if found.ok is True else (first_failure or found.detail)
         return first_failure or "the checks did not run"
+
+    def _app_known(self, account_name: str) -> str | None:
+        """None once the identity platform knows the (delegated) app, else why not."""
+        import msal
+
+        from xrelay.tokens.microsoft import build_application, describe
+
+        try:
+            account = self.current_config().account(account_name)
+        except KeyError:
+            return "the relay does not show the account yet"
+        public = not (account.certificate_file or account.client_secret_file)
+        app = build_application(account, self.bundle, msal.SerializableTokenCache(),
+                                public=public)
+        if isinstance(app, msal.ConfidentialClientApplication):
+            # A token for no permission at all: the app exists and its key works.
+            result = app.acquire_token_for_client(
+                [f"{self.plan.cloud.graph_resource}/.default"])
+            return None if "access_token" in result else describe(result)
+        assert isinstance(app, msal.PublicClientApplication)
+        flow = app.initiate_device_flow(scopes=[f"{self.plan.cloud.outlook_delegated_resource}/SMTP.Send"])
+        return None if "user_code" in flow else describe(flow)
 
     def _wait_for_token(self, account_name: str) -> None:
         self._wait("Entra ID gives the new app a token (a new app takes seconds to "
