@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from xrelay.sandbox import DEFAULT_TENANT, Sandbox
-from xrelay.sandbox.entra import GRAPH_CLI_CLIENT_ID
+from xrelay.sandbox.firstparty import GRAPH_CLI_CLIENT_ID
 from xrelay.sandbox.webtoken import b64url_encode
 
 from .conftest import msal_http_client
@@ -32,10 +32,16 @@ GRAPH_ADMIN_SCOPES = ["Application.ReadWrite.All", "AppRoleAssignment.ReadWrite.
 EXCHANGE_ADMIN_SCOPES = ["https://outlook.office365.com/Exchange.Manage"]
 
 
-def device_sign_in(sb: Sandbox, upn: str, scopes: list[str], decline: bool = False) -> dict[str, Any]:
+def setup_client(sb: Sandbox) -> msal.PublicClientApplication:
+    """The setup's public client as it signs an admin in: any work account, so C{organizations}."""
+    return msal.PublicClientApplication(GRAPH_CLI_CLIENT_ID, authority=f"{sb.authority}/organizations",
+                                        instance_discovery=False, http_client=msal_http_client(sb))
+
+
+def device_sign_in(sb: Sandbox, upn: str, scopes: list[str], decline: bool = False,
+                   pca: msal.PublicClientApplication | None = None) -> dict[str, Any]:
     """msal's device code flow for the setup's public client, the code entered on the sandbox's page."""
-    pca = msal.PublicClientApplication(GRAPH_CLI_CLIENT_ID, authority=f"{sb.authority}/{DEFAULT_TENANT}",
-                                       instance_discovery=False, http_client=msal_http_client(sb))
+    pca = pca or setup_client(sb)
     flow = pca.initiate_device_flow(scopes)
     assert "user_code" in flow, flow
     form = {"otc": flow["user_code"], "login": upn, "passwd": sb.password(upn), "action": "cancel" if decline else "accept"}
@@ -74,14 +80,15 @@ class AdminSession:
 
 
 def sign_in_as(sb: Sandbox, upn: str, exchange: bool = True) -> AdminSession:
-    graph = device_sign_in(sb, upn, GRAPH_ADMIN_SCOPES)
+    pca = setup_client(sb)
+    graph = device_sign_in(sb, upn, GRAPH_ADMIN_SCOPES, pca=pca)
     assert "access_token" in graph, graph
     session = AdminSession(sb, graph["access_token"])
     if exchange:
-        # A second resource: a second token from the same sign-in in a real wizard;
-        # here a second device code keeps the helper simple.
-        exo = device_sign_in(sb, upn, EXCHANGE_ADMIN_SCOPES)
-        assert "access_token" in exo, exo
+        # The second resource with the same sign-in: msal redeems its refresh token.
+        [account] = pca.get_accounts()
+        exo = pca.acquire_token_silent(EXCHANGE_ADMIN_SCOPES, account=account)
+        assert exo is not None and "access_token" in exo, exo
         session.exchange_token = exo["access_token"]
     return session
 

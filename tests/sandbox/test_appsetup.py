@@ -17,7 +17,8 @@ import pytest_twisted
 from twisted.internet import threads
 
 from xrelay.sandbox import DEFAULT_MAILBOX, Sandbox
-from xrelay.sandbox.entra import EXCHANGE_APP_ID, GRAPH_APP_ID
+from xrelay.sandbox.firstparty import EXCHANGE_APP_ID, GRAPH_APP_ID
+from xrelay.sandbox.exchangeadmin import CmdletError
 from xrelay.sandbox.webtoken import unverified
 
 from .adminclient import AdminSession, HostCertificate, aadsts, app_token, device_sign_in, sign_in_as, wait_for
@@ -146,7 +147,7 @@ def _graph_app_flow(sb: Sandbox) -> tuple[int, int]:
 
     sb.entra.replicate()
     before = app_token(sb, app["appId"], secret.json()["secretText"], GRAPH)
-    assert unverified(before["access_token"])[1]["roles"] == []
+    assert "roles" not in unverified(before["access_token"])[1]
     without_consent = send(before["access_token"])
     assert _grant(admin, sp, GRAPH_APP_ID, "Mail.Send").status_code == 201
     after = app_token(sb, app["appId"], secret.json()["secretText"], GRAPH)
@@ -166,15 +167,15 @@ def _replication(sb: Sandbox) -> tuple[dict[str, Any], dict[str, Any]]:
     app, sp = _create_app(admin, cert)
     _grant(admin, sp, GRAPH_APP_ID, "Mail.Send")
     first = app_token(sb, app["appId"], cert.msal_credential(), GRAPH)
+    sb.entra.replicate(within=1.0)  # a second to go: the client polls through it
     later = wait_for(lambda: (r := app_token(sb, app["appId"], cert.msal_credential(), GRAPH)).get("access_token") and r,
                      60, "the new app to replicate")
     return first, later
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_new_app_is_unknown_until_it_replicates(sandbox: Sandbox):
-    sandbox.entra.replication_delay = 2
-    first, later = yield threads.deferToThread(_replication, sandbox)
+def test_a_new_app_is_unknown_until_it_replicates(slow_tenant: Sandbox):
+    first, later = yield threads.deferToThread(_replication, slow_tenant)
     assert first["error"] == "unauthorized_client" and aadsts(first) == 700016
     assert "was not found in the directory" in first["error_description"]
     assert unverified(later["access_token"])[1]["roles"] == ["Mail.Send"]
@@ -244,6 +245,9 @@ def _refusals(sb: Sandbox) -> dict[str, Any]:
     out["bad_token"] = appadmin.graph("GET", "/applications", token="not-a-token")
     out["no_mailbox"] = appadmin.graph("GET", "/users/nobody@sandbox.example")
     exchangeadmin = sign_in_as(sb, "exchangeadmin@sandbox.example")
+    sb.exchange_admin.directory_lag = 3600
+    out["exchange_sp_not_replicated"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=sp["id"])
+    sb.exchange_admin.directory_lag = 0
     out["exchange_sp_wrong_object"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=app["id"])
     out["exchange_ok"] = exchangeadmin.exchange("New-ServicePrincipal", AppId=app["appId"], ObjectId=sp["id"])
     out["exchange_no_mailbox"] = exchangeadmin.exchange("Add-MailboxPermission", Identity="nobody@sandbox.example",
@@ -269,6 +273,8 @@ def test_refusals_as_microsoft_words_them(slow_tenant: Sandbox):
     assert out["no_mailbox"].status_code == 404
     assert out["no_mailbox"].json()["error"]["code"] == "Request_ResourceNotFound"
     assert "nobody@sandbox.example" in out["no_mailbox"].json()["error"]["message"]
+    assert out["exchange_sp_not_replicated"].status_code == 400
+    assert "ServicePrincipalNotFoundException" in out["exchange_sp_not_replicated"].json()["error"]["message"]
     assert out["exchange_sp_wrong_object"].status_code == 400
     assert "enterprise application" in out["exchange_sp_wrong_object"].json()["error"]["message"]
     assert out["exchange_ok"].status_code == 200
@@ -281,14 +287,21 @@ def test_exchange_lines_run_by_hand(sandbox: Sandbox):
     """An admin pastes the printed PowerShell lines: the same state as the admin API."""
     app = sandbox.entra.create_application("admin@sandbox.example", "by hand")
     sp = sandbox.entra.create_service_principal("admin@sandbox.example", app.app_id)
+    sandbox.entra.replicate()
     out = sandbox.exchange_admin.run_powershell(
-        "Connect-ExchangeOnline\n"
+        "Install-Module ExchangeOnlineManagement -Scope CurrentUser   # once\n"
+        "Connect-ExchangeOnline -Organization sandbox.onmicrosoft.com\n"
         f"New-ServicePrincipal -AppId {app.app_id} -ObjectId {sp.id} -DisplayName 'xrelay relay'\n"
         "New-ManagementScope -Name 'xrelay relay' -RecipientRestrictionFilter \"PrimarySmtpAddress -eq 'relay@sandbox.example'\"\n"
         f"New-ManagementRoleAssignment -Role 'Application SMTP.SendAsApp' -App {app.app_id} -CustomResourceScope 'xrelay relay'\n"
     )
     assert [o.get("AppId") or o.get("Role") or o.get("Name") for o in out] == [app.app_id, "xrelay relay", "Application SMTP.SendAsApp"]
     assert sandbox.exchange_admin.principals[app.app_id].display_name == "xrelay relay"
+    with pytest.raises(CmdletError, match="ManagementObjectNotFoundException"):
+        # RBAC needs Exchange's pointer to the service principal first.
+        sandbox.exchange_admin.run_powershell(
+            "New-ManagementRoleAssignment -App 00000000-0000-0000-0000-000000000001 -Role 'Application Mail.Send' "
+            "-CustomResourceScope 'xrelay relay'")
 
 
 def _rbac_flow(sb: Sandbox) -> dict[str, Any]:
@@ -300,7 +313,7 @@ def _rbac_flow(sb: Sandbox) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for resource in (EXO, GRAPH):
         token = app_token(sb, app["appId"], cert.msal_credential(), resource)
-        assert unverified(token["access_token"])[1]["roles"] == [], "no Entra consent at all"
+        assert "roles" not in unverified(token["access_token"])[1], "no Entra consent at all"
         out[resource] = token["access_token"]
     steps = [
         ("New-ServicePrincipal", {"AppId": app["appId"], "ObjectId": sp["id"], "DisplayName": "xrelay relay.example"}),
@@ -353,7 +366,7 @@ def _auth_code_any_port(sb: Sandbox, decline: bool) -> Any:
 
     import requests
 
-    from xrelay.sandbox.entra import GRAPH_CLI_CLIENT_ID
+    from xrelay.sandbox.firstparty import GRAPH_CLI_CLIENT_ID
     from xrelay.sandbox.webtoken import b64url_encode
 
     verifier = secrets.token_urlsafe(48)
@@ -366,6 +379,7 @@ def _auth_code_any_port(sb: Sandbox, decline: bool) -> Any:
     url = f"{sb.authority}/sandbox.onmicrosoft.com/oauth2/v2.0/authorize"
     page = requests.get(url, params=params, verify=sb.ca_file, timeout=10)
     assert page.status_code == 200, page.text
+    assert '<ul id="permissions"><li>Application.ReadWrite.All</li></ul>' in page.text
     for wrong_uri in ("http://evil.example:18025/", "http://localhost:18025/setup/callback"):
         wrong = requests.get(url, params={**params, "redirect_uri": wrong_uri}, verify=sb.ca_file, timeout=10)
         assert wrong.status_code == 400 and "AADSTS50011" in wrong.text, wrong_uri
@@ -391,3 +405,163 @@ def test_browser_sign_in_for_the_setup_client_on_any_localhost_port(sandbox: San
     assert unverified(token["access_token"])[1]["scp"] == "Application.ReadWrite.All"
     declined = yield threads.deferToThread(_auth_code_any_port, sandbox, True)
     assert declined["error"] == "access_denied" and declined["error_description"].startswith("AADSTS65004")
+
+
+def _delegated_flow(sb: Sandbox) -> dict[str, Any]:
+    """The delegated method: consent to SMTP.Send for the mailbox, then the mailbox signs in."""
+    from urllib.parse import parse_qs, urlparse
+
+    import msal
+    import requests
+
+    from .conftest import msal_http_client
+
+    admin = sign_in_as(sb, "admin@sandbox.example", exchange=False)
+    cert = HostCertificate.make()
+    redirect = "http://localhost:18025/signin/callback"
+    app = admin.graph("POST", "/applications", {"displayName": "xrelay delegated", "web": {"redirectUris": [redirect]}}).json()
+    assert admin.graph("PATCH", f"/applications/{app['id']}", {"keyCredentials": [cert.key_credential()]}).status_code == 204
+    sp = admin.graph("POST", "/servicePrincipals", {"appId": app["appId"]}).json()
+    sb.entra.replicate()
+    cca = msal.ConfidentialClientApplication(app["appId"], client_credential=cert.msal_credential(),
+                                             authority=f"{sb.authority}/sandbox.onmicrosoft.com", instance_discovery=False,
+                                             http_client=msal_http_client(sb))
+
+    def mailbox_signs_in() -> dict[str, Any]:
+        flow = cca.initiate_auth_code_flow(["https://outlook.office.com/SMTP.Send"], redirect_uri=redirect)
+        form = {k: v[0] for k, v in parse_qs(urlparse(flow["auth_uri"]).query).items()}
+        form.update(login=DEFAULT_MAILBOX, passwd=sb.password(DEFAULT_MAILBOX), action="accept")
+        back = requests.post(flow["auth_uri"].split("?")[0], data=form, verify=sb.ca_file, timeout=10, allow_redirects=False)
+        params = {k: v[0] for k, v in parse_qs(urlparse(back.headers["location"]).query).items()}
+        return dict(cca.acquire_token_by_auth_code_flow(flow, params))
+
+    out: dict[str, Any] = {"before": mailbox_signs_in()}
+    mailbox_id = admin.graph("GET", f"/users/{DEFAULT_MAILBOX}").json()["id"]
+    graph = admin.resource(GRAPH_APP_ID)
+    grant = admin.graph("POST", "/oauth2PermissionGrants", {"clientId": sp["id"], "consentType": "Principal",
+                                                            "principalId": mailbox_id, "resourceId": graph["id"],
+                                                            "scope": "SMTP.Send offline_access"})
+    assert grant.status_code == 201, grant.text
+    listed = admin.graph("GET", "/oauth2PermissionGrants", **{"$filter": f"clientId eq '{sp['id']}'"}).json()["value"]
+    assert [g["scope"] for g in listed] == ["SMTP.Send offline_access"]
+    out["after"] = mailbox_signs_in()
+    out["smtp"] = _smtp_auth(sb, DEFAULT_MAILBOX, out["after"]["access_token"])[0]
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_delegated_method_needs_the_granted_consent(slow_tenant: Sandbox):
+    out = yield threads.deferToThread(_delegated_flow, slow_tenant)
+    assert out["before"]["error"] == "invalid_grant" and aadsts(out["before"]) == 65001
+    assert "refresh_token" in out["after"] and out["smtp"] == 235
+
+
+def test_setup_settings_point_at_this_sandbox_and_the_passwords_file_is_private(sandbox: Sandbox):
+    import os
+    import stat
+
+    settings = sandbox.setup_settings()
+    assert settings["exchange_admin_url"] == f"{sandbox.authority}/adminapi/beta"
+    assert settings["graph_url"] == sandbox.graph_url and settings["client_id"] == "14d82eec-204b-4c2f-b7e8-296a70dab67e"
+    users = sandbox.directory.child("sandbox-users.txt")
+    assert stat.S_IMODE(os.stat(users.path).st_mode) == 0o600
+    rows = {row[0]: row[1:] for row in (line.split("\t") for line in users.getContent().decode().splitlines())}
+    assert rows["admin@sandbox.example"] == [sandbox.password("admin@sandbox.example"), "Global Administrator"]
+    assert rows["user@sandbox.example"] == [sandbox.password("user@sandbox.example"), "-"]
+
+
+def _reuse(sb: Sandbox) -> dict[str, Any]:
+    admin = sign_in_as(sb, "admin@sandbox.example", exchange=False)
+    app, sp = _create_app(admin)
+    return {"again": admin.graph("POST", "/servicePrincipals", {"appId": app["appId"]}),
+            "found": admin.graph("GET", f"/servicePrincipals(appId='{app['appId']}')"),
+            "by_app_id": admin.graph("GET", f"/applications(appId='{app['appId']}')"),
+            "by_name": admin.graph("GET", "/applications", **{"$filter": "startswith(displayName,'xrelay ')"}),
+            "bad_filter": admin.graph("GET", "/applications", **{"$filter": "displayName ne 'x'"}),
+            "sp": sp}
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_app_made_earlier_is_found_again_not_made_twice(sandbox: Sandbox):
+    out = yield threads.deferToThread(_reuse, sandbox)
+    assert out["again"].status_code == 409
+    assert out["again"].json()["error"]["code"] == "Request_MultipleObjectsWithSameKeyValue"
+    assert out["found"].json()["id"] == out["sp"]["id"]
+    assert out["by_app_id"].json()["appId"] == out["sp"]["appId"]
+    assert [a["appId"] for a in out["by_name"].json()["value"]] == [out["sp"]["appId"]]
+    assert out["bad_filter"].status_code == 400
+
+
+def _powershell_page(sb: Sandbox, upn: str, lines: str) -> str:
+    import requests
+
+    page = requests.get(f"{sb.authority}/powershell", verify=sb.ca_file, timeout=10)
+    assert page.status_code == 200 and 'id="lines"' in page.text
+    done = requests.post(f"{sb.authority}/powershell", data={"login": upn, "passwd": sb.password(upn), "lines": lines},
+                         verify=sb.ca_file, timeout=10)
+    assert done.status_code == 200
+    return done.text
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_sandbox_powershell_page_runs_pasted_lines_for_an_exchange_admin_only(sandbox: Sandbox):
+    app = sandbox.entra.create_application("admin@sandbox.example", "pasted")
+    sp = sandbox.entra.create_service_principal("admin@sandbox.example", app.app_id)
+    sandbox.entra.replicate()
+    lines = (f"Connect-ExchangeOnline -Organization sandbox.onmicrosoft.com\n"
+             f"New-ServicePrincipal -AppId {app.app_id} -ObjectId {sp.id} -DisplayName 'pasted'\n"
+             f"Add-MailboxPermission -Identity {DEFAULT_MAILBOX} -User {sp.id} -AccessRights FullAccess\n")
+    refused = yield threads.deferToThread(_powershell_page, sandbox, "user@sandbox.example", lines)
+    assert "User is not allowed to call New-ServicePrincipal" in refused and app.app_id not in sandbox.exchange_admin.principals
+    done = yield threads.deferToThread(_powershell_page, sandbox, "exchangeadmin@sandbox.example", lines)
+    assert 'id="output"' in done and app.app_id in sandbox.exchange_admin.principals
+    sandbox.exchange_admin.accept_now()
+    yield threads.deferToThread(wait_for, lambda: sandbox.exchange_admin.accepts(app.app_id, DEFAULT_MAILBOX), 30, "Exchange")
+
+
+def _who(sb: Sandbox) -> tuple[Any, Any, Any]:
+    from .adminclient import device_sign_in
+
+    scopes = [f"https://graph.microsoft.com/{p}" for p in ("Application.ReadWrite.All", "User.Read.All")]
+    token = device_sign_in(sb, "appadmin@sandbox.example", scopes)["access_token"]
+    narrow = device_sign_in(sb, "appadmin@sandbox.example", ["https://graph.microsoft.com/Application.ReadWrite.All"])
+    admin = AdminSession(sb, token)
+    return admin.graph("GET", "/me"), admin.graph("GET", "/organization"), admin.graph("GET", "/me", token=narrow["access_token"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_me_and_organization_name_the_signed_in_admin_and_tenant(sandbox: Sandbox):
+    me, organization, narrow = yield threads.deferToThread(_who, sandbox)
+    assert me.json()["userPrincipalName"] == "appadmin@sandbox.example"
+    tenant = sandbox.identity.tenant("sandbox.onmicrosoft.com")
+    assert tenant is not None and organization.json()["value"][0]["id"] == tenant.id
+    assert narrow.status_code == 403
+
+
+def _consent_needed(sb: Sandbox) -> dict[str, Any]:
+    import requests
+
+    from .adminclient import GRAPH_ADMIN_SCOPES, setup_client
+
+    out: dict[str, Any] = {}
+    pca = setup_client(sb)
+    flow = pca.initiate_device_flow(GRAPH_ADMIN_SCOPES)
+    page = requests.post(flow["verification_uri"], data={"otc": flow["user_code"], "login": "exchangeadmin@sandbox.example",
+                                                          "passwd": sb.password("exchangeadmin@sandbox.example")},
+                         verify=sb.ca_file, timeout=10)
+    out["page"] = page.text
+    flow["expires_at"] = 0  # the wizard stops polling: the person saw "Need admin approval"
+    out["pending"] = pca.acquire_token_by_device_flow(flow)
+    out["admin"] = device_sign_in(sb, "admin@sandbox.example", GRAPH_ADMIN_SCOPES)
+    out["after"] = device_sign_in(sb, "exchangeadmin@sandbox.example", GRAPH_ADMIN_SCOPES)
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_before_admin_consent_to_the_setup_client_only_an_admin_may_sign_in_for_it(sandbox: Sandbox):
+    sandbox.entra.setup_client_consented = False
+    out = yield threads.deferToThread(_consent_needed, sandbox)
+    assert "Need admin approval" in out["page"] and "only an admin can grant" in out["page"]
+    assert out["pending"]["error"] == "authorization_pending"
+    assert "access_token" in out["admin"] and sandbox.entra.setup_client_consented
+    assert "access_token" in out["after"], "the admin consented for the whole tenant"

@@ -33,7 +33,7 @@ C{<dir>/sandbox-users.txt}, mode 0600):
   relay@sandbox.example          DEFAULT_MAILBOX, no role
 
 The setup's public client is the Microsoft Graph Command Line Tools,
-C{14d82eec-204b-4c2f-b7e8-296a70dab67e} (C{entra.GRAPH_CLI_CLIENT_ID}): device code, and
+C{14d82eec-204b-4c2f-b7e8-296a70dab67e} (C{firstparty.GRAPH_CLI_CLIENT_ID}): device code, and
 the authorization code flow with PKCE to C{http://localhost} on any port.  It gets the
 Graph scopes C{Application.ReadWrite.All AppRoleAssignment.ReadWrite.All
 DelegatedPermissionGrant.ReadWrite.All User.Read.All} and, as a second token, Exchange's
@@ -46,9 +46,14 @@ Timing knobs: C{sb.entra.replication_delay} (default 5 s: a new app, or a new cr
 is unknown to the token endpoint until then, AADSTS700016 / 700027 / 7000215) with
 C{sb.entra.replicate()} to make it pass now; C{sb.exchange_admin.acceptance_delay}
 (default 5 s: mailbox permissions and RBAC assignments take effect after it) with
-C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.run_powershell(lines)} runs the
-lines an admin pastes by hand.  Role and scope ids of Microsoft Graph and Exchange Online:
-L{xrelay.sandbox.entra}.
+C{sb.exchange_admin.accept_now()}; C{sb.exchange_admin.directory_lag} (default 0: seconds
+before Exchange sees a new service principal, New-ServicePrincipal refused until then);
+C{sb.entra.setup_client_consented} (default on: tenant-wide consent to the setup client
+was given; off: a person without an admin role gets "Need admin approval", AADSTS90094).
+C{sb.exchange_admin.run_powershell(lines)} runs the lines an admin pastes by hand, and the page C{{sb.authority}/powershell} lets a person (or
+a browser test) sign in and paste them (refused without the Exchange role).
+C{sb.setup_settings()} gives the C{[setup]} keys that point the wizard here.  Role and
+scope ids of Microsoft Graph and Exchange Online: L{xrelay.sandbox.firstparty}.
 """
 
 from .ca import SERVER_NAMES, CertificateAuthority, IssuedCertificate

@@ -13,28 +13,8 @@ registration answers in Entra ID), only once its service principal exists
 claim).  A credential added later (addKey, addPassword, PATCH keyCredentials) becomes
 usable after the same delay.
 
-The sandbox directory's first-party service principals, with Microsoft's real ids where
-a public source confirms them (clients must still look permissions up by C{value}):
-
-  Microsoft Graph (appId 00000003-0000-0000-c000-000000000000)
-    app roles:  Mail.Send b633e1c5-b582-4048-a93e-9f11b44c7e96,
-                Mail.ReadWrite e2a3a72e-5f79-4c64-b1b1-878b674786c9
-    scopes:     Mail.Send e383f46e-2787-4529-855e-0e479a3ffac0, User.Read
-                e1fe6dd8-ba31-4d61-89e7-88639da4683d, SMTP.Send
-                258f6531-6087-4cc4-bb90-092c5fb3ed3f, offline_access
-                7427e0e9-2fba-42fe-b0c0-848c9e6a8182, openid
-                37f7f235-527c-4136-accd-4a02d197296e, profile
-                14dad69e-099b-42c9-810b-d002981feec1, IMAP.AccessAsUser.All
-                652390e4-393a-48de-9484-05f9b1212954
-  Office 365 Exchange Online (appId 00000002-0000-0ff1-ce00-000000000000)
-    app roles:  SMTP.SendAsApp (id: a sandbox value, see L{SMTP_SEND_AS_APP_ID}),
-                Exchange.ManageAsApp dc50a0fb-09a3-484d-be87-e023b12c6440
-    scopes:     Exchange.Manage, SMTP.Send (ids: sandbox values)
-
-Sources for the ids: the Microsoft Graph permissions reference
-(https://learn.microsoft.com/en-us/graph/permissions-reference), as quoted in public
-setup scripts; SMTP.SendAsApp's id is resolved by value in every public script we found,
-so the sandbox makes its own and says so.
+The first-party resources it holds (Microsoft Graph, Exchange Online) and their ids are in
+L{xrelay.sandbox.firstparty}.
 
 Who may do what, after https://learn.microsoft.com/en-us/entra/identity/enterprise-apps/grant-admin-consent
 ("Privileged Role Administrator ... any permission for any API; Cloud Application
@@ -66,16 +46,12 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .identity import GRAPH_RESOURCE, NATIONAL_GRAPH_RESOURCES, OUTLOOK_RESOURCES, IdentityPlatform
-
-GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
-EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
-#: The Microsoft Graph Command Line Tools: a first-party public client that allows the
-#: device code flow and http://localhost redirects on any port
-#: (https://learn.microsoft.com/en-us/powershell/microsoftgraph/authentication-commands).
-GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
-#: Not confirmed from a public source: clients must look SMTP.SendAsApp up by value.
-SMTP_SEND_AS_APP_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "xrelay-sandbox:SMTP.SendAsApp"))
+from .firstparty import (
+    EXCHANGE_APP_ID, EXCHANGE_ROLES, EXCHANGE_SCOPES, GRAPH_APP_ID, GRAPH_CLI_CLIENT_ID, GRAPH_ROLES, GRAPH_SCOPES,
+    RESOURCE_AUDIENCES, AppRole, PermissionScope,
+)
+from .errors import TokenError
+from .identity import App, IdentityPlatform, User
 
 GLOBAL_ADMIN = "Global Administrator"
 APPLICATION_ADMIN = "Application Administrator"
@@ -86,13 +62,6 @@ EXCHANGE_ADMIN = "Exchange Administrator"
 APP_MANAGERS = frozenset({GLOBAL_ADMIN, APPLICATION_ADMIN, CLOUD_APPLICATION_ADMIN})
 GRAPH_ROLE_GRANTERS = frozenset({GLOBAL_ADMIN, PRIVILEGED_ROLE_ADMIN})
 CONSENT_GRANTERS = APP_MANAGERS | GRAPH_ROLE_GRANTERS
-
-#: Resource service principal appId -> the token audiences its app roles appear in.
-RESOURCE_AUDIENCES: dict[str, tuple[str, ...]] = {
-    GRAPH_APP_ID: (GRAPH_RESOURCE, *NATIONAL_GRAPH_RESOURCES),
-    EXCHANGE_APP_ID: OUTLOOK_RESOURCES,
-}
-
 
 class DirectoryError(Exception):
     """A refusal the Graph layer turns into Graph's error body (status, code, message)."""
@@ -105,13 +74,15 @@ class DirectoryError(Exception):
 
 
 def denied() -> DirectoryError:
-    # https://learn.microsoft.com/en-us/graph/resolve-auth-errors (403, Authorization_RequestDenied)
+    # 403 as Graph answers an app-management call without the privilege, e.g.
+    # https://learn.microsoft.com/zh-cn/answers/questions/2143345/insufficient-privileges-to-complete-the-operation
+    # (Application.ReadWrite.All missing); https://learn.microsoft.com/en-us/graph/resolve-auth-errors
     return DirectoryError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
 
 
 def not_found(what: str) -> DirectoryError:
     # Graph's wording for a missing directory object, e.g.
-    # https://learn.microsoft.com/en-us/answers/questions/1410298 (Request_ResourceNotFound)
+    # https://github.com/microsoftgraph/microsoft-graph-docs/issues/18714 (Request_ResourceNotFound)
     return DirectoryError(
         404, "Request_ResourceNotFound",
         f"Resource '{what}' does not exist or one of its queried reference-property objects are not present.",
@@ -125,23 +96,6 @@ def bad_request(message: str, code: str = "Request_BadRequest") -> DirectoryErro
 def iso(when: float) -> str:
     """Graph's DateTimeOffset: C{2026-12-07T18:00:00Z}."""
     return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@attrs.frozen
-class AppRole:
-    id: str
-    value: str
-    display_name: str
-    description: str
-
-
-@attrs.frozen
-class PermissionScope:
-    id: str
-    value: str
-    admin_display_name: str
-    #: C{"Admin"}: only an admin may consent; C{"User"}: users may consent for themselves.
-    type: str
 
 
 @attrs.define
@@ -232,35 +186,6 @@ class PermissionGrant:
     scope: str
 
 
-def _role(role_id: str, value: str, name: str) -> AppRole:
-    return AppRole(role_id, value, name, f"Allows the app to {name[0].lower()}{name[1:]}.")
-
-
-GRAPH_ROLES = (
-    _role("b633e1c5-b582-4048-a93e-9f11b44c7e96", "Mail.Send", "Send mail as any user"),
-    _role("e2a3a72e-5f79-4c64-b1b1-878b674786c9", "Mail.ReadWrite", "Read and write mail in all mailboxes"),
-)
-GRAPH_SCOPES = (
-    PermissionScope("e383f46e-2787-4529-855e-0e479a3ffac0", "Mail.Send", "Send mail as a user", "User"),
-    PermissionScope("e1fe6dd8-ba31-4d61-89e7-88639da4683d", "User.Read", "Sign in and read user profile", "User"),
-    PermissionScope("258f6531-6087-4cc4-bb90-092c5fb3ed3f", "SMTP.Send", "Send emails from mailboxes using SMTP AUTH.", "User"),
-    PermissionScope("7427e0e9-2fba-42fe-b0c0-848c9e6a8182", "offline_access", "Maintain access to data you have given it access to", "User"),
-    PermissionScope("37f7f235-527c-4136-accd-4a02d197296e", "openid", "Sign users in", "User"),
-    PermissionScope("14dad69e-099b-42c9-810b-d002981feec1", "profile", "View users' basic profile", "User"),
-    PermissionScope("652390e4-393a-48de-9484-05f9b1212954", "IMAP.AccessAsUser.All", "Read and write access to mailboxes via IMAP.", "User"),
-)
-EXCHANGE_ROLES = (
-    _role(SMTP_SEND_AS_APP_ID, "SMTP.SendAsApp", "Send emails from mailboxes using SMTP AUTH"),
-    _role("dc50a0fb-09a3-484d-be87-e023b12c6440", "Exchange.ManageAsApp", "Manage Exchange As Application"),
-)
-EXCHANGE_SCOPES = (
-    PermissionScope(str(uuid.uuid5(uuid.NAMESPACE_URL, "xrelay-sandbox:Exchange.Manage")), "Exchange.Manage",
-                    "Access Microsoft Exchange Online as the signed-in user", "Admin"),
-    PermissionScope(str(uuid.uuid5(uuid.NAMESPACE_URL, "xrelay-sandbox:exo:SMTP.Send")), "SMTP.Send",
-                    "Send emails from mailboxes using SMTP AUTH.", "User"),
-)
-
-
 def _secret_text() -> str:
     """A secret shaped like an Entra ID one: 3 characters, C{8Q~}, 34 characters."""
     alphabet = string.ascii_letters + string.digits + "_-.~"
@@ -286,15 +211,22 @@ class Directory:
     permission_grants: list[PermissionGrant] = attrs.field(factory=list)
     #: UPN (lower case) -> directory role names.
     roles: dict[str, set[str]] = attrs.field(factory=dict)
+    #: Whether an admin already granted tenant-wide consent to the setup's public client
+    #: (Microsoft Graph Command Line Tools) for its admin-only scopes, as in a tenant
+    #: whose admins use Graph PowerShell.  Off: a person without an admin role signing in
+    #: for those scopes gets AADSTS90094; an admin's sign-in consents for the tenant.
+    setup_client_consented: bool = True
 
     def __attrs_post_init__(self) -> None:
         for app_id, name, roles, scopes in (
             (GRAPH_APP_ID, "Microsoft Graph", GRAPH_ROLES, GRAPH_SCOPES),
             (EXCHANGE_APP_ID, "Office 365 Exchange Online", EXCHANGE_ROLES, EXCHANGE_SCOPES),
         ):
+            # appOwnerOrganizationId of Microsoft's first-party apps: Microsoft's own tenant.
             sp = ServicePrincipal(str(uuid.uuid4()), app_id, name, self.now(), "f8cdef31-a31e-4b4a-93e4-5f571e91255a",
                                   roles, scopes, first_party=True)
             self.service_principals[sp.id] = sp
+        self.identity.consent_policy = self._consent
 
     @property
     def now(self) -> Callable[[], float]:
@@ -304,15 +236,30 @@ class Directory:
     def tenant_id(self) -> str:
         return self.identity.add_tenant(self.tenant).id
 
-    def replicate(self) -> None:
-        """Make time pass for replication: every app and credential works from now on."""
-        now = self.now()
+    def replicate(self, within: float = 0.0) -> None:
+        """Make time pass for replication: every app and credential works C{within} seconds from now at the latest."""
+        now = self.now() + within
         for app in self.applications.values():
             registered = self.identity.apps.get(app.app_id)
             if registered is not None:
                 registered.usable_from = min(registered.usable_from, now)
                 for credential, when in registered.credentials_usable_from.items():
                     registered.credentials_usable_from[credential] = min(when, now)
+
+    def _consent(self, app: App, user: User, scopes: tuple[str, ...]) -> None:
+        """The identity platform's L{IdentityPlatform.consent_policy} for the setup client."""
+        if app.client_id != GRAPH_CLI_CLIENT_ID or self.setup_client_consented:
+            return
+        admin_only = {s.value for sp in self.service_principals.values() if sp.first_party for s in sp.scopes if s.type == "Admin"}
+        asked = {scope.rpartition("/")[2] for scope in scopes}
+        if not asked & admin_only:
+            return
+        if self.roles_of(user.upn) & CONSENT_GRANTERS:
+            self.setup_client_consented = True  # "Consent on behalf of your organization"
+            return
+        # As Entra ID answers a user who may not consent: "Need admin approval",
+        # AADSTS90094 (https://github.com/pnp/cli-microsoft365/issues/534).
+        raise TokenError("invalid_grant", 90094, "The grant requires admin permission.")
 
     # -- users and roles -------------------------------------------------------------
 
@@ -359,6 +306,7 @@ class Directory:
         registered.usable_from = self.now() + self.replication_delay
         registered.has_service_principal = False
         registered.roles = {}
+        registered.granted_scopes = set()
         self._sync(app)
         return app
 
@@ -399,6 +347,10 @@ class Directory:
                 app.required_resource_access = [dict(r) for r in value if isinstance(r, dict)]
             elif name == "keyCredentials" and isinstance(value, list):
                 app.key_credentials = [self._key_credential(app, k) for k in value if isinstance(k, dict)]
+            elif name == "passwordCredentials":
+                # Graph makes secrets itself (addPassword returns secretText once); a PATCH
+                # cannot set one (https://learn.microsoft.com/en-us/graph/api/application-addpassword).
+                raise bad_request("Property 'passwordCredentials' cannot be set with PATCH; use addPassword, which returns the secret once.")
             else:
                 raise bad_request(f"Property '{name}' is read-only or not supported by the sandbox and cannot be set.")
 
@@ -481,10 +433,12 @@ class Directory:
         if app is None:
             raise not_found(app_id)
         if self.service_principal_of(app_id) is not None:
-            # https://learn.microsoft.com/en-us/graph/api/serviceprincipal-post-serviceprincipals
-            # (creating one twice fails; clients look it up by appId first)
-            raise bad_request("The service principal cannot be created, updated, or restored because the service principal name "
-                              f"{app_id} is already in use.")
+            # 409 as Graph answers a second one, e.g. New-MgServicePrincipal's "Status: 409
+            # (Conflict) ErrorCode: Request_MultipleObjectsWithSameKeyValue" quoted in setup
+            # guides; clients look it up by appId first.
+            raise DirectoryError(409, "Request_MultipleObjectsWithSameKeyValue",
+                                 "The service principal cannot be created, updated, or restored because the service principal "
+                                 f"name {app_id} is already in use.")
         sp = ServicePrincipal(str(uuid.uuid4()), app_id, app.display_name, self.now(), self.tenant_id, tags=list(tags or []))
         self.service_principals[sp.id] = sp
         registered = self.identity.apps.get(app_id)
@@ -499,7 +453,8 @@ class Directory:
         self._require(actor, GRAPH_ROLE_GRANTERS if resource.app_id == GRAPH_APP_ID else CONSENT_GRANTERS)
         role = resource.role(app_role_id)
         if role is None:
-            # Graph's answer to an appRoleId the resource does not define.
+            # Graph's texts (400) as many public setup scripts match on them; no Microsoft
+            # page documents them, and the code (Request_BadRequest) is the sandbox's.
             raise bad_request("Permission being assigned was not found on application", "Request_BadRequest")
         for existing in self.app_role_assignments:
             if (existing.principal_id, existing.resource_id, existing.app_role_id) == (principal.id, resource.id, role.id):
@@ -549,6 +504,12 @@ class Directory:
         grant = PermissionGrant(secrets.token_urlsafe(32), client.id, consent_type,
                                 principal_id if consent_type == "Principal" else None, resource.id, scope)
         self.permission_grants.append(grant)
+        registered = self.identity.apps.get(client.app_id)
+        if registered is not None and registered.granted_scopes is not None:
+            if grant.principal_id is None:
+                registered.granted_scopes.update(scope.split())
+            else:
+                registered.user_granted_scopes.setdefault(grant.principal_id, set()).update(scope.split())
         return grant
 
     def delegated_scopes(self, app_id: str) -> set[str]:
@@ -580,6 +541,6 @@ def _load_certificate(value: object) -> x509.Certificate:
 
 
 __all__ = [
-    "Application", "AppRole", "AppRoleAssignment", "Directory", "DirectoryError", "KeyCredential",
-    "PasswordCredential", "PermissionGrant", "PermissionScope", "ServicePrincipal",
+    "Application", "AppRoleAssignment", "Directory", "DirectoryError", "KeyCredential", "PasswordCredential",
+    "PermissionGrant", "ServicePrincipal",
 ]

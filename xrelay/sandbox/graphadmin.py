@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Callable
-from urllib.parse import unquote
 
 import attrs
 from cryptography import x509
@@ -56,17 +55,29 @@ class GraphAdmin:
     def now(self) -> Callable[[], float]:
         return self.identity.now
 
-    def handle(self, method: str, path: list[str], query: dict[str, str], authorization: str | None,
-               body: bytes) -> Response | None:
-        """The response, or C{None} when the path is not an app-management route."""
+    @staticmethod
+    def _segments(path: list[str]) -> list[str] | None:
+        """The app-management route's segments after C{v1.0}, or C{None} if not one."""
         segments = path[1:]
         if segments and (m := _KEY_SYNTAX.match(segments[0])):
             segments = [m.group(1), m.group(2), *segments[1:]]
         if not segments or segments[0] not in ("applications", "servicePrincipals", "oauth2PermissionGrants",
                                                  "users", "me", "organization"):
             return None
-        if segments[0] == "users" and len(segments) > 2:
+        if segments[0] in ("users", "me") and len(segments) > (2 if segments[0] == "users" else 1):
             return None  # /users/{id}/sendMail and friends belong to Graph mail
+        return segments
+
+    def serves(self, path: list[str]) -> bool:
+        """Whether C{path} (from C{v1.0} on) is an app-management route (else Graph mail's)."""
+        return path[:1] == ["v1.0"] and self._segments(path) is not None
+
+    def handle(self, method: str, path: list[str], query: dict[str, str], authorization: str | None,
+               body: bytes) -> Response | None:
+        """The response, or C{None} when the path is not an app-management route."""
+        segments = self._segments(path)
+        if segments is None:
+            return None
         access = self._access(authorization)
         if isinstance(access, Response):
             return access
@@ -115,6 +126,8 @@ class GraphAdmin:
             # https://learn.microsoft.com/en-us/graph/api/user-get (GET /me: User.Read)
             if access.app_only:
                 return graph_error(400, "BadRequest", "/me request is only valid with delegated authentication flow.", self.now())
+            if not (access.permissions & {"User.Read", "User.ReadWrite", "User.ReadBasic.All", "User.Read.All", "Directory.Read.All"}):
+                raise denied()
             return self._user(access.upn or "")
         if kind == "users" and len(seg) == 2 and method == "GET":
             # https://learn.microsoft.com/en-us/graph/api/user-get (User.Read.All, or User.Read for oneself)
@@ -368,7 +381,7 @@ def odata_filter(expression: str) -> Callable[[dict[str, Any]], bool]:
     (https://learn.microsoft.com/en-us/graph/filter-query-parameter).  Anything else is
     refused as Graph refuses an unsupported query.
     """
-    expression = unquote(expression).strip()
+    expression = expression.strip()
     if not expression:
         return lambda _: True
     clauses: list[tuple[str, str, str]] = []

@@ -137,6 +137,10 @@ class App:
     has_service_principal: bool = True
     #: Secret, or certificate SHA-256 hex -> when it starts to work (replication).
     credentials_usable_from: dict[str, float] = attrs.field(factory=dict, repr=False)
+    #: Delegated permissions granted to the app (C{None}: any, the sandbox's own apps).
+    granted_scopes: set[str] | None = None
+    #: ... and for one user only (C{consentType: Principal}), by the user's object id.
+    user_granted_scopes: dict[str, set[str]] = attrs.field(factory=dict)
     #: A public client whose C{http://localhost} redirect URIs match on any port (the
     #: path must still match), as Entra ID treats loopback redirects:
     #: https://learn.microsoft.com/en-us/entra/identity-platform/reply-url
@@ -414,6 +418,10 @@ class IdentityPlatform:
         now = self.now()
         return [f for f in self.device_codes.values() if f.approved_by is None and f.expires_at > now and not f.declined]
 
+    def pending_flow(self, user_code: str) -> DeviceCode | None:
+        """The device flow a person's code names, if any (for the pages)."""
+        return self._device_by_user_code(user_code)
+
     def _device_by_user_code(self, user_code: str) -> DeviceCode | None:
         wanted = user_code.replace("-", "").replace(" ", "").upper()
         for flow in self.device_codes.values():
@@ -466,6 +474,11 @@ class IdentityPlatform:
         return found
 
     _id_tokens: list[str] = attrs.field(factory=list, repr=False)
+    #: Called when a person signs in for an app (authorize page, device login) with the
+    #: app, the user and the scopes asked; raises L{TokenError} to refuse (AADSTS90094
+    #: "The grant requires admin permission." when only an admin may consent).  Set by
+    #: L{xrelay.sandbox.entra.Directory}.
+    consent_policy: Callable[[App, User, tuple[str, ...]], None] | None = attrs.field(default=None, repr=False)
 
     # -- checks used by Exchange and Graph ------------------------------------------
 
@@ -633,6 +646,7 @@ class IdentityPlatform:
         L{TokenError} (AADSTS50126) for a wrong username or password.
         """
         user = self._authenticate(request.tenant, username, password)
+        self._check_consent(request.client_id, user, tuple(request.scope.split()))
         code = AuthorizationCode(
             "1.A" + _secret(200), request.client_id, user.upn, request.redirect_uri,
             tuple(request.scope.split()), request.code_challenge or None,
@@ -665,8 +679,14 @@ class IdentityPlatform:
             raise TokenError("invalid_grant", 70020, "The code you entered has expired or is not valid.")
         tenant = flow.tenant.domain if flow.tenant else "common"
         user = self._authenticate(tenant, username, password)
+        self._check_consent(flow.client_id, user, flow.scopes)
         flow.approved_by = user.upn
         return flow
+
+    def _check_consent(self, client_id: str, user: User, scopes: tuple[str, ...]) -> None:
+        """Whether this person may use (or consent to) the app for these scopes (L{consent_policy})."""
+        if self.consent_policy is not None:
+            self.consent_policy(self.apps[client_id], user, scopes)
 
     # -- grants ----------------------------------------------------------------------
 
@@ -706,6 +726,10 @@ class IdentityPlatform:
             "rh": _secret(12), "roles": list(roles), "sub": app.service_principal_id, "tid": app.tenant.id,
             "uti": _secret(16), "ver": "1.0",
         }
+        if not roles:
+            # Entra ID leaves the claim out when no app role was granted (an app set up
+            # without admin consent): https://learn.microsoft.com/en-us/entra/identity-platform/access-token-claims-reference
+            del claims["roles"]
         token = self._issue_access(claims, app.client_id, app.tenant.id, resource, frozenset(roles), None)
         return {
             "token_type": "Bearer",
@@ -920,6 +944,10 @@ class IdentityPlatform:
         if not (isinstance(audience, str) and audience.startswith(self.base_url + "/") and audience.endswith("/oauth2/v2.0/token")):
             raise TokenError("invalid_client", 700212, "Client assertion audience claim does not match Realm issuer.", 401)
 
+    def authenticate(self, username: str, password: str) -> User:
+        """A person's sign-in on a sandbox page; L{TokenError} (AADSTS50034/50126) if wrong."""
+        return self._authenticate("common", username, password)
+
     def _authenticate(self, tenant_segment: str, username: str, password: str) -> User:
         user = self.user(username)
         tenant = self._path_tenant(tenant_segment)
@@ -963,6 +991,11 @@ class IdentityPlatform:
         self, app: App, user: User, scopes: tuple[str, ...], form: dict[str, str], nonce: str | None, with_refresh: bool
     ) -> dict[str, Any]:
         resource, permissions, granted = self._resource_and_permissions(scopes)
+        if app.granted_scopes is not None and not set(permissions) <= app.granted_scopes | app.user_granted_scopes.get(user.oid, set()):
+            # An app created through Graph has only the delegated permissions an admin
+            # granted (oauth2PermissionGrants); the sandbox tenant lets no user consent.
+            error, text = REFUSALS[65001]
+            raise TokenError(error, 65001, text.format(client_id=app.client_id, name=app.name))
         now = int(self.now())
         tid = user.tenant.id
         claims = {

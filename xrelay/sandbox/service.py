@@ -22,11 +22,10 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.filepath import FilePath
 
 from .ca import SERVER_NAMES, CertificateAuthority, IssuedCertificate
-from .entra import (
-    APPLICATION_ADMIN, EXCHANGE_ADMIN, GLOBAL_ADMIN, GRAPH_CLI_CLIENT_ID, PRIVILEGED_ROLE_ADMIN, Directory,
-)
+from .entra import APPLICATION_ADMIN, EXCHANGE_ADMIN, GLOBAL_ADMIN, PRIVILEGED_ROLE_ADMIN, Directory
 from .exchange import ExchangeServer
 from .exchangeadmin import ExchangeAdmin
+from .firstparty import GRAPH_CLI_CLIENT_ID
 from .google import GoogleIdentity
 from .graph import GraphMail
 from .graphadmin import GraphAdmin
@@ -154,12 +153,13 @@ class Sandbox:
             password = os.urandom(12).hex()
             self.identity.add_user(DEFAULT_TENANT, upn, password, name)
             self.entra.assign_role(upn, *roles)
-            lines.append(f"{upn} {password} {','.join(roles) or '-'}\n")
+            lines.append(f"{upn}\t{password}\t{', '.join(roles) or '-'}\n")
         # The Microsoft Graph Command Line Tools, a first-party public client: device code
         # and http://localhost on any port.
         cli = self.identity.register_app(DEFAULT_TENANT, client_id=GRAPH_CLI_CLIENT_ID, public_client=True,
                                          redirect_uris=["http://localhost"], name="Microsoft Graph Command Line Tools")
         cli.loopback_any_port = True
+        # One "UPN<TAB>password<TAB>roles" line per person, for someone trying the wizard.
         users = self.directory.child("sandbox-users.txt").path
         fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -270,6 +270,21 @@ class Sandbox:
             "ca_file": self.ca_file,
             "senders": ["*"],
             "graph_url": self.graph_url,
+        }
+
+    def setup_settings(self) -> dict[str, str]:
+        """
+        The C{[setup]} keys that point xrelay's setup wizard at this sandbox: the admin
+        signs in here (users in L{ADMIN_USERS}), Graph and Exchange's admin API answer here.
+        """
+        if not self._ports:
+            raise RuntimeError("start() the sandbox first: the ports are not known yet")
+        return {
+            "client_id": GRAPH_CLI_CLIENT_ID,
+            "authority": self.authority,
+            "graph_url": self.graph_url,
+            "exchange_admin_url": f"{self.authority}/adminapi/beta",
+            "ca_file": self.ca_file,
         }
 
     def add_google_account(self, email: str) -> dict[str, str]:

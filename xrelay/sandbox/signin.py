@@ -27,17 +27,23 @@ def _error(message: str | None) -> str:
 
 
 def sign_in_page(action: str, fields: dict[str, str], app_name: str, login_hint: str = "", error: str | None = None,
-                 title: str = "Sign in to your account") -> bytes:
+                 title: str = "Sign in to your account", permissions: tuple[str, ...] = ()) -> bytes:
     """
     The authorize page (Microsoft's, or Google's with C{title="Sign in with Google"}):
-    the original request rides along in hidden fields.
+    the original request rides along in hidden fields.  With C{permissions}, the page
+    lists what the app asks for (the consent a person accepts or cancels).
     """
     hidden = "".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in sorted(fields.items())
     )
+    if permissions:
+        items = "".join(f"<li>{escape(p)}</li>" for p in permissions)
+        asks = f'<p>{escape(app_name)} wants to:</p><ul id="permissions">{items}</ul>'
+    else:
+        asks = f"<p>{escape(app_name)} wants to send mail as you.</p>"
     return _page(
         title,
-        f"<p>{escape(app_name)} wants to send mail as you.</p>{_error(error)}"
+        f"{asks}{_error(error)}"
         f'<form method="post" action="{escape(action)}" id="signin">{hidden}'
         f'<label for="username">Email or phone</label><input id="username" name="login" type="email" value="{escape(login_hint)}" autocomplete="username">'
         '<label for="password">Password</label><input id="password" name="passwd" type="password" autocomplete="current-password">'
@@ -69,6 +75,16 @@ def device_login_page(action: str, user_code: str = "", error: str | None = None
     )
 
 
+def admin_approval_page(app_name: str) -> bytes:
+    """
+    Entra ID's "Need admin approval" page (AADSTS90094), worded as people quote it, e.g.
+    https://github.com/Azure-Samples/active-directory-aspnetcore-webapp-openidconnect-v2/issues/44
+    """
+    return _page("Need admin approval", (
+        f'<p id="error" class="error">{escape(app_name)} needs permission to access resources in your organization that '
+        "only an admin can grant. Please ask an admin to grant permission to this app before you can use it.</p>"))
+
+
 def device_declined_page() -> bytes:
     return _page("Sign-in declined", '<p id="declined">You declined to sign in to the application on your device. You may now close this window.</p>')
 
@@ -77,4 +93,21 @@ def device_done_page(app_name: str) -> bytes:
     return _page(
         "You're signed in",
         f'<p id="done">You have signed in to the {escape(app_name)} application on your device. You may now close this window.</p>',
+    )
+
+
+def powershell_page(action: str, lines: str = "", output: str | None = None, error: str | None = None) -> bytes:
+    """
+    Exchange Online PowerShell as an admin uses it by hand: sign in, paste the lines the
+    setup printed, run them.  Shows the objects the cmdlets returned, or the error.
+    """
+    shown = f'<pre id="output">{escape(output)}</pre>' if output is not None else ""
+    return _page(
+        "Exchange Online PowerShell",
+        f"{_error(error)}{shown}"
+        f'<form method="post" action="{escape(action)}" id="powershell">'
+        '<label for="username">Email or phone</label><input id="username" name="login" type="email" autocomplete="username">'
+        '<label for="password">Password</label><input id="password" name="passwd" type="password" autocomplete="current-password">'
+        f'<label for="lines">PowerShell</label><textarea id="lines" name="lines" rows="8" cols="80">{escape(lines)}</textarea>'
+        '<button id="run" name="action" value="run" type="submit">Run</button></form>',
     )

@@ -21,11 +21,11 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 
 from . import signin
+from .exchangeadmin import CmdletError, ExchangeAdmin
+from .graphadmin import GraphAdmin
 from .errors import Response, TokenError
 from .google import GoogleAuthorizeError, GoogleSignInError
-from .exchangeadmin import ExchangeAdmin
 from .graph import GraphMail
-from .graphadmin import GraphAdmin
 from .identity import AuthorizeRequest, IdentityPlatform
 
 
@@ -71,6 +71,17 @@ class SandboxResource(Resource):
         path = [unquote(s) for s in request.path.decode("utf-8", "replace").split("/")[1:]]
         method = request.method.decode()
         correlation = _header(request, "client-request-id")
+        # App management and Exchange's admin API (the setup wizard); mail routes follow.
+        if self.graph_admin is not None and self.graph_admin.serves(path):
+            answer = self.graph_admin.handle(method, path, _query(request), _header(request, "authorization"),
+                                             request.content.read() if request.content else b"")
+            if answer is not None:
+                return self._json(request, answer)
+        if len(path) == 4 and path[:2] == ["adminapi", "beta"] and path[3] == "InvokeCommand" and method == "POST":
+            if self.exchange_admin is not None:
+                return self._json(request, self.exchange_admin.invoke(path[2], _header(request, "authorization"), _json_body(request)))
+        if path == ["powershell"] and self.exchange_admin is not None:
+            return self._powershell(request, method)
         if path == ["google", "token"] and method == "POST":
             return self._json(request, self.identity.google.token(_form(request)))
         if path == ["google", "o", "oauth2", "v2", "auth"] and method in ("GET", "POST"):
@@ -80,14 +91,6 @@ class SandboxResource(Resource):
                 request,
                 self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read() if request.content else b""),
             )
-        if path[:1] == ["v1.0"] and self.graph_admin is not None:
-            answer = self.graph_admin.handle(method, path, _query(request), _header(request, "authorization"),
-                                             request.content.read() if request.content else b"")
-            if answer is not None:
-                return self._json(request, answer)
-        if len(path) == 4 and path[:2] == ["adminapi", "beta"] and path[3] == "InvokeCommand" and method == "POST":
-            if self.exchange_admin is not None:
-                return self._json(request, self.exchange_admin.invoke(path[2], _header(request, "authorization"), _json_body(request)))
         if path and path[0] == "devicelogin":
             return self._device_login(request, method)
         if len(path) == 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:
@@ -132,15 +135,21 @@ class SandboxResource(Resource):
         app_name = self.identity.apps[authorize.client_id].name
         fields = {k: v for k, v in params.items() if k not in ("login", "passwd", "action")}
         action = request.path.decode()
+        # The setup's admin sign-in asks for more than mail: show what is consented to.
+        asked = tuple(p for p in authorize.scope.split() if p not in ("openid", "profile", "offline_access", "email"))
+        shown = asked if any(not p.endswith(("SMTP.Send", "Mail.Send", ".default")) for p in asked) else ()
         if method == "GET":
-            return self._html(request, signin.sign_in_page(action, fields, app_name, authorize.login_hint))
+            return self._html(request, signin.sign_in_page(action, fields, app_name, authorize.login_hint, permissions=shown))
         if params.get("action") == "cancel":
             return self._redirect(request, self.identity.decline(authorize))
         try:
             location = self.identity.sign_in(authorize, params.get("login", ""), params.get("passwd", ""))
         except TokenError as e:
+            if e.code == 90094:
+                return self._html(request, signin.admin_approval_page(app_name))
             message = "Your account or password is incorrect." if e.code == 50126 else "This username may be incorrect."
-            return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), message))
+            return self._html(request, signin.sign_in_page(action, fields, app_name, params.get("login", ""), message,
+                                                           permissions=shown))
         return self._redirect(request, location)
 
     def _google_authorize(self, request: Request, method: str) -> bytes:
@@ -171,6 +180,24 @@ class SandboxResource(Resource):
         request.setHeader("cache-control", "no-store")
         return b""
 
+    def _powershell(self, request: Request, method: str) -> bytes:
+        """An Exchange admin pastes the setup's lines by hand (L{ExchangeAdmin.run_powershell})."""
+        assert self.exchange_admin is not None
+        action = request.path.decode()
+        if method != "POST":
+            return self._html(request, signin.powershell_page(action))
+        params = _form(request)
+        lines = params.get("lines", "")
+        try:
+            self.identity.authenticate(params.get("login", ""), params.get("passwd", ""))
+        except TokenError:
+            return self._html(request, signin.powershell_page(action, lines, error="Your account or password is incorrect."))
+        try:
+            output = self.exchange_admin.run_powershell_as(params.get("login", ""), lines)
+        except CmdletError as e:
+            return self._html(request, signin.powershell_page(action, lines, error=e.message))
+        return self._html(request, signin.powershell_page(action, "", json.dumps(output, indent=1)))
+
     def _device_login(self, request: Request, method: str) -> bytes:
         action = request.path.decode()
         if method != "POST":
@@ -186,6 +213,9 @@ class SandboxResource(Resource):
         try:
             flow = self.identity.device_login(params.get("otc", ""), params.get("login", ""), params.get("passwd", ""))
         except TokenError as e:
+            if e.code == 90094:
+                pending = self.identity.pending_flow(params.get("otc", ""))
+                return self._html(request, signin.admin_approval_page(self.identity.apps[pending.client_id].name if pending else ""))
             message = "Your account or password is incorrect." if e.code == 50126 else (
                 "That code didn't work. Check the code and try again." if e.code == 70020 else "This username may be incorrect."
             )
