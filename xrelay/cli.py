@@ -111,6 +111,8 @@ def describe(config: Config) -> list[str]:
         lines += ["", "[admin]", f"listen = {_toml(config.admin.listen)}",
                   'password_hash = "<masked>"',
                   _setting("public_url", config.admin.public_url)]
+    lines += ["", "[setup]"]
+    lines += [_setting(k, v) for k, v in attrs.asdict(config.setup).items()]
     return lines
 
 
