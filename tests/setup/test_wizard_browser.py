@@ -162,13 +162,48 @@ async def test_wizard_from_no_account_to_a_delivered_message(
         assert result.startswith("Test message: delivered"), result
         await page.wait_for("doctor")
         await page.shot("6-delivered")
+        if method == "smtp":
+            await rotate_then_remove(page, sandbox_relay, account)
     except BaseException:
         await page.shot("failed")
         raise
     finally:
         await deferToThread(driver.quit)
 
+    if method == "smtp":
+        return
     assert relay.config.origin("accounts", account).endswith(f"/managed/accounts/{account}.toml")
     delivered = [m for m in sandbox.mailbox.messages[before:]
                  if mailbox in m.rcpt_to and b"xrelay test message" in m.data]
     assert delivered, [m.rcpt_to for m in sandbox.mailbox.messages]
+
+
+async def rotate_then_remove(page: Page, sandbox_relay: Any, account: str) -> None:
+    """The page's rotate button (a new certificate in use, the old one gone from the
+    app), then its remove button (the drop-in gone, the key files kept)."""
+    import os
+
+    relay, sandbox = sandbox_relay.relay, sandbox_relay.sandbox
+    old = relay.config.account(account)
+    await page.click("setup-reset")
+    await page.wait_for(f"rotate-{account}")
+    await page.shot("7-managed-accounts")
+    await page.click(f"rotate-{account}")
+    await page.wait_for("setup-signin")
+    await page.click("setup-signin")
+    await page.sign_in_on_identity_platform(sandbox, ADMIN)
+    await page.click("accept")
+    result = await page.wait_text("test-result", "delivered", timeout=180)
+    assert result.startswith("Test message: delivered"), result
+    await page.shot("8-rotated")
+    new = relay.config.account(account)
+    assert new.certificate_key_file != old.certificate_key_file
+    (app,) = [a for a in sandbox.entra.applications.values() if a.app_id == new.client_id]
+    assert len(app.key_credentials) == 1
+    await page.click("setup-reset")
+    await page.wait_for(f"remove-{account}")
+    await page.click(f"remove-{account}")
+    await page.wait_for("notice")
+    assert "removed" in await page.text_of("notice")
+    assert account not in [a.name for a in relay.config.accounts]
+    assert os.path.exists(new.certificate_key_file) and os.path.exists(old.certificate_key_file)

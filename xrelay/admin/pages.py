@@ -61,6 +61,11 @@ table.counts { width: auto; min-width: 16em; }
 details > summary { cursor: pointer; list-style-position: inside; }
 details[open] > summary { color: #6a737d; }
 form.inline { display: inline; }
+form.setup { display: grid; grid-template-columns: 16em 1fr; gap: 0.7em 1em;
+             align-items: center; background: #fff; border: 1px solid #dfe3e8;
+             padding: 0.9em 1em; max-width: 62em; }
+form.setup .choices label { display: block; margin: 0.1em 0; }
+form.setup button { justify-self: start; }
 pre.mono { white-space: pre-wrap; overflow-wrap: anywhere; background: #fff;
            border: 1px solid #dfe3e8; padding: 0.6em 0.8em; }
 .actions { white-space: nowrap; }

@@ -60,6 +60,21 @@ class WizardRun:
     powershell: str | None = None
     device: dict[str, str] | None = None
     account: str | None = None
+    #: C{"setup"} (a new account) or C{"rotate"} (a new certificate for C{account}).
+    kind: str = "setup"
+    rotate_mailbox: str = ""
+
+    @property
+    def mailbox(self) -> str:
+        return self.rotate_mailbox if self.kind == "rotate" else str(self.request.mailbox)
+
+    def plan_lines(self) -> list[str]:
+        if self.kind == "rotate":
+            return [f"Account {self.account}: a new certificate is made on this host and "
+                    "added to its app registration (you sign in as an administrator); "
+                    "the relay switches to it once Entra ID accepts it; the old one is "
+                    "then removed from the app. Mail keeps flowing."]
+        return list(self.plan.lines())
     test_result: str | None = None
     doctor: list[str] = attrs.field(factory=list)
     cancelled: bool = False
@@ -105,7 +120,7 @@ class SetupWizard:
             body.append(tags.p(f"Setup stopped: {run.problem}", class_="bad",
                                id="setup-problem"))
         plan = [tags.h2("The plan"), tags.ul(id="plan", class_="plain")(
-            *[tags.li(line) for line in run.plan.lines()])]
+            *[tags.li(line) for line in run.plan_lines()])]
         progress = [tags.h2("Progress"), tags.ul(class_="plain", id="progress")(
             *[tags.li(line.splitlines()[0]) for line in run.lines])] if run.lines else []
         if finished:
@@ -133,6 +148,32 @@ class SetupWizard:
             pages.csrf_field(csrf), tags.button(label, type="submit", id="setup-reset"))))
         return body
 
+    def _managed_table(self, csrf: str) -> list[Any]:
+        accounts = self.managed_accounts()
+        if not accounts:
+            return []
+        rows = []
+        for a in accounts:
+            actions: list[Any] = []
+            if a.certificate_file:
+                actions.append(tags.form(method="post", action="/setup/rotate")(
+                    pages.csrf_field(csrf), tags.input(type="hidden", name="account",
+                                                       value=a.name),
+                    tags.button("Rotate certificate", type="submit",
+                                id=f"rotate-{a.name}")))
+            actions.append(tags.form(method="post", action="/setup/remove")(
+                pages.csrf_field(csrf), tags.input(type="hidden", name="account",
+                                                   value=a.name),
+                tags.button("Remove", type="submit", class_="danger",
+                            id=f"remove-{a.name}")))
+            rows.append(tags.tr(tags.td(tags.strong(a.name)), tags.td(a.user),
+                                tags.td(f"{a.flow} / {a.transport}", class_="small"),
+                                tags.td(*actions, class_="actions")))
+        return [tags.h2("Accounts set up by xrelay"),
+                tags.table(id="managed-accounts")(
+                    tags.tr(tags.th("account"), tags.th("mailbox"), tags.th("method"),
+                            tags.th("")), *rows)]
+
     def _form(self, csrf: str) -> list[Any]:
         methods = []
         for value, label in METHOD_LABELS:
@@ -141,28 +182,30 @@ class SetupWizard:
             if value == "smtp":
                 attributes["checked"] = "checked"
             methods.append(tags.label(tags.input(**attributes), " ", label))
-            methods.append(tags.br())
         return [
             tags.p("xrelay creates the app registration, its permission and a credential "
                    "in your Microsoft 365 tenant from one administrator sign-in, then "
                    "sends a test message. You see the plan before you sign in."),
             tags.form(method="post", action="/setup/plan", id="setup-form",
-                      class_="search")(
+                      class_="setup")(
                 pages.csrf_field(csrf),
-                tags.label("Mailbox the relay sends from",
-                           tags.input(type="email", name="mailbox", id="mailbox",
-                                      required="required", size="32",
-                                      placeholder="relay@contoso.com")),
-                tags.label("Account name (optional)",
-                           tags.input(name="name", id="name", size="16")),
-                tags.label("Senders routed to it (optional, space-separated)",
-                           tags.input(name="senders", id="senders", size="32",
-                                      placeholder="scanner@contoso.com *@contoso.com")),
-                tags.div(tags.strong("Method"), tags.br(), *methods),
+                tags.label("Mailbox the relay sends from", for_="mailbox"),
+                tags.input(type="email", name="mailbox", id="mailbox",
+                           required="required", size="32", placeholder="relay@contoso.com"),
+                tags.span("Method"), tags.div(*methods, class_="choices"),
+                tags.label("Account name (optional)", for_="name"),
+                tags.input(name="name", id="name", size="16",
+                           placeholder="the mailbox's local part"),
+                tags.label("Senders routed to it (optional)", for_="senders"),
+                tags.input(name="senders", id="senders", size="40",
+                           placeholder="scanner@contoso.com *@contoso.com (default: "
+                           "the mailbox)"),
+                tags.span("Credential"),
                 tags.label(tags.input(type="checkbox", name="secret", value="1",
                                       id="secret"),
                            " a client secret instead of a certificate made on this host"),
-                tags.button("Show the plan", type="submit", id="show-plan")),
+                tags.span(), tags.button("Show the plan", type="submit", id="show-plan")),
+            *self._managed_table(csrf),
         ]
 
     def _sign_in_choice(self, csrf: str, request: Any) -> Tag:
@@ -180,7 +223,7 @@ class SetupWizard:
 
     def _done(self, run: WizardRun, csrf: str, request: Any) -> list[Any]:
         body: list[Any] = [tags.p(f"Account {run.account} is set up for "
-                                  f"{run.request.mailbox}.", class_="ok", id="setup-done")]
+                                  f"{run.mailbox}.", class_="ok", id="setup-done")]
         account = self._account(run.account)
         if account is not None and account.flow in ("auth_code", "device_code"):
             state = self.relay.tokens.status().get(account.name)
@@ -190,12 +233,12 @@ class SetupWizard:
                 body += [tags.p(f"Now {account.user}'s user signs in once:"),
                          _sign_in_form(account, csrf, self.site._redirect_uri(request))]
         if run.state == "checking":
-            body.append(tags.p(f"Sending a test message to {run.request.mailbox} and "
+            body.append(tags.p(f"Sending a test message to {run.mailbox} and "
                                "running doctor's checks...", id="checking"))
         else:
             body.append(tags.form(method="post", action="/setup/test", class_="inline")(
                 pages.csrf_field(csrf), tags.button(
-                    f"Send a test message to {run.request.mailbox}", type="submit",
+                    f"Send a test message to {run.mailbox}", type="submit",
                     id="setup-test")))
         if run.test_result:
             good = run.test_result.startswith("delivered")
@@ -267,7 +310,7 @@ class SetupWizard:
             session.identifier, flow, signin, now)
         run.state = "signing-in"
         log.info("admin: setup wizard sign-in for {mailbox} started",
-                 mailbox=run.request.mailbox)
+                 mailbox=run.mailbox)
         self.site._redirect(request, url)
 
     def owns(self, request: Any) -> bool:
@@ -331,7 +374,8 @@ class SetupWizard:
 
         config = self.relay.config
         delegated_redirect = (self.site._redirect_uri(request)
-                              if run.request.method == "delegated" else None)
+                              if run.kind == "setup" and run.request.method == "delegated"
+                              else None)
         engine = SetupEngine(
             config, run.plan, run.lines.append,
             trust_bundle(config.server.state_dir, config.setup.ca_file),
@@ -344,16 +388,20 @@ class SetupWizard:
         def work() -> Any:
             admin = finish_sign_in()
             run.state = "running"
+            if run.kind == "rotate":
+                return self._rotation(run).run(admin)
             try:
                 return engine.run(admin)
             finally:
                 run.powershell = engine.powershell
 
         def done(result: Any) -> Any:
-            run.account = result.account
-            run.state = "checking" if not result.needs_user_sign_in else "done"
-            log.info("admin: setup wizard set up account {account}", account=result.account)
-            if not result.needs_user_sign_in:
+            needs_user = getattr(result, "needs_user_sign_in", False)
+            run.account = getattr(result, "account", run.account)
+            run.state = "checking" if not needs_user else "done"
+            log.info("admin: setup wizard: account {account} {what}", account=run.account,
+                     what="rotated" if run.kind == "rotate" else "set up")
+            if not needs_user:
                 return defer.ensureDeferred(self._test_and_doctor(run))
             return None
 
@@ -365,12 +413,57 @@ class SetupWizard:
                 log.failure("admin: setup wizard failed", failure=failure)
                 run.problem = "an internal error; the relay's log has the details"
             log.warn("admin: setup wizard for {mailbox} stopped: {problem}",
-                     mailbox=run.request.mailbox, problem=run.problem)
+                     mailbox=run.mailbox, problem=run.problem)
 
         run.state = "running" if run.state != "signing-in" else run.state
         d = deferToThread(work)
         d.addCallbacks(done, failed)
         d.addErrback(lambda f: log.failure("admin: setup wizard's checks failed", f))
+
+    def _rotation(self, run: WizardRun) -> Any:
+        from xrelay.setup.rotate import CertificateRotation, rotatable
+        from xrelay.tokens.trust import trust_bundle
+
+        config = self.relay.config
+        return CertificateRotation(
+            config, rotatable(config, str(run.account)), run.lines.append,
+            trust_bundle(config.server.state_dir, config.setup.ca_file),
+            current_config=lambda: self.relay.config,
+            reload=lambda: blockingCallFromThread(self.reactor, self.relay.reload),
+            poll_interval=1.0 if config.setup.ca_file else 10.0)
+
+    def managed_accounts(self) -> list[Any]:
+        config = self.relay.config
+        return [a for a in config.accounts
+                if "/managed/accounts/" in (config.origin("accounts", a.name) or "")]
+
+    async def rotate(self, request: Any, session: Any) -> None:
+        from xrelay.setup.plan import SetupRefused
+        from xrelay.setup.rotate import rotatable
+
+        name = self.site._form(request, "account") or ""
+        try:
+            account = rotatable(self.relay.config, name)
+        except SetupRefused as e:
+            session.notice = str(e)
+            return self.site._redirect(request, "/setup")
+        self.runs[session.identifier] = WizardRun(None, None, kind="rotate", account=name,
+                                                  rotate_mailbox=account.user)
+        self.site._redirect(request, "/setup")
+
+    async def remove(self, request: Any, session: Any) -> None:
+        from xrelay import managed
+
+        name = self.site._form(request, "account") or ""
+        try:
+            change = managed.remove_account(self.relay.config, name, actor="admin page",
+                                            reload=self.relay.reload)
+            session.notice = (f"Account {name} removed ({change.path} deleted); its "
+                              "certificate and key files stay until you delete them, and "
+                              "its app registration stays in Entra ID.")
+        except managed.ManagedRefused as e:
+            session.notice = str(e)
+        self.site._redirect(request, "/setup")
 
     async def _test_and_doctor(self, run: WizardRun) -> None:
         from xrelay.operations.control import ControlRefusal
@@ -380,7 +473,7 @@ class SetupWizard:
         run.state = "checking"
         try:
             try:
-                result = await send_test_message(self.relay, run.request.mailbox,
+                result = await send_test_message(self.relay, run.mailbox,
                                                  run.account)
                 run.test_result = f"{result['outcome']} ({result['reply']})"
             except ControlRefusal as e:

@@ -165,6 +165,8 @@ class AdminSite(Resource):
             ("POST", "/setup/device"): self.setup_wizard.device,
             ("POST", "/setup/reset"): self.setup_wizard.reset,
             ("POST", "/setup/test"): self.setup_wizard.test,
+            ("POST", "/setup/rotate"): self.setup_wizard.rotate,
+            ("POST", "/setup/remove"): self.setup_wizard.remove,
         }
         try:
             if (method, path) == ("GET", "/") and self.setup_wizard.owns(request):
