@@ -164,3 +164,18 @@ async def test_a_running_relay_takes_a_managed_account_on_reload(world) -> None:
                               actor="t", reload=relay.reload)
     await smtp_send(world.smtp_port, "printers@example.org", "again@example.net")
     await until(lambda: delivered_to(world, "again@example.net"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root")
+def test_as_root_the_dropin_belongs_to_the_state_dirs_owner(world) -> None:
+    """`xrelay setup` run as root writes files the service user (state_dir's owner) reads."""
+    state = Path(world.state_dir)
+    state.mkdir(mode=0o700, exist_ok=True)
+    os.chown(state, 65534, 65534)
+    config = read_config(str(world.config_path))
+    change = managed.write_account(config, managed_table(world), actor="root",
+                                   reload=lambda: None)
+    for path in (Path(change.path), Path(change.path).parent, state / "managed",
+                 state / "managed" / "changes.log"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534), path
+    assert stat.S_IMODE(Path(change.path).stat().st_mode) == 0o600
