@@ -240,9 +240,12 @@ def with_dropins(main: Config, dropins: Iterable[Any]) -> Config:
                 origins.append((kind, value.name, dropin.path))
                 into.append(value)
     if not accounts and main.sandbox_dir is None:
-        raise ConfigError(main_path, "accounts", "no [[accounts]] table; add one "
-                          "upstream mailbox (see the README) so that xrelay can deliver, "
-                          "or run `xrelay setup microsoft --mailbox ADDRESS`")
+        # Allowed, so that a new relay can start and have its first account added by
+        # the admin page's wizard or `xrelay setup`; it refuses mail until then.
+        notes.append(f"{main_path}: accounts: no [[accounts]] yet, so every message is "
+                     "refused; add one with the admin page's Add an account (/setup), "
+                     "`xrelay setup microsoft --mailbox ADDRESS`, or an [[accounts]] table "
+                     "(see the README)")
     try:
         return attrs.evolve(
             main, accounts=tuple(accounts), users=tuple(users),

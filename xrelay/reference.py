@@ -58,8 +58,10 @@ SECTIONS = (
     Section("users", "[[users]]", UserConfig,
             "Local SMTP AUTH users (devices that log in); one table each."),
     Section("accounts", "[[accounts]]", AccountConfig,
-            "Upstream mailboxes xrelay signs in as and delivers through; at least one "
-            "is required. Every path is relative to the configuration file's folder."),
+            "Upstream mailboxes xrelay signs in as and delivers through. A file may have "
+            "none yet (the relay starts, refuses mail, and warns) so that the admin "
+            "page's wizard or `xrelay setup` can add the first as a managed drop-in. "
+            "Every path is relative to the configuration file's folder."),
     Section("delivery", "[delivery]", DeliveryConfig, "Retries and bounces."),
     Section("admin", "[admin]", AdminConfig,
             "The admin page (status, queue, browser sign-in) and `/metrics`; off when "

@@ -179,3 +179,20 @@ def test_as_root_the_dropin_belongs_to_the_state_dirs_owner(world) -> None:
                  state / "managed" / "changes.log"):
         assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534), path
     assert stat.S_IMODE(Path(change.path).stat().st_mode) == 0o600
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_without_accounts_starts_and_takes_its_first_from_a_dropin(
+        world) -> None:
+    """A new relay's file needs no [[accounts]]: the wizard adds the first one."""
+    text = world.config_path.read_text()
+    start = text.index("[[accounts]]")
+    world.config_path.write_text(text[:start] + text[text.index("[admin]"):])
+    config = read_config(str(world.config_path))
+    assert not config.accounts
+    assert any("no [[accounts]] yet" in w and "/setup" in w for w in config.warnings())
+    relay = start_relay(world)
+    managed.write_account(relay.config, managed_table(world), actor="admin (test)",
+                          reload=relay.reload)
+    await smtp_send(world.smtp_port, "printers@example.org", "first@example.net")
+    await until(lambda: delivered_to(world, "first@example.net"))
