@@ -131,6 +131,8 @@ def read_dropins(state_dir: str) -> list[DropIn]:
 
     base = managed_dir(state_dir)
     paths = []
+    if not os.access(state_dir, os.X_OK) and os.path.exists(state_dir):
+        return []  # closed to this user: L{xrelay.checks} reports it
     if os.path.isfile(devices_path(state_dir)):
         paths.append(devices_path(state_dir))
     try:
@@ -138,6 +140,10 @@ def read_dropins(state_dir: str) -> list[DropIn]:
     except (FileNotFoundError, NotADirectoryError):
         names = []
     except PermissionError:
+        if not os.access(state_dir, os.R_OK | os.X_OK):
+            # The state folder itself is closed to this user: the checks of
+            # L{xrelay.checks} name that problem and its fix; nothing to add here.
+            return []
         raise ConfigError(os.path.join(base, ACCOUNTS), "", "cannot read the folder "
                           "(permission denied); run as the relay's user or root") from None
     paths += [os.path.join(base, ACCOUNTS, n) for n in names
