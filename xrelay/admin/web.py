@@ -120,9 +120,12 @@ class AdminSite(Resource):
     # -- plumbing ----------------------------------------------------------------
 
     def render(self, request: Any) -> Any:
-        form_targets = sorted({_origin(sign_in_url(a)) for a in self.config.accounts
-                               if self.can_sign_in(a)}
-                              | {_origin(self.config.setup.authority)})
+        targets = {_origin(sign_in_url(a)) for a in self.config.accounts
+                   if self.can_sign_in(a)}
+        if _text(request.path).startswith("/setup"):
+            # The wizard's admin sign-in form redirects to the setup's authority.
+            targets.add(_origin(self.config.setup.authority))
+        form_targets = sorted(targets)
         for name, value in security_headers(form_targets).items():
             request.setHeader(name, value)
         d = defer.ensureDeferred(self._dispatch(request))
