@@ -204,6 +204,11 @@ class SetupWizard:
                 tags.label(tags.input(type="checkbox", name="secret", value="1",
                                       id="secret"),
                            " a client secret instead of a certificate made on this host"),
+                tags.span("Graph, large messages"),
+                tags.label(tags.input(type="checkbox", name="large_messages", value="1",
+                                      id="large-messages"),
+                           " messages over 3 MB: also Mail.ReadWrite (Graph needs a draft "
+                           "and an upload session for them)"),
                 tags.span(), tags.button("Show the plan", type="submit", id="show-plan")),
             *self._managed_table(csrf),
         ]
@@ -260,7 +265,8 @@ class SetupWizard:
                 (form(request, "mailbox") or "").strip(), form(request, "method") or "smtp",
                 (form(request, "name") or "").strip() or None,
                 tuple((form(request, "senders") or "").split()),
-                "secret" if form(request, "secret") else "certificate")
+                "secret" if form(request, "secret") else "certificate",
+                bool(form(request, "large_messages")))
         except BadRequest as e:
             session.notice = str(e)
             return self.site._redirect(request, "/setup")
