@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import json
 import os
 import tomllib
 from typing import Any, Callable, Iterable, TypeVar
@@ -84,6 +83,8 @@ def load_config(explicit: str | None = None) -> Config:
     """
     path, named = find_config_path(explicit)
     if path is None:
+        from xrelay.sandboxdefault import sandbox_with_dropins
+
         return sandbox_with_dropins()
     return read_config(path)
 
@@ -91,68 +92,14 @@ def load_config(explicit: str | None = None) -> Config:
 def read_config(path: str) -> Config:
     """
     Read and validate one configuration file, then the managed drop-ins under its
-    C{state_dir} (L{xrelay.managed}), merged by L{with_dropins}.
+    C{state_dir} (L{xrelay.managed}), merged by L{xrelay.managed.with_dropins}.
 
     @raise ConfigError: for the first mistake found.
     """
-    from xrelay.managed import read_dropins
+    from xrelay.managed import read_dropins, with_dropins
 
     main = read_main_config(path)
     return with_dropins(main, read_dropins(main.server.state_dir))
-
-
-def sandbox_with_dropins(directory: str | None = None) -> Config:
-    """
-    The sandbox default, with the drop-ins the setup wizard wrote in its state_dir; when
-    a sandbox ran here (L{SANDBOX_ENDPOINTS} exists), C{[setup]} and the managed
-    accounts point at it, as the running relay points them.
-    """
-    from xrelay.managed import read_dropins
-
-    main = sandbox_default(directory)
-    config = with_dropins(main, read_dropins(main.server.state_dir))
-    assert config.sandbox_dir is not None
-    try:
-        with open(os.path.join(config.sandbox_dir, SANDBOX_ENDPOINTS), "rb") as f:
-            endpoints = json.load(f)
-    except (OSError, ValueError):
-        return config
-    if not isinstance(endpoints, dict):
-        return config
-    try:
-        accounts = tuple(attrs.evolve(
-            a, authority=endpoints["authority"], smtp_host=endpoints["smtp_host"],
-            smtp_port=int(endpoints["smtp_port"]), graph_url=endpoints["graph_url"],
-            ca_file=endpoints["ca_file"], smtp_implicit_tls=False)
-            if a.provider == "microsoft" else a for a in config.accounts)
-        return attrs.evolve(config, setup=sandbox_setup(endpoints), accounts=accounts)
-    except (KeyError, TypeError, ValueError, InvalidValue):
-        return config
-
-
-#: Where a running sandbox default writes its endpoints, in the sandbox folder: the
-#: C{xrelay} command (C{xrelay setup} with no configuration) reads them.
-SANDBOX_ENDPOINTS = "sandbox-endpoints.json"
-
-
-def write_sandbox_endpoints(directory: str, sandbox: Any) -> dict[str, Any]:
-    """Record the started sandbox's endpoints (public data: URLs, ports, the CA path)."""
-    endpoints = {"authority": sandbox.authority, "graph_url": sandbox.graph_url,
-                 "exchange_admin_url": f"{sandbox.authority}/adminapi/beta",
-                 "ca_file": sandbox.ca_file, "smtp_host": sandbox.smtp_host,
-                 "smtp_port": sandbox.smtp_port}
-    path = os.path.join(directory, SANDBOX_ENDPOINTS)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(endpoints, f)
-    os.replace(path + ".tmp", path)
-    return endpoints
-
-
-def sandbox_setup(endpoints: dict[str, Any]) -> SetupConfig:
-    """C{[setup]} for the sandbox tenant: the setup signs in there and registers there."""
-    return SetupConfig(authority=endpoints["authority"], graph_url=endpoints["graph_url"],
-                       exchange_admin_url=endpoints["exchange_admin_url"],
-                       ca_file=endpoints["ca_file"])
 
 
 def main_config(config: Config) -> Config:
@@ -168,8 +115,8 @@ def main_config(config: Config) -> Config:
 def read_main_config(path: str) -> Config:
     """
     Read and validate the admin's own file alone; it may leave the accounts to the
-    drop-ins (L{with_dropins} then insists on one), and its C{relay.default_account}
-    is checked only once they are merged.
+    drop-ins (L{xrelay.managed.with_dropins} merges them); its C{relay.default_account}
+    must name an account of the file itself.
     """
     try:
         with open(path, "rb") as f:
@@ -190,70 +137,6 @@ def read_main_config(path: str) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not valid TOML: the file is not UTF-8") from None
     return _Reader(path).config(raw, require_accounts=False)
-
-
-def with_dropins(main: Config, dropins: Iterable[Any]) -> Config:
-    """
-    The admin's configuration with the managed drop-ins (L{xrelay.managed.DropIn})
-    merged in: their accounts and users added, their networks joined.  The admin's
-    file wins: a drop-in's account or user of the same name is ignored, with a warning
-    in L{Config.warnings}.  Each drop-in is read by a reader of its own, so that a
-    mistake names the drop-in's file and key.
-
-    @raise ConfigError: a mistake in a drop-in, a public network in one, or (outside
-        the sandbox) no account at all.
-    """
-    from xrelay.config import _is_public
-
-    main_path = main.path or "sandbox default"
-    origins = [("accounts", a.name, main_path) for a in main.accounts]
-    origins += [("users", u.name, main_path) for u in main.users]
-    accounts, users = list(main.accounts), list(main.users)
-    networks = list(main.relay.allow_networks)
-    notes = list(main.notes)
-    for dropin in dropins:
-        reader = _Reader(dropin.path)
-        raw = dropin.raw
-        reader.known_keys(raw, "", ["relay", "users", "accounts"])
-        if "relay" in raw:
-            relay = reader.table(raw["relay"], "relay")
-            reader.known_keys(relay, "relay", ["allow_networks"])
-            for i, network in enumerate(reader.networks(relay, "allow_networks",
-                                                        "relay.allow_networks") or ()):
-                if _is_public(network):
-                    raise reader.fail(f"relay.allow_networks[{i}]", f"{network} is not a "
-                                      "private network; a managed file never admits a "
-                                      "public range (that would be an open relay)")
-                if network not in networks:
-                    networks.append(network)
-        for kind, found in (("users", reader.users(raw.get("users", []))),
-                            ("accounts", reader.accounts(raw.get("accounts", [])))):
-            into: list[Any] = users if kind == "users" else accounts
-            for value in found:
-                earlier = next((o[2] for o in origins
-                                if o[0] == kind and o[1] == value.name), None)
-                if earlier is not None:
-                    notes.append(f"{dropin.path}: {kind}.\"{value.name}\" is ignored: "
-                                 f"{earlier} defines it (the admin's file wins); delete "
-                                 "one of the two")
-                    continue
-                origins.append((kind, value.name, dropin.path))
-                into.append(value)
-    if not accounts and main.sandbox_dir is None:
-        # Allowed, so that a new relay can start and have its first account added by
-        # the admin page's wizard or `xrelay setup`; it refuses mail until then.
-        notes.append(f"{main_path}: accounts: no [[accounts]] yet, so every message is "
-                     "refused; add one with the admin page's Add an account (/setup), "
-                     "`xrelay setup microsoft --mailbox ADDRESS`, or an [[accounts]] table "
-                     "(see the README)")
-    try:
-        return attrs.evolve(
-            main, accounts=tuple(accounts), users=tuple(users),
-            relay=attrs.evolve(main.relay, allow_networks=tuple(networks)),
-            origins=tuple(origins), notes=tuple(notes))
-    except InvalidValue as e:
-        raise ConfigError(main_path, e.field, e.problem) from None
-
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ Layout, under C{server.state_dir}::
                                    the account is removed, until the admin deletes them)
 
 The reader (L{xrelay.configfile.read_config}) reads the admin's file first, then these
-(L{read_dropins}, sorted by path), and merges them (L{xrelay.configfile.with_dropins}):
+(L{read_dropins}, sorted by path), and merges them (L{with_dropins}):
 accounts and users are added, networks are joined.  The admin's file wins: an account
 or user it defines is never replaced by a drop-in (the drop-in's table is ignored with a
 warning that C{check-config} and the daemon's log show), and a write that would collide
@@ -31,7 +31,7 @@ Public API (what other modules call; C{actor} is who made the change, for the lo
     - C{read_dropins(state_dir)}: the drop-ins as L{DropIn} values (path and raw TOML).
 
 Every write is validated first: the whole merged configuration is built with the new
-drop-in in place (L{xrelay.configfile.with_dropins}); a bad one raises L{ManagedRefused}
+drop-in in place (L{with_dropins}); a bad one raises L{ManagedRefused}
 and nothing is written, so the running configuration stays.  Then it is written
 atomically (a temporary file created with its final mode 0600, fsynced, renamed over,
 the folder fsynced), owned by the owner of C{state_dir} when run as root, logged in
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Change", "DropIn", "ManagedRefused", "add_networks", "add_user",
            "credentials_dir", "managed_dir", "read_dropins", "remove_account",
-           "write_account"]
+           "with_dropins", "write_account"]
 
 log = Logger(namespace="xrelay.managed")
 
@@ -161,6 +161,70 @@ def read_dropins(state_dir: str) -> list[DropIn]:
                               "managed file") from None
         dropins.append(DropIn(path, raw))
     return dropins
+
+
+def with_dropins(main: Config, dropins: Iterable[Any]) -> Config:
+    """
+    The admin's configuration with the managed drop-ins (L{xrelay.managed.DropIn})
+    merged in: their accounts and users added, their networks joined.  The admin's
+    file wins: a drop-in's account or user of the same name is ignored, with a warning
+    in L{Config.warnings}.  Each drop-in is read by a reader of its own, so that a
+    mistake names the drop-in's file and key.
+
+    @raise ConfigError: a mistake in a drop-in, a public network in one, or (outside
+        the sandbox) no account at all.
+    """
+    from xrelay.config import ConfigError, InvalidValue, _is_public
+    from xrelay.configfile import _Reader
+
+    main_path = main.path or "sandbox default"
+    origins = [("accounts", a.name, main_path) for a in main.accounts]
+    origins += [("users", u.name, main_path) for u in main.users]
+    accounts, users = list(main.accounts), list(main.users)
+    networks = list(main.relay.allow_networks)
+    notes = list(main.notes)
+    for dropin in dropins:
+        reader = _Reader(dropin.path)
+        raw = dropin.raw
+        reader.known_keys(raw, "", ["relay", "users", "accounts"])
+        if "relay" in raw:
+            relay = reader.table(raw["relay"], "relay")
+            reader.known_keys(relay, "relay", ["allow_networks"])
+            for i, network in enumerate(reader.networks(relay, "allow_networks",
+                                                        "relay.allow_networks") or ()):
+                if _is_public(network):
+                    raise reader.fail(f"relay.allow_networks[{i}]", f"{network} is not a "
+                                      "private network; a managed file never admits a "
+                                      "public range (that would be an open relay)")
+                if network not in networks:
+                    networks.append(network)
+        for kind, found in (("users", reader.users(raw.get("users", []))),
+                            ("accounts", reader.accounts(raw.get("accounts", [])))):
+            into: list[Any] = users if kind == "users" else accounts
+            for value in found:
+                earlier = next((o[2] for o in origins
+                                if o[0] == kind and o[1] == value.name), None)
+                if earlier is not None:
+                    notes.append(f"{dropin.path}: {kind}.\"{value.name}\" is ignored: "
+                                 f"{earlier} defines it (the admin's file wins); delete "
+                                 "one of the two")
+                    continue
+                origins.append((kind, value.name, dropin.path))
+                into.append(value)
+    if not accounts and main.sandbox_dir is None:
+        # Allowed, so that a new relay can start and have its first account added by
+        # the admin page's wizard or `xrelay setup`; it refuses mail until then.
+        notes.append(f"{main_path}: accounts: no [[accounts]] yet, so every message is "
+                     "refused; add one with the admin page's Add an account (/setup), "
+                     "`xrelay setup microsoft --mailbox ADDRESS`, or an [[accounts]] table "
+                     "(see the README)")
+    try:
+        return attrs.evolve(
+            main, accounts=tuple(accounts), users=tuple(users),
+            relay=attrs.evolve(main.relay, allow_networks=tuple(networks)),
+            origins=tuple(origins), notes=tuple(notes))
+    except InvalidValue as e:
+        raise ConfigError(main_path, e.field, e.problem) from None
 
 
 # -- writes ------------------------------------------------------------------------
@@ -287,7 +351,7 @@ def _commit(config: "Config", path: str, text: str, what: str, actor: str,
 def _validate(config: "Config", dropins: list[DropIn]) -> "Config":
     """The whole merged configuration with these drop-ins, or L{ManagedRefused}."""
     from xrelay.config import ConfigError
-    from xrelay.configfile import main_config, with_dropins
+    from xrelay.configfile import main_config
 
     try:
         return with_dropins(main_config(config), dropins)

@@ -27,7 +27,7 @@ from xrelay.config import (
     read_config,
     with_accounts,
 )
-from xrelay.configfile import sandbox_with_dropins
+from xrelay.sandboxdefault import sandbox_with_dropins
 from xrelay.interfaces import ISpool
 
 log = Logger(namespace="xrelay")
@@ -202,7 +202,7 @@ def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
     os.makedirs(config.sandbox_dir, mode=0o700, exist_ok=True)
     sandbox = Sandbox(FilePath(config.sandbox_dir), reactor=reactor)
     sandbox.start()
-    from xrelay.configfile import sandbox_setup, write_sandbox_endpoints
+    from xrelay.sandboxdefault import sandbox_setup, write_sandbox_endpoints
 
     endpoints = write_sandbox_endpoints(config.sandbox_dir, sandbox)
     config = attrs.evolve(config, setup=sandbox_setup(endpoints))

@@ -48,7 +48,7 @@ class SandboxRelay:
 def start_sandbox_relay(folder: Path, monkeypatch: Any) -> SandboxRelay:
     from twisted.internet import reactor
 
-    from xrelay.configfile import sandbox_with_dropins
+    from xrelay.sandboxdefault import sandbox_with_dropins
     from xrelay.service import makeService
 
     smtp_port, admin_port = free_port(), free_port()

@@ -101,3 +101,30 @@ async def _spool_test(relay: Any, account: str) -> str:
     result = await send_test_message(relay, MAILBOX, account)
     assert result["outcome"] == "delivered", (result["reply"], result["detail"])
     return str(result["entry_id"])
+
+
+@pytest.mark.parametrize("method, mailbox", [("graph", MAILBOX),
+                                             ("delegated", "user@sandbox.example")])
+@pytest_twisted.ensureDeferred
+async def test_setup_graph_and_delegated_in_a_terminal(sandbox_relay, method,
+                                                       mailbox) -> None:
+    def run() -> tuple[int, str]:
+        terminal = run_in_terminal(["setup", "microsoft", "--mailbox", mailbox,
+                                    "--method", method, "--yes"], sandbox_relay.folder)
+        url, code = device_code_shown(terminal)
+        approve_device_code(sandbox_relay.sandbox, url, code, ADMIN)
+        if method == "delegated":
+            # Then the mailbox's own user signs in once, with a device code too.
+            user_url = terminal.read_until(r"URL: (https://\S+)").group(1)
+            user_code = terminal.read_until(r"Code: (\S+)").group(1)
+            approve_device_code(sandbox_relay.sandbox, user_url, user_code, mailbox)
+        return terminal.wait(), terminal.output
+
+    status, out = await deferToThread(run)
+    assert status == 0, out
+    assert f"Test message to {mailbox}: delivered" in out, out
+    name = mailbox.split("@")[0]
+    account = sandbox_relay.relay.config.account(name)
+    assert account.transport == ("graph" if method == "graph" else "smtp")
+    assert account.flow == ("device_code" if method == "delegated"
+                            else "client_credentials")
