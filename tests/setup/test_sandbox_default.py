@@ -32,7 +32,14 @@ def test_sandbox_default_serves_the_wizard(tmp_path, run_relay) -> None:
 
     with requests.Session() as browser:
         base = f"http://localhost:{admin_port}"
-        form = browser.get(f"{base}/login", timeout=10).text
+        # The log line comes as the relay is built; the page listens moments later.
+        while True:
+            try:
+                form = browser.get(f"{base}/login", timeout=10).text
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline + 60, relay.log()
+                time.sleep(0.2)
         token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
         browser.post(f"{base}/login", data={"csrf_token": token, "password": password},
                      timeout=30)
