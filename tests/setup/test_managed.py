@@ -196,3 +196,17 @@ async def test_a_relay_without_accounts_starts_and_takes_its_first_from_a_dropin
                           reload=relay.reload)
     await smtp_send(world.smtp_port, "printers@example.org", "first@example.net")
     await until(lambda: delivered_to(world, "first@example.net"))
+
+
+def test_accounts_says_where_each_account_comes_from(world) -> None:
+    config = read_config(str(world.config_path))
+    change = managed.write_account(config, managed_table(world), actor="t",
+                                   reload=lambda: None)
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "xrelay"),
+                          "accounts", "--offline", "--config", str(world.config_path)],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    lines = {line.split("\t")[0]: line for line in out.stdout.splitlines()
+             if not line.startswith("#")}
+    assert lines["printers"].endswith(f"from {change.path} (managed by xrelay)"), out
+    assert lines["sandbox"].endswith(f"from {world.config_path}"), out
