@@ -15,7 +15,7 @@ from typing import Any, Callable
 import attrs
 import pytest
 
-from xrelay import configfile
+from xrelay import configfile, configreader
 from xrelay.addresses import SenderPattern
 from xrelay.config import (
     GOOGLE_AUTHORITY,
@@ -325,7 +325,7 @@ def test_the_values_import_neither_the_reader_nor_the_reactor() -> None:
                          ids=lambda schema: schema.__name__)
 def test_the_reader_reads_every_field(schema: type) -> None:
     """A field of a type the reader does not take as it is must be read apart."""
-    apart = configfile.READ_APART.get(schema, set())
+    apart = configreader.READ_APART.get(schema, set())
     unread = [f.name for f in attrs.fields(schema) if f.name not in apart
-              and configfile.type_name(f) not in configfile._SCALARS]
-    assert not unread, f"read these in xrelay/configfile.py: {unread}"
+              and configreader.type_name(f) not in configreader._SCALARS]
+    assert not unread, f"read these in xrelay/configreader.py: {unread}"

@@ -22,7 +22,7 @@ from xrelay.config import Config, ConfigError
 from xrelay.configfile import read_config
 from xrelay.passwords import hash_password
 from xrelay.subcommands import (EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from,
-                                registered)
+                                origin_of, registered)
 
 # The registry and exit statuses are below the operator modules that register
 # subcommands (xrelay.subcommands); their names stay importable from here.
@@ -84,11 +84,12 @@ def describe(config: Config) -> list[str]:
                  'a listener with bare_lf_end_of_data = "never"'
                  if config.relay.bare_lf_end_of_data == "trusted" else "")]
     for user in config.users:
-        lines += ["", "[[users]]", f"name = {_toml(user.name)}",
+        lines += ["", "[[users]]", f"# from {origin_of(config, 'users', user.name)}",
+                  f"name = {_toml(user.name)}",
                   'password_hash = "<masked>"',
                   f"senders = {_toml([p.text for p in user.senders])}"]
     for account in config.accounts:
-        lines += ["", "[[accounts]]"]
+        lines += ["", "[[accounts]]", f"# from {origin_of(config, 'accounts', account.name)}"]
         for key, value in attrs.asdict(account, recurse=False).items():
             if key == "senders":
                 value = [p.text for p in value]
@@ -99,6 +100,8 @@ def describe(config: Config) -> list[str]:
         lines += ["", "[admin]", f"listen = {_toml(config.admin.listen)}",
                   'password_hash = "<masked>"',
                   _setting("public_url", config.admin.public_url)]
+    lines += ["", "[setup]"]
+    lines += [_setting(k, v) for k, v in attrs.asdict(config.setup).items()]
     return lines
 
 
@@ -167,6 +170,7 @@ def _load_command_modules() -> None:
     import xrelay.operations.commands  # noqa: F401
     import xrelay.operations.makecert  # noqa: F401
     import xrelay.operations.trace  # noqa: F401
+    import xrelay.setup.command  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,8 @@ from xrelay.addresses import SenderPattern
 from xrelay.clouds import CLOUDS, cloud_of
 from xrelay.passwords import InvalidPasswordHash, parse_password_hash
 
-#: The reader's names, which lived here once and are L{xrelay.configfile}'s: still
+#: The reader's names, which lived here once and are L{xrelay.configfile}'s (the
+#: reader class L{xrelay.configreader}'s): still
 #: found here (README and older embedding programs import C{read_config} from here),
 #: looked up on first use without an import statement, so that the values never import
 #: their reader (that was a cycle for every type checker and reader of the code).
@@ -54,6 +55,8 @@ _READER_NAMES = ("DEFAULT_CONFIG_PATH", "ENVIRONMENT_VARIABLE", "_Reader",
 
 
 def __getattr__(name: str) -> Any:
+    if name == "_Reader":
+        return getattr(importlib.import_module("xrelay.configreader"), name)
     if name in _READER_NAMES:
         return getattr(importlib.import_module("xrelay.configfile"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -832,6 +835,53 @@ class AdminConfig:
         "the proxy does not pass `/metrics` and `/healthz` through.")})
 
 
+#: The Microsoft Graph Command Line Tools: a Microsoft first-party public client
+#: (present in every tenant) that allows the device code flow and http://localhost
+#: redirects on any port, so xrelay's setup needs no app registration of its own to
+#: sign the admin in.  https://learn.microsoft.com/en-us/powershell/microsoftgraph/authentication-commands
+SETUP_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
+
+
+@attrs.frozen
+class SetupConfig:
+    """Where C{xrelay setup} and the "Add an account" wizard sign the admin in."""
+
+    client_id: str = attrs.field(validator=_text, default=SETUP_CLIENT_ID, metadata={
+        "doc": "The public client the admin signs in with for the setup (device code in "
+        "the terminal, authorization code with PKCE on the page). The default is "
+        "Microsoft's own Microsoft Graph Command Line Tools app, present in every tenant; "
+        "the admin consents to it for the setup's permissions only (register apps, "
+        "grant consent, read users, Exchange.Manage). Set your own public client's id "
+        "if your tenant blocks it."})
+    cloud: str = attrs.field(
+        validator=_one_of(CLOUDS), default="global", metadata={"doc": (
+            "The Microsoft cloud of the tenant: `global`, `usgov`, `usgov-dod`, "
+            "`china`; picks the three URLs below.")})
+    authority: str = attrs.field(validator=_https, default="", metadata={
+        "default": "from `cloud`", "doc": "The identity platform's base URL "
+        "(https://login.microsoftonline.com)."})
+    graph_url: str = attrs.field(validator=_https, default="", metadata={
+        "default": "from `cloud`", "doc": "Microsoft Graph's base URL for the app "
+        "registration calls (https://graph.microsoft.com/v1.0)."})
+    exchange_admin_url: str = attrs.field(validator=_https, default="", metadata={
+        "default": "from `cloud`", "doc": "Exchange Online's admin API, the one the "
+        "ExchangeOnlineManagement module uses "
+        "(https://outlook.office365.com/adminapi/beta)."})
+    ca_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "A PEM bundle to trust for these three instead of the system's (the sandbox's "
+        "CA).")})
+
+    def __attrs_post_init__(self) -> None:
+        cloud = cloud_of(self.cloud)
+        if not self.authority:
+            object.__setattr__(self, "authority", cloud.authority)
+        if not self.graph_url:
+            object.__setattr__(self, "graph_url", cloud.graph_url)
+        if not self.exchange_admin_url:
+            object.__setattr__(self, "exchange_admin_url",
+                               f"{cloud.outlook_resource}/adminapi/beta")
+
+
 @attrs.frozen
 class Config:
     """
@@ -848,8 +898,22 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
     delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
     admin: AdminConfig | None = None
+    setup: SetupConfig = attrs.field(factory=SetupConfig)
     path: str | None = None
     sandbox_dir: str | None = None
+    #: Where each account and user comes from: (C{"accounts"} or C{"users"}, name,
+    #: file), the admin's file or a managed drop-in (L{xrelay.managed}).
+    origins: tuple[tuple[str, str, str], ...] = ()
+    #: Warnings found while merging the drop-ins (one ignored for a name the admin's
+    #: file defines), shown by L{warnings}.
+    notes: tuple[str, ...] = ()
+
+    def origin(self, kind: str, name: str) -> str | None:
+        """The file an account or user (C{kind} "accounts" or "users") comes from."""
+        for what, named, path in self.origins:
+            if what == kind and named == name:
+                return path
+        return None
 
     def __attrs_post_init__(self) -> None:
         names = [a.name for a in self.accounts]
@@ -885,6 +949,7 @@ class Config:
                     f"server.max_message_size = {self.server.max_message_size} ({why}); "
                     "larger messages routed to it are refused at the end of DATA with "
                     "552 5.3.4")
+        found += self.notes
         return found
 
     def account(self, name: str) -> AccountConfig:

@@ -16,7 +16,7 @@ from xrelay.config import Config
 from xrelay.configfile import load_config
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "Command", "command", "config_from",
-           "registered"]
+           "origin_of", "registered"]
 
 #: 0 success, 1 a problem the message names (configuration, sign-in, queue), 2 a usage
 #: mistake.
@@ -49,3 +49,13 @@ def registered() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], Non
 def config_from(args: argparse.Namespace) -> Config:
     """The configuration named by C{--config} or found the usual way."""
     return load_config(args.config)
+
+
+def origin_of(config: Config, kind: str, name: str) -> str:
+    """Where an account or user comes from: the admin's file or a managed drop-in."""
+    origin = config.origin(kind, name)
+    if origin is None:
+        return "the sandbox" if config.sandbox_dir is not None else "the program"
+    if origin != config.path and origin != "sandbox default":
+        return f"{origin} (managed by xrelay)"
+    return origin

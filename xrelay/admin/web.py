@@ -41,7 +41,7 @@ from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore, cookie_nam
 from xrelay.interfaces import ISpool, UnknownEntry
 from xrelay.operations.queue import QueueOperations, QueueProblem
 
-__all__ = ["AdminSite", "security_headers"]
+__all__ = ["AdminSite", "callback_uri", "security_headers"]
 
 log = Logger(namespace="xrelay.admin")
 
@@ -116,6 +116,10 @@ class AdminSite(Resource):
         self.pending: dict[str, tuple[str, dict[str, Any], float]] = {}
         #: Wrong passwords per source and for the account (L{SignInGuard}).
         self.guard = SignInGuard()
+        from xrelay.admin.setup_wizard import SetupWizard
+
+        #: The "Add an account" wizard at /setup.
+        self.setup_wizard = SetupWizard(self)
         self.failures = self.guard.failures
         # The routes are built once, not per request.
         self.routes, self.authenticated = self._route_table()
@@ -127,8 +131,12 @@ class AdminSite(Resource):
     # -- plumbing ----------------------------------------------------------------
 
     def render(self, request: Any) -> Any:
-        form_targets = sorted({_origin(sign_in_url(a)) for a in self.config.accounts
-                               if self.can_sign_in(a)})
+        targets = {_origin(sign_in_url(a)) for a in self.config.accounts
+                   if self.can_sign_in(a)}
+        if _text(request.path).startswith("/setup"):
+            # The wizard's admin sign-in form redirects to the setup's authority.
+            targets.add(_origin(self.config.setup.authority))
+        form_targets = sorted(targets)
         for name, value in security_headers(form_targets).items():
             request.setHeader(name, value)
         d = defer.ensureDeferred(self._dispatch(request))
@@ -167,6 +175,14 @@ class AdminSite(Resource):
             ("POST", "/queue/delete"): self.queue_delete,
             ("POST", "/queue/retry-all"): self.queue_retry_all,
             ("POST", "/signin"): self.sign_in_start,
+            ("GET", "/setup"): self.setup_wizard.page,
+            ("POST", "/setup/plan"): self.setup_wizard.plan,
+            ("POST", "/setup/signin"): self.setup_wizard.sign_in,
+            ("POST", "/setup/device"): self.setup_wizard.device,
+            ("POST", "/setup/reset"): self.setup_wizard.reset,
+            ("POST", "/setup/test"): self.setup_wizard.test,
+            ("POST", "/setup/rotate"): self.setup_wizard.rotate,
+            ("POST", "/setup/remove"): self.setup_wizard.remove,
         }
         return routes, authenticated
 
@@ -178,7 +194,10 @@ class AdminSite(Resource):
         method, path = _text(request.method), _text(request.path)
         routes, authenticated = self.routes, self.authenticated
         try:
-            if (method, path) in routes:
+            if (method, path) == ("GET", "/") and self.setup_wizard.owns(request):
+                # The identity platform's return to the wizard's admin sign-in.
+                body = await self.setup_wizard.callback(request)
+            elif (method, path) in routes:
                 body = await routes[method, path](request)
             elif (method, path) in authenticated:
                 session = self._session(request)
@@ -427,7 +446,8 @@ class AdminSite(Resource):
         notice, session.notice = session.notice, None
         return await self._html(pages.Page("status", pages.status_body(
             overall, views, engine.counts, engine.oldest_age, engine.recent,
-            session.csrf_token, sign_in_for, tls), csrf=session.csrf_token, notice=notice,
+            session.csrf_token, sign_in_for, tls, redirect_uri=self._redirect_uri(request)),
+            csrf=session.csrf_token, notice=notice,
             current="status"))
 
     @property
@@ -527,20 +547,10 @@ class AdminSite(Resource):
     # -- browser sign-in ---------------------------------------------------------------
 
     def _redirect_uri(self, request: Any) -> str:
-        """
-        Where the identity platform sends the browser back: C{admin.public_url}, else
-        the address this listener was reached at (the socket's own, never the
-        request's C{Host:}, which whoever sends the request chooses).
-        """
-        base = self.config.admin.public_url
-        if not base:
-            host = request.getHost()
-            address = getattr(host, "host", "127.0.0.1")
-            if ":" in address:
-                address = f"[{address}]"
-            base = (f"{'https' if request.isSecure() else 'http'}://{address}:"
-                    f"{getattr(host, 'port', 8025)}")
-        return f"{base}/signin/callback"
+        """The redirect URI this listener sends and shows (L{callback_uri})."""
+        host = request.getHost()
+        return callback_uri(self.config.admin.public_url, getattr(host, "host", ""),
+                            getattr(host, "port", 8025), request.isSecure())
 
     async def sign_in_start(self, request: Any, session: Session) -> None:
         name = self._form(request, "account") or ""
@@ -598,6 +608,31 @@ class AdminSite(Resource):
                                             " Its queued mail is on its way.",
                                             "/", "Continue to the status page"),
             refresh_to="/"))
+
+
+def callback_uri(public_url: str | None, address: str, port: int, secure: bool) -> str:
+    """
+    Where the identity platform sends the browser back, exactly as it must be
+    registered: C{admin.public_url}, else C{http://localhost:PORT} for a loopback
+    listener (Entra's portal accepts C{http://} only for C{localhost}, and a public
+    client's C{http://localhost} redirect matches any port:
+    U{https://learn.microsoft.com/en-us/entra/identity-platform/reply-url#localhost-exceptions}),
+    else the socket's own address (never the request's C{Host:}, which whoever sends the
+    request chooses).
+    """
+    import ipaddress
+
+    if public_url:
+        return f"{public_url.rstrip('/')}/signin/callback"
+    scheme = "https" if secure else "http"
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return f"{scheme}://localhost:{port}/signin/callback"
+    host = f"[{address}]" if ":" in address else (address or "127.0.0.1")
+    return f"{scheme}://{host}:{port}/signin/callback"
 
 
 def sign_in_url(account: Any) -> str:

@@ -62,8 +62,11 @@ class CredentialExpiry:
         what = {"certificate": f"the certificate {self.path}",
                 "client_secret": "the client secret (client_secret_expires)",
                 "tls_cert": f"the TLS certificate {self.path}"}[self.credential]
-        fix = {"certificate": "upload a new certificate to the app registration and put "
-                              "it and its key in certificate_file / certificate_key_file",
+        fix = {"certificate": (f"run `xrelay setup rotate {self.owner}` (or the rotate "
+                               "button on the admin page's Add an account page)"
+                               if "/managed/credentials/" in self.path else
+                               "upload a new certificate to the app registration and put "
+                               "it and its key in certificate_file / certificate_key_file"),
                "client_secret": "create a new client secret in the app registration, "
                                 "write it into client_secret_file and update "
                                 "client_secret_expires",
