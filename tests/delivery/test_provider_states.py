@@ -479,8 +479,9 @@ async def test_gmail_daily_limit_holds_until_the_rolling_day(relay: Relay) -> No
     relay.clock.advance(600)
     relay.receive(4)
     await relay.idle()
+    # Tomorrow: the time carries its date (a bare "22:13" read as today).
     assert relay.state() == "daily limit reached (resumes at %s)" % time.strftime(
-        "%H:%M", time.localtime(START + 86400))
+        "%Y-%m-%d %H:%M", time.localtime(START + 86400))
     status = relay.engine.status().accounts["sandbox"]
     assert "550-5.4.5" not in (status.reason or "") and "5.4.5" in status.reason
     attempts = relay.attempts()

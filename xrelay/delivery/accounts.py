@@ -29,11 +29,12 @@ import attrs
 from twisted.logger import Logger
 
 from xrelay.config import AccountConfig
-from xrelay.delivery.accountstore import DayBudget, HoldStore
+from xrelay.delivery.accountstore import DayBudget, HoldStore, run_here
 from xrelay.delivery.retry import RetryPolicy
 from xrelay.delivery.scheduler import DAY, FairQueue
 from xrelay.envelope import DeliveryResult, FailureKind, Outcome, RecipientResult, Reply
 from xrelay.replies import Decision, Hold, KnownReply, recognise
+from xrelay.statefiles import prepare_folder
 
 log = Logger()
 
@@ -64,8 +65,25 @@ class InvalidTransition(Exception):
     """A programming error: an event that cannot happen in the current state."""
 
 
-def clock_text(at: float) -> str:
-    return time.strftime("%H:%M", time.localtime(at))
+#: Saving the holds is tried again this long after it failed (a full disk).
+SAVE_RETRY = 60.0
+
+
+def clock_text(at: float, now: float | None = None) -> str:
+    """
+    A time for an operator: "14:05" today, "2026-12-09 14:05" on another day (a
+    "resumes at 17:07" two days away must say so).  Never raises, even for a time no
+    clock can show.
+    """
+    if now is None:
+        now = time.time()
+    try:
+        when = time.localtime(at)
+        if when[:3] == time.localtime(now)[:3]:
+            return time.strftime("%H:%M", when)
+        return time.strftime("%Y-%m-%d %H:%M", when)
+    except (OverflowError, ValueError, OSError):
+        return "(no valid time)"
 
 
 @attrs.frozen
@@ -142,7 +160,8 @@ class AccountStates:
         self.policy = policy
         self.on_resume = on_resume
         directory = os.path.join(state_dir, "accounts") if state_dir else None
-        self.budget = DayBudget(directory) if directory else None
+        self.directory = directory
+        self.budget = DayBudget(directory, _in_thread(clock)) if directory else None
         self.store = HoldStore(directory) if directory else None
         self.holds: dict[str, AccountHold] = {}
         self.senders: dict[str, dict[str, str]] = {}
@@ -150,6 +169,7 @@ class AccountStates:
         #: mail instead of letting it bounce (set by the engine on every reload).
         self.hold_refused_senders = False
         self._budget_held: dict[str, float] = {}
+        self._save_retry: Any = None
 
     # -- start-up --------------------------------------------------------------
 
@@ -169,37 +189,59 @@ class AccountStates:
     def _journal(self, account: str, at: float, recipients: int) -> None:
         assert self.budget is not None
         self.budget.record(account, at, recipients)
-        if self.budget.appended.get(account, 0) >= JOURNAL_COMPACT_EVERY:
-            try:
-                self.budget.compact(account, self.queue.pace(account).day_records(at))
-            except OSError as e:
-                log.error("cannot compact the daily recipient count of account "
-                          "{account}: {error}", account=account, error=str(e))
+        if account in self.budget.unwritten:
+            return  # no space: the rewrite waits until an append succeeds again
+        if self.budget.appended.get(account, 0) >= JOURNAL_COMPACT_EVERY or \
+                account in self.budget.stale:
+            # Off the reactor thread (0.9 s at 500k records on the reactor was a stall).
+            self.budget.compact(account, self.queue.pace(account).day_records(at))
 
     def restore(self, accounts: Iterable[AccountConfig]) -> None:
         """The budgets and holds written before a restart."""
         now = self.clock.seconds()
         accounts = list(accounts)
+        if self.directory is not None and not prepare_folder(
+                self.directory, "account holds and daily recipient counts are kept in "
+                "memory only"):
+            self.budget = None
+            self.store = None
         self.attach(accounts)
         saved = self.store.load() if self.store is not None else {}
         names = {a.name for a in accounts}
+        policy = self.policy()
         for name, data in saved.items():
             if name not in names or data.get("state") not in STATES[1:]:
                 continue
             hold = self._hold(name)
             hold._move("hold", str(data["state"]))
-            hold.since = data.get("since")
-            hold.until = float(data.get("until") or now)
-            hold.backoff = float(data.get("backoff") or 0.0)
+            # Times from a clock that ran ahead (or a step back since): never a hold
+            # longer than it can have been set for, never a "since" in the future.
+            longest = DAY if data["state"] == Hold.DAILY_LIMIT.value else \
+                policy.max_retry_interval
+            until = float(data.get("until") or now)
+            since = data.get("since")
+            if until > now + longest or (since is not None and since > now + 300):
+                log.warn("account {account}: the saved hold runs until {until}, later "
+                         "than it can have been set for (the clock was ahead, or was "
+                         "stepped back): probing at once", account=name,
+                         until=clock_text(until, now))
+                until = now
+                since = min(since, now) if since is not None else None
+            hold.since = float(since) if since is not None else None
+            hold.until = until
+            hold.backoff = min(float(data.get("backoff") or 0.0), policy.max_retry_interval)
             hold.reason = data.get("reason")
             hold.fix = data.get("fix")
             self._pause(name, hold)
             log.warn("account {account} is still held after the restart: {state}; next "
                      "probe at {at}", account=name, state=self._label(name, hold, now),
-                     at=clock_text(hold.until))
+                     at=clock_text(hold.until, now))
 
     def close(self) -> None:
         """Close the budget journals (at stop)."""
+        if self._save_retry is not None and self._save_retry.active():
+            self._save_retry.cancel()
+        self._save_retry = None
         if self.budget is not None:
             self.budget.close()
 
@@ -304,7 +346,7 @@ class AccountStates:
                          "recipients_per_day = {limit} in the last 24 h); delivery "
                          "resumes at {at}; until then mail stays queued",
                          account=name, used=pace.recipients_today(now),
-                         limit=pace.recipients_per_day, at=clock_text(at),
+                         limit=pace.recipients_per_day, at=clock_text(at, now),
                          account_state=Hold.DAILY_LIMIT.value)
             elif at is None and held_until is not None:
                 del self._budget_held[name]
@@ -325,7 +367,7 @@ class AccountStates:
             at = pace.budget_resumes_at(now)
             if at is not None:
                 state = Hold.DAILY_LIMIT.value
-                label = f"{state} (resumes at {clock_text(at)})"
+                label = f"{state} (resumes at {clock_text(at, now)})"
                 reason = f"{used} of recipients_per_day = {pace.recipients_per_day} used"
                 fix = ("xrelay's own budget (recipients_per_day); delivery resumes by "
                        "itself as the rolling day allows")
@@ -342,7 +384,7 @@ class AccountStates:
 
     def _label(self, name: str, hold: AccountHold, now: float) -> str:
         if hold.state == Hold.DAILY_LIMIT.value:
-            return f"{hold.state} (resumes at {clock_text(hold.until)})"
+            return f"{hold.state} (resumes at {clock_text(hold.until, now)})"
         return hold.state
 
     def _account_trouble(self, account: AccountConfig, result: DeliveryResult
@@ -390,7 +432,7 @@ class AccountStates:
             log.warn("account {account} held: {state}: {upstream_reply}.  {fix}  Next "
                      "probe at {at}.", account=name,
                      state=self._label(name, hold, now), upstream_reply=str(reply),
-                     fix=fix, at=clock_text(until), account_state=kind.value)
+                     fix=fix, at=clock_text(until, now), account_state=kind.value)
 
     def _day_frees_at(self, name: str, now: float) -> float:
         """When the rolling day the provider counts frees up: a day after the oldest
@@ -417,8 +459,23 @@ class AccountStates:
                      account=account, sender=sender)
 
     def _save(self) -> None:
-        if self.store is not None:
-            self.store.save(self.holds)
+        """Write the holds; when that fails (a full disk), once more a minute later,
+        and so on until it works: one timer at a time, one log line per episode."""
+        if self._save_retry is not None and self._save_retry.active():
+            self._save_retry.cancel()
+        self._save_retry = None
+        if self.store is not None and not self.store.save(self.holds):
+            self._save_retry = self.clock.callLater(SAVE_RETRY, self._save)
+
+
+def _in_thread(clock: Any) -> Any:
+    """Blocking work off the reactor thread when the clock is a reactor with threads
+    (tests' L{task.Clock}: at once)."""
+    if hasattr(clock, "getThreadPool"):
+        from twisted.internet import threads
+
+        return lambda f: threads.deferToThreadPool(clock, clock.getThreadPool(), f)
+    return run_here
 
 
 _UNREACHABLE_FIX = (

@@ -42,6 +42,10 @@ MAX_BATCH = 1000
 GATHER = 0.1
 #: Seconds between prunes of old records (and at every start).
 PRUNE_EVERY = 3600.0
+#: Records that could not be written (a full disk) are tried again this often ...
+RETRY_EVERY = 30.0
+#: ... and at most this many are kept meanwhile (the oldest are dropped first).
+MAX_KEPT = 100_000
 DAY = 86400.0
 
 _STOP = object()
@@ -135,6 +139,10 @@ class SqliteHistory(_Recording, Service):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
+        #: Records not written yet (no space), oldest first; the writer thread's own.
+        self._kept: list[tuple[str, tuple[Any, ...]]] = []
+        self._kept_since = 0.0
+        self._dropped = 0
 
     def _put(self, kind: str, arguments: tuple[Any, ...]) -> None:
         self._queue.put((kind, arguments))
@@ -177,7 +185,7 @@ class SqliteHistory(_Recording, Service):
         stop = False
         while not stop:
             try:
-                item = self._queue.get(timeout=PRUNE_EVERY)
+                item = self._queue.get(timeout=RETRY_EVERY if self._kept else PRUNE_EVERY)
             except queue.Empty:
                 item = None
             records: list[tuple[str, tuple[Any, ...]]] = []
@@ -197,14 +205,11 @@ class SqliteHistory(_Recording, Service):
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            if records:
+            if records or (self._kept and
+                           time.monotonic() - self._kept_since >= RETRY_EVERY):
                 started = time.thread_time()
-                try:
-                    self.store.write(records)
-                except Exception as e:  # never let the writer die
-                    self._warn_from_thread(f"{len(records)} records lost: {e!r}")
+                self._write(records, final=stop)
                 self.cpu_seconds += time.thread_time() - started
-                self.written += len(records)
             if self.clock() - last_prune >= PRUNE_EVERY:
                 last_prune = self._prune()
             for d in waiting:
@@ -213,6 +218,47 @@ class SqliteHistory(_Recording, Service):
         stopped = self._stopped
         if stopped is not None:
             self.reactor.callFromThread(stopped.callback, None)
+
+    def _write(self, records: list[tuple[str, tuple[Any, ...]]], final: bool) -> None:
+        """
+        Write these records after any kept from before; when there is no room, keep
+        them all (bounded) and try again every L{RETRY_EVERY} seconds: one warning when
+        that starts, one when they are written, so that C{xrelay trace} shows delivered
+        mail as delivered once the disk has room again.
+        """
+        batch = self._kept + records
+        try:
+            problem = self.store.write(batch)
+        except Exception as e:  # never let the writer die
+            self._warn_from_thread(f"{len(batch)} records lost: {e!r}")
+            problem = None
+        if problem is None:
+            if self._kept:
+                self._info_from_thread(
+                    f"{len(self._kept)} records kept while they could not be written "
+                    f"are now written to {self.path}" + (
+                        f" ({self._dropped} of the oldest were dropped)"
+                        if self._dropped else ""))
+            self.written += len(batch)
+            self._kept = []
+            self._dropped = 0
+            return
+        if not self._kept:
+            self._warn_from_thread(
+                f"records cannot be written to {self.path} ({problem}); mail is not "
+                f"affected; they are kept in memory (up to {MAX_KEPT}) and written "
+                "when that works again (free space in server.state_dir)")
+        if len(batch) > MAX_KEPT:
+            self._dropped += len(batch) - MAX_KEPT
+            batch = batch[-MAX_KEPT:]
+        self._kept = batch
+        self._kept_since = time.monotonic()
+        if final:
+            self._warn_from_thread(f"{len(batch)} records could not be written before "
+                                   "the stop and are lost")
+
+    def _info_from_thread(self, text: str) -> None:
+        self.reactor.callFromThread(log.info, "message history: {problem}", problem=text)
 
     def _prune(self) -> float:
         now = self.clock()
