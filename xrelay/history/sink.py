@@ -143,6 +143,8 @@ class SqliteHistory(_Recording, Service):
         self._kept: list[tuple[str, tuple[Any, ...]]] = []
         self._kept_since = 0.0
         self._dropped = 0
+        #: Writing fails (logged once when it starts, once when it works again).
+        self._failing = False
 
     def _put(self, kind: str, arguments: tuple[Any, ...]) -> None:
         self._queue.put((kind, arguments))
@@ -180,8 +182,12 @@ class SqliteHistory(_Recording, Service):
         try:
             self.store.open()
         except Exception as e:  # a file system that refuses us: keep trying per batch
-            self._warn_from_thread(f"cannot open {self.path}: {e}; mail is not affected")
-        last_prune = self._prune()
+            self._failing = True
+            self._warn_from_thread(f"cannot open {self.path} ({e}); mail is not "
+                                   f"affected; records are kept in memory (up to "
+                                   f"{MAX_KEPT}) and written when it opens (check the "
+                                   "free space in server.state_dir)")
+        last_prune = self.clock() if self._failing else self._prune()
         stop = False
         while not stop:
             try:
@@ -210,7 +216,7 @@ class SqliteHistory(_Recording, Service):
                 started = time.thread_time()
                 self._write(records, final=stop)
                 self.cpu_seconds += time.thread_time() - started
-            if self.clock() - last_prune >= PRUNE_EVERY:
+            if self.clock() - last_prune >= PRUNE_EVERY and not self._failing:
                 last_prune = self._prune()
             for d in waiting:
                 self.reactor.callFromThread(d.callback, None)
@@ -227,13 +233,17 @@ class SqliteHistory(_Recording, Service):
         mail as delivered once the disk has room again.
         """
         batch = self._kept + records
+        if self._failing and not final and \
+                time.monotonic() - self._kept_since < RETRY_EVERY:
+            self._keep(batch)  # not yet: one try per RETRY_EVERY, not one per batch
+            return
         try:
             problem = self.store.write(batch)
         except Exception as e:  # never let the writer die
             self._warn_from_thread(f"{len(batch)} records lost: {e!r}")
             problem = None
         if problem is None:
-            if self._kept:
+            if self._failing:
                 self._info_from_thread(
                     f"{len(self._kept)} records kept while they could not be written "
                     f"are now written to {self.path}" + (
@@ -242,20 +252,25 @@ class SqliteHistory(_Recording, Service):
             self.written += len(batch)
             self._kept = []
             self._dropped = 0
+            self._failing = False
             return
-        if not self._kept:
+        if not self._failing:
+            self._failing = True
             self._warn_from_thread(
                 f"records cannot be written to {self.path} ({problem}); mail is not "
                 f"affected; they are kept in memory (up to {MAX_KEPT}) and written "
                 "when that works again (free space in server.state_dir)")
+        self._keep(batch)
+        self._kept_since = time.monotonic()
+        if final:
+            self._warn_from_thread(f"{len(self._kept)} records could not be written "
+                                   "before the stop and are lost")
+
+    def _keep(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         if len(batch) > MAX_KEPT:
             self._dropped += len(batch) - MAX_KEPT
             batch = batch[-MAX_KEPT:]
         self._kept = batch
-        self._kept_since = time.monotonic()
-        if final:
-            self._warn_from_thread(f"{len(batch)} records could not be written before "
-                                   "the stop and are lost")
 
     def _info_from_thread(self, text: str) -> None:
         self.reactor.callFromThread(log.info, "message history: {problem}", problem=text)
