@@ -245,6 +245,18 @@ class AccountStates:
         if self.budget is not None:
             self.budget.close()
 
+    def shift(self, step: float) -> None:
+        """The wall clock stepped: holds keep their length (the queue's paces are the
+        queue's to move)."""
+        for hold in self.holds.values():
+            if hold.until:
+                hold.until += step
+            if hold.since is not None:
+                hold.since += step
+        self._budget_held = {name: at + step for name, at in self._budget_held.items()}
+        if any(h.state != OK for h in self.holds.values()):
+            self._save()
+
     # -- around each attempt ---------------------------------------------------
 
     def started(self, account: str, entry_id: str) -> None:

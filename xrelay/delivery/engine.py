@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from xrelay.clocksteps import ClockWatch, watch_for
 from xrelay.config import AccountConfig, Config
 from xrelay.delivery.accounts import AccountStates, AccountStatus
 from xrelay.delivery.bounce import (BounceNotSpooled, FailedRecipient, spool_bounce,
@@ -123,6 +124,7 @@ class DeliveryEngine(Service):
         self._unsettled: dict[str, Any] = {}
         self._timer: Any = None
         self._stopping = False
+        self._clock_watch: ClockWatch | None = None
         self.accounts = AccountStates(self.queue, self.clock, lambda: self.policy,
                                       lambda: self._pump(), state_dir)
         #: Where each attempt's result goes for the message trace (IMessageHistory).
@@ -161,9 +163,17 @@ class DeliveryEngine(Service):
         self._stopping = False
         self.spool.recover()
         self.accounts.restore(self.config.accounts)
+        # A retry time can be at most max_retry_interval away; one further off was set
+        # by a clock that ran ahead (or the clock was stepped back since).
+        latest = self.clock.seconds() + self.policy.max_retry_interval
         for state in (QUEUED, DEFERRED):
             for entry in self.spool.entries(state):
-                self._enqueue(entry, entry.next_attempt if state == DEFERRED else 0.0)
+                self._enqueue(entry, min(entry.next_attempt, latest)
+                              if state == DEFERRED else 0.0)
+        self._clock_watch = watch_for(self.clock)
+        if self._clock_watch is not None:
+            self._clock_watch.subscribe(self._clock_stepped)
+            self._clock_watch.start()
         log.info("delivery started with {count} messages waiting", count=len(self.queue))
         self._pump()
 
@@ -175,6 +185,10 @@ class DeliveryEngine(Service):
         super().stopService()
         self._stopping = True
         self.accounts.close()
+        if self._clock_watch is not None:
+            self._clock_watch.unsubscribe(self._clock_stepped)
+            self._clock_watch.stop()
+            self._clock_watch = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -246,6 +260,19 @@ class DeliveryEngine(Service):
         log.info("account {account} resumed; {count} messages due now", account=name,
                  count=moved)
         self._pump()
+
+    def _clock_stepped(self, step: float) -> None:
+        """The wall clock stepped (L{xrelay.clocksteps}): due times and holds move with
+        it, so retries keep their delays."""
+        self.queue.shift(step)
+        self.accounts.shift(step)
+        self._pump()
+
+    def _received_at(self, entry: SpoolEntry) -> float:
+        """When the entry arrived, on the clock now running (its age never jumps)."""
+        watch = self._clock_watch
+        return watch.corrected(entry.received_at) if watch is not None else \
+            entry.received_at
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -442,7 +469,7 @@ class DeliveryEngine(Service):
                 temporary.append(r)
             else:
                 permanent.append(FailedRecipient(recipient, r.reply))
-        if temporary and self.policy.expired(entry.received_at, now):
+        if temporary and self.policy.expired(self._received_at(entry), now):
             permanent += [FailedRecipient(r.recipient, r.reply, expired=True)
                           for r in temporary]
             temporary = []
@@ -544,7 +571,7 @@ class DeliveryEngine(Service):
         oldest = math.inf
         for state in (QUEUED, ACTIVE, DEFERRED):
             for entry in self.spool.entries(state):
-                oldest = min(oldest, entry.received_at)
+                oldest = min(oldest, self._received_at(entry))
                 break  # ids sort by arrival: the first is the oldest
         return EngineStatus(
             counts=self.spool.counts(),
