@@ -415,8 +415,9 @@ class AdminSite(Resource):
         entry_id = self._form(request, "id") or ""
         try:
             if action == "retry":
-                await self._queue().retry(entry_id)
-                session.notice = f"{entry_id} is due now."
+                queue = self._queue()
+                await queue.retry(entry_id)
+                session.notice = " ".join([f"{entry_id} is due now."] + queue.notes)
             elif action == "bounce":
                 entry = await self._queue().bounce(entry_id)
                 session.notice = f"{entry_id} bounced to its sender."
@@ -441,8 +442,9 @@ class AdminSite(Resource):
         await self._queue_action(request, session, "bounce")
 
     async def queue_retry_all(self, request: Any, session: Session) -> None:
-        count = await self._queue().retry_all()
-        session.notice = f"{count} entries are due now."
+        queue = self._queue()
+        count = await queue.retry_all()
+        session.notice = " ".join([f"{count} entries are due now."] + queue.notes)
         self._redirect(request, "/queue")
 
     # -- browser sign-in ---------------------------------------------------------------

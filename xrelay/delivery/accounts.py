@@ -342,6 +342,32 @@ class AccountStates:
                  count=moved, account_state=OK)
         self.on_resume()
 
+    def probe_now(self, account: str, why: str) -> str | None:
+        """
+        An operator asked (retry, reload, the admin page's Retry): a held account sends
+        its probe now instead of at the hold's time; the rest of its mail follows as
+        soon as the probe goes through (L{judge} resumes it).  Returns what to tell
+        the operator, or C{None} when the account is not held.
+        """
+        hold = self.holds.get(account)
+        if hold is None or hold.state == OK:
+            return None
+        now = self.clock.seconds()
+        label = self._label(account, hold, now)
+        if hold.probe is not None:
+            return (f"account {account} is held ({label}); its probe is under way, the "
+                    "rest of its mail follows when it goes through")
+        hold.until = now
+        pace = self.queue.pace(account)
+        pace.paused_until = now
+        self.queue.make_due(account, now)  # one starts (the probe), the rest wait for it
+        self._save()
+        log.info("account {account}: hold ({state}) lifted for one probe now ({why}); the "
+                 "rest of its mail follows when the probe goes through", account=account,
+                 state=label, why=why)
+        return (f"account {account} was held ({label}): one probe now, the rest of its "
+                "mail follows when it goes through")
+
     # -- the daily budget ------------------------------------------------------
 
     def check_budgets(self, now: float) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import math
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 from twisted.application.service import Service
@@ -145,9 +145,11 @@ class DeliveryEngine(Service):
             self.transports = dict(transports)
         for account in config.accounts:
             self.queue.pace(account.name).update(account)
+        #: What the last reload did to held accounts (for the C{reload} command's answer).
+        self.lifted: list[str] = []
         if self.running:
             self.accounts.attach(config.accounts)
-            self._pump()
+            self.lifted = self.lift_holds(None, "the configuration was reloaded")
 
     def _account(self, entry: SpoolEntry) -> AccountConfig | None:
         return entry_account(self.config, entry.account, entry.sender)
@@ -260,6 +262,18 @@ class DeliveryEngine(Service):
         log.info("account {account} resumed; {count} messages due now", account=name,
                  count=moved)
         self._pump()
+
+    def lift_holds(self, accounts: Iterable[str] | None, why: str) -> list[str]:
+        """
+        An operator asked for mail to flow (retry, reload): each held account of these
+        (C{None}: every account) sends one probe now.  Returns a sentence per held
+        account, for the operator.
+        """
+        names = [a.name for a in self.config.accounts] if accounts is None else accounts
+        said = [note for name in dict.fromkeys(names)
+                if (note := self.accounts.probe_now(name, why)) is not None]
+        self._pump()
+        return said
 
     def _clock_stepped(self, step: float) -> None:
         """The wall clock stepped (L{xrelay.clocksteps}): due times and holds move with

@@ -375,12 +375,18 @@ def queue_command(args: argparse.Namespace) -> int:
             print(entry["headers"])
         return EXIT_OK
     if args.action == "retry" and args.all:
-        count = _ask(config, "queue.retry_all")
-        print(f"{count} entries due now")
+        answer = _ask(config, "queue.retry_all")
+        if isinstance(answer, int):  # a daemon from before held accounts were lifted
+            answer = {"count": answer}
+        print(f"{answer['count']} entries due now")
+        for note in answer.get("notes") or ():
+            print(note)
         return EXIT_OK
     entry = _ask(config, f"queue.{args.action}", id=args.id)
     verb = {"retry": "due now", "delete": "deleted", "bounce": "bounced to its sender"}
     print(f"{entry['id']}: {verb[args.action]}")
+    for note in entry.get("notes") or ():
+        print(note)
     return EXIT_OK
 
 
@@ -425,8 +431,10 @@ def send_test_command(args: argparse.Namespace) -> int:
 def reload_command(args: argparse.Namespace) -> int:
     config = config_from(args)
     try:
-        ControlClient(config.server.state_dir).request("reload")
+        answer = ControlClient(config.server.state_dir).request("reload")
     except DaemonNotRunning:
         return _problem("the relay is not running; nothing to reload")
     print("configuration reloaded")
+    for note in (answer.get("notes") or ()) if isinstance(answer, dict) else ():
+        print(note)
     return EXIT_OK

@@ -222,14 +222,16 @@ class ControlHandlers:
         return result
 
     async def op_queue_retry(self, event: Any, id: str) -> dict[str, Any]:
-        entry = await self.queue().retry(id)
+        q = self.queue()
+        entry = await q.retry(id)
         log.info("{entry_id}: retry asked by the operator", entry_id=id)
-        return describe_entry(entry)
+        return dict(describe_entry(entry), notes=q.notes)
 
-    async def op_queue_retry_all(self, event: Any) -> int:
-        count = await self.queue().retry_all()
+    async def op_queue_retry_all(self, event: Any) -> dict[str, Any]:
+        q = self.queue()
+        count = await q.retry_all()
         log.info("retry of {count} entries asked by the operator", count=count)
-        return count
+        return {"count": count, "notes": q.notes}
 
     async def op_queue_delete(self, event: Any, id: str) -> dict[str, Any]:
         entry = await self.queue().delete(id)
@@ -244,11 +246,11 @@ class ControlHandlers:
                  sender=entry.sender)
         return describe_entry(entry)
 
-    async def op_reload(self, event: Any) -> bool:
+    async def op_reload(self, event: Any) -> dict[str, Any]:
         if not self.relay.reload():
             raise ControlRefusal("configuration not reloaded; the daemon's log says why "
                                  "(the old configuration stays in force)")
-        return True
+        return {"reloaded": True, "notes": list(getattr(self.relay.delivery, "lifted", []))}
 
     async def op_send_test(self, event: Any, to: str, account: str | None = None
                            ) -> dict[str, Any]:

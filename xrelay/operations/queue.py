@@ -51,6 +51,9 @@ class QueueOperations:
     spool: ISpool
     config: Config
     delivery: Any = None
+    #: What the last L{retry} or L{retry_all} did to held accounts, for the operator
+    #: ("account x was held (...): one probe now, ...").
+    notes: list[str] = attrs.field(factory=list)
 
     def entries(self, state: str | None = None) -> list[SpoolEntry]:
         return list(self.spool.entries(state))
@@ -115,8 +118,8 @@ class QueueOperations:
         return QueueProblem(f"could not {doing} {entry.entry_id}: {why}; the entry is "
                             "unchanged and stays scheduled")
 
-    async def retry(self, entry_id: str) -> SpoolEntry:
-        """Make a waiting entry due now."""
+    async def retry(self, entry_id: str, lift: bool = True) -> SpoolEntry:
+        """Make a waiting entry due now (its account, if held, probes now: L{notes})."""
         entry = self.get(entry_id)
         if entry.state == FAILED:
             raise QueueProblem(f"{entry_id} has failed for good and was bounced; "
@@ -129,21 +132,36 @@ class QueueOperations:
                 raise self._unhold(entry, "retry", e) from None
         if self.delivery is not None:
             self.delivery.submitted(entry.entry_id)
+            if lift:
+                self._lift_holds([entry])
         return entry
+
+    def _lift_holds(self, entries: list[SpoolEntry]) -> None:
+        """A retry asked by an operator is obeyed now, even for a held account: it
+        sends one probe at once (the rest follows when that goes through)."""
+        lift = getattr(self.delivery, "lift_holds", None)
+        if lift is None:
+            return
+        names = {account.name for entry in entries
+                 if (account := entry_account(self.config, entry.account, entry.sender))}
+        for note in lift(sorted(names), "retry asked by the operator"):
+            if note not in self.notes:
+                self.notes.append(note)
 
     async def retry_all(self) -> int:
         """
         Every queued and deferred entry due now; returns how many.  Entries that are
         being delivered, or go away, while this runs are skipped, never an abort.
         """
-        count = 0
+        retried: list[SpoolEntry] = []
         for entry in self.entries(DEFERRED) + self.entries(QUEUED):
             try:
-                await self.retry(entry.entry_id)
+                retried.append(await self.retry(entry.entry_id, lift=False))
             except QueueProblem:
                 continue  # delivered or started meanwhile: nothing to retry
-            count += 1
-        return count
+        if self.delivery is not None:
+            self._lift_holds(retried)
+        return len(retried)
 
     async def delete(self, entry_id: str) -> SpoolEntry:
         """Remove the entry and its data without telling anyone."""
