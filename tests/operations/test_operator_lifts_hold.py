@@ -69,6 +69,12 @@ async def test_admin_retry_lifts_the_hold(world, daemons, which: str) -> None:
                          daemon.log()).group(1)
     browser = Browser(world.admin_url)
     await browser.sign_in()
+    # The State column says first what stops the mail (the hold, why, until when), the
+    # token (fine) after it.
+    _, body = await browser.request("GET", "/")
+    state = re.search(r'id="account-state-sandbox"[^>]*>([^<]*)<', body).group(1)
+    assert state.startswith("held: upstream unreachable until 20"), state
+    assert body.index('id="account-state-sandbox"') < body.index('id="state-sandbox"')
     token = await browser.csrf("/queue")
     if which == "one":
         response, _ = await browser.request("POST", "/queue/retry",

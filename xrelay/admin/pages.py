@@ -246,14 +246,14 @@ def status_body(overall: tuple[str, bool], views: Iterable[AccountView],
         rows.append(tags.tr(id=f"account-{v.name}")(
             tags.td(tags.strong(v.name), tags.br(),
                     tags.span(address(v.user), class_="small muted")),
-            tags.td(tags.span(v.state, id=f"state-{v.name}",
-                              class_="ok" if good_token else "bad"),
+            # First what decides whether mail flows (a hold: why, until when), then
+            # the token: a held account with a good token is not "ok".
+            tags.td(tags.span(v.mail_flow, id=f"account-state-{v.name}",
+                              class_="ok" if v.delivering else "bad"),
                     tags.br(),
-                    tags.span(f"provider: {v.provider_state}", id=f"account-state-{v.name}",
-                              class_="small " + ("held" if v.provider_held else "muted")),
-                    *([tags.br(), tags.span(f"mail held until {_when(v.held_until)}",
-                                            class_="small held")]
-                      if v.held_until is not None else [])),
+                    tags.span("token: ", tags.span(v.state, id=f"state-{v.name}",
+                                                   class_="ok" if good_token else "bad"),
+                              class_="small")),
             tags.td(f"{v.provider} / {v.flow}", class_="small"),
             tags.td(_dash(v.budget), id=f"budget-{v.name}", class_="small"),
             tags.td(_dash(v.credential_expires), id=f"credential-expiry-{v.name}",
