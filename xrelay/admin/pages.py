@@ -293,7 +293,11 @@ def status_body(overall: tuple[str, bool], views: Iterable[AccountView],
     ]
 
 
-def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
+def queue_body(entries: Iterable[Any], csrf: str, page: Any = None) -> list[Any]:
+    """
+    @param page: the L{xrelay.operations.queue.QueueSlice} the entries are: its counts
+        per state (links that filter), and where the page is in the whole.
+    """
     rows = []
     for e in entries:
         actions = []
@@ -322,11 +326,32 @@ def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
     return [
         tags.form(method="post", action="/queue/retry-all")(
             csrf_field(csrf), tags.button("Retry all now", type="submit", id="retry-all")),
-        tags.p(),
+        *(_queue_counts(page) if page is not None else [tags.p()]),
         _table(["p15", "p12", "p13", "p14", "p7", "p23", "p16"],
                ["Entry", "State / next attempt", "Sender", "Recipients", "Attempts",
                 "Last reply", "Actions"], rows, id="queue"),
     ]
+
+
+def _queue_counts(page: Any) -> list[Any]:
+    """The counts per state (each a filter link) and the pager."""
+    total = sum(page.counts.values())
+    links: list[Any] = [tags.a(f"all {total:,}", href="/queue", id="filter-all")]
+    for state, count in page.counts.items():
+        links += [" · ", tags.a(f"{state} {count:,}", href=f"/queue?state={state}",
+                                id=f"filter-{state}")]
+    here = f"?state={page.state}&" if page.state else "?"
+    first, last = page.offset + 1, page.offset + len(page.entries)
+    pager: list[Any] = [tags.span(f"{first:,}–{last:,} of {page.total:,}" if page.total
+                                  else "nothing here", id="queue-range")]
+    if page.offset > 0:
+        pager += [" ", tags.a("‹ previous", id="queue-previous",
+                              href=f"/queue{here}offset={max(page.offset - page.size, 0)}")]
+    if page.offset + page.size < page.total:
+        pager += [" ", tags.a("next ›", id="queue-next",
+                              href=f"/queue{here}offset={page.offset + page.size}")]
+    return [tags.p(*links, id="queue-counts", class_="small"),
+            tags.p(*pager, class_="small")]
 
 
 def _entry_form(action: str, entry_id: str, label: str, button_id: str, csrf: str,

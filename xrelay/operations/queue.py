@@ -30,7 +30,13 @@ from xrelay.lifecycle import ACTIVE, CORRUPT, DEFERRED, FAILED, QUEUED, check_en
 from xrelay.routing import entry_account
 from xrelay.spool import SpoolEntry
 
-__all__ = ["QueueOperations", "QueueProblem", "OPERATOR_BOUNCE"]
+__all__ = ["QueueOperations", "QueueProblem", "QueueSlice", "OPERATOR_BOUNCE",
+           "PAGE_SIZE", "queue_slice"]
+
+#: Rows on one page of the admin page's queue.
+PAGE_SIZE = 100
+#: The states the queue page shows, in its order.
+SHOWN_STATES = (ACTIVE, QUEUED, DEFERRED, FAILED, CORRUPT)
 
 #: The reply a bounce made by an operator reports for each recipient.
 OPERATOR_BOUNCE = Reply(554, "5.3.0 Returned to the sender by the relay's operator")
@@ -209,6 +215,42 @@ class QueueOperations:
         # (Without a daemon the bounce waits in the queue: sent when it starts.)
         history.finished(entry_id, BOUNCED, time.time())
         return moved
+
+
+@attrs.frozen
+class QueueSlice:
+    """One page of the queue: its rows, and the counts that place it."""
+
+    entries: list[SpoolEntry]
+    #: Entries per state, over the whole queue.
+    counts: dict[str, int]
+    #: The state shown (C{None}: all).
+    state: str | None
+    offset: int
+    #: Entries in the state shown (or in all).
+    total: int
+    size: int = PAGE_SIZE
+
+
+def queue_slice(spool: ISpool, state: str | None = None, offset: int = 0,
+                size: int = PAGE_SIZE) -> QueueSlice:
+    """
+    One page of the queue, oldest first: only the ids are listed (one folder listing
+    per state), only the rows shown are read.  Blocking file I/O: the admin page runs
+    it in a thread, so that 40,000 entries cost neither the reactor nor a 68 MB page.
+    """
+    ids = {s: spool.ids(s) for s in SHOWN_STATES}
+    counts = {s: len(found) for s, found in ids.items() if found or s != CORRUPT}
+    shown = [(s, entry_id) for s in ((state,) if state else SHOWN_STATES)
+             for entry_id in ids.get(s, ())]
+    offset = max(0, min(offset, max(len(shown) - 1, 0)))
+    rows: list[SpoolEntry] = []
+    for _state, entry_id in shown[offset:offset + size]:
+        try:
+            rows.append(spool.find(entry_id))
+        except (UnknownEntry, NotAnEntryId):
+            continue  # delivered or moved on since the listing
+    return QueueSlice(rows, counts, state, offset, len(shown), size)
 
 
 def describe_entry(entry: SpoolEntry) -> dict[str, Any]:
