@@ -37,9 +37,15 @@ from xrelay.tokens.source import GrantResult, ITokenGrant
 from xrelay.tokens.status import TokenStatus
 from xrelay.tokens.trust import TrustedSession
 
-# msal can log request details, PII and, at DEBUG, token responses: keep it quiet
-# whatever the embedding program configured for the root logger.
-logging.getLogger("msal").setLevel(logging.WARNING)
+# msal can log request details, PII and, at DEBUG, token responses; on an answer that is
+# not JSON it logs the answer itself (a token fragment) with a traceback, which Python's
+# last-resort handler copies to stderr, which twistd puts in the log.  What msal has to
+# say reaches the operator through our own lines (GrantUnavailable, GrantRefused):
+# nothing of msal's own logging leaves it, whatever the root logger's configuration.
+_msal_log = logging.getLogger("msal")
+_msal_log.setLevel(logging.CRITICAL + 1)
+_msal_log.propagate = False
+_msal_log.addHandler(logging.NullHandler())
 
 SMTP_APP_SCOPE = "https://outlook.office365.com/.default"
 GRAPH_APP_SCOPE = "https://graph.microsoft.com/.default"
@@ -102,7 +108,16 @@ def describe(result: dict[str, Any]) -> str:
 def _client_credential(account: AccountConfig) -> Any:
     if account.client_secret_file:
         with open(account.client_secret_file, encoding="utf-8") as f:
-            return f.read().strip()
+            secret = f.read().strip()
+        if not secret:
+            # An in-place rewrite leaves it empty for an instant: sending that would
+            # be refused (and count as a bad credential); the token in hand is kept.
+            raise GrantUnavailable(
+                f"the client secret file {account.client_secret_file} is empty (being "
+                "rewritten?); nothing was sent to the identity platform and the current "
+                "token is kept; put the secret in it (write a new file and rename it "
+                "over the old one)")
+        return secret
     if account.certificate_file and account.certificate_key_file:
         with open(account.certificate_file, "rb") as f:
             certificate = x509.load_pem_x509_certificate(f.read())
@@ -269,6 +284,12 @@ class MicrosoftGrant:
             except (requests.RequestException, msal.exceptions.MsalError) as e:
                 raise GrantUnavailable(f"token request to {self.account.msal_authority} "
                                        f"failed ({type(e).__name__})") from None
+            except ValueError:
+                # Not JSON (a proxy's error page, an answer cut short): never the text,
+                # it may hold part of a token.
+                raise GrantUnavailable(f"the answer of {self.account.msal_authority} to "
+                                       "the token request was not valid JSON (a proxy in "
+                                       "between, or the answer was cut short)") from None
             finally:
                 self._save()
         return self._interpret(result)
