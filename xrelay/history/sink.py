@@ -124,13 +124,15 @@ class SqliteHistory(_Recording, Service):
 
     def __init__(self, path: str, days: int, subjects: bool = True,
                  message_ids: bool = True, reactor: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_mb: int = 0) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self.path = path
         self.days = days
+        #: C{delivery.history_max_mb}: the oldest messages go first beyond it.
+        self.max_mb = max_mb
         self.reactor = reactor
         self.clock = clock
         self.store = HistoryStore(path, self._warn_from_thread, subjects, message_ids)
@@ -276,8 +278,16 @@ class SqliteHistory(_Recording, Service):
         self.reactor.callFromThread(log.info, "message history: {problem}", problem=text)
 
     def _prune(self) -> float:
+        """Forget what is older than history_days, then the oldest beyond
+        history_max_mb (in the writer thread: never on the reactor)."""
         now = self.clock()
         self.store.prune(now - self.days * DAY)
+        if self.max_mb:
+            forgotten = self.store.prune_to_size(self.max_mb * 1024 * 1024)
+            if forgotten:
+                self._info_from_thread(
+                    f"{forgotten} of the oldest messages forgotten to keep {self.path} "
+                    f"within delivery.history_max_mb = {self.max_mb}")
         return now
 
 
@@ -309,7 +319,8 @@ def open_history(config: Config, reactor: Any = None) -> Any:
         return NullHistory()
     return SqliteHistory(history_path(config.server.state_dir),
                          config.delivery.history_days, config.delivery.history_subject,
-                         config.delivery.history_message_id, reactor=reactor)
+                         config.delivery.history_message_id, reactor=reactor,
+                         max_mb=config.delivery.history_max_mb)
 
 
 def history_for(delivery: Any, config: Config) -> Any:

@@ -276,6 +276,56 @@ class HistoryStore:
             self.warn(f"could not prune the message history {self.path}: {e}")
             return 0
 
+    def prune_to_size(self, max_bytes: int) -> int:
+        """
+        Forget the oldest messages until the database's used pages fit in
+        C{max_bytes} (the free pages are reused by later writes, so the file stops
+        growing there; nothing is rewritten, which would need as much space again).
+        Returns how many messages were forgotten.
+        """
+        if max_bytes <= 0:
+            return 0
+        forgotten = 0
+        try:
+            if self.db is None:
+                self._connect()
+            db = self.db
+            assert db is not None
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            for _ in range(100):  # a bound, not a loop for ever on a strange file
+                pages, free = (db.execute("PRAGMA page_count").fetchone()[0],
+                               db.execute("PRAGMA freelist_count").fetchone()[0])
+                if (pages - free) * page_size <= max_bytes:
+                    break
+                total = db.execute("SELECT count(*) FROM message").fetchone()[0]
+                if not total:
+                    break
+                # A tenth at a time, oldest first, then look again.
+                cut = db.execute(
+                    "SELECT received_at FROM message ORDER BY received_at LIMIT 1 "
+                    "OFFSET ?", (max(total // 10, 1) - 1,)).fetchone()[0]
+                forgotten += self._forget_up_to(db, cut)
+            return forgotten
+        except (sqlite3.Error, OSError) as e:
+            if self.db is not None and self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if not _no_room(e):
+                self.warn(f"could not bound the message history {self.path}: {e}")
+            return forgotten
+
+    def _forget_up_to(self, db: sqlite3.Connection, cut: float) -> int:
+        old = "SELECT entry_id FROM message WHERE received_at <= ?"
+        db.execute("BEGIN")
+        db.execute(f"DELETE FROM attempt WHERE entry_id IN ({old})", (cut,))
+        db.execute(f"DELETE FROM recipient WHERE entry_id IN ({old})", (cut,))
+        count = int(db.execute("DELETE FROM message WHERE received_at <= ?",
+                               (cut,)).rowcount)
+        db.execute("COMMIT")
+        return count
+
     # -- the records (called inside write's transaction) ---------------------------
 
     def _received(self, db: sqlite3.Connection, message: AcceptedMessage) -> None:
