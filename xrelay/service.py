@@ -238,6 +238,7 @@ def makeService(config: Config, reactor: Any = None,
 
     from xrelay.delivery import DeliveryEngine
     from xrelay.history import open_history
+    from xrelay.operations.listing import ListedSpool
     from xrelay.inbound import InboundService
     from xrelay.operations.control import ControlService
     from xrelay.operations.events import FanOutEvents, guarded
@@ -270,7 +271,9 @@ def makeService(config: Config, reactor: Any = None,
     # queue ...` from editing the spool behind the daemon's back, before recovery.
     top.control = ControlService(top, reactor=reactor)
     top.control.setServiceParent(top)
-    top.spool = Spool(os.path.join(config.server.state_dir, "spool"), reactor=reactor)
+    # The listing of the queue is served from what the daemon remembers (issue 24).
+    top.spool = ListedSpool(Spool(os.path.join(config.server.state_dir, "spool"),
+                                  reactor=reactor))
     RecoveringSpoolService(top.spool).setServiceParent(top)
 
     top.tokens = TokenService(config, reactor=reactor, events=top.events)

@@ -216,13 +216,18 @@ class ControlHandlers:
                             ) -> list[dict[str, Any]]:
         # Read in a thread: 40,000 records read on the reactor thread stopped every
         # SMTP session for 2.6 s.
-        queue = self.queue()
+        # From memory where the spool remembers (ListedSpool), else read; in a thread
+        # either way: 40,000 records read on the reactor stopped every SMTP session
+        # for 2.6 s.
+        spool = self.relay.spool
+        listing = getattr(spool, "listing", None)
+        read = (lambda: listing(state)) if listing is not None else \
+            (lambda: list(self.queue().entries(state)))
         reactor = getattr(self.relay, "reactor", None)
         if reactor is None or not hasattr(reactor, "getThreadPool"):
-            return [describe_entry(e) for e in queue.entries(state)]
-        return await deferToThreadPool(
-            reactor, reactor.getThreadPool(),
-            lambda: [describe_entry(e) for e in queue.entries(state)])
+            return [describe_entry(e) for e in read()]
+        return await deferToThreadPool(reactor, reactor.getThreadPool(),
+                                       lambda: [describe_entry(e) for e in read()])
 
     async def op_queue_show(self, event: Any, id: str) -> dict[str, Any]:
         q = self.queue()
