@@ -168,10 +168,17 @@ class DeliveryEngine(Service):
         # A retry time can be at most max_retry_interval away; one further off was set
         # by a clock that ran ahead (or the clock was stepped back since).
         latest = self.clock.seconds() + self.policy.max_retry_interval
+        clamped = 0
         for state in (QUEUED, DEFERRED):
             for entry in self.spool.entries(state):
+                clamped += state == DEFERRED and entry.next_attempt > latest
                 self._enqueue(entry, min(entry.next_attempt, latest)
                               if state == DEFERRED else 0.0)
+        if clamped:
+            log.warn("{count} deferred messages had a retry time further away than "
+                     "max_retry_interval (the clock was ahead when it was set, or was "
+                     "stepped back since): retried within max_retry_interval",
+                     count=clamped)
         self._clock_watch = watch_for(self.clock)
         if self._clock_watch is not None:
             self._clock_watch.subscribe(self._clock_stepped)
