@@ -347,17 +347,24 @@ def queue_command(args: argparse.Namespace) -> int:
         return _usage("--all goes with retry only")
     config = config_from(args)
     if args.action == "list":
-        entries = _ask(config, "queue.list", state=args.state)
         if args.json:
-            print(json.dumps(entries, indent=1))
-        else:
-            for e in entries:
-                last = f"\tlast: {e['last_reply']}" if e["last_reply"] else ""
-                if e.get("problem"):
-                    last += f"\tproblem: {e['problem']}"
-                print(f"{e['id']}\t{e['state']}\t{e['attempts']} attempts\t<{e['sender']}> "
-                      f"-> {', '.join(e['recipients']) or '-'}{last}")
-            print(f"# {len(entries)} entries")
+            print(json.dumps(_ask(config, "queue.list", state=args.state), indent=1))
+            return EXIT_OK
+        # Only the fields printed: a third of the bytes at 40,000 entries.
+        fields = ["id", "state", "attempts", "sender", "recipients", "last_reply",
+                  "problem"]
+        answer = _ask(config, "queue.list", state=args.state, fields=fields)
+        rows = answer["rows"] if isinstance(answer, dict) else [
+            [e.get(f) for f in fields] for e in answer]  # a daemon from before
+        out = []
+        for entry_id, state, attempts, sender, recipients, last_reply, problem in rows:
+            last = f"\tlast: {last_reply}" if last_reply else ""
+            if problem:
+                last += f"\tproblem: {problem}"
+            out.append(f"{entry_id}\t{state}\t{attempts} attempts\t<{sender}> "
+                       f"-> {', '.join(recipients) or '-'}{last}\n")
+        sys.stdout.write("".join(out))
+        print(f"# {len(rows)} entries")
         return EXIT_OK
     if args.action == "show":
         entry = _ask(config, "queue.show", id=args.id)
