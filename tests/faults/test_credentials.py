@@ -83,3 +83,25 @@ def test_an_answer_that_is_not_json_leaves_no_fragment_and_no_traceback(
     for text in (log, stderr):
         assert "access_token" not in text and "eyJ" not in text, text
         assert "Traceback" not in text, text
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_folder_where_the_secret_file_was_keeps_the_token(world: World,
+                                                            tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text(Path(world.sandbox.default_account()["client_secret_file"])
+                      .read_text())
+    secret.chmod(0o600)
+    world.write_config(client_secret_file=str(secret))
+    relay = world.start()
+    yield world.listening(relay)
+    yield deferToThread(send, world.port, "before")
+    yield world.delivered(1)
+    secret.unlink()
+    secret.mkdir()  # restored from a backup the wrong way
+    yield wait_for_log(relay, f"cannot read {secret} (Is a directory)")
+    yield deferToThread(send, world.port, "during")
+    subjects = yield world.delivered(2)
+    assert subjects == ["before", "during"]
+    yield world.stop(relay)
+    assert_clean(relay.log())

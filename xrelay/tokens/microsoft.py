@@ -106,6 +106,18 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def _client_credential(account: AccountConfig) -> Any:
+    try:
+        return _read_client_credential(account)
+    except OSError as e:
+        # A folder where the file should be, a file the service cannot read, a file
+        # being replaced: the token in hand is kept, and the next try reads again.
+        raise GrantUnavailable(
+            f"cannot read {e.filename or 'a credential file'} ({e.strerror or e}); "
+            "nothing was sent to the identity platform and the current token is kept; "
+            "check the file (root:xrelay 0640)") from None
+
+
+def _read_client_credential(account: AccountConfig) -> Any:
     if account.client_secret_file:
         with open(account.client_secret_file, encoding="utf-8") as f:
             secret = f.read().strip()
@@ -340,6 +352,8 @@ class MicrosoftGrant:
         cache = msal.SerializableTokenCache()
         try:
             return build_application(self.account, self.bundle, cache, public), cache
+        except GrantUnavailable as e:  # an empty or unreadable secret file: say which
+            raise SignInFailed(self.account.name, e.reason) from None
         except (ValueError, requests.RequestException, msal.exceptions.MsalError) as e:
             raise SignInFailed(self.account.name, f"cannot reach "
                                f"{self.account.msal_authority} ({type(e).__name__})") from None
