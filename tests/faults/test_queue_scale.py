@@ -99,6 +99,10 @@ def test_forty_thousand_entries_page_and_noop(world: World) -> None:
         assert 'id="queue-next"' not in last and 'id="queue-previous"' in last
         _, first = yield defer.ensureDeferred(browser.request("GET", "/queue"))
         assert "1–100 of 40,000" in first and 'id="queue-next"' in first
+        # A search over the whole queue, from what the daemon remembers.
+        _, found = yield defer.ensureDeferred(
+            browser.request("GET", "/queue?q=000000.039999-1"))
+        assert "1–1 of 1" in found and "20260101T000000.039999-1-000000" in found
     finally:
         noops.stop.set()
         yield deferToThread(noops.join, 30)

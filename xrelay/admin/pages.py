@@ -340,7 +340,10 @@ def _queue_counts(page: Any) -> list[Any]:
     for state, count in page.counts.items():
         links += [" · ", tags.a(f"{state} {count:,}", href=f"/queue?state={state}",
                                 id=f"filter-{state}")]
-    here = f"?state={page.state}&" if page.state else "?"
+    query = [("state", page.state)] if page.state else []
+    if page.text:
+        query.append(("q", page.text))
+    here = f"?{urlencode(query)}&" if query else "?"
     first, last = page.offset + 1, page.offset + len(page.entries)
     pager: list[Any] = [tags.span(f"{first:,}–{last:,} of {page.total:,}" if page.total
                                   else "nothing here", id="queue-range")]
@@ -350,8 +353,14 @@ def _queue_counts(page: Any) -> list[Any]:
     if page.offset + page.size < page.total:
         pager += [" ", tags.a("next ›", id="queue-next",
                               href=f"/queue{here}offset={page.offset + page.size}")]
+    search = tags.form(method="get", action="/queue", class_="inline")(
+        *([tags.input(type="hidden", name="state", value=page.state)]
+          if page.state else []),
+        tags.input(type="search", name="q", value=page.text or "", id="queue-search",
+                   placeholder="id, sender or recipient"),
+        tags.button("Search", type="submit"))
     return [tags.p(*links, id="queue-counts", class_="small"),
-            tags.p(*pager, class_="small")]
+            tags.p(search, " ", *pager, class_="small")]
 
 
 def _entry_form(action: str, entry_id: str, label: str, button_id: str, csrf: str,

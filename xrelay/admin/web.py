@@ -361,7 +361,7 @@ class AdminSite(Resource):
 
     async def queue_page(self, request: Any, session: Session) -> bytes:
         from xrelay.lifecycle import STATES as LIVE
-        from xrelay.operations.queue import SHOWN_STATES, queue_slice
+        from xrelay.operations.queue import PAGE_SIZE, SHOWN_STATES, queue_slice
 
         notice, session.notice = session.notice, None
         state = self._form(request, "state") or None
@@ -373,8 +373,10 @@ class AdminSite(Resource):
             offset = 0
         # Only the page's rows are read, in a thread: 40,000 entries blocked every
         # SMTP session for 24 s when the whole queue was read and rendered here.
+        text = (self._form(request, "q") or "").strip()[:200] or None
         page = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                       queue_slice, self.spool, state, offset)
+                                       queue_slice, self.spool, state, offset, PAGE_SIZE,
+                                       text)
         return await self._html(pages.Page("queue", pages.queue_body(
             page.entries, session.csrf_token, page), csrf=session.csrf_token,
             notice=notice, current="queue"))
