@@ -4,9 +4,10 @@ the date at boot), noticed and absorbed so that delays keep their length.
 
 Twisted's reactor schedules C{callLater} on C{time.time()} (twisted/twisted#2424): a
 step back of an hour delays every pending timer by that hour, a step forward fires them
-all at once.  L{ClockWatch} compares the wall clock with the monotonic clock from a
-thread (which sleeps on the monotonic clock, so a step cannot put it to sleep); when
-they part by more than L{THRESHOLD} it wakes the reactor, which
+all at once.  L{ClockWatch} compares the wall clock with the monotonic clock at every
+turn of the reactor, before due timers run, and from a thread (which sleeps on the
+monotonic clock, so a step cannot put it to sleep, and wakes the reactor); when they
+part by more than L{THRESHOLD} the reactor thread
 
   - moves every pending timer by the step (C{IDelayedCall.reset}, public API), so each
     fires after the delay it was set for;
@@ -78,6 +79,7 @@ class ClockWatch:
         if self._thread is not None:
             return
         self._offset = self.wall() - self.monotonic()
+        self._hook()
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="xrelay-clock",
                                         daemon=True)
@@ -88,6 +90,27 @@ class ClockWatch:
         if self._users == 0 and self._thread is not None:
             self._stop.set()
             self._thread = None
+            if getattr(self.reactor.__dict__.get("runUntilCurrent"), "clock_watch",
+                       None) is self:
+                del self.reactor.runUntilCurrent  # the reactor's own method again
+
+    def _hook(self) -> None:
+        """
+        Look for a step at every turn of the reactor, before it runs the timers that
+        are due: after a step forward, nothing may run on the jumped clock before the
+        step is handled (a retry deferred then would be moved six days on).
+        C{runUntilCurrent} is the reactor's public method that runs due timers.
+        """
+        original = getattr(self.reactor, "runUntilCurrent", None)
+        if original is None or getattr(original, "clock_watch", None) is not None:
+            return
+
+        def runUntilCurrent() -> None:
+            self.check()
+            original()
+
+        runUntilCurrent.clock_watch = self  # type: ignore[attr-defined]
+        self.reactor.runUntilCurrent = runUntilCurrent
 
     def _watch(self) -> None:
         stop = self._stop

@@ -15,25 +15,14 @@ from typing import Any, Callable
 
 import attrs
 import pytest
-import pytest_twisted
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
-from twisted.python.filepath import FilePath
 
 from tests.conftest import RelayProcess, free_port
+from tests.test_end_to_end import sandbox  # noqa: F401 (fixture: the sandbox in this process)
 
 #: Log lines at warning level or above (twistd's file log: "<time> [<system>#<level>]").
 _LOUD = re.compile(r"#(warn|error|critical)\]")
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path):
-    from xrelay.sandbox import Sandbox
-
-    sb = Sandbox(FilePath(str(tmp_path / "sandbox")), reactor=reactor)
-    sb.start()
-    yield sb
-    pytest_twisted.blockon(sb.stop())
 
 
 @attrs.define
@@ -128,7 +117,7 @@ def assert_clean(log: str) -> None:
 
 
 @pytest.fixture
-def world(tmp_path: Path, sandbox, run_relay) -> World:
+def world(tmp_path: Path, sandbox, run_relay) -> World:  # noqa: F811
     w = World(tmp_path, sandbox, run_relay)
     w.write_config()
     return w

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import attrs
 from twisted.logger import Logger
 
+from xrelay.clocksteps import ClockWatch, watch_for
 from xrelay.config import AccountConfig
 from xrelay.delivery.accountstore import DayBudget, HoldStore, run_here
 from xrelay.delivery.retry import RetryPolicy
@@ -170,6 +171,8 @@ class AccountStates:
         self.hold_refused_senders = False
         self._budget_held: dict[str, float] = {}
         self._save_retry: Any = None
+        self._watch: ClockWatch | None = None
+        self._far_retries = 0
 
     # -- start-up --------------------------------------------------------------
 
@@ -238,7 +241,11 @@ class AccountStates:
                      at=clock_text(hold.until, now))
 
     def close(self) -> None:
-        """Close the budget journals (at stop)."""
+        """Close the budget journals, stop watching the clock (at stop)."""
+        if self._watch is not None:
+            self._watch.unsubscribe(self._stepped)
+            self._watch.stop()
+            self._watch = None
         if self._save_retry is not None and self._save_retry.active():
             self._save_retry.cancel()
         self._save_retry = None
@@ -342,31 +349,67 @@ class AccountStates:
                  count=moved, account_state=OK)
         self.on_resume()
 
-    def probe_now(self, account: str, why: str) -> str | None:
+    def probe_now(self, accounts: Iterable[str], why: str) -> list[str]:
         """
-        An operator asked (retry, reload, the admin page's Retry): a held account sends
-        its probe now instead of at the hold's time; the rest of its mail follows as
-        soon as the probe goes through (L{judge} resumes it).  Returns what to tell
-        the operator, or C{None} when the account is not held.
+        An operator asked (retry, reload, the admin page's Retry): each held account
+        of these sends its probe now instead of at the hold's time; the rest of its mail
+        follows as soon as the probe goes through (L{judge} resumes it).  Returns what
+        to tell the operator, a sentence per held account.
         """
-        hold = self.holds.get(account)
-        if hold is None or hold.state == OK:
-            return None
-        now = self.clock.seconds()
-        label = self._label(account, hold, now)
-        if hold.probe is not None:
-            return (f"account {account} is held ({label}); its probe is under way, the "
-                    "rest of its mail follows when it goes through")
-        hold.until = now
-        pace = self.queue.pace(account)
-        pace.paused_until = now
-        self.queue.make_due(account, now)  # one starts (the probe), the rest wait for it
-        self._save()
-        log.info("account {account}: hold ({state}) lifted for one probe now ({why}); the "
-                 "rest of its mail follows when the probe goes through", account=account,
-                 state=label, why=why)
-        return (f"account {account} was held ({label}): one probe now, the rest of its "
-                "mail follows when it goes through")
+        said = []
+        for account in dict.fromkeys(accounts):
+            hold = self.holds.get(account)
+            if hold is None or hold.state == OK:
+                continue
+            now = self.clock.seconds()
+            label = self._label(account, hold, now)
+            if hold.probe is not None:
+                said.append(f"account {account} is held ({label}); its probe is under "
+                            "way, the rest of its mail follows when it goes through")
+                continue
+            hold.until = now
+            self.queue.pace(account).paused_until = now
+            self.queue.make_due(account, now)  # one starts (the probe), the rest wait
+            self._save()
+            log.info("account {account}: hold ({state}) lifted for one probe now ({why}); "
+                     "the rest of its mail follows when the probe goes through",
+                     account=account, state=label, why=why)
+            said.append(f"account {account} was held ({label}): one probe now, the rest "
+                        "of its mail follows when it goes through")
+        return said
+
+    # -- the wall clock's steps (L{xrelay.clocksteps}) ---------------------------
+
+    def watch_clock(self) -> None:
+        """At start: a step of the wall clock moves the queue's due times and the
+        holds with it, so retries, probes and holds keep their delays."""
+        self._watch = watch_for(self.clock)
+        if self._watch is not None:
+            self._watch.subscribe(self._stepped)
+            self._watch.start()
+
+    def _stepped(self, step: float) -> None:
+        self.queue.shift(step)
+        self.shift(step)
+        self.on_resume()  # the engine looks at its queue again
+
+    def received_at(self, stamped: float) -> float:
+        """When a message arrived, on the clock now running: its age never jumps by a
+        step of the wall clock seen since."""
+        return self._watch.corrected(stamped) if self._watch is not None else stamped
+
+    def retry_time(self, next_attempt: float) -> float:
+        """A retry time read at start: never further away than max_retry_interval (one
+        that is was set by a clock that ran ahead, or the clock was stepped back)."""
+        latest = self.clock.seconds() + self.policy().max_retry_interval
+        if next_attempt > latest:
+            self._far_retries += 1
+            if self._far_retries == 1:
+                log.warn("deferred messages have retry times further away than "
+                         "max_retry_interval (the clock was ahead when they were set, or "
+                         "was stepped back since): retried within max_retry_interval")
+            return latest
+        return next_attempt
 
     # -- the daily budget ------------------------------------------------------
 

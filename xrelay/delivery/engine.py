@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from xrelay.clocksteps import ClockWatch, watch_for
 from xrelay.config import AccountConfig, Config
 from xrelay.delivery.accounts import AccountStates, AccountStatus
 from xrelay.delivery.bounce import (BounceNotSpooled, FailedRecipient, spool_bounce,
@@ -124,7 +123,6 @@ class DeliveryEngine(Service):
         self._unsettled: dict[str, Any] = {}
         self._timer: Any = None
         self._stopping = False
-        self._clock_watch: ClockWatch | None = None
         self.accounts = AccountStates(self.queue, self.clock, lambda: self.policy,
                                       lambda: self._pump(), state_dir)
         #: Where each attempt's result goes for the message trace (IMessageHistory).
@@ -165,24 +163,13 @@ class DeliveryEngine(Service):
         self._stopping = False
         self.spool.recover()
         self.accounts.restore(self.config.accounts)
-        # A retry time can be at most max_retry_interval away; one further off was set
-        # by a clock that ran ahead (or the clock was stepped back since).
-        latest = self.clock.seconds() + self.policy.max_retry_interval
-        clamped = 0
+        # A retry time further than max_retry_interval away is from a clock that ran
+        # ahead (or was stepped back since): L{AccountStates.retry_time} clamps it.
         for state in (QUEUED, DEFERRED):
             for entry in self.spool.entries(state):
-                clamped += state == DEFERRED and entry.next_attempt > latest
-                self._enqueue(entry, min(entry.next_attempt, latest)
+                self._enqueue(entry, self.accounts.retry_time(entry.next_attempt)
                               if state == DEFERRED else 0.0)
-        if clamped:
-            log.warn("{count} deferred messages had a retry time further away than "
-                     "max_retry_interval (the clock was ahead when it was set, or was "
-                     "stepped back since): retried within max_retry_interval",
-                     count=clamped)
-        self._clock_watch = watch_for(self.clock)
-        if self._clock_watch is not None:
-            self._clock_watch.subscribe(self._clock_stepped)
-            self._clock_watch.start()
+        self.accounts.watch_clock()
         log.info("delivery started with {count} messages waiting", count=len(self.queue))
         self._pump()
 
@@ -194,10 +181,6 @@ class DeliveryEngine(Service):
         super().stopService()
         self._stopping = True
         self.accounts.close()
-        if self._clock_watch is not None:
-            self._clock_watch.unsubscribe(self._clock_stepped)
-            self._clock_watch.stop()
-            self._clock_watch = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -271,29 +254,12 @@ class DeliveryEngine(Service):
         self._pump()
 
     def lift_holds(self, accounts: Iterable[str] | None, why: str) -> list[str]:
-        """
-        An operator asked for mail to flow (retry, reload): each held account of these
-        (C{None}: every account) sends one probe now.  Returns a sentence per held
-        account, for the operator.
-        """
-        names = [a.name for a in self.config.accounts] if accounts is None else accounts
-        said = [note for name in dict.fromkeys(names)
-                if (note := self.accounts.probe_now(name, why)) is not None]
+        """An operator asked (retry, reload): each held account of these (C{None}: all)
+        probes now; a sentence per held account, for the operator."""
+        said = self.accounts.probe_now(
+            [a.name for a in self.config.accounts] if accounts is None else accounts, why)
         self._pump()
         return said
-
-    def _clock_stepped(self, step: float) -> None:
-        """The wall clock stepped (L{xrelay.clocksteps}): due times and holds move with
-        it, so retries keep their delays."""
-        self.queue.shift(step)
-        self.accounts.shift(step)
-        self._pump()
-
-    def _received_at(self, entry: SpoolEntry) -> float:
-        """When the entry arrived, on the clock now running (its age never jumps)."""
-        watch = self._clock_watch
-        return watch.corrected(entry.received_at) if watch is not None else \
-            entry.received_at
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -490,7 +456,8 @@ class DeliveryEngine(Service):
                 temporary.append(r)
             else:
                 permanent.append(FailedRecipient(recipient, r.reply))
-        if temporary and self.policy.expired(self._received_at(entry), now):
+        if temporary and self.policy.expired(self.accounts.received_at(entry.received_at),
+                                             now):
             permanent += [FailedRecipient(r.recipient, r.reply, expired=True)
                           for r in temporary]
             temporary = []
@@ -592,7 +559,7 @@ class DeliveryEngine(Service):
         oldest = math.inf
         for state in (QUEUED, ACTIVE, DEFERRED):
             for entry in self.spool.entries(state):
-                oldest = min(oldest, self._received_at(entry))
+                oldest = min(oldest, self.accounts.received_at(entry.received_at))
                 break  # ids sort by arrival: the first is the oldest
         return EngineStatus(
             counts=self.spool.counts(),
