@@ -16,8 +16,11 @@
 #   /usr/local/bin/xrelay           the admin command, run as the user xrelay
 #   /etc/systemd/system/xrelay.service
 #
-# Environment: PYTHON (default python3, 3.11 or newer, with its venv module: Debian's
-# python3-venv).  pip's own settings (PIP_INDEX_URL, /etc/pip.conf, ...) apply.
+# Environment: PYTHON (default the system's /usr/bin/python3; 3.11 or newer, with its
+# venv module: Debian's python3-venv).  It must be one the service user can run (the
+# venv keeps using it): a Python built under /root (pyenv) is refused with the reason.
+# pip's own settings (PIP_INDEX_URL, /etc/pip.conf, ...) apply.  The script ends with a
+# self-test run as the service user, and fails loudly when that does not work.
 set -eu
 
 PREFIX=/opt/xrelay
@@ -26,7 +29,9 @@ STATE_DIR=/var/lib/xrelay
 UNIT=/etc/systemd/system/xrelay.service
 COMMAND=/usr/local/bin/xrelay
 SERVICE_USER=xrelay
-PYTHON=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 SOURCE=${1:-$HERE}
@@ -60,6 +65,13 @@ if ! getent passwd "$SERVICE_USER" >/dev/null; then
   useradd --system --gid "$SERVICE_USER" --home-dir "$STATE_DIR" --no-create-home \
     --shell /usr/sbin/nologin --comment "xrelay SMTP relay" "$SERVICE_USER"
   changed "created user $SERVICE_USER"
+fi
+
+# -- a Python the service user can run --------------------------------------------------
+# The venv runs on this interpreter for ever: root being able to run it is not enough.
+PYTHON_PATH=$(command -v "$PYTHON" 2>/dev/null) || die "$PYTHON not found; set PYTHON=..."
+if ! why=$(cd / && runuser -u "$SERVICE_USER" -- "$PYTHON_PATH" -c 'import sys, venv, ssl, sqlite3' 2>&1); then
+  die "refused: the service user $SERVICE_USER cannot run $PYTHON_PATH ($(printf '%s' "$why" | tail -n 1)); the relay would run on it.  Use the system Python (unset PYTHON, or PYTHON=/usr/bin/python3 with Debian's python3-venv) or one installed where $SERVICE_USER can read it (not under /root)"
 fi
 
 # -- folders: created once, their modes and owners restored on every run -------------
@@ -150,6 +162,11 @@ if [ -d /run/systemd/system ]; then
   [ "$unit_before" = "$(cat "$UNIT")" ] || systemctl daemon-reload
   # An upgrade takes effect now; a relay that is not running stays stopped.
   [ "$CHANGED" = 0 ] || systemctl try-restart xrelay.service
+fi
+
+# -- self-test: the installed command, as the service user ----------------------------
+if ! why=$(cd / && runuser -u "$SERVICE_USER" -- "$PREFIX/bin/xrelay" --version 2>&1); then
+  die "self-test failed: the service user $SERVICE_USER cannot run $PREFIX/bin/xrelay ($(printf '%s' "$why" | tail -n 1)); the service would not start.  Rebuild $PREFIX on a Python $SERVICE_USER can run: rm -rf $PREFIX and run this script again with PYTHON=/usr/bin/python3"
 fi
 
 if [ "$CHANGED" = 0 ]; then

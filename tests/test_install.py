@@ -173,6 +173,9 @@ def test_install_sh_in_a_fresh_root(fresh_root: Path, sandbox) -> None:  # noqa:
     check = yield threads.deferToThread(
         run_in_root, root, "/usr/local/bin/xrelay", "check-config")
     assert check.returncode == 0, check.stdout + check.stderr
+    # The recommended root:xrelay 0640 draws no warning (its "chmod 600" advice, once
+    # followed, left the service unable to read its secret).
+    assert "# warning:" not in check.stdout, check.stdout
     check = yield threads.deferToThread(
         run_in_root, root, "/opt/xrelay/bin/xrelay", "check-config")
     assert "# /etc/xrelay/xrelay.toml: readable by the service user xrelay" in check.stdout
@@ -234,3 +237,24 @@ def test_install_sh_in_a_fresh_root(fresh_root: Path, sandbox) -> None:  # noqa:
     assert version.stdout == f"xrelay {new_version}\n", version.stdout + version.stderr
     assert {k: v for k, v in snapshot(root).items() if k.startswith("var/lib")} == \
         state_before
+
+
+@pytest.mark.timeout(600)
+def test_install_sh_refuses_a_python_the_service_user_cannot_run(fresh_root: Path
+                                                                 ) -> None:
+    """A Python that root can run but the service user cannot (built under /root, as
+    pyenv does): refused before anything is built, with the reason and the fix."""
+    root = fresh_root
+    private = root / "root/pyenv/bin"
+    private.mkdir(parents=True)
+    (private / "python3").symlink_to("/usr/bin/python3")
+    (root / "root").chmod(0o700)
+    result = run_in_root(root, "/bin/sh", "/src/contrib/install.sh",
+                         env={"PYTHON": "/root/pyenv/bin/python3"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(
+        "xrelay install: refused: the service user xrelay cannot run "
+        "/root/pyenv/bin/python3 ("), result.stderr
+    assert "Permission denied" in result.stderr
+    assert "Use the system Python (unset PYTHON" in result.stderr
+    assert not (root / "opt/xrelay").exists()  # nothing built on it

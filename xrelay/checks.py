@@ -40,9 +40,69 @@ def problems(config: Config) -> list[str]:
     return found
 
 
+def _user(uid: int) -> str:
+    """A user's name for a fix an operator types (the uid when it has none)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _subfolder_problem(path: str, me: int) -> str | None:
+    """
+    Every folder under the state folder must be the relay's and writable (a spool
+    restored from a backup as root passed the check and stopped the daemon with a
+    PermissionError): one line for all, with the fix.
+    """
+    wrong: list[str] = []
+    pending = [path]
+    while pending and len(wrong) < 100:
+        try:
+            with os.scandir(pending.pop()) as found:
+                for item in found:
+                    if not item.is_dir(follow_symlinks=False):
+                        continue
+                    pending.append(item.path)
+                    st = item.stat(follow_symlinks=False)
+                    if st.st_uid != me or not os.access(item.path, os.W_OK | os.X_OK):
+                        wrong.append(item.path)
+        except OSError as e:
+            return f"a folder under {path} cannot be read ({e.strerror}); chown -R " \
+                   f"{_user(me)} {path}"
+    if not wrong:
+        return None
+    first = wrong[0]
+    try:
+        owner = _user(os.stat(first).st_uid)
+    except OSError:
+        owner = "?"
+    more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+    return (f"{first}{more} is owned by {owner} or not writable, but xrelay runs as "
+            f"{_user(me)}: chown -R {_user(me)} {path}")
+
+
 def _state_dir_problem(path: str) -> str | None:
-    """The state folder must exist or be creatable, be writable, be ours, be private."""
+    """The state folder must exist or be creatable, be writable, be ours, be private;
+    so must every folder in it."""
     me = os.geteuid()
+    problem = _state_dir_itself(path, me)
+    if problem is None and os.path.isdir(path):
+        problem = _subfolder_problem(path, me)
+    return problem
+
+
+def _state_dir_itself(path: str, me: int) -> str | None:
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -51,23 +111,23 @@ def _state_dir_problem(path: str) -> str | None:
             parent = os.path.dirname(parent)
         if not os.access(parent, os.W_OK | os.X_OK):
             return (f"{path} does not exist and cannot be created ({parent} is not "
-                    f"writable by uid {me}); create it owned by the user xrelay runs as, "
-                    "mode 0700")
+                    f"writable by {_user(me)}); create it owned by the user xrelay runs "
+                    "as, mode 0700")
         return None
     except OSError as e:
         return f"{path} cannot be examined ({e.strerror}); fix its permissions"
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a folder; point state_dir at a folder"
     if st.st_uid != me:
-        return (f"{path} is owned by uid {st.st_uid}, but xrelay runs as uid {me}: "
-                f"another user could move the spool; chown -R {me} {path} (run "
+        return (f"{path} is owned by {_user(st.st_uid)}, but xrelay runs as {_user(me)}: "
+                f"another user could move the spool; chown -R {_user(me)} {path} (run "
                 "check-config as the relay's user, e.g. sudo -u xrelay)")
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         return (f"{path} is writable by group or others (mode {mode:04o}): another local "
                 f"user could move or plant spool files; chmod 700 {path}")
     if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable by uid {me}; chmod u+rwx {path}"
+        return f"{path} is not writable by {_user(me)}; chmod u+rwx {path}"
     return None
 
 
@@ -98,16 +158,29 @@ def _secret_modes(config: Config, where: str) -> list[str]:
         for key in ("client_secret_file", "certificate_key_file", "refresh_token_file"):
             files.append((f'accounts."{account.name}".{key}', getattr(account, key)))
     found = []
+    mine = set(os.getgroups()) | {os.getegid()}
     for key, path in files:
         if not path:
             continue
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            st = os.stat(path)
         except OSError:
             continue
-        if mode & (stat.S_IRGRP | stat.S_IROTH):
-            found.append(f"{where}: {key}: {path} is readable by group or others (mode "
-                         f"{mode:04o}); chmod 600 {path}")
+        mode = stat.S_IMODE(st.st_mode)
+        if not mode & (stat.S_IRGRP | stat.S_IROTH):
+            continue
+        # The recommended root:xrelay 0640 (README, install.sh): root owns it, the
+        # relay's group may read it, nobody else.
+        if not mode & (stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH) and st.st_uid in (
+                0, os.geteuid()) and (st.st_gid in mine or _group(st.st_gid) == "xrelay"):
+            continue
+        if mode & stat.S_IROTH:
+            who = "others"
+        else:
+            who = f"the group {_group(st.st_gid)}"
+        group = "xrelay" if os.geteuid() == 0 else _group(os.getegid())
+        found.append(f"{where}: {key}: {path} is readable by {who} (mode {mode:04o}); "
+                     f"chown root:{group} {path} && chmod 640 {path}")
     return found
 
 

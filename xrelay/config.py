@@ -810,6 +810,10 @@ class DeliveryConfig:
     history_message_id: bool = attrs.field(
         validator=_boolean, default=True, metadata={"doc": (
         "Record each message's Message-ID: in the message trace; false for privacy.")})
+    history_max_mb: int = attrs.field(validator=_at_least(0), default=500, metadata={"doc": (
+        "Size bound of the message trace in MB (about 1.2 KB a message): when the file "
+        "grows past it, the oldest messages are forgotten first, whatever history_days "
+        "says; 0 for no bound.")})
 
 
 @attrs.frozen

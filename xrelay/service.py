@@ -314,6 +314,7 @@ def makeService(config: Config, reactor: Any = None,
 
     from xrelay.delivery import DeliveryEngine
     from xrelay.history import open_history
+    from xrelay.operations.listing import ListedSpool
     from xrelay.inbound import InboundService
     from xrelay.operations.control import ControlService
     from xrelay.events import FanOutEvents, guarded
@@ -346,8 +347,9 @@ def makeService(config: Config, reactor: Any = None,
     # queue ...` from editing the spool behind the daemon's back, before recovery.
     top.control = ControlService(top, reactor=reactor)
     top.control.setServiceParent(top)
-    top.spool = spool if spool is not None else Spool(
-        os.path.join(config.server.state_dir, "spool"), reactor=reactor)
+    # The listing of the queue is served from what the daemon remembers (issue 24).
+    top.spool = ListedSpool(spool if spool is not None else Spool(
+        os.path.join(config.server.state_dir, "spool"), reactor=reactor))
     RecoveringSpoolService(top.spool).setServiceParent(top)
 
     unknown = sorted(set(token_sources or ()) - {a.name for a in config.accounts})

@@ -480,8 +480,9 @@ async def test_gmail_daily_limit_holds_until_the_rolling_day(relay: Relay) -> No
     relay.clock.advance(600)
     relay.receive(4)
     await relay.idle()
+    # Tomorrow: the time carries its date (a bare "22:13" read as today).
     assert relay.state() == "daily limit reached (resumes at %s)" % time.strftime(
-        "%H:%M", time.localtime(START + 86400))
+        "%Y-%m-%d %H:%M", time.localtime(START + 86400))
     status = relay.engine.status().accounts["sandbox"]
     assert "550-5.4.5" not in (status.reason or "") and "5.4.5" in status.reason
     attempts = relay.attempts()
@@ -543,3 +544,27 @@ async def test_a_connection_lost_mid_message_is_that_messages_trouble(relay: Rel
     assert relay.mails == 1
     await relay.advance(60)
     assert relay.mails == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_as_bounce_names_the_refused_from_address_and_the_fix_once(
+        relay: Relay) -> None:
+    """Exchange refused the From: address (the envelope sender may send): the bounce
+    names the address Exchange named, says it was the From:, gives the fix once, and
+    does not claim the mail "stays queued" while it is being returned."""
+    relay.start(first_retry=60)
+    relay.sandbox.exchange.fail_next("END_OF_DATA", relay.sandbox.exchange.send_as_denied(
+        relay.account.user, "ceo@example.com"))
+    relay.receive(1)
+    await relay.idle()
+    import email
+
+    [bounce] = [m for m in relay.sandbox.mailbox.messages if m.rcpt_to == (MAILBOX_SENDER,)]
+    dsn = email.message_from_bytes(bounce.data)
+    text = " ".join(dsn.get_payload()[0].get_payload(decode=True).decode().split())
+    assert (f"Exchange did not let the upstream mailbox {relay.account.user} send as "
+            f"ceo@example.com (the From: address of the message; its envelope sender was "
+            f"{MAILBOX_SENDER})") in text, text
+    assert text.count("Add-RecipientPermission") == 1, text
+    assert "-Identity ceo@example.com" in text
+    assert "stays queued" not in text and "stay queued" not in text

@@ -98,7 +98,14 @@ def test_wrong_key_means_empty_cache_and_a_log_line(tmp_path: Path) -> None:
         assert AccountCache.open(str(tmp_path), "main", Fernet.generate_key()).read() == {}
     finally:
         globalLogPublisher.removeObserver(events.append)
-    assert any("cannot be decrypted" in e.get("log_format", "") for e in events)
+    from twisted.logger import formatEvent
+
+    # One line naming the file; the file is set aside, so it is not read (nor logged)
+    # again.
+    (line,) = [formatEvent(e) for e in events if "cannot be decrypted" in formatEvent(e)]
+    assert str(tmp_path / "tokens" / "main.cache") in line
+    assert not (tmp_path / "tokens" / "main.cache").exists()
+    assert list((tmp_path / "tokens").glob("main.cache.unreadable-*"))
 
 
 def test_account_names_cannot_escape_the_folder() -> None:

@@ -55,6 +55,25 @@ class AccountView:
     provider_state: str = "ok"
     provider_fix: str | None = None
     provider_held: bool = False
+    #: When a held account sends its next probe (or its budget frees up).
+    provider_until: float | None = None
+
+    @property
+    def mail_flow(self) -> str:
+        """
+        What decides whether its mail flows, first: a hold (why, until when), then a
+        token that stops it, then the engine's own pause; "delivering" otherwise.
+        """
+        if self.provider_held:
+            until = (f" until {local_time(self.provider_until)}"
+                     if self.provider_until and "resumes at" not in self.provider_state
+                     else "")
+            return f"held: {self.provider_state}{until}"
+        if self.state not in FINE_STATES:
+            return f"not delivering: token {self.state}"
+        if self.held_until is not None:
+            return f"held until {local_time(self.held_until)}"
+        return "delivering"
 
     @property
     def delivering(self) -> bool:
@@ -127,7 +146,8 @@ def account_views(accounts: Iterable[Any], statuses: dict[str, Any],
             hint=getattr(status, "hint", None),
             provider_state=provider.label if provider is not None else "ok",
             provider_fix=provider.fix if provider is not None and provider.held else None,
-            provider_held=bool(provider is not None and provider.held)))
+            provider_held=bool(provider is not None and provider.held),
+            provider_until=provider.next_probe if provider is not None else None))
     return views
 
 

@@ -263,14 +263,14 @@ def status_body(overall: tuple[str, bool], views: Iterable[AccountView],
         rows.append(tags.tr(id=f"account-{v.name}")(
             tags.td(tags.strong(v.name), tags.br(),
                     tags.span(address(v.user), class_="small muted")),
-            tags.td(tags.span(v.state, id=f"state-{v.name}",
-                              class_="ok" if good_token else "bad"),
+            # First what decides whether mail flows (a hold: why, until when), then
+            # the token: a held account with a good token is not "ok".
+            tags.td(tags.span(v.mail_flow, id=f"account-state-{v.name}",
+                              class_="ok" if v.delivering else "bad"),
                     tags.br(),
-                    tags.span(f"provider: {v.provider_state}", id=f"account-state-{v.name}",
-                              class_="small " + ("held" if v.provider_held else "muted")),
-                    *([tags.br(), tags.span(f"mail held until {_when(v.held_until)}",
-                                            class_="small held")]
-                      if v.held_until is not None else [])),
+                    tags.span("token: ", tags.span(v.state, id=f"state-{v.name}",
+                                                   class_="ok" if good_token else "bad"),
+                              class_="small")),
             tags.td(f"{v.provider} / {v.flow}", class_="small"),
             tags.td(_dash(v.budget), id=f"budget-{v.name}", class_="small"),
             tags.td(_dash(v.credential_expires), id=f"credential-expiry-{v.name}",
@@ -310,7 +310,11 @@ def status_body(overall: tuple[str, bool], views: Iterable[AccountView],
     ]
 
 
-def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
+def queue_body(entries: Iterable[Any], csrf: str, page: Any = None) -> list[Any]:
+    """
+    @param page: the L{xrelay.operations.queue.QueueSlice} the entries are: its counts
+        per state (links that filter), and where the page is in the whole.
+    """
     rows = []
     for e in entries:
         actions = []
@@ -339,11 +343,41 @@ def queue_body(entries: Iterable[Any], csrf: str) -> list[Any]:
     return [
         tags.form(method="post", action="/queue/retry-all")(
             csrf_field(csrf), tags.button("Retry all now", type="submit", id="retry-all")),
-        tags.p(),
+        *(_queue_counts(page) if page is not None else [tags.p()]),
         _table(["p15", "p12", "p13", "p14", "p7", "p23", "p16"],
                ["Entry", "State / next attempt", "Sender", "Recipients", "Attempts",
                 "Last reply", "Actions"], rows, id="queue"),
     ]
+
+
+def _queue_counts(page: Any) -> list[Any]:
+    """The counts per state (each a filter link) and the pager."""
+    total = sum(page.counts.values())
+    links: list[Any] = [tags.a(f"all {total:,}", href="/queue", id="filter-all")]
+    for state, count in page.counts.items():
+        links += [" · ", tags.a(f"{state} {count:,}", href=f"/queue?state={state}",
+                                id=f"filter-{state}")]
+    query = [("state", page.state)] if page.state else []
+    if page.text:
+        query.append(("q", page.text))
+    here = f"?{urlencode(query)}&" if query else "?"
+    first, last = page.offset + 1, page.offset + len(page.entries)
+    pager: list[Any] = [tags.span(f"{first:,}–{last:,} of {page.total:,}" if page.total
+                                  else "nothing here", id="queue-range")]
+    if page.offset > 0:
+        pager += [" ", tags.a("‹ previous", id="queue-previous",
+                              href=f"/queue{here}offset={max(page.offset - page.size, 0)}")]
+    if page.offset + page.size < page.total:
+        pager += [" ", tags.a("next ›", id="queue-next",
+                              href=f"/queue{here}offset={page.offset + page.size}")]
+    search = tags.form(method="get", action="/queue", class_="inline")(
+        *([tags.input(type="hidden", name="state", value=page.state)]
+          if page.state else []),
+        tags.input(type="search", name="q", value=page.text or "", id="queue-search",
+                   placeholder="id, sender or recipient"),
+        tags.button("Search", type="submit"))
+    return [tags.p(*links, id="queue-counts", class_="small"),
+            tags.p(search, " ", *pager, class_="small")]
 
 
 def _entry_form(action: str, entry_id: str, label: str, button_id: str, csrf: str,

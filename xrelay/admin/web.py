@@ -459,9 +459,25 @@ class AdminSite(Resource):
         return QueueOperations(self.spool, self.config, self.relay.delivery)
 
     async def queue_page(self, request: Any, session: Session) -> bytes:
+        from xrelay.lifecycle import STATES as LIVE
+        from xrelay.operations.queue import PAGE_SIZE, SHOWN_STATES, queue_slice
+
         notice, session.notice = session.notice, None
+        state = self._form(request, "state") or None
+        if state not in SHOWN_STATES and state not in LIVE:
+            state = None
+        try:
+            offset = max(int(self._form(request, "offset") or 0), 0)
+        except ValueError:
+            offset = 0
+        # Only the page's rows are read, in a thread: 40,000 entries blocked every
+        # SMTP session for 24 s when the whole queue was read and rendered here.
+        text = (self._form(request, "q") or "").strip()[:200] or None
+        page = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                       queue_slice, self.spool, state, offset, PAGE_SIZE,
+                                       text)
         return await self._html(pages.Page("queue", pages.queue_body(
-            self._queue().entries(), session.csrf_token), csrf=session.csrf_token,
+            page.entries, session.csrf_token, page), csrf=session.csrf_token,
             notice=notice, current="queue"))
 
     def _history_path(self) -> str:
@@ -514,8 +530,9 @@ class AdminSite(Resource):
         entry_id = self._form(request, "id") or ""
         try:
             if action == "retry":
-                await self._queue().retry(entry_id)
-                session.notice = f"{entry_id} is due now."
+                queue = self._queue()
+                await queue.retry(entry_id)
+                session.notice = " ".join([f"{entry_id} is due now."] + queue.notes)
             elif action == "bounce":
                 entry = await self._queue().bounce(entry_id)
                 session.notice = f"{entry_id} bounced to its sender."
@@ -540,8 +557,9 @@ class AdminSite(Resource):
         await self._queue_action(request, session, "bounce")
 
     async def queue_retry_all(self, request: Any, session: Session) -> None:
-        count = await self._queue().retry_all()
-        session.notice = f"{count} entries are due now."
+        queue = self._queue()
+        count = await queue.retry_all()
+        session.notice = " ".join([f"{count} entries are due now."] + queue.notes)
         self._redirect(request, "/queue")
 
     # -- browser sign-in ---------------------------------------------------------------

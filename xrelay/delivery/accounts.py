@@ -28,13 +28,15 @@ from typing import Any, Callable, Iterable, Iterator
 import attrs
 from twisted.logger import Logger
 
+from xrelay.clocksteps import ClockWatch, watch_for
 from xrelay.config import AccountConfig
-from xrelay.delivery.accountstore import DayBudget, HoldStore
+from xrelay.delivery.accountstore import DayBudget, HoldStore, run_here
 from xrelay.delivery.retry import RetryPolicy
 from xrelay.delivery.scheduler import DAY, FairQueue
 from xrelay.envelope import DeliveryResult, FailureKind, Outcome, RecipientResult, Reply
 from xrelay.replies import Decision, Hold, KnownReply, recognise
 from xrelay.statemachine import NoTransition, StateTable
+from xrelay.statefiles import prepare_folder
 
 log = Logger()
 
@@ -77,8 +79,25 @@ UNKNOWN_DAY_PROBE = 3600.0
 InvalidTransition = NoTransition
 
 
-def clock_text(at: float) -> str:
-    return time.strftime("%H:%M", time.localtime(at))
+#: Saving the holds is tried again this long after it failed (a full disk).
+SAVE_RETRY = 60.0
+
+
+def clock_text(at: float, now: float | None = None) -> str:
+    """
+    A time for an operator: "14:05" today, "2026-12-09 14:05" on another day (a
+    "resumes at 17:07" two days away must say so).  Never raises, even for a time no
+    clock can show.
+    """
+    if now is None:
+        now = time.time()
+    try:
+        when = time.localtime(at)
+        if when[:3] == time.localtime(now)[:3]:
+            return time.strftime("%H:%M", when)
+        return time.strftime("%Y-%m-%d %H:%M", when)
+    except (OverflowError, ValueError, OSError):
+        return "(no valid time)"
 
 
 @attrs.frozen
@@ -154,7 +173,8 @@ class AccountStates:
         self.policy = policy
         self.on_resume = on_resume
         directory = os.path.join(state_dir, "accounts") if state_dir else None
-        self.budget = DayBudget(directory) if directory else None
+        self.directory = directory
+        self.budget = DayBudget(directory, _in_thread(clock)) if directory else None
         self.store = HoldStore(directory) if directory else None
         self.holds: dict[str, AccountHold] = {}
         self.senders: dict[str, dict[str, str]] = {}
@@ -162,6 +182,9 @@ class AccountStates:
         #: mail instead of letting it bounce (set by the engine on every reload).
         self.hold_refused_senders = False
         self._budget_held: dict[str, float] = {}
+        self._save_retry: Any = None
+        self._watch: ClockWatch | None = None
+        self._far_retries = 0
 
     # -- start-up --------------------------------------------------------------
 
@@ -181,39 +204,77 @@ class AccountStates:
     def _journal(self, account: str, at: float, recipients: int) -> None:
         assert self.budget is not None
         self.budget.record(account, at, recipients)
-        if self.budget.appended.get(account, 0) >= JOURNAL_COMPACT_EVERY:
-            try:
-                self.budget.compact(account, self.queue.pace(account).day_records(at))
-            except OSError as e:
-                log.error("cannot compact the daily recipient count of account "
-                          "{account}: {error}", account=account, error=str(e))
+        if account in self.budget.unwritten:
+            return  # no space: the rewrite waits until an append succeeds again
+        if self.budget.appended.get(account, 0) >= JOURNAL_COMPACT_EVERY or \
+                account in self.budget.stale:
+            # Off the reactor thread (0.9 s at 500k records on the reactor was a stall).
+            self.budget.compact(account, self.queue.pace(account).day_records(at))
 
     def restore(self, accounts: Iterable[AccountConfig]) -> None:
         """The budgets and holds written before a restart."""
         now = self.clock.seconds()
         accounts = list(accounts)
+        if self.directory is not None and not prepare_folder(
+                self.directory, "account holds and daily recipient counts are kept in "
+                "memory only"):
+            self.budget = None
+            self.store = None
         self.attach(accounts)
         saved = self.store.load() if self.store is not None else {}
         names = {a.name for a in accounts}
+        policy = self.policy()
         for name, data in saved.items():
             if name not in names or data.get("state") not in STATES[1:]:
                 continue
             hold = self._hold(name)
             hold._move("hold", str(data["state"]))
-            hold.since = data.get("since")
-            hold.until = float(data.get("until") or now)
-            hold.backoff = float(data.get("backoff") or 0.0)
+            # Times from a clock that ran ahead (or a step back since): never a hold
+            # longer than it can have been set for, never a "since" in the future.
+            longest = DAY if data["state"] == Hold.DAILY_LIMIT.value else \
+                policy.max_retry_interval
+            until = float(data.get("until") or now)
+            since = data.get("since")
+            if until > now + longest or (since is not None and since > now + 300):
+                log.warn("account {account}: the saved hold runs until {until}, later "
+                         "than it can have been set for (the clock was ahead, or was "
+                         "stepped back): probing at once", account=name,
+                         until=clock_text(until, now))
+                until = now
+                since = min(since, now) if since is not None else None
+            hold.since = float(since) if since is not None else None
+            hold.until = until
+            hold.backoff = min(float(data.get("backoff") or 0.0), policy.max_retry_interval)
             hold.reason = data.get("reason")
             hold.fix = data.get("fix")
             self._pause(name, hold)
             log.warn("account {account} is still held after the restart: {state}; next "
                      "probe at {at}", account=name, state=self._label(name, hold, now),
-                     at=clock_text(hold.until))
+                     at=clock_text(hold.until, now))
 
     def close(self) -> None:
-        """Close the budget journals (at stop)."""
+        """Close the budget journals, stop watching the clock (at stop)."""
+        if self._watch is not None:
+            self._watch.unsubscribe(self._stepped)
+            self._watch.stop()
+            self._watch = None
+        if self._save_retry is not None and self._save_retry.active():
+            self._save_retry.cancel()
+        self._save_retry = None
         if self.budget is not None:
             self.budget.close()
+
+    def shift(self, step: float) -> None:
+        """The wall clock stepped: holds keep their length (the queue's paces are the
+        queue's to move)."""
+        for hold in self.holds.values():
+            if hold.until:
+                hold.until += step
+            if hold.since is not None:
+                hold.since += step
+        self._budget_held = {name: at + step for name, at in self._budget_held.items()}
+        if any(h.state != OK for h in self.holds.values()):
+            self._save()
 
     # -- around each attempt ---------------------------------------------------
 
@@ -300,6 +361,68 @@ class AccountStates:
                  count=moved, account_state=OK)
         self.on_resume()
 
+    def probe_now(self, accounts: Iterable[str], why: str) -> list[str]:
+        """
+        An operator asked (retry, reload, the admin page's Retry): each held account
+        of these sends its probe now instead of at the hold's time; the rest of its mail
+        follows as soon as the probe goes through (L{judge} resumes it).  Returns what
+        to tell the operator, a sentence per held account.
+        """
+        said = []
+        for account in dict.fromkeys(accounts):
+            hold = self.holds.get(account)
+            if hold is None or hold.state == OK:
+                continue
+            now = self.clock.seconds()
+            label = self._label(account, hold, now)
+            if hold.probe is not None:
+                said.append(f"account {account} is held ({label}); its probe is under "
+                            "way, the rest of its mail follows when it goes through")
+                continue
+            hold.until = now
+            self.queue.pace(account).paused_until = now
+            self.queue.make_due(account, now)  # one starts (the probe), the rest wait
+            self._save()
+            log.info("account {account}: hold ({state}) lifted for one probe now ({why}); "
+                     "the rest of its mail follows when the probe goes through",
+                     account=account, state=label, why=why)
+            said.append(f"account {account} was held ({label}): one probe now, the rest "
+                        "of its mail follows when it goes through")
+        return said
+
+    # -- the wall clock's steps (L{xrelay.clocksteps}) ---------------------------
+
+    def watch_clock(self) -> None:
+        """At start: a step of the wall clock moves the queue's due times and the
+        holds with it, so retries, probes and holds keep their delays."""
+        self._watch = watch_for(self.clock)
+        if self._watch is not None:
+            self._watch.subscribe(self._stepped)
+            self._watch.start()
+
+    def _stepped(self, step: float) -> None:
+        self.queue.shift(step)
+        self.shift(step)
+        self.on_resume()  # the engine looks at its queue again
+
+    def received_at(self, stamped: float) -> float:
+        """When a message arrived, on the clock now running: its age never jumps by a
+        step of the wall clock seen since."""
+        return self._watch.corrected(stamped) if self._watch is not None else stamped
+
+    def retry_time(self, next_attempt: float) -> float:
+        """A retry time read at start: never further away than max_retry_interval (one
+        that is was set by a clock that ran ahead, or the clock was stepped back)."""
+        latest: float = self.clock.seconds() + self.policy().max_retry_interval
+        if next_attempt > latest:
+            self._far_retries += 1
+            if self._far_retries == 1:
+                log.warn("deferred messages have retry times further away than "
+                         "max_retry_interval (the clock was ahead when they were set, or "
+                         "was stepped back since): retried within max_retry_interval")
+            return latest
+        return next_attempt
+
     # -- the daily budget ------------------------------------------------------
 
     def check_budgets(self, now: float) -> None:
@@ -316,7 +439,7 @@ class AccountStates:
                          "recipients_per_day = {limit} in the last 24 h); delivery "
                          "resumes at {at}; until then mail stays queued",
                          account=name, used=pace.recipients_today(now),
-                         limit=pace.recipients_per_day, at=clock_text(at),
+                         limit=pace.recipients_per_day, at=clock_text(at, now),
                          account_state=Hold.DAILY_LIMIT.value)
             elif at is None and held_until is not None:
                 del self._budget_held[name]
@@ -337,7 +460,7 @@ class AccountStates:
             at = pace.budget_resumes_at(now)
             if at is not None:
                 state = Hold.DAILY_LIMIT.value
-                label = f"{state} (resumes at {clock_text(at)})"
+                label = f"{state} (resumes at {clock_text(at, now)})"
                 reason = f"{used} of recipients_per_day = {pace.recipients_per_day} used"
                 fix = ("xrelay's own budget (recipients_per_day); delivery resumes by "
                        "itself as the rolling day allows")
@@ -354,7 +477,7 @@ class AccountStates:
 
     def _label(self, name: str, hold: AccountHold, now: float) -> str:
         if hold.state == Hold.DAILY_LIMIT.value:
-            return f"{hold.state} (resumes at {clock_text(hold.until)})"
+            return f"{hold.state} (resumes at {clock_text(hold.until, now)})"
         return hold.state
 
     def _account_trouble(self, account: AccountConfig, result: DeliveryResult
@@ -402,7 +525,7 @@ class AccountStates:
             log.warn("account {account} held: {state}: {upstream_reply}.  {fix}  Next "
                      "probe at {at}.", account=name,
                      state=self._label(name, hold, now), upstream_reply=str(reply),
-                     fix=fix, at=clock_text(until), account_state=kind.value)
+                     fix=fix, at=clock_text(until, now), account_state=kind.value)
 
     def _day_frees_at(self, name: str, now: float) -> float:
         """When the rolling day the provider counts frees up: a day after the oldest
@@ -429,8 +552,23 @@ class AccountStates:
                      account=account, sender=sender)
 
     def _save(self) -> None:
-        if self.store is not None:
-            self.store.save(self.holds)
+        """Write the holds; when that fails (a full disk), once more a minute later,
+        and so on until it works: one timer at a time, one log line per episode."""
+        if self._save_retry is not None and self._save_retry.active():
+            self._save_retry.cancel()
+        self._save_retry = None
+        if self.store is not None and not self.store.save(self.holds):
+            self._save_retry = self.clock.callLater(SAVE_RETRY, self._save)
+
+
+def _in_thread(clock: Any) -> Any:
+    """Blocking work off the reactor thread when the clock is a reactor with threads
+    (tests' L{task.Clock}: at once)."""
+    if hasattr(clock, "getThreadPool"):
+        from twisted.internet import threads
+
+        return lambda f: threads.deferToThreadPool(clock, clock.getThreadPool(), f)
+    return run_here
 
 
 _UNREACHABLE_FIX = (

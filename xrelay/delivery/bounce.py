@@ -18,6 +18,7 @@ or withdraws it with L{withdraw_bounce}.
 from __future__ import annotations
 
 import email.utils
+import re
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -40,13 +41,33 @@ log = Logger()
 MAX_ORIGINAL_HEADERS = 64 * 1024
 
 SEND_AS_HELP = (
-    "The upstream mailbox {user} is not allowed to send as {sender}.  Either grant it "
-    "Send As permission for that address (Exchange admin center > Recipients > "
-    "Mailboxes > {sender} > Delegation > Send as, or in PowerShell: "
-    "Add-RecipientPermission -Identity {sender} -Trustee {user} -AccessRights SendAs), "
-    "or set rewrite_from = true for account \"{account}\" in xrelay.toml, so that xrelay "
-    "sends as {user} and keeps {sender} in Reply-To."
+    "Exchange did not let the upstream mailbox {user} send as {sender}{which}, so this "
+    "message was returned and will not be tried again.  To fix it, either grant {user} "
+    "Send As permission for {sender} (Exchange admin center > Recipients > Mailboxes > "
+    "{sender} > Delegation > Send as, or in PowerShell: Add-RecipientPermission "
+    "-Identity {sender} -Trustee {user} -AccessRights SendAs; it can take up to an hour "
+    "to apply), or set rewrite_from = true for account \"{account}\" in xrelay.toml, so "
+    "that xrelay sends as {user} and keeps {sender} in Reply-To."
 )
+
+#: Exchange's SendAsDenied text names the address it refused (the envelope sender, or
+#: the From: address when only that is not allowed): "... not allowed to send as <x>;".
+_REFUSED_ADDRESS = re.compile(r"not allowed to send as\s+<?([^\s;<>]+@[^\s;<>]+)>?",
+                              re.IGNORECASE)
+
+
+def send_as_help(user: str, envelope_sender: str, account: str,
+                 replies: Sequence[Reply]) -> str:
+    """
+    The one explanation of a Send As refusal: the address Exchange named (the From:
+    address can be refused while the envelope sender is allowed), and the fix, once.
+    """
+    refused = next((m.group(1) for r in replies
+                    if (m := _REFUSED_ADDRESS.search(str(r))) is not None), envelope_sender)
+    which = ("" if refused.lower() == envelope_sender.lower() else
+             f" (the From: address of the message; its envelope sender was "
+             f"{envelope_sender or '<>'})")
+    return SEND_AS_HELP.format(user=user, sender=refused, which=which, account=account)
 
 
 @attrs.frozen
@@ -165,9 +186,11 @@ def bounce_message(config: "Config", entry: "ISpoolEntry", account: "AccountConf
     """
     explanation = result.detail
     if result.failure is FailureKind.SEND_AS_DENIED:
-        help_text = SEND_AS_HELP.format(user=account.user, sender=entry.sender,
-                                        account=account.name)
-        explanation = f"{explanation}\n\n{help_text}" if explanation else help_text
+        # Only this text: the transport's detail says the same fix for the log (and,
+        # while the sender is held, that the mail stays queued, which a bounce is not).
+        explanation = send_as_help(account.user, entry.sender, account.name,
+                                   [f.reply for f in failed] +
+                                   [r.reply for r in result.recipients])
     to = [entry.sender]
     bounce_to = config.delivery.bounce_to
     if bounce_to and bounce_to.lower() != entry.sender.lower():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import math
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 from twisted.application.service import Service
@@ -127,9 +127,11 @@ class DeliveryEngine(Service):
             self.transports = dict(transports)
         for account in config.accounts:
             self.queue.pace(account.name).update(account)
+        #: What the last reload did to held accounts (for the C{reload} command's answer).
+        self.lifted: list[str] = []
         if self.running:
             self.accounts.attach(config.accounts)
-            self._pump()
+            self.lifted = self.lift_holds(None, "the configuration was reloaded")
 
     def _account(self, entry: SpoolEntry) -> AccountConfig | None:
         return entry_account(self.config, entry.account, entry.sender)
@@ -145,9 +147,13 @@ class DeliveryEngine(Service):
         self._stopping = False
         self.spool.recover()
         self.accounts.restore(self.config.accounts)
+        # A retry time further than max_retry_interval away is from a clock that ran
+        # ahead (or was stepped back since): L{AccountStates.retry_time} clamps it.
         for state in (QUEUED, DEFERRED):
             for entry in self.spool.entries(state):
-                self._enqueue(entry, entry.next_attempt if state == DEFERRED else 0.0)
+                self._enqueue(entry, self.accounts.retry_time(entry.next_attempt)
+                              if state == DEFERRED else 0.0)
+        self.accounts.watch_clock()
         log.info("delivery started with {count} messages waiting", count=len(self.queue))
         self._pump()
 
@@ -231,6 +237,14 @@ class DeliveryEngine(Service):
         log.info("account {account} resumed; {count} messages due now", account=name,
                  count=moved)
         self._pump()
+
+    def lift_holds(self, accounts: Iterable[str] | None, why: str) -> list[str]:
+        """An operator asked (retry, reload): each held account of these (C{None}: all)
+        probes now; a sentence per held account, for the operator."""
+        said = self.accounts.probe_now(
+            [a.name for a in self.config.accounts] if accounts is None else accounts, why)
+        self._pump()
+        return said
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -424,7 +438,8 @@ class DeliveryEngine(Service):
         """Apply what the attempt came to (L{settle}): record, bounce, schedule, report."""
         now = self.clock.seconds()
         settled = settle(entry.recipients, result,
-                         self.policy.expired(entry.received_at, now))
+                         self.policy.expired(self.accounts.received_at(entry.received_at),
+                                             now))
         key = account.name if account else ""
         attempts = entry.attempts + 1
         delay = self.policy.delay(attempts, result.retry_after)
@@ -548,7 +563,7 @@ class DeliveryEngine(Service):
         oldest = math.inf
         for state in (QUEUED, ACTIVE, DEFERRED):
             for entry in self.spool.entries(state):
-                oldest = min(oldest, entry.received_at)
+                oldest = min(oldest, self.accounts.received_at(entry.received_at))
                 break  # ids sort by arrival: the first is the oldest
         return EngineStatus(
             counts=self.spool.counts(),

@@ -147,6 +147,14 @@ class AccountPace:
     def finish(self) -> None:
         self.in_flight = max(self.in_flight - 1, 0)
 
+    def shift(self, step: float) -> None:
+        """The wall clock stepped: every time here was stamped on the old clock."""
+        if self.next_slot:
+            self.next_slot += step
+        if self.paused_until:
+            self.paused_until += step
+        self._day = collections.deque((at + step, n) for at, n in self._day)
+
     def throttle(self, until: float) -> None:
         """The upstream asked us to slow down: start nothing before C{until}."""
         self.paused_until = max(self.paused_until, until)
@@ -194,6 +202,22 @@ class FairQueue:
                 self.add(entry_id, account, now, recipients)
                 moved += 1
         return moved
+
+    def shift(self, step: float) -> None:
+        """
+        The wall clock stepped by C{step} seconds: every due time (stamped on the old
+        clock) moves with it, so a retry keeps its delay; "due now" (0) stays now.
+        """
+        for account, heap in self._heaps.items():
+            moved = [(due + step if due > 0 else due, entry_id, recipients)
+                     for due, entry_id, recipients in heap
+                     if self._where.get(entry_id) == (due, account)]
+            heapq.heapify(moved)
+            self._heaps[account] = moved
+            for due, entry_id, _ in moved:
+                self._where[entry_id] = (due, account)
+        for pace in self.paces.values():
+            pace.shift(step)
 
     def _top(self, account: str) -> tuple[float, str, int] | None:
         heap = self._heaps.get(account)

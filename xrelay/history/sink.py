@@ -42,6 +42,10 @@ MAX_BATCH = 1000
 GATHER = 0.1
 #: Seconds between prunes of old records (and at every start).
 PRUNE_EVERY = 3600.0
+#: Records that could not be written (a full disk) are tried again this often ...
+RETRY_EVERY = 30.0
+#: ... and at most this many are kept meanwhile (the oldest are dropped first).
+MAX_KEPT = 100_000
 DAY = 86400.0
 
 _STOP = object()
@@ -120,13 +124,15 @@ class SqliteHistory(_Recording, Service):
 
     def __init__(self, path: str, days: int, subjects: bool = True,
                  message_ids: bool = True, reactor: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_mb: int = 0) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self.path = path
         self.days = days
+        #: C{delivery.history_max_mb}: the oldest messages go first beyond it.
+        self.max_mb = max_mb
         self.reactor = reactor
         self.clock = clock
         self.store = HistoryStore(path, self._warn_from_thread, subjects, message_ids)
@@ -135,6 +141,12 @@ class SqliteHistory(_Recording, Service):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
+        #: Records not written yet (no space), oldest first; the writer thread's own.
+        self._kept: list[tuple[str, tuple[Any, ...]]] = []
+        self._kept_since = 0.0
+        self._dropped = 0
+        #: Writing fails (logged once when it starts, once when it works again).
+        self._failing = False
 
     def _put(self, kind: str, arguments: tuple[Any, ...]) -> None:
         self._queue.put((kind, arguments))
@@ -172,12 +184,16 @@ class SqliteHistory(_Recording, Service):
         try:
             self.store.open()
         except Exception as e:  # a file system that refuses us: keep trying per batch
-            self._warn_from_thread(f"cannot open {self.path}: {e}; mail is not affected")
-        last_prune = self._prune()
+            self._failing = True
+            self._warn_from_thread(f"cannot open {self.path} ({e}); mail is not "
+                                   f"affected; records are kept in memory (up to "
+                                   f"{MAX_KEPT}) and written when it opens (check the "
+                                   "free space in server.state_dir)")
+        last_prune = self.clock() if self._failing else self._prune()
         stop = False
         while not stop:
             try:
-                item = self._queue.get(timeout=PRUNE_EVERY)
+                item = self._queue.get(timeout=RETRY_EVERY if self._kept else PRUNE_EVERY)
             except queue.Empty:
                 item = None
             records: list[tuple[str, tuple[Any, ...]]] = []
@@ -197,15 +213,12 @@ class SqliteHistory(_Recording, Service):
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            if records:
+            if records or (self._kept and
+                           time.monotonic() - self._kept_since >= RETRY_EVERY):
                 started = time.thread_time()
-                try:
-                    self.store.write(records)
-                except Exception as e:  # never let the writer die
-                    self._warn_from_thread(f"{len(records)} records lost: {e!r}")
+                self._write(records, final=stop)
                 self.cpu_seconds += time.thread_time() - started
-                self.written += len(records)
-            if self.clock() - last_prune >= PRUNE_EVERY:
+            if self.clock() - last_prune >= PRUNE_EVERY and not self._failing:
                 last_prune = self._prune()
             for d in waiting:
                 self.reactor.callFromThread(d.callback, None)
@@ -214,9 +227,67 @@ class SqliteHistory(_Recording, Service):
         if stopped is not None:
             self.reactor.callFromThread(stopped.callback, None)
 
+    def _write(self, records: list[tuple[str, tuple[Any, ...]]], final: bool) -> None:
+        """
+        Write these records after any kept from before; when there is no room, keep
+        them all (bounded) and try again every L{RETRY_EVERY} seconds: one warning when
+        that starts, one when they are written, so that C{xrelay trace} shows delivered
+        mail as delivered once the disk has room again.
+        """
+        batch = self._kept + records
+        if self._failing and not final and \
+                time.monotonic() - self._kept_since < RETRY_EVERY:
+            self._keep(batch)  # not yet: one try per RETRY_EVERY, not one per batch
+            return
+        try:
+            problem = self.store.write(batch)
+        except Exception as e:  # never let the writer die
+            self._warn_from_thread(f"{len(batch)} records lost: {e!r}")
+            problem = None
+        if problem is None:
+            if self._failing:
+                self._info_from_thread(
+                    f"{len(self._kept)} records kept while they could not be written "
+                    f"are now written to {self.path}" + (
+                        f" ({self._dropped} of the oldest were dropped)"
+                        if self._dropped else ""))
+            self.written += len(batch)
+            self._kept = []
+            self._dropped = 0
+            self._failing = False
+            return
+        if not self._failing:
+            self._failing = True
+            self._warn_from_thread(
+                f"records cannot be written to {self.path} ({problem}); mail is not "
+                f"affected; they are kept in memory (up to {MAX_KEPT}) and written "
+                "when that works again (free space in server.state_dir)")
+        self._keep(batch)
+        self._kept_since = time.monotonic()
+        if final:
+            self._warn_from_thread(f"{len(self._kept)} records could not be written "
+                                   "before the stop and are lost")
+
+    def _keep(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        if len(batch) > MAX_KEPT:
+            self._dropped += len(batch) - MAX_KEPT
+            batch = batch[-MAX_KEPT:]
+        self._kept = batch
+
+    def _info_from_thread(self, text: str) -> None:
+        self.reactor.callFromThread(log.info, "message history: {problem}", problem=text)
+
     def _prune(self) -> float:
+        """Forget what is older than history_days, then the oldest beyond
+        history_max_mb (in the writer thread: never on the reactor)."""
         now = self.clock()
         self.store.prune(now - self.days * DAY)
+        if self.max_mb:
+            forgotten = self.store.prune_to_size(self.max_mb * 1024 * 1024)
+            if forgotten:
+                self._info_from_thread(
+                    f"{forgotten} of the oldest messages forgotten to keep {self.path} "
+                    f"within delivery.history_max_mb = {self.max_mb}")
         return now
 
 
@@ -248,7 +319,8 @@ def open_history(config: Config, reactor: Any = None) -> Any:
         return NullHistory()
     return SqliteHistory(history_path(config.server.state_dir),
                          config.delivery.history_days, config.delivery.history_subject,
-                         config.delivery.history_message_id, reactor=reactor)
+                         config.delivery.history_message_id, reactor=reactor,
+                         max_mb=config.delivery.history_max_mb)
 
 
 def history_for(delivery: Any, config: Config) -> Any:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from xrelay.history.records import (BOUNCED, DELIVERED, EXPIRED, HANDED_BACK, WAITING,
                                     AcceptedMessage, upstream_id)
+from xrelay.statefiles import regular_file_problem, set_aside
 
 __all__ = ["HistoryStore", "SCHEMA_VERSION", "entry_time"]
 
@@ -74,6 +75,16 @@ _FINAL = {"delivered": DELIVERED, "failed": BOUNCED, "handed back": HANDED_BACK}
 Warn = Callable[[str], None]
 
 
+def _no_room(error: BaseException) -> bool:
+    """SQLite could not write for lack of space (or an I/O error): not a bad file."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+                                            sqlite3.SQLITE_CANTOPEN):
+        return True
+    text = str(error)
+    return "disk is full" in text or "disk I/O error" in text or "unable to open" in text
+
+
 def entry_time(entry_id: str) -> float:
     """When an entry was received, from its id; now when the id does not tell."""
     from xrelay.lifecycle import entry_received_at
@@ -112,6 +123,9 @@ class HistoryStore:
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check: {row[0] if row else '?'}")
         except sqlite3.DatabaseError as e:
+            if _no_room(e):
+                self.close()
+                raise  # not the file's fault: the writer tries again later
             self._recreate(f"the message history {self.path} is unreadable ({e}); "
                            "moved it aside and started a new one")
 
@@ -119,6 +133,10 @@ class HistoryStore:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
+        problem = regular_file_problem(self.path)
+        if problem is not None:
+            set_aside(self.path, problem, "the trace of earlier messages is not shown; a "
+                      "new history is started")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -174,8 +192,14 @@ class HistoryStore:
 
     # -- writing -----------------------------------------------------------------
 
-    def write(self, records: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-        """Write a batch of C{(kind, arguments)} records in one transaction."""
+    def write(self, records: Sequence[tuple[str, tuple[Any, ...]]]) -> str | None:
+        """
+        Write a batch of C{(kind, arguments)} records in one transaction.
+
+        Returns C{None} when they are written (or lost, with a warning), or the reason
+        they could not be written for now (no space, the file cannot be opened): the
+        caller keeps them and tries again later; nothing is warned then.
+        """
         for attempt in (1, 2):
             try:
                 if self.db is None:
@@ -193,7 +217,7 @@ class HistoryStore:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-                return
+                return None
             except sqlite3.OperationalError as e:
                 text = str(e)
                 if attempt == 1 and ("no such table" in text or "no such column" in text):
@@ -201,27 +225,32 @@ class HistoryStore:
                     self.warn(f"the message history {self.path} lacks its tables "
                               f"({text}); recreating them")
                     continue
+                if _no_room(e):
+                    self.close()
+                    return text
                 self.warn(f"{len(records)} message history records not written to "
                           f"{self.path}: {text}; mail is not affected (check the disk "
                           "and the file's permissions)")
-                return
+                return None
             except sqlite3.DatabaseError as e:
                 if attempt == 1:
                     try:
                         self._recreate(f"the message history {self.path} is corrupt "
                                        f"({e}); moved it aside and started a new one")
                     except (OSError, sqlite3.Error) as again:
+                        if isinstance(again, OSError) or _no_room(again):
+                            self.db = None
+                            return f"cannot recreate it: {again}"
                         self.warn(f"cannot recreate the message history {self.path}: "
                                   f"{again}")
-                        return
+                        return None
                     continue
                 self.warn(f"{len(records)} message history records lost: {e}")
-                return
+                return None
             except OSError as e:
-                self.warn(f"{len(records)} message history records not written: cannot "
-                          f"open {self.path}: {e.strerror or e}; mail is not affected")
                 self.db = None
-                return
+                return f"cannot open it: {e.strerror or e}"
+        return None
 
     def prune(self, before: float) -> int:
         """Forget the messages received before C{before} (and their attempts)."""
@@ -246,6 +275,56 @@ class HistoryStore:
                     pass
             self.warn(f"could not prune the message history {self.path}: {e}")
             return 0
+
+    def prune_to_size(self, max_bytes: int) -> int:
+        """
+        Forget the oldest messages until the database's used pages fit in
+        C{max_bytes} (the free pages are reused by later writes, so the file stops
+        growing there; nothing is rewritten, which would need as much space again).
+        Returns how many messages were forgotten.
+        """
+        if max_bytes <= 0:
+            return 0
+        forgotten = 0
+        try:
+            if self.db is None:
+                self._connect()
+            db = self.db
+            assert db is not None
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            for _ in range(100):  # a bound, not a loop for ever on a strange file
+                pages, free = (db.execute("PRAGMA page_count").fetchone()[0],
+                               db.execute("PRAGMA freelist_count").fetchone()[0])
+                if (pages - free) * page_size <= max_bytes:
+                    break
+                total = db.execute("SELECT count(*) FROM message").fetchone()[0]
+                if not total:
+                    break
+                # A tenth at a time, oldest first, then look again.
+                cut = db.execute(
+                    "SELECT received_at FROM message ORDER BY received_at LIMIT 1 "
+                    "OFFSET ?", (max(total // 10, 1) - 1,)).fetchone()[0]
+                forgotten += self._forget_up_to(db, cut)
+            return forgotten
+        except (sqlite3.Error, OSError) as e:
+            if self.db is not None and self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if not _no_room(e):
+                self.warn(f"could not bound the message history {self.path}: {e}")
+            return forgotten
+
+    def _forget_up_to(self, db: sqlite3.Connection, cut: float) -> int:
+        old = "SELECT entry_id FROM message WHERE received_at <= ?"
+        db.execute("BEGIN")
+        db.execute(f"DELETE FROM attempt WHERE entry_id IN ({old})", (cut,))
+        db.execute(f"DELETE FROM recipient WHERE entry_id IN ({old})", (cut,))
+        count = int(db.execute("DELETE FROM message WHERE received_at <= ?",
+                               (cut,)).rowcount)
+        db.execute("COMMIT")
+        return count
 
     # -- the records (called inside write's transaction) ---------------------------
 

@@ -343,18 +343,27 @@ def queue_command(args: argparse.Namespace) -> int:
         return _usage(mistake)
     config = config_from(args)
     if args.action == "list":
-        _print_queue(_ask(config, "queue.list", state=args.state), args.json)
+        if args.json:
+            print(json.dumps(_ask(config, "queue.list", state=args.state), indent=1))
+            return EXIT_OK
+        _print_queue(_ask(config, "queue.list", state=args.state, fields=QUEUE_FIELDS))
         return EXIT_OK
     if args.action == "show":
         _print_entry(_ask(config, "queue.show", id=args.id), args.json)
         return EXIT_OK
     if args.action == "retry" and args.all:
-        count = _ask(config, "queue.retry_all")
-        print(f"{count} entries due now")
+        answer = _ask(config, "queue.retry_all")
+        if isinstance(answer, int):  # a daemon from before held accounts were lifted
+            answer = {"count": answer}
+        print(f"{answer['count']} entries due now")
+        for note in answer.get("notes") or ():
+            print(note)
         return EXIT_OK
     entry = _ask(config, f"queue.{args.action}", id=args.id)
     verb = {"retry": "due now", "delete": "deleted", "bounce": "bounced to its sender"}
     print(f"{entry['id']}: {verb[args.action]}")
+    for note in entry.get("notes") or ():
+        print(note)
     return EXIT_OK
 
 
@@ -373,17 +382,24 @@ def _queue_usage_mistake(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _print_queue(entries: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(entries, indent=1))
-        return
-    for e in entries:
-        last = f"\tlast: {e['last_reply']}" if e["last_reply"] else ""
-        if e.get("problem"):
-            last += f"\tproblem: {e['problem']}"
-        print(f"{e['id']}\t{e['state']}\t{e['attempts']} attempts\t<{e['sender']}> "
-              f"-> {', '.join(e['recipients']) or '-'}{last}")
-    print(f"# {len(entries)} entries")
+#: The fields C{queue list} prints: only these are asked of the daemon (a third of the
+#: bytes at 40,000 entries).
+QUEUE_FIELDS = ["id", "state", "attempts", "sender", "recipients", "last_reply", "problem"]
+
+
+def _print_queue(answer: Any) -> None:
+    """The daemon's rows of L{QUEUE_FIELDS}, one line each, written at once."""
+    rows = answer["rows"] if isinstance(answer, dict) else [
+        [e.get(f) for f in QUEUE_FIELDS] for e in answer]  # a daemon from before
+    out = []
+    for entry_id, state, attempts, sender, recipients, last_reply, problem in rows:
+        last = f"\tlast: {last_reply}" if last_reply else ""
+        if problem:
+            last += f"\tproblem: {problem}"
+        out.append(f"{entry_id}\t{state}\t{attempts} attempts\t<{sender}> "
+                   f"-> {', '.join(recipients) or '-'}{last}\n")
+    sys.stdout.write("".join(out))
+    print(f"# {len(rows)} entries")
 
 
 def _print_entry(entry: dict[str, Any], as_json: bool) -> None:
@@ -442,8 +458,10 @@ def send_test_command(args: argparse.Namespace) -> int:
 def reload_command(args: argparse.Namespace) -> int:
     config = config_from(args)
     try:
-        ControlClient(config.server.state_dir).request("reload")
+        answer = ControlClient(config.server.state_dir).request("reload")
     except DaemonNotRunning:
         return _problem("the relay is not running; nothing to reload")
     print("configuration reloaded")
+    for note in (answer.get("notes") or ()) if isinstance(answer, dict) else ():
+        print(note)
     return EXIT_OK

@@ -66,6 +66,8 @@ class IdentityRules:
     requests: list[TokenRequest] = attrs.field(factory=list)
     google: GoogleIdentity = attrs.field(default=attrs.Factory(lambda self: GoogleIdentity(now=self.now), takes_self=True))
     _failures: list[tuple[int, str | None]] = attrs.field(factory=list, repr=False)
+    #: Token answers still to be cut short (L{cut_next}).
+    cut_answers: int = 0
     _signing_key: rsa.RSAPrivateKey = attrs.field(
         factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), repr=False
     )
@@ -150,6 +152,21 @@ class IdentityRules:
     def fail_next(self, count: int = 1, status: int = 503, retry_after: str | None = None) -> None:
         """The next C{count} token/devicecode requests fail with HTTP C{status} (500/503)."""
         self._failures.extend([(status, retry_after)] * count)
+
+    def cut_next(self, count: int = 1) -> None:
+        """
+        The next C{count} token answers are cut short mid-body (what a proxy dropping
+        the connection, or an overloaded front end, delivers): a 200 whose body is not
+        JSON, and holds the first part of a real token.
+        """
+        self.cut_answers += count
+
+    def take_cut(self) -> bool:
+        """Whether this token answer is to be cut short (used by the web layer)."""
+        if self.cut_answers <= 0:
+            return False
+        self.cut_answers -= 1
+        return True
 
     def approve_device_code(self, user_code: str, upn: str) -> None:
         """What a person does on the device-login page: sign in as C{upn} and accept."""

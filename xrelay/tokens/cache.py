@@ -27,6 +27,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from twisted.logger import Logger
 
 from xrelay.durable import fsync_directory, write_durably
+from xrelay.statefiles import is_full, prepare_folder, regular_file_problem, set_aside
 
 KEY_ENVIRONMENT_VARIABLE = "XRELAY_CACHE_KEY"
 
@@ -55,28 +56,77 @@ def load_key(state_dir: str) -> bytes:
             ) from None
         return key
     keys = os.path.join(state_dir, "keys")
-    os.makedirs(keys, mode=0o700, exist_ok=True)
     path = os.path.join(keys, "cache.key")
+    lost = ("token caches written with the old key cannot be read: accounts that signed "
+            "in with a device code must sign in again (`xrelay login`); the others fetch "
+            "a new token by themselves")
+    if not prepare_folder(keys, "the token cache key is kept in memory only"):
+        return _unsaved_key(path, None)
+    problem = regular_file_problem(path)
+    if problem is not None:
+        set_aside(path, problem, lost)
+    try:
+        existing = _read_key(path)
+    except OSError as e:
+        set_aside(path, e.strerror or str(e), lost)
+        existing = None
+    if existing is not None:
+        if not existing.strip():
+            # Created but never written (a crash or a full disk between the two): no
+            # cache can have been encrypted with it, so nothing is lost by a new one.
+            log.warn("The token cache key {path} is empty, as an interrupted creation "
+                     "leaves it; made a new one", path=path)
+            _unlink(path)
+        else:
+            try:
+                Fernet(existing.strip())
+            except (ValueError, TypeError):
+                set_aside(path, "not a key (32 bytes in URL-safe base64 expected)", lost)
+            else:
+                return existing.strip()
     key = Fernet.generate_key()
     try:
         write_durably(path, key + b"\n", exclusive=True)
+        fsync_directory(keys)
     except FileExistsError:
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
-            log.warn("The token cache key {path} was readable by others (mode {mode:o}); "
-                     "made it 0600", path=path, mode=mode)
-            os.chmod(path, 0o600)
-        with open(path, "rb") as f:
-            key = f.read().strip()
-        try:
-            Fernet(key)
-        except (ValueError, TypeError):
-            raise CacheKeyError(f"{path} does not hold a valid key; remove it (and "
-                                "sign in again) or restore it from a backup") from None
-        return key
-    fsync_directory(keys)
+        return load_key(state_dir)  # another process (xrelay login) made it just now
+    except OSError as e:
+        _unlink(path)  # never leave an empty or partial key behind
+        return _unsaved_key(path, e)
     log.info("Created the token cache key {path}", path=path)
     return key
+
+
+def _read_key(path: str) -> bytes | None:
+    """The key file's bytes (mode made 0600 if it was looser); C{None}: no file."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o777
+            if mode & 0o077:
+                log.warn("The token cache key {path} was readable by others (mode "
+                         "{mode:o}); made it 0600", path=path, mode=mode)
+                os.fchmod(f.fileno(), 0o600)
+            return f.read(4096)
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _unsaved_key(path: str, error: OSError | None) -> bytes:
+    """A key for this run only, when none can be written (a full disk)."""
+    log.error("The token cache key {path} cannot be written ({error}); tokens are cached "
+              "with a key kept in memory, so after a restart accounts that signed in with "
+              "a device code must sign in again; fix: {fix}", path=path,
+              error=(error.strerror or str(error)) if error else "no folder for it",
+              fix="free space in server.state_dir" if error is not None and is_full(error)
+              else "make server.state_dir writable by the relay's user")
+    return Fernet.generate_key()
 
 
 def cache_file_name(account: str) -> str:
@@ -110,7 +160,7 @@ class AccountCache:
     @classmethod
     def open(cls, state_dir: str, account: str, key: bytes) -> AccountCache:
         folder = os.path.join(state_dir, "tokens")
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        prepare_folder(folder, "tokens are kept in memory only")
         return cls(os.path.join(folder, cache_file_name(account)), Fernet(key))
 
     def _stat(self) -> Signature | None:
@@ -145,21 +195,34 @@ class AccountCache:
                 self.signature = signature
                 return json.loads(json.dumps(self._unwritten))  # a copy, like a read
             self._unwritten = None  # another process wrote the file since: it wins
+        lost = ("its token is fetched again; an account that signed in with a device "
+                "code must sign in again (`xrelay login`)")
+        problem = regular_file_problem(self.path)
+        if problem is not None:
+            set_aside(self.path, problem, lost)
+            self.signature = self._stat()
+            return {}
         try:
             with open(self.path, "rb") as f:
                 blob = f.read()
         except FileNotFoundError:
             self.signature = None
             return {}
+        except OSError as e:
+            set_aside(self.path, e.strerror or str(e), lost)
+            self.signature = self._stat()
+            return {}
         self.signature = signature
         try:
             data = json.loads(self._fernet.decrypt(blob))
         except (InvalidToken, ValueError):
-            log.error("The token cache {path} cannot be decrypted with the current key "
-                      "(was the key changed?); ignoring it: sign in again",
-                      path=self.path)
+            data = None
+        if not isinstance(data, dict):
+            set_aside(self.path, "cannot be decrypted with the current key (was the key "
+                      "changed?), or is not a token cache", lost)
+            self.signature = self._stat()
             return {}
-        return data if isinstance(data, dict) else {}
+        return data
 
     def write(self, data: dict[str, Any]) -> bool:
         """

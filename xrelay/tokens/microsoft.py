@@ -37,9 +37,15 @@ from xrelay.tokens.source import GrantResult, ITokenGrant
 from xrelay.records import TokenStatus
 from xrelay.tokens.trust import TrustedSession
 
-# msal can log request details, PII and, at DEBUG, token responses: keep it quiet
-# whatever the embedding program configured for the root logger.
-logging.getLogger("msal").setLevel(logging.WARNING)
+# msal can log request details, PII and, at DEBUG, token responses; on an answer that is
+# not JSON it logs the answer itself (a token fragment) with a traceback, which Python's
+# last-resort handler copies to stderr, which twistd puts in the log.  What msal has to
+# say reaches the operator through our own lines (GrantUnavailable, GrantRefused):
+# nothing of msal's own logging leaves it, whatever the root logger's configuration.
+_msal_log = logging.getLogger("msal")
+_msal_log.setLevel(logging.CRITICAL + 1)
+_msal_log.propagate = False
+_msal_log.addHandler(logging.NullHandler())
 
 GRAPH_APP_SCOPE = "https://graph.microsoft.com/.default"
 SMTP_DELEGATED_SCOPE = "https://outlook.office.com/SMTP.Send"
@@ -99,9 +105,30 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def _client_credential(account: AccountConfig) -> Any:
+    try:
+        return _read_client_credential(account)
+    except OSError as e:
+        # A folder where the file should be, a file the service cannot read, a file
+        # being replaced: the token in hand is kept, and the next try reads again.
+        raise GrantUnavailable(
+            f"cannot read {e.filename or 'a credential file'} ({e.strerror or e}); "
+            "nothing was sent to the identity platform and the current token is kept; "
+            "check the file (root:xrelay 0640)") from None
+
+
+def _read_client_credential(account: AccountConfig) -> Any:
     if account.client_secret_file:
         with open(account.client_secret_file, encoding="utf-8") as f:
-            return f.read().strip()
+            secret = f.read().strip()
+        if not secret:
+            # An in-place rewrite leaves it empty for an instant: sending that would
+            # be refused (and count as a bad credential); the token in hand is kept.
+            raise GrantUnavailable(
+                f"the client secret file {account.client_secret_file} is empty (being "
+                "rewritten?); nothing was sent to the identity platform and the current "
+                "token is kept; put the secret in it (write a new file and rename it "
+                "over the old one)")
+        return secret
     if account.certificate_file and account.certificate_key_file:
         with open(account.certificate_file, "rb") as f:
             certificate = x509.load_pem_x509_certificate(f.read())
@@ -268,6 +295,12 @@ class MicrosoftGrant:
             except (requests.RequestException, msal.exceptions.MsalError) as e:
                 raise GrantUnavailable(f"token request to {self.account.msal_authority} "
                                        f"failed ({type(e).__name__})") from None
+            except ValueError:
+                # Not JSON (a proxy's error page, an answer cut short): never the text,
+                # it may hold part of a token.
+                raise GrantUnavailable(f"the answer of {self.account.msal_authority} to "
+                                       "the token request was not valid JSON (a proxy in "
+                                       "between, or the answer was cut short)") from None
             finally:
                 self._save()
         return self._interpret(result)
@@ -318,6 +351,8 @@ class MicrosoftGrant:
         cache = msal.SerializableTokenCache()
         try:
             return build_application(self.account, self.bundle, cache, public), cache
+        except GrantUnavailable as e:  # an empty or unreadable secret file: say which
+            raise SignInFailed(self.account.name, e.reason) from None
         except (ValueError, requests.RequestException, msal.exceptions.MsalError) as e:
             raise SignInFailed(self.account.name, f"cannot reach "
                                f"{self.account.msal_authority} ({type(e).__name__})") from None
