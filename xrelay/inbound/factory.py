@@ -154,6 +154,11 @@ class InboundFactory(Factory):
         return self.service.events
 
     @property
+    def devices(self) -> Any:
+        """The device inventory's collector (L{xrelay.devices.DeviceCollector})."""
+        return self.service.devices
+
+    @property
     def tls_options(self) -> Any:
         """What STARTTLS uses; C{None} where it is not offered (C{starttls = false})."""
         return self.service.starttls_options(self.listener)

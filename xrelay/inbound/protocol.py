@@ -154,6 +154,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if refusal is not None:
             log.warn("inbound connection from {client} refused: {reply}",
                      client=self.client_address, reply=str(refusal))
+            self.factory.devices.refused(self, "connect", refusal.code,
+                                         refusal.enhanced, refusal.text)
             self.reply(refusal.code, refusal.enhanced, refusal.text)
             self.close()
             return
@@ -162,6 +164,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if refusal is not None:
             log.warn("inbound connection from {client} refused by the inbound handler: "
                      "{reply}", client=self.client_address, reply=str(refusal))
+            self.factory.devices.refused(self, "connect", refusal.code,
+                                         refusal.enhanced, refusal.text)
             self.reply(refusal.code, refusal.enhanced, refusal.text)
             if refusal.code != 554:
                 self.close()

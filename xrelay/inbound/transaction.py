@@ -153,6 +153,8 @@ class MailCommands(_Base):
                      "{reply}", client=self.client_address, sender=sender,
                      user=self.user.name if self.user else None, reply=str(refusal))
             assert refusal is not None
+            self.factory.devices.refused(self, "mail", refusal.code, refusal.enhanced,
+                                         refusal.text, sender=sender)
             self.refuse(refusal)
             return
         # The disk reserve (server.min_free_space): say so at MAIL already, as Postfix
@@ -182,6 +184,8 @@ class MailCommands(_Base):
         refusal = self.factory.handler.rcpt(session_of(self), recipient,
                                             tuple(transaction.recipients))
         if refusal is not None:
+            self.factory.devices.refused(self, "rcpt", refusal.code,
+                                         refusal.enhanced, refusal.text)
             self.refuse(refusal)  # logged there, in summary once they repeat
             return
         if recipient.lower() not in (r.lower() for r in transaction.recipients):
@@ -400,6 +404,8 @@ class MailCommands(_Base):
                      "{code} {enhanced} {text}", message=transaction.id,
                      client=self.client_address, sender=transaction.sender, code=code,
                      enhanced=enhanced, text=text)
+            self.factory.devices.refused(self, "data", code, enhanced, text,
+                                         sender=transaction.sender)
             self.reply(code, enhanced, text)
             return None
         message = transaction.message
@@ -411,6 +417,8 @@ class MailCommands(_Base):
                      "{reply}", message=transaction.id, client=self.client_address,
                      user=self.user.name if self.user else None, reply=str(refusal))
             message.abort()
+            self.factory.devices.refused(self, "data", refusal.code, refusal.enhanced,
+                                         refusal.text, sender=transaction.sender)
             self.refuse(refusal)
             return None
         d = defer.maybeDeferred(message.commit)
@@ -445,6 +453,7 @@ class MailCommands(_Base):
         self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
         self.conduct.message_accepted()
         self.factory.events.accepted(transaction.account.name)
+        self.factory.devices.accepted(self, transaction.sender)
         if not self.factory.listener.pass_through:
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")
