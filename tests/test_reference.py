@@ -128,3 +128,13 @@ def test_a_key_without_a_meaning_is_refused() -> None:
     (field,) = attrs.fields(Undocumented)
     with pytest.raises(ValueError, match="mystery has no metadata"):
         reference.doc_of(field)
+
+
+def test_reference_explains_the_managed_dropins() -> None:
+    """The generated reference says where managed drop-ins live and that yours wins."""
+    from xrelay.reference import render
+
+    text = "\n".join(render())
+    for words in ("state_dir/managed/accounts/NAME.toml", "state_dir/managed/devices.toml",
+                  "Your file wins", "changes.log"):
+        assert words in text

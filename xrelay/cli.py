@@ -95,11 +95,12 @@ def describe(config: Config) -> list[str]:
               f"senders = {_toml([p.text for p in config.relay.senders])}",
               _setting("default_account", config.relay.default_account)]
     for user in config.users:
-        lines += ["", "[[users]]", f"name = {_toml(user.name)}",
+        lines += ["", "[[users]]", f"# from {_origin(config, 'users', user.name)}",
+                  f"name = {_toml(user.name)}",
                   'password_hash = "<masked>"',
                   f"senders = {_toml([p.text for p in user.senders])}"]
     for account in config.accounts:
-        lines += ["", "[[accounts]]"]
+        lines += ["", "[[accounts]]", f"# from {_origin(config, 'accounts', account.name)}"]
         for key, value in attrs.asdict(account, recurse=False).items():
             if key == "senders":
                 value = [p.text for p in value]
@@ -111,6 +112,16 @@ def describe(config: Config) -> list[str]:
                   'password_hash = "<masked>"',
                   _setting("public_url", config.admin.public_url)]
     return lines
+
+
+def _origin(config: Config, kind: str, name: str) -> str:
+    """Where an account or user comes from: the admin's file or a managed drop-in."""
+    origin = config.origin(kind, name)
+    if origin is None:
+        return "the sandbox" if config.sandbox_dir is not None else "the program"
+    if origin != config.path and origin != "sandbox default":
+        return f"{origin} (managed by xrelay)"
+    return origin
 
 
 def _setting(key: str, value: object) -> str:

@@ -776,6 +776,19 @@ class Config:
     admin: AdminConfig | None = None
     path: str | None = None
     sandbox_dir: str | None = None
+    #: Where each account and user comes from: (C{"accounts"} or C{"users"}, name,
+    #: file), the admin's file or a managed drop-in (L{xrelay.managed}).
+    origins: tuple[tuple[str, str, str], ...] = ()
+    #: Warnings found while merging the drop-ins (one ignored for a name the admin's
+    #: file defines), shown by L{warnings}.
+    notes: tuple[str, ...] = ()
+
+    def origin(self, kind: str, name: str) -> str | None:
+        """The file an account or user (C{kind} "accounts" or "users") comes from."""
+        for what, named, path in self.origins:
+            if what == kind and named == name:
+                return path
+        return None
 
     def __attrs_post_init__(self) -> None:
         names = [a.name for a in self.accounts]
@@ -802,6 +815,7 @@ class Config:
                 "tls_cert and tls_key, or (on a trusted network only) "
                 "require_tls_for_auth = false")
         found += legacy_tls_warnings(self, where)
+        found += self.notes
         return found
 
     def account(self, name: str) -> AccountConfig:

@@ -82,15 +82,46 @@ def load_config(explicit: str | None = None) -> Config:
     """
     path, named = find_config_path(explicit)
     if path is None:
-        return sandbox_default()
+        return sandbox_with_dropins()
     return read_config(path)
 
 
 def read_config(path: str) -> Config:
     """
-    Read and validate one configuration file.
+    Read and validate one configuration file, then the managed drop-ins under its
+    C{state_dir} (L{xrelay.managed}), merged by L{with_dropins}.
 
     @raise ConfigError: for the first mistake found.
+    """
+    from xrelay.managed import read_dropins
+
+    main = read_main_config(path)
+    return with_dropins(main, read_dropins(main.server.state_dir))
+
+
+def sandbox_with_dropins(directory: str | None = None) -> Config:
+    """The sandbox default, with the drop-ins the setup wizard wrote in its state_dir."""
+    from xrelay.managed import read_dropins
+
+    main = sandbox_default(directory)
+    return with_dropins(main, read_dropins(main.server.state_dir))
+
+
+def main_config(config: Config) -> Config:
+    """
+    The admin's own configuration under C{config}, without the drop-ins: re-read from
+    its file (the sandbox default when it has none).
+    """
+    if config.path is None:
+        return sandbox_default(config.sandbox_dir)
+    return read_main_config(config.path)
+
+
+def read_main_config(path: str) -> Config:
+    """
+    Read and validate the admin's own file alone; it may leave the accounts to the
+    drop-ins (L{with_dropins} then insists on one), and its C{relay.default_account}
+    is checked only once they are merged.
     """
     try:
         with open(path, "rb") as f:
@@ -110,7 +141,67 @@ def read_config(path: str) -> Config:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not valid TOML: the file is not UTF-8") from None
-    return _Reader(path).config(raw)
+    return _Reader(path).config(raw, require_accounts=False)
+
+
+def with_dropins(main: Config, dropins: Iterable[Any]) -> Config:
+    """
+    The admin's configuration with the managed drop-ins (L{xrelay.managed.DropIn})
+    merged in: their accounts and users added, their networks joined.  The admin's
+    file wins: a drop-in's account or user of the same name is ignored, with a warning
+    in L{Config.warnings}.  Each drop-in is read by a reader of its own, so that a
+    mistake names the drop-in's file and key.
+
+    @raise ConfigError: a mistake in a drop-in, a public network in one, or (outside
+        the sandbox) no account at all.
+    """
+    from xrelay.config import _is_public
+
+    main_path = main.path or "sandbox default"
+    origins = [("accounts", a.name, main_path) for a in main.accounts]
+    origins += [("users", u.name, main_path) for u in main.users]
+    accounts, users = list(main.accounts), list(main.users)
+    networks = list(main.relay.allow_networks)
+    notes = list(main.notes)
+    for dropin in dropins:
+        reader = _Reader(dropin.path)
+        raw = dropin.raw
+        reader.known_keys(raw, "", ["relay", "users", "accounts"])
+        if "relay" in raw:
+            relay = reader.table(raw["relay"], "relay")
+            reader.known_keys(relay, "relay", ["allow_networks"])
+            for i, network in enumerate(reader.networks(relay, "allow_networks",
+                                                        "relay.allow_networks") or ()):
+                if _is_public(network):
+                    raise reader.fail(f"relay.allow_networks[{i}]", f"{network} is not a "
+                                      "private network; a managed file never admits a "
+                                      "public range (that would be an open relay)")
+                if network not in networks:
+                    networks.append(network)
+        for kind, found in (("users", reader.users(raw.get("users", []))),
+                            ("accounts", reader.accounts(raw.get("accounts", [])))):
+            into: list[Any] = users if kind == "users" else accounts
+            for value in found:
+                earlier = next((o[2] for o in origins
+                                if o[0] == kind and o[1] == value.name), None)
+                if earlier is not None:
+                    notes.append(f"{dropin.path}: {kind}.\"{value.name}\" is ignored: "
+                                 f"{earlier} defines it (the admin's file wins); delete "
+                                 "one of the two")
+                    continue
+                origins.append((kind, value.name, dropin.path))
+                into.append(value)
+    if not accounts and main.sandbox_dir is None:
+        raise ConfigError(main_path, "accounts", "no [[accounts]] table; add one "
+                          "upstream mailbox (see the README) so that xrelay can deliver, "
+                          "or run `xrelay setup microsoft --mailbox ADDRESS`")
+    try:
+        return attrs.evolve(
+            main, accounts=tuple(accounts), users=tuple(users),
+            relay=attrs.evolve(main.relay, allow_networks=tuple(networks)),
+            origins=tuple(origins), notes=tuple(notes))
+    except InvalidValue as e:
+        raise ConfigError(main_path, e.field, e.problem) from None
 
 
 
@@ -278,7 +369,7 @@ class _Reader:
 
     # -- sections -------------------------------------------------------------
 
-    def config(self, raw: dict[str, Any]) -> Config:
+    def config(self, raw: dict[str, Any], require_accounts: bool = True) -> Config:
         self.known_keys(raw, "", ["server", "relay", "users", "accounts", "delivery",
                                   "admin"])
         server = self.server(self.table(raw.get("server", {}), "server"))
@@ -290,7 +381,7 @@ class _Reader:
         config = self.build("", Config, server=server, relay=relay, users=users,
                             accounts=accounts, delivery=delivery, admin=admin,
                             path=os.path.abspath(self.path))
-        if not accounts:
+        if not accounts and require_accounts:
             raise self.fail("accounts", "no [[accounts]] table; add one upstream mailbox "
                             "(see the README) so that xrelay can deliver")
         return config

@@ -144,6 +144,21 @@ def render() -> Iterator[str]:
            "hash-password`), client secrets, keys and refresh tokens in files of their "
            "own, readable only by the service user.")
     yield ""
+    yield ("**Managed drop-ins.** What xrelay itself sets up (the admin page's \"Add an "
+           "account\" wizard, `xrelay setup microsoft`, the devices page) is written "
+           "beside your file, never into it: `state_dir/managed/accounts/NAME.toml` (one "
+           "`[[accounts]]` table each) and `state_dir/managed/devices.toml` (extra "
+           "`[relay] allow_networks` entries, never a public range, and `[[users]]`). "
+           "They are read after your file with the same keys as above; their accounts "
+           "and users are added and their networks joined. Your file wins: a drop-in's "
+           "account or user of a name your file defines is ignored with a warning, and "
+           "xrelay refuses to write one. Each write is validated as a whole "
+           "configuration first (a bad one is refused and the running configuration "
+           "kept), written atomically with mode 0600, logged with who made it in "
+           "`state_dir/managed/changes.log`, and reloaded. `xrelay check-config` and "
+           "`xrelay accounts` show which file each account comes from; to take one over "
+           "by hand, copy its table into your file and delete the drop-in.")
+    yield ""
     yield "| section | what it holds |"
     yield "|---|---|"
     for section in SECTIONS:

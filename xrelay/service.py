@@ -27,6 +27,7 @@ from xrelay.config import (
     read_config,
     with_accounts,
 )
+from xrelay.configfile import sandbox_with_dropins
 from xrelay.interfaces import ISpool
 
 log = Logger(namespace="xrelay")
@@ -97,11 +98,15 @@ class RelayService(MultiService):
         for new connections and deliveries, the queue and live connections stay.  A bad
         new file is refused with a log line, and the old configuration kept.
         """
-        if self.config.path is None:
-            log.info("xrelay: reload asked, but the sandbox default has no file to re-read")
-            return False
         try:
-            new = read_config(self.config.path)
+            if self.config.path is not None:
+                new = read_config(self.config.path)
+            elif self.sandbox is not None:
+                new = _sandbox_accounts(sandbox_with_dropins(self.config.sandbox_dir),
+                                        self.sandbox)
+            else:
+                log.info("xrelay: reload asked, but there is no file to re-read")
+                return False
         except ConfigError as e:
             log.error("xrelay: configuration not reloaded, keeping the old one: {error}",
                       error=str(e))
@@ -198,8 +203,23 @@ def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
     os.makedirs(config.sandbox_dir, mode=0o700, exist_ok=True)
     sandbox = Sandbox(FilePath(config.sandbox_dir), reactor=reactor)
     sandbox.start()
+    return _sandbox_accounts(config, sandbox), sandbox, _StartedSandboxService(sandbox)
+
+
+def _sandbox_accounts(config: Config, sandbox: Any) -> Config:
+    """
+    The sandbox default's accounts: those the setup wizard made (managed drop-ins),
+    pointed at this run's sandbox (its ports change at every start; nothing leaves the
+    machine), first, so their senders route to them; then the sandbox's own account,
+    which takes every other sender.
+    """
     account = account_from_table(dict(sandbox.default_account()), "sandbox")
-    return with_accounts(config, (account,)), sandbox, _StartedSandboxService(sandbox)
+    managed = tuple(attrs.evolve(
+        a, authority=sandbox.authority, smtp_host=sandbox.smtp_host,
+        smtp_port=sandbox.smtp_port, graph_url=sandbox.graph_url,
+        ca_file=sandbox.ca_file, smtp_implicit_tls=False)
+        for a in config.accounts if a.provider == "microsoft" and a.name != "sandbox")
+    return with_accounts(config, (*managed, account))
 
 
 class _StartedSandboxService(Service):

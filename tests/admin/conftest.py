@@ -54,7 +54,10 @@ class RelayWorld:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        # localhost, not 127.0.0.1: the redirect URI of a loopback admin listener is
+        # http://localhost:PORT/signin/callback (what Entra accepts), and the session
+        # cookie must be the one the browser sends when it comes back there.
+        return f"http://localhost:{self.admin_port}"
 
 
 def free_port() -> int:

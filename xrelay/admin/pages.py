@@ -216,17 +216,24 @@ def entry_link(entry_id: str) -> Tag:
                   class_="mono")
 
 
-def _sign_in_form(account: Any, csrf: str) -> Tag:
+def _sign_in_form(account: Any, csrf: str, redirect_uri: str | None = None) -> Tag:
     provider = {"microsoft": "Microsoft", "google": "Google"}.get(account.provider,
                                                                   account.provider)
-    return tags.form(method="post", action="/signin", class_="inline")(
+    form = tags.form(method="post", action="/signin", class_="inline")(
         csrf_field(csrf), tags.input(type="hidden", name="account", value=account.name),
         tags.button(f"Sign in with {provider}", type="submit", id=f"signin-{account.name}"))
+    if redirect_uri is None:
+        return form
+    # The URI the relay sends: the app registration must list exactly this one.
+    return tags.div(form, tags.br(), tags.span(
+        "redirect URI (register it): ", tags.code(redirect_uri, class_="redirect-uri"),
+        class_="small muted"))
 
 
 def status_body(overall: tuple[str, bool], views: Iterable[AccountView],
                 counts: dict[str, int], oldest_age: float | None, recent: Iterable[Any],
-                csrf: str, sign_in_for: Any, tls_expiry: Any = None) -> list[Any]:
+                csrf: str, sign_in_for: Any, tls_expiry: Any = None,
+                redirect_uri: str | None = None) -> list[Any]:
     """
     @param overall: the one line at the top, and whether all is well.
     @param views: one row per account.
@@ -234,12 +241,14 @@ def status_body(overall: tuple[str, bool], views: Iterable[AccountView],
     @param sign_in_for: account name -> the account when the browser sign-in applies
         to it, else None.
     @param tls_expiry: the listeners' TLS certificate that ends first, if any.
+    @param redirect_uri: the browser sign-in's redirect URI, shown beside each button.
     """
     line, good = overall
     rows = []
     for v in views:
         account = sign_in_for(v.name)
-        action: Any = _sign_in_form(account, csrf) if account is not None else "-"
+        action: Any = (_sign_in_form(account, csrf, redirect_uri) if account is not None
+                       else "-")
         good_token = v.state in GOOD_STATES
         todo = (v.provider_fix if v.provider_held and good_token else
                 v.hint if v.hint and not good_token else (v.last_error or "-"))

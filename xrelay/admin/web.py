@@ -39,7 +39,7 @@ from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore
 from xrelay.interfaces import ISpool, UnknownEntry
 from xrelay.operations.queue import QueueOperations, QueueProblem
 
-__all__ = ["AdminSite", "security_headers"]
+__all__ = ["AdminSite", "callback_uri", "security_headers"]
 
 log = Logger(namespace="xrelay.admin")
 
@@ -348,7 +348,8 @@ class AdminSite(Resource):
         notice, session.notice = session.notice, None
         return await self._html(pages.Page("status", pages.status_body(
             overall, views, engine.counts, engine.oldest_age, engine.recent,
-            session.csrf_token, sign_in_for, tls), csrf=session.csrf_token, notice=notice,
+            session.csrf_token, sign_in_for, tls, redirect_uri=self._redirect_uri(request)),
+            csrf=session.csrf_token, notice=notice,
             current="status"))
 
     @property
@@ -448,20 +449,10 @@ class AdminSite(Resource):
     # -- browser sign-in ---------------------------------------------------------------
 
     def _redirect_uri(self, request: Any) -> str:
-        """
-        Where the identity platform sends the browser back: C{admin.public_url}, else
-        the address this listener was reached at (the socket's own, never the
-        request's C{Host:}, which whoever sends the request chooses).
-        """
-        base = self.config.admin.public_url
-        if not base:
-            host = request.getHost()
-            address = getattr(host, "host", "127.0.0.1")
-            if ":" in address:
-                address = f"[{address}]"
-            base = (f"{'https' if request.isSecure() else 'http'}://{address}:"
-                    f"{getattr(host, 'port', 8025)}")
-        return f"{base}/signin/callback"
+        """The redirect URI this listener sends and shows (L{callback_uri})."""
+        host = request.getHost()
+        return callback_uri(self.config.admin.public_url, getattr(host, "host", ""),
+                            getattr(host, "port", 8025), request.isSecure())
 
     async def sign_in_start(self, request: Any, session: Session) -> None:
         name = self._form(request, "account") or ""
@@ -519,6 +510,31 @@ class AdminSite(Resource):
                                             " Its queued mail is on its way.",
                                             "/", "Continue to the status page"),
             refresh_to="/"))
+
+
+def callback_uri(public_url: str | None, address: str, port: int, secure: bool) -> str:
+    """
+    Where the identity platform sends the browser back, exactly as it must be
+    registered: C{admin.public_url}, else C{http://localhost:PORT} for a loopback
+    listener (Entra's portal accepts C{http://} only for C{localhost}, and a public
+    client's C{http://localhost} redirect matches any port:
+    U{https://learn.microsoft.com/en-us/entra/identity-platform/reply-url#localhost-exceptions}),
+    else the socket's own address (never the request's C{Host:}, which whoever sends the
+    request chooses).
+    """
+    import ipaddress
+
+    if public_url:
+        return f"{public_url.rstrip('/')}/signin/callback"
+    scheme = "https" if secure else "http"
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return f"{scheme}://localhost:{port}/signin/callback"
+    host = f"[{address}]" if ":" in address else (address or "127.0.0.1")
+    return f"{scheme}://{host}:{port}/signin/callback"
 
 
 def sign_in_url(account: Any) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 
-from xrelay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, command, config_from
+from xrelay.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, _origin, command, config_from
 from xrelay.config import Config
 from xrelay.operations.control import (
     ControlClient,
@@ -174,6 +174,8 @@ def accounts_command(args: argparse.Namespace) -> int:
             if s.get("hint") and s["state"] not in USABLE:
                 line += f"\t{s['hint']}"
             line += _account_state_text(s)
+            if config.origin("accounts", s["account"]) is not None:
+                line += f"\tfrom {_origin(config, 'accounts', s['account'])}"
             print(line)
             for warning in s.get("expiry_warnings") or ():
                 print(f"# warning: {warning}")
