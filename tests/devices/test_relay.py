@@ -21,7 +21,10 @@ from tests.inbound.tlsclient import OPENSSL
 
 
 async def meet_the_devices(world: Any) -> Any:
-    """Start the relay, let each device try, wait until the trusted ones delivered."""
+    """
+    Start the relay, let each device try, wait until the trusted ones delivered; the
+    relay and the certificates its STARTTLS uses.
+    """
     certs = configure(world)
     relay = start_relay(world)
     await relay.inbound.when_listening()
@@ -35,7 +38,7 @@ async def meet_the_devices(world: Any) -> Any:
         run = await tls1_device(port, world.tmp)
         assert "queued as" not in run.output
     await until(lambda: len(world.sandbox.mailbox.messages) == 2)
-    return relay
+    return relay, certs
 
 
 def check_rows(rows: list[dict[str, Any]]) -> None:
@@ -80,7 +83,7 @@ def check_rows(rows: list[dict[str, Any]]) -> None:
 @pytest_twisted.ensureDeferred
 async def test_devices_command_lists_every_device_with_the_daemon_running_and_stopped(
         world) -> None:
-    relay = await meet_the_devices(world)
+    relay, _ = await meet_the_devices(world)
     rows: list[Any] = []
 
     async def listed() -> bool:

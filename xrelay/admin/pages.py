@@ -135,6 +135,7 @@ class Page(Element):
                  for key, label, href in (("status", "Status", "/"),
                                           ("queue", "Queue", "/queue"),
                                           ("trace", "Trace", "/trace"),
+                                          ("devices", "Devices", "/devices"),
                                           ("metrics", "Metrics", "/metrics"))]
         return tags.nav(*links, tags.form(method="post", action="/logout", class_="inline")(
             csrf_field(self._csrf), tags.button("Sign out", type="submit", id="logout")))
@@ -361,6 +362,7 @@ def _search_form(values: dict[str, str]) -> Tag:
         field("To", "to", "someone@example.net"),
         field("Subject", "subject", "text in the subject"),
         field("Since", "since", "2h, 3d, a date", 14),
+        field("Client", "client", "192.168.10.44", 14),
         tags.label("Status", tags.select(name="status", id="search-status")(*options)),
         tags.button("Search", type="submit", id="search"))
 

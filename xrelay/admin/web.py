@@ -108,6 +108,10 @@ class AdminSite(Resource):
         #: Wrong passwords per source and for the account (L{SignInGuard}).
         self.guard = SignInGuard()
         self.failures = self.guard.failures
+        from xrelay.admin.devices import DevicesPages
+
+        #: The Devices page and its admit forms.
+        self.devices = DevicesPages(self)
 
     @property
     def config(self) -> Any:
@@ -154,6 +158,9 @@ class AdminSite(Resource):
             ("POST", "/queue/delete"): self.queue_delete,
             ("POST", "/queue/retry-all"): self.queue_retry_all,
             ("POST", "/signin"): self.sign_in_start,
+            ("GET", "/devices"): self.devices.page,
+            ("POST", "/devices/allow"): self.devices.allow,
+            ("POST", "/devices/password"): self.devices.password,
         }
         try:
             if (method, path) in routes:
@@ -376,13 +383,14 @@ class AdminSite(Resource):
         from xrelay.history import HistoryMissing, TraceQuery, parse_since, search
 
         values = {name: (self._form(request, name) or "").strip()
-                  for name in ("from", "to", "subject", "since", "status")}
+                  for name in ("from", "to", "subject", "since", "status", "client")}
         problem, messages = None, None
         try:
             since = parse_since(values["since"]) if values["since"] else None
             query = TraceQuery(sender=values["from"] or None, recipient=values["to"] or None,
                                subject=values["subject"] or None, since=since,
-                               status=values["status"] or None)
+                               status=values["status"] or None,
+                               client=values["client"] or None)
             messages = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                                search, self._history_path(), query)
         except ValueError as e:
