@@ -19,6 +19,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from xrelay.devices import Device, DeviceCollector, DeviceStore, Sighting, read_devices
 from xrelay.devices.records import MAX_SENDERS
+from xrelay.devices.store import MAX_DEVICES
 from tests.inbound.harness import make_config
 
 
@@ -72,7 +73,7 @@ def test_a_change_merges_into_its_row() -> None:
 @pytest_twisted.ensureDeferred
 async def test_ten_thousand_clients_stay_within_the_cap(tmp_path: Path) -> None:
     config = config_in(tmp_path)
-    collector = DeviceCollector(lambda: config, reactor, limit=1000)
+    collector = DeviceCollector(lambda: config, reactor)  # the cap: MAX_DEVICES
     collector.startService()
     try:
         most_pending = 0
@@ -85,15 +86,15 @@ async def test_ten_thousand_clients_stay_within_the_cap(tmp_path: Path) -> None:
         await collector.flush()
     finally:
         await collector.stopService()
-    assert most_pending <= 1000
+    assert most_pending <= MAX_DEVICES
     devices = read_devices(collector.path)
-    assert len(devices) == 1000
-    # The least recently seen were forgotten: the last thousand are kept.
+    assert len(devices) == MAX_DEVICES
+    # The least recently seen were forgotten: the last ones are kept.
     assert {d.address for d in devices} == {
-        f"10.0.{i // 256 % 256}.{i % 256}" for i in range(9000, 10_000)}
-    assert collector.counts == {"failing": 1000, "ok": 0}
+        f"10.0.{i // 256 % 256}.{i % 256}" for i in range(10_000 - MAX_DEVICES, 10_000)}
+    assert collector.counts == {"failing": MAX_DEVICES, "ok": 0}
     size = os.path.getsize(collector.path)
-    assert size < 1000 * 2048, size
+    assert size < MAX_DEVICES * 2048, size
 
 
 @pytest_twisted.ensureDeferred
@@ -133,3 +134,22 @@ def test_rows_older_than_the_retention_go(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(tmp_path / "devices.sqlite") as db:
         assert db.execute("SELECT address FROM device").fetchall() == [("192.168.10.2",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_new_clients_between_writes_is_cut_at_the_cap(
+        tmp_path: Path) -> None:
+    config = config_in(tmp_path)
+    collector = DeviceCollector(lambda: config, reactor, limit=100)
+    collector.startService()
+    try:
+        for i in range(250):  # all within one gathering interval, no write between
+            collector.refused(Session(f"10.1.{i // 256}.{i % 256}"), "connect", 421,
+                              "4.7.0", "Too many connections")
+        assert len(collector.pending) == 100
+        assert collector.dropped == 150
+        await collector.flush()
+        assert collector.pending == {} and collector.dropped == 0
+    finally:
+        await collector.stopService()
+    assert len(read_devices(collector.path)) == 100

@@ -67,8 +67,9 @@ def _admit_forms(device: Device, csrf: str, actions: Sequence[str]) -> list[Any]
             tags.button("Give it a password", type="submit",
                         id=f"password-{row_id(device)}")))
     if LEGACY_TLS in actions:
-        forms.append(tags.p(class_="small")("Allow legacy TLS: ",
-                                            tags.span(legacy_tls_listener(), class_="mono")))
+        forms.append(tags.p(class_="small", id=f"legacy-tls-{row_id(device)}")(
+            "Allow legacy TLS: add ", tags.span(legacy_tls_listener(), class_="mono"),
+            " to [server] listen, restart xrelay, point the device at that port."))
     return forms
 
 
@@ -80,20 +81,22 @@ def _row(device: Device, csrf: str) -> Tag:
         who += [" ", tags.span(f"user {device.user}", class_="mono")]
     who += [tags.br(), tags.span(", ".join(device.helo_names) or "no HELO",
                                  class_="small muted"),
-            tags.br(), _messages_link(device)]
+            " · ", _messages_link(device)]
     login = (f"{device.mechanism or 'AUTH'} ok" if device.user else "none")
     if device.auth_failures:
         login += f"; {device.auth_failures} failed as {device.auth_failed_user or '?'}"
-    tls = device.tls or "-"
-    if device.tls_failures:
+    tls = device.tls or ("handshake failed" if device.tls_failures else "-")
+    if device.tls_failures and device.tls:
         tls += f"; {device.tls_failures} failed"
     counts = tags.span(class_="small")(
         f"{device.accepted} accepted", tags.br(), f"{device.delivered} delivered",
         tags.br(), f"{device.bounced} bounced", tags.br(), f"{device.refused} refused")
     last: list[Any] = ["-"]
     if refusal is not None:
+        # A refusal the device has since got past is history: shown, but quietly.
         last = [tags.span(f"{local_time(refusal.at)}, {refusal.stage}", class_="small muted"),
-                tags.br(), tags.span(pages.folded(refusal.reply, 90), class_="reply")]
+                tags.br(), tags.span(pages.folded(refusal.reply, 90),
+                                     class_="reply" if device.failing else "reply muted")]
     if fix:
         last += [tags.p(fix, class_="small", id=f"fix-{row_id(device)}"),
                  *_admit_forms(device, csrf, actions)]
@@ -129,7 +132,7 @@ def devices_body(devices: list[Device] | None, csrf: str, problem: str | None = 
     return [
         tags.p(summary_line(devices), class_="overall bad" if failing else "overall",
                id="devices-summary"),
-        pages._table(["p10", "p16", "p8", "p10", "p14", "p9", "p9", "p24"],
+        pages._table(["p11", "p14", "p8", "p9", "p13", "p9", "p8", "p28"],
                      ["State", "Device", "TLS", "Login", "Senders", "Messages",
                       "Last seen", "Last refusal and fix"], rows, id="devices"),
         tags.h2("Admit a device"),

@@ -84,7 +84,7 @@ ul.plain li + li { margin-top: 0.3em; }
 .p10 { width: 10%; } .p11 { width: 11%; } .p12 { width: 12%; } .p13 { width: 13%; }
 .p14 { width: 14%; } .p15 { width: 15%; } .p16 { width: 16%; } .p17 { width: 17%; }
 .p18 { width: 18%; } .p20 { width: 20%; } .p24 { width: 24%; } .p30 { width: 30%; }
-.p23 { width: 23%; } .p36 { width: 36%; } .p37 { width: 37%; } .p48 { width: 48%; }
+.p23 { width: 23%; } .p28 { width: 28%; } .p36 { width: 36%; } .p37 { width: 37%; } .p48 { width: 48%; }
 """
 
 

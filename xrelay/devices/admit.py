@@ -117,6 +117,4 @@ def give_password(config: Any, device: Device, actor: str) -> Admitted:
 
 def legacy_tls_listener() -> str:
     """The C{server.listen} entry that lets an old TLS 1.0 device in (shown, not written)."""
-    return ('{ endpoint = "tcp:2526", tls_min_version = "1.0" }  # in [server] listen; '
-            "then restart xrelay (listeners change only at start); point the device at "
-            "port 2526")
+    return '{ endpoint = "tcp:2526", tls_min_version = "1.0" }'

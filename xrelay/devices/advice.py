@@ -65,9 +65,8 @@ def fix_for(device: Device) -> tuple[str, tuple[str, ...]]:
     if refusal is None or not device.failing:
         return "", ()
     if _old_tls(device) is not None:
-        return ("The device speaks only an old TLS version: give it a listener with "
-                "tls_min_version = \"1.0\" (server.listen), or turn TLS off on the device "
-                "if the network is trusted.", (LEGACY_TLS,))
+        return ("It speaks only an old TLS version: give it a listener with "
+                "tls_min_version = \"1.0\", or turn TLS off on the device.", (LEGACY_TLS,))
     if refusal.stage == "tls":
         return (f"{refusal.reply}.", ())
     if refusal.stage == "auth":
@@ -75,8 +74,8 @@ def fix_for(device: Device) -> tuple[str, tuple[str, ...]]:
                 "password: set the right one on the device, or give it a new password "
                 "here (the old one stops working).", (ADMIT_PASSWORD,))
     if "not in relay.allow_networks" in refusal.reply:
-        return ("The device is not in relay.allow_networks and does not log in: allow "
-                "its address (or its network), or give it a password.",
+        return ("It is not in relay.allow_networks and does not log in: allow its "
+                "address (or its network), or give it a password.",
                 (ADMIT_ADDRESS, ADMIT_PASSWORD))
     if refusal.reply.startswith("550 5.7.1 Sender"):
         return ("The device sends as an address it may not use: " + refusal.reply[10:],
