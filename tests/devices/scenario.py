@@ -92,11 +92,16 @@ def tls1_device(port: int, directory: Any) -> Any:
 
 def devices_json(world: RelayWorld, *options: str) -> Any:
     """`xrelay devices --json` as a subprocess (in a thread): the parsed rows."""
+    return xrelay_json(world, "devices", "--json", *options)
+
+
+def xrelay_json(world: RelayWorld, *arguments: str) -> Any:
+    """The `xrelay` command as a subprocess (in a thread): its parsed JSON output."""
     def run() -> Any:
         env = dict(os.environ, XRELAY_CONFIG=str(world.config_path))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(),
                                                           env.get("PYTHONPATH")]))
-        result = subprocess.run([bin_path("xrelay"), "devices", "--json", *options],
+        result = subprocess.run([bin_path("xrelay"), *arguments],
                                 capture_output=True, timeout=120, env=env)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
@@ -108,4 +113,5 @@ def by_device(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
 
 
 __all__ = ["AUTHENTICATING", "OUTSIDE", "TRUSTED", "by_device", "configure",
-           "devices_json", "log_in_wrong_then_right", "send_from", "tls1_device"]
+           "devices_json", "log_in_wrong_then_right", "send_from", "tls1_device",
+           "xrelay_json"]

@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest_twisted
 
+from twisted.logger import formatEvent, globalLogPublisher
+
 from tests.admin.conftest import start_relay
 from tests.admin.test_web import until
 from tests.devices.scenario import (AUTHENTICATING, OUTSIDE, TRUSTED, by_device, configure,
                                     devices_json, log_in_wrong_then_right, send_from,
-                                    tls1_device)
+                                    tls1_device, xrelay_json)
 from tests.inbound.tlsclient import OPENSSL
 
 
@@ -32,8 +34,18 @@ async def meet_the_devices(world: Any) -> Any:
     assert await send_from(port, TRUSTED, "printer-2.lan", "printer@sandbox.example") is None
     refused = await send_from(port, OUTSIDE, "scanner-3.lan", "scanner3@example.com")
     assert refused is not None and refused.smtp_code == 550
-    wrong, failed = await log_in_wrong_then_right(port, certs)
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        wrong, failed = await log_in_wrong_then_right(port, certs)
+    finally:
+        globalLogPublisher.removeObserver(observer)
     assert wrong is not None and wrong.smtp_code == 535 and failed == {}
+    # The log names the device and the user it tried, never the password.
+    assert (f"inbound client {AUTHENTICATING}: authentication failed for user 'scanner' "
+            "(PLAIN), 1 on this connection") in lines, lines
+    assert not any("not the password" in line for line in lines)
     if OPENSSL is not None:
         run = await tls1_device(port, world.tmp)
         assert "queued as" not in run.output
@@ -104,6 +116,12 @@ async def test_devices_command_lists_every_device_with_the_daemon_running_and_st
     metrics = relay.metrics.exposition().decode()
     assert f'xrelay_devices{{state="failing"}} {float(len(failing))}' in metrics
     assert 'xrelay_devices{state="ok"} 2.0' in metrics
+
+    # A device's messages in the trace, as the page's link finds them.
+    await relay.history.flush()
+    traced = await xrelay_json(world, "trace", "--client", TRUSTED, "--json")
+    assert [(m["client"], m["sender"]) for m in traced] == [
+        (TRUSTED, "printer@sandbox.example")]
 
     await relay.stopService()
     check_rows(await devices_json(world))

@@ -37,6 +37,10 @@ __all__ = ["DevicesPages", "devices_body", "row_id"]
 
 log = Logger(namespace="xrelay.admin")
 
+#: Devices shown in the table at most (failing ones first, then the most recent): the
+#: page stays quick however many addresses a scan of the listener left behind.
+MAX_ROWS = 300
+
 
 def row_id(device: Device) -> str:
     """The element id of a device's row (C{device-127.0.0.3}, C{device-10.0.0.4-scanner})."""
@@ -128,13 +132,16 @@ def devices_body(devices: list[Device] | None, csrf: str, problem: str | None = 
         return [tags.p(problem or "", class_="bad", id="devices-problem"),
                 _allow_any_form(csrf)]
     failing = any(d.failing for d in devices)
-    rows = [_row(d, csrf) for d in devices]
+    rows = [_row(d, csrf) for d in devices[:MAX_ROWS]]
+    more = len(devices) - MAX_ROWS
     return [
         tags.p(summary_line(devices), class_="overall bad" if failing else "overall",
                id="devices-summary"),
         pages._table(["p11", "p14", "p8", "p9", "p13", "p9", "p8", "p28"],
                      ["State", "Device", "TLS", "Login", "Senders", "Messages",
                       "Last seen", "Last refusal and fix"], rows, id="devices"),
+        tags.p(f"And {more} more seen less recently: `xrelay devices` lists them all.",
+               class_="muted", id="devices-more") if more > 0 else "",
         tags.h2("Admit a device"),
         _allow_any_form(csrf),
     ]
