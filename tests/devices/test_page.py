@@ -173,3 +173,62 @@ async def test_a_password_for_a_refused_device_is_shown_once_and_works(world) ->
     await until(lambda: len(world.sandbox.mailbox.messages) == before + 1)
     refused = await deferToThread(send, "someone-else@example.com")
     assert refused is not None and refused.smtp_code == 550
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_password_replaces_a_managed_users_and_never_the_admins(world) -> None:
+    import smtplib
+    import ssl
+
+    from twisted.internet.threads import deferToThread
+
+    _, certs = await meet_the_devices(world)
+    browser = await signed_in(world)
+
+    async def new_password(address: str, user: str) -> tuple[str, str] | str:
+        token = await browser.csrf("/devices")
+        response, body = await browser.request("POST", "/devices/password", {
+            "csrf_token": token, "address": address, "user": user})
+        if response.code == 303:
+            _, page = await browser.request("GET", "/devices")
+            notice = re.search(r'id="notice">([^<]*)<', page)
+            assert notice, page
+            return html.unescape(notice.group(1))
+        made = re.search(r'id="new-user">([^<]+)<', body)
+        password = re.search(r'id="new-password">([^<]+)<', body)
+        assert made and password, body
+        return made.group(1), html.unescape(password.group(1))
+
+    # The admin's own user: xrelay never rewrites the admin's file.
+    refused = await new_password(AUTHENTICATING, "scanner")
+    assert isinstance(refused, str) and refused.startswith("No password made: user "
+                                                           "scanner is defined in ")
+    assert "which xrelay never rewrites" in refused
+
+    first = await new_password(OUTSIDE, "")
+    assert isinstance(first, tuple)
+    user, password = first
+
+    def log_in(secret: str) -> Any:
+        with smtplib.SMTP("127.0.0.1", world.smtp_port, timeout=30,
+                          source_address=(OUTSIDE, 0)) as client:
+            client.starttls(context=ssl.create_default_context(cafile=certs.ca_file))
+            client.ehlo("scanner-3.lan")
+            try:
+                client.login(user, secret)
+            except smtplib.SMTPAuthenticationError as e:
+                return e
+            return client.sendmail("scanner3@example.com", ["customer@example.net"],
+                                   b"Subject: x\r\n\r\nx\r\n")
+
+    assert await deferToThread(log_in, password) == {}
+    await world.relay.devices.flush()
+    # The device now logs in as the managed user: a new password replaces its own.
+    second = await new_password(OUTSIDE, user)
+    assert isinstance(second, tuple) and second[0] == user and second[1] != password
+    managed = (world.state_dir / "managed" / "devices.toml").read_text()
+    assert managed.count("[[users]]") == 1
+    assert 'senders = ["scanner3@example.com"]' in managed
+    wrong = await deferToThread(log_in, password)
+    assert isinstance(wrong, smtplib.SMTPAuthenticationError)
+    assert await deferToThread(log_in, second[1]) == {}

@@ -90,21 +90,33 @@ def device_user_name(device: Device) -> str:
 
 def give_password(config: Any, device: Device, actor: str) -> Admitted:
     """
-    Make a device user for this device with a new random password, allowed only the
-    envelope senders the device used.
+    A new random password for this device: for a device that logs in as a user the
+    managed configuration made, that user's password is replaced (its senders kept);
+    otherwise a device user is made for it, allowed only the envelope senders the
+    device used.
 
-    @raise AdmitRefused: the device has used no sender yet (there is nothing to
-        restrict it to), or the managed configuration refused the user.
+    @raise AdmitRefused: the device logs in as a user of the admin's own file (xrelay
+        never rewrites it), it has used no sender yet (there is nothing to restrict it
+        to), or the managed configuration refused the user.
     """
     from xrelay.managed import ManagedRefused, add_user
     from xrelay.passwords import hash_password
 
-    senders = tuple(dict.fromkeys(device.senders))
+    tried = device.user or device.auth_failed_user
+    existing = next((u for u in config.users if u.name == tried), None)
+    if existing is not None:
+        origin = config.origin("users", existing.name)
+        if origin is not None and origin == config.path:
+            raise AdmitRefused(f"user {existing.name} is defined in {origin}, which xrelay "
+                               "never rewrites: give it a new password_hash there (`xrelay "
+                               "hash-password`), then `xrelay reload`")
+        name, senders = existing.name, tuple(p.text for p in existing.senders)
+    else:
+        name, senders = device_user_name(device), tuple(dict.fromkeys(device.senders))
     if not senders:
         raise AdmitRefused(f"{device.address} has not tried to send from any address yet, "
                            "so its senders cannot be restricted; let it try once, or add "
                            "a [[users]] table by hand")
-    name = device_user_name(device)
     password = secrets.token_urlsafe(18)
     table = {"name": name, "password_hash": hash_password(password), "senders":
              list(senders)}
