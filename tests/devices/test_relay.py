@@ -138,3 +138,26 @@ async def test_the_switch_off_keeps_nothing(world) -> None:
     assert not (world.state_dir / "devices.sqlite").exists()
 
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relay_starts_over_a_corrupt_inventory_and_sets_it_aside(world) -> None:
+    configure(world)
+    world.state_dir.mkdir(parents=True, exist_ok=True)
+    (world.state_dir / "devices.sqlite").write_bytes(b"\x00garbage" * 512)
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        relay = start_relay(world)
+        await relay.inbound.when_listening()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert relay.running
+    aside = [line for line in lines if "device inventory" in line]
+    assert len(aside) == 1 and "moved it aside" in aside[0], aside
+    assert (world.state_dir / "devices.sqlite.corrupt").read_bytes().startswith(b"\x00garb")
+    assert await send_from(world.smtp_port, TRUSTED, "printer-2.lan",
+                           "printer@sandbox.example") is None
+    rows = await devices_json(world)
+    assert [(row["address"], row["accepted"]) for row in rows] == [(TRUSTED, 1)]
