@@ -1,6 +1,7 @@
 """
 The Devices page in real headless Chromium at 1280x800: the devices of the real-relay
-scenario listed failing first, the table within the window; "Allow 127.0.0.3" clicked
+scenario listed failing first, the table within the window; a password made for
+127.0.0.3 and shown once; then "Allow 127.0.0.3" clicked
 on the page, and the device's next message delivered without a restart; an attempt
 to allow 0.0.0.0/0 refused with the reason.  Screenshots in tests/artifacts/.
 """
@@ -72,10 +73,18 @@ async def test_admit_a_refused_device_from_the_devices_page(world) -> None:
         wait_for("notice")
         seen["open_relay"] = driver.find_element(By.ID, "notice").text
         fits("2-open-relay-refused")
+        driver.find_element(By.ID, f"password-{row}").click()
+        wait_for("new-password")
+        seen["user"] = driver.find_element(By.ID, "new-user").text
+        seen["password"] = driver.find_element(By.ID, "new-password").text
+        fits("3-password-shown-once")
+        driver.find_element(By.ID, "continue").click()
+        wait_for("devices")
+        seen["page_after"] = driver.page_source
         driver.find_element(By.ID, f"allow-address-{row}").click()
         wait_for("notice")
         seen["allowed"] = driver.find_element(By.ID, "notice").text
-        fits("3-allowed")
+        fits("4-allowed")
         return seen
 
     try:
@@ -90,6 +99,8 @@ async def test_admit_a_refused_device_from_the_devices_page(world) -> None:
         assert seen["open_relay"].startswith("Not allowed: 0.0.0.0/0 is not a private "
                                              "network: relaying for it would make an open "
                                              "relay")
+        assert seen["user"] == "device-127-0-0-3" and len(seen["password"]) >= 20
+        assert seen["password"] not in seen["page_after"]  # shown once
         assert seen["allowed"] == ("127.0.0.3/32 may relay now (added networks "
                                    "127.0.0.3/32).")
 
@@ -104,10 +115,10 @@ async def test_admit_a_refused_device_from_the_devices_page(world) -> None:
             driver.get(world.admin_url + "/devices")
             wait_for("devices")
             text = driver.find_element(By.ID, row).text
-            fits("4-delivered")
+            fits("5-delivered")
             driver.find_element(By.ID, f"trace-{row}").click()
             wait_for("trace-results")
-            driver.save_screenshot(str(ARTIFACTS / "devices-5-its-messages.png"))
+            driver.save_screenshot(str(ARTIFACTS / "devices-6-its-messages.png"))
             return text + "\n" + driver.find_element(By.ID, "trace-count").text
 
         text = await deferToThread(after)
