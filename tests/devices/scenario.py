@@ -13,7 +13,8 @@ import os
 import smtplib
 import ssl
 import subprocess
-from typing import Any
+import time
+from typing import Any, Awaitable, Callable
 
 from twisted.internet.threads import deferToThread
 
@@ -108,10 +109,22 @@ def xrelay_json(world: RelayWorld, *arguments: str) -> Any:
     return deferToThread(run)
 
 
+async def eventually(condition: Callable[[], Awaitable[bool]],
+                     timeout: float = 60.0) -> None:
+    """Wait (polling, a quarter second apart) until an asynchronous check holds."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "the state waited for did not come"
+        await deferLater(reactor, 0.25, lambda: None)
+
+
 def by_device(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row["address"], row["user"]): row for row in rows}
 
 
 __all__ = ["AUTHENTICATING", "OUTSIDE", "TRUSTED", "by_device", "configure",
-           "devices_json", "log_in_wrong_then_right", "send_from", "tls1_device",
+           "devices_json", "eventually", "log_in_wrong_then_right", "send_from", "tls1_device",
            "xrelay_json"]

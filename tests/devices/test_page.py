@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.admin.test_web import Browser, until
-from tests.devices.scenario import (AUTHENTICATING, OUTSIDE, TRUSTED, send_from)
+from tests.devices.scenario import AUTHENTICATING, OUTSIDE, TRUSTED, eventually, send_from
 from tests.devices.test_relay import meet_the_devices
 from tests.inbound.tlsclient import OPENSSL
 
@@ -47,9 +47,7 @@ async def test_devices_page_lists_each_device_failing_first(world) -> None:
         _, body = await browser.request("GET", "/devices")
         return "1 delivered" in row(body, f"device-{AUTHENTICATING}-scanner")
 
-    for _ in range(60):
-        if await delivered_counted():
-            break
+    await eventually(delivered_counted)
     summary = re.search(r'id="devices-summary">([^<]*)<', body)
     assert summary, body
     failing = "2 failing: 127.0.0.1 TLS 1.0 refused, " if OPENSSL else "1 failing: "

@@ -17,8 +17,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from tests.admin.conftest import start_relay
 from tests.admin.test_web import until
 from tests.devices.scenario import (AUTHENTICATING, OUTSIDE, TRUSTED, by_device, configure,
-                                    devices_json, log_in_wrong_then_right, send_from,
-                                    tls1_device, xrelay_json)
+                                    devices_json, eventually, log_in_wrong_then_right,
+                                    send_from, tls1_device, xrelay_json)
 from tests.inbound.tlsclient import OPENSSL
 
 
@@ -104,9 +104,7 @@ async def test_devices_command_lists_every_device_with_the_daemon_running_and_st
         return (found.get((TRUSTED, ""), {}).get("delivered") == 1
                 and found.get((AUTHENTICATING, "scanner"), {}).get("delivered") == 1)
 
-    for _ in range(60):
-        if await listed():
-            break
+    await eventually(listed)
     check_rows(rows)
     assert rows[0]["state"] == "failing"  # failing devices first
     failing = await devices_json(world, "--failing")
