@@ -458,7 +458,9 @@ class RelayConfig:
                "page): per client address and AUTH user, its HELO names, TLS, senders, "
                "counts and last refusal, in state_dir/devices.sqlite, at most 5000 "
                "devices, each kept delivery.history_days after it was last seen (30 "
-               "when the history is off). false: nothing about clients is kept."})
+               "when the history is off). false: nothing about clients is kept (a reload "
+               "that turns it off stops collecting at once; turning it on takes a "
+               "restart)."})
 
     def __attrs_post_init__(self) -> None:
         for i, network in enumerate(self.allow_networks):
