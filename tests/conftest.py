@@ -85,6 +85,8 @@ def run_relay(tmp_path: Path) -> Iterator[object]:
         log_path = cwd / f"twistd-{len(started)}.log"
         environment = dict(os.environ)
         environment.pop("XRELAY_CONFIG", None)
+        # The sandbox default's admin page: a free port, never 8025 (tests run side by side).
+        environment["XRELAY_SANDBOX_ADMIN_PORT"] = str(free_port())
         environment.update(env or {})
         process = subprocess.Popen(
             [bin_path("twistd"), "-n", "--pidfile=", f"--logfile={log_path}", "xrelay",

@@ -190,6 +190,7 @@ def _load_command_modules() -> None:
     import xrelay.operations.devices  # noqa: F401
     import xrelay.operations.makecert  # noqa: F401
     import xrelay.operations.trace  # noqa: F401
+    import xrelay.setup.command  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

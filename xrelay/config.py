@@ -760,6 +760,53 @@ class AdminConfig:
         "OAuth redirect URI `public_url/signin/callback` and the cookie's Secure flag.")})
 
 
+#: The Microsoft Graph Command Line Tools: a Microsoft first-party public client
+#: (present in every tenant) that allows the device code flow and http://localhost
+#: redirects on any port, so xrelay's setup needs no app registration of its own to
+#: sign the admin in.  https://learn.microsoft.com/en-us/powershell/microsoftgraph/authentication-commands
+SETUP_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
+
+
+@attrs.frozen
+class SetupConfig:
+    """Where C{xrelay setup} and the "Add an account" wizard sign the admin in."""
+
+    client_id: str = attrs.field(validator=_text, default=SETUP_CLIENT_ID, metadata={
+        "doc": "The public client the admin signs in with for the setup (device code in "
+        "the terminal, authorization code with PKCE on the page). The default is "
+        "Microsoft's own Microsoft Graph Command Line Tools app, present in every tenant; "
+        "the admin consents to it for the setup's permissions only (register apps, "
+        "grant consent, read users, Exchange.Manage). Set your own public client's id "
+        "if your tenant blocks it."})
+    cloud: str = attrs.field(
+        validator=_one_of(CLOUDS), default="global", metadata={"doc": (
+            "The Microsoft cloud of the tenant: `global`, `usgov`, `usgov-dod`, "
+            "`china`; picks the three URLs below.")})
+    authority: str = attrs.field(validator=_https, default="", metadata={
+        "default": "from `cloud`", "doc": "The identity platform's base URL "
+        "(https://login.microsoftonline.com)."})
+    graph_url: str = attrs.field(validator=_https, default="", metadata={
+        "default": "from `cloud`", "doc": "Microsoft Graph's base URL for the app "
+        "registration calls (https://graph.microsoft.com/v1.0)."})
+    exchange_admin_url: str = attrs.field(validator=_https, default="", metadata={
+        "default": "from `cloud`", "doc": "Exchange Online's admin API, the one the "
+        "ExchangeOnlineManagement module uses "
+        "(https://outlook.office365.com/adminapi/beta)."})
+    ca_file: str | None = attrs.field(default=None, metadata={"doc": (
+        "A PEM bundle to trust for these three instead of the system's (the sandbox's "
+        "CA).")})
+
+    def __attrs_post_init__(self) -> None:
+        cloud = cloud_of(self.cloud)
+        if not self.authority:
+            object.__setattr__(self, "authority", cloud.authority)
+        if not self.graph_url:
+            object.__setattr__(self, "graph_url", cloud.graph_url)
+        if not self.exchange_admin_url:
+            object.__setattr__(self, "exchange_admin_url",
+                               f"{cloud.outlook_resource}/adminapi/beta")
+
+
 @attrs.frozen
 class Config:
     """
@@ -776,6 +823,7 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
     delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
     admin: AdminConfig | None = None
+    setup: SetupConfig = attrs.field(factory=SetupConfig)
     path: str | None = None
     sandbox_dir: str | None = None
     #: Where each account and user comes from: (C{"accounts"} or C{"users"}, name,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import tomllib
 from typing import Any, Callable, Iterable, TypeVar
@@ -43,6 +44,7 @@ from xrelay.config import (
     Network,
     RelayConfig,
     ServerConfig,
+    SetupConfig,
     UserConfig,
     sandbox_default,
 )
@@ -100,11 +102,57 @@ def read_config(path: str) -> Config:
 
 
 def sandbox_with_dropins(directory: str | None = None) -> Config:
-    """The sandbox default, with the drop-ins the setup wizard wrote in its state_dir."""
+    """
+    The sandbox default, with the drop-ins the setup wizard wrote in its state_dir; when
+    a sandbox ran here (L{SANDBOX_ENDPOINTS} exists), C{[setup]} and the managed
+    accounts point at it, as the running relay points them.
+    """
     from xrelay.managed import read_dropins
 
     main = sandbox_default(directory)
-    return with_dropins(main, read_dropins(main.server.state_dir))
+    config = with_dropins(main, read_dropins(main.server.state_dir))
+    assert config.sandbox_dir is not None
+    try:
+        with open(os.path.join(config.sandbox_dir, SANDBOX_ENDPOINTS), "rb") as f:
+            endpoints = json.load(f)
+    except (OSError, ValueError):
+        return config
+    if not isinstance(endpoints, dict):
+        return config
+    try:
+        accounts = tuple(attrs.evolve(
+            a, authority=endpoints["authority"], smtp_host=endpoints["smtp_host"],
+            smtp_port=int(endpoints["smtp_port"]), graph_url=endpoints["graph_url"],
+            ca_file=endpoints["ca_file"], smtp_implicit_tls=False)
+            if a.provider == "microsoft" else a for a in config.accounts)
+        return attrs.evolve(config, setup=sandbox_setup(endpoints), accounts=accounts)
+    except (KeyError, TypeError, ValueError, InvalidValue):
+        return config
+
+
+#: Where a running sandbox default writes its endpoints, in the sandbox folder: the
+#: C{xrelay} command (C{xrelay setup} with no configuration) reads them.
+SANDBOX_ENDPOINTS = "sandbox-endpoints.json"
+
+
+def write_sandbox_endpoints(directory: str, sandbox: Any) -> dict[str, Any]:
+    """Record the started sandbox's endpoints (public data: URLs, ports, the CA path)."""
+    endpoints = {"authority": sandbox.authority, "graph_url": sandbox.graph_url,
+                 "exchange_admin_url": f"{sandbox.authority}/adminapi/beta",
+                 "ca_file": sandbox.ca_file, "smtp_host": sandbox.smtp_host,
+                 "smtp_port": sandbox.smtp_port}
+    path = os.path.join(directory, SANDBOX_ENDPOINTS)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(endpoints, f)
+    os.replace(path + ".tmp", path)
+    return endpoints
+
+
+def sandbox_setup(endpoints: dict[str, Any]) -> SetupConfig:
+    """C{[setup]} for the sandbox tenant: the setup signs in there and registers there."""
+    return SetupConfig(authority=endpoints["authority"], graph_url=endpoints["graph_url"],
+                       exchange_admin_url=endpoints["exchange_admin_url"],
+                       ca_file=endpoints["ca_file"])
 
 
 def main_config(config: Config) -> Config:
@@ -220,6 +268,7 @@ READ_APART = {
     ServerConfig: {"listen", "hostname", "state_dir", "tls_cert", "tls_key",
                    "trusted_proxies"},
     RelayConfig: {"allow_networks", "senders"},
+    SetupConfig: {"ca_file"},
     UserConfig: {"senders"},
     AccountConfig: {"senders", "client_secret_file", "certificate_file",
                     "certificate_key_file", "refresh_token_file", "ca_file",
@@ -371,15 +420,16 @@ class _Reader:
 
     def config(self, raw: dict[str, Any], require_accounts: bool = True) -> Config:
         self.known_keys(raw, "", ["server", "relay", "users", "accounts", "delivery",
-                                  "admin"])
+                                  "admin", "setup"])
         server = self.server(self.table(raw.get("server", {}), "server"))
         relay = self.relay(self.table(raw.get("relay", {}), "relay"))
         users = self.users(raw.get("users", []))
         accounts = self.accounts(raw.get("accounts", []))
         delivery = self.delivery(self.table(raw.get("delivery", {}), "delivery"))
         admin = self.admin(self.table(raw["admin"], "admin")) if "admin" in raw else None
+        setup = self.setup(self.table(raw.get("setup", {}), "setup"))
         config = self.build("", Config, server=server, relay=relay, users=users,
-                            accounts=accounts, delivery=delivery, admin=admin,
+                            accounts=accounts, delivery=delivery, admin=admin, setup=setup,
                             path=os.path.abspath(self.path))
         if not accounts and require_accounts:
             raise self.fail("accounts", "no [[accounts]] table; add one upstream mailbox "
@@ -605,6 +655,15 @@ class _Reader:
         if values.get("public_url"):
             values["public_url"] = values["public_url"].rstrip("/")
         return self.build("admin", AdminConfig, **values)
+
+    def setup(self, raw: dict[str, Any]) -> SetupConfig:
+        self.known_keys(raw, "setup", [f.name for f in attrs.fields(SetupConfig)])
+        values = self.scalars(raw, "setup", SetupConfig, skip=["ca_file"])
+        for key in ("authority", "graph_url", "exchange_admin_url"):
+            if isinstance(values.get(key), str):
+                values[key] = values[key].rstrip("/")
+        values["ca_file"] = self.file(raw, "ca_file", "setup.ca_file")
+        return self.build("setup", SetupConfig, **values)
 
 
 def _kind(value: Any) -> str:

@@ -27,6 +27,7 @@ from xrelay.config import (
     ListenerConfig,
     RelayConfig,
     ServerConfig,
+    SetupConfig,
     UserConfig,
 )
 
@@ -63,6 +64,9 @@ SECTIONS = (
     Section("admin", "[admin]", AdminConfig,
             "The admin page (status, queue, browser sign-in) and `/metrics`; off when "
             "the section is absent."),
+    Section("setup", "[setup]", SetupConfig,
+            "Where `xrelay setup` and the admin page's \"Add an account\" wizard sign the "
+            "admin in to create the app registration; every key is optional."),
 )
 
 _TYPES = {

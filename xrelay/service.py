@@ -102,8 +102,10 @@ class RelayService(MultiService):
             if self.config.path is not None:
                 new = read_config(self.config.path)
             elif self.sandbox is not None:
-                new = _sandbox_accounts(sandbox_with_dropins(self.config.sandbox_dir),
-                                        self.sandbox)
+                new = attrs.evolve(
+                    _sandbox_accounts(sandbox_with_dropins(self.config.sandbox_dir),
+                                      self.sandbox),
+                    admin=self.config.admin, setup=self.config.setup)
             else:
                 log.info("xrelay: reload asked, but there is no file to re-read")
                 return False
@@ -203,7 +205,44 @@ def _start_sandbox(config: Config, reactor: Any) -> tuple[Config, Any, Service]:
     os.makedirs(config.sandbox_dir, mode=0o700, exist_ok=True)
     sandbox = Sandbox(FilePath(config.sandbox_dir), reactor=reactor)
     sandbox.start()
+    from xrelay.configfile import sandbox_setup, write_sandbox_endpoints
+
+    endpoints = write_sandbox_endpoints(config.sandbox_dir, sandbox)
+    config = attrs.evolve(config, setup=sandbox_setup(endpoints))
+    if config.admin is None and config.path is None:
+        config = attrs.evolve(config, admin=_sandbox_admin(sandbox.directory.path))
     return _sandbox_accounts(config, sandbox), sandbox, _StartedSandboxService(sandbox)
+
+
+#: The sandbox default's admin page port (8025 unset): the "Add an account" wizard
+#: can be tried there against the sandbox tenant.
+SANDBOX_ADMIN_PORT_VARIABLE = "XRELAY_SANDBOX_ADMIN_PORT"
+
+
+def _sandbox_admin(directory: str) -> Any:
+    """
+    The sandbox default's admin page on loopback, its password made once and kept in
+    C{admin-password.txt} (mode 0600) in the sandbox folder, never logged.
+    """
+    import secrets
+
+    from xrelay.config import AdminConfig
+    from xrelay.durable import write_durably
+    from xrelay.passwords import hash_password
+
+    port = os.environ.get(SANDBOX_ADMIN_PORT_VARIABLE, "") or "8025"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"${SANDBOX_ADMIN_PORT_VARIABLE}", "", f"{port!r} is not a "
+                          "port number; write one from 1 to 65535, or unset it for 8025")
+    path = os.path.join(directory, "admin-password.txt")
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.read().strip()
+    except FileNotFoundError:
+        password = secrets.token_urlsafe(12)
+        write_durably(path, (password + "\n").encode("utf-8"), exclusive=True)
+    return AdminConfig(listen=f"tcp:{port}:interface=127.0.0.1",
+                       password_hash=hash_password(password))
 
 
 def _sandbox_accounts(config: Config, sandbox: Any) -> Config:
@@ -356,6 +395,14 @@ def _announce_sandbox(config: Config, sandbox: Any) -> None:
         listen=listen, server=client_reach(listen),
         mailbox=os.path.join(config.sandbox_dir or "", "mailbox"),
     )
+    if config.admin is not None and config.path is None:
+        admin_port = config.admin.listen.split(":")[1]
+        log.info(
+            "xrelay: try the setup wizard: http://localhost:{port}/setup (admin password "
+            "in {password}; the sandbox tenant's admins and their passwords in {users})",
+            port=admin_port,
+            password=os.path.join(config.sandbox_dir or "", "admin-password.txt"),
+            users=os.path.join(config.sandbox_dir or "", "sandbox-users.txt"))
 
 
 def client_reach(endpoint: str) -> str:

@@ -159,6 +159,9 @@ class ExchangeServer:
     idle_timeout: float = 600.0
     send_as: dict[str, list[str]] = attrs.field(factory=dict)
     app_mailboxes: dict[str, dict[str, bool]] = attrs.field(factory=dict)
+    #: RBAC for Applications: (client id, role such as "Application SMTP.SendAsApp") ->
+    #: the mailboxes its management scope covers; additive to the Entra consent.
+    rbac_mailboxes: dict[tuple[str, str], set[str]] = attrs.field(factory=dict)
     rejected_recipients: dict[str, str] = attrs.field(factory=dict)
     transcripts: list[Transcript] = attrs.field(factory=list)
     _injections: list[Injection] = attrs.field(factory=list)
@@ -189,6 +192,13 @@ class ExchangeServer:
         service principal + FullAccess), optionally with Send As for any sender.
         """
         self.app_mailboxes.setdefault(client_id, {})[mailbox.lower()] = send_as_anyone
+
+    def grant_app_role(self, client_id: str, role: str, mailbox: str) -> None:
+        """RBAC for Applications: app C{client_id} holds Exchange C{role} over C{mailbox}."""
+        self.rbac_mailboxes.setdefault((client_id, role), set()).add(mailbox.lower())
+
+    def holds_app_role(self, client_id: str | None, role: str, mailbox: str) -> bool:
+        return client_id is not None and mailbox.lower() in self.rbac_mailboxes.get((client_id, role), set())
 
     def fail_next(self, command: str, reply_line: str, recipient: str | None = None) -> None:
         """
@@ -250,9 +260,10 @@ class ExchangeServer:
         if access is None or access.audience not in OUTLOOK_RESOURCES:
             return None
         if access.app_only:
-            if "SMTP.SendAsApp" not in access.permissions:
-                return None
-            if user.lower() not in self.app_mailboxes.get(access.client_id, {}):
+            # Entra consent (SMTP.SendAsApp) plus Exchange's service principal and mailbox
+            # permission, or an RBAC for Applications assignment covering the mailbox.
+            consented = "SMTP.SendAsApp" in access.permissions and user.lower() in self.app_mailboxes.get(access.client_id, {})
+            if not consented and not self.holds_app_role(access.client_id, "Application SMTP.SendAsApp", user):
                 return None
             return Session(user, "XOAUTH2", access.client_id, True)
         if "SMTP.Send" not in access.permissions or (access.upn or "").lower() != user.lower():

@@ -60,7 +60,8 @@ class GraphMail:
             return graph_error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", now)
         if access.audience != GRAPH_RESOURCE:
             return graph_error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.", now)
-        if "Mail.Send" not in access.permissions:
+        rbac = access.app_only and self.exchange.holds_app_role(access.client_id, "Application Mail.Send", user)
+        if "Mail.Send" not in access.permissions and not rbac:
             return graph_error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.", now)
         if access.app_only:
             session = Session(user, "graph", access.client_id, True)

@@ -24,7 +24,7 @@ import string
 import time
 import uuid
 from typing import Any, Callable, Iterable
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import attrs
 from cryptography import x509
@@ -49,10 +49,14 @@ APP_ROLES: dict[str, tuple[str, ...]] = {
     GRAPH_RESOURCE: ("Mail.Send",),
     **{r: ("Mail.Send",) for r in NATIONAL_GRAPH_RESOURCES},
 }
+#: The Graph scopes an admin's setup wizard asks for (L{xrelay.sandbox.entra}) and
+#: Exchange Online's admin API scope (L{xrelay.sandbox.exchangeadmin}).
+ADMIN_GRAPH_SCOPES = ("Application.ReadWrite.All", "AppRoleAssignment.ReadWrite.All",
+                      "DelegatedPermissionGrant.ReadWrite.All", "User.Read.All", "Directory.Read.All")
 DELEGATED_PERMISSIONS: dict[str, tuple[str, ...]] = {
-    **{r: ("SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All")
+    **{r: ("SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "Exchange.Manage")
        for r in OUTLOOK_RESOURCES},
-    GRAPH_RESOURCE: ("Mail.Send", "User.Read", "Mail.ReadWrite"),
+    GRAPH_RESOURCE: ("Mail.Send", "User.Read", "Mail.ReadWrite", *ADMIN_GRAPH_SCOPES),
     **{r: ("Mail.Send", "User.Read", "Mail.ReadWrite") for r in NATIONAL_GRAPH_RESOURCES},
 }
 #: What C{<resource>/.default} grants delegated: what an admin typically consents to.
@@ -126,6 +130,37 @@ class App:
     #: (L{REFUSALS}), as a tenant policy would; see L{IdentityPlatform.refuse_app}.
     refusal: int | None = None
     service_principal_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+    #: Created through Graph (L{xrelay.sandbox.entra}): unknown to the token endpoint
+    #: before this time (replication), and without client credentials until its service
+    #: principal exists.
+    usable_from: float = 0.0
+    has_service_principal: bool = True
+    #: Secret, or certificate SHA-256 hex -> when it starts to work (replication).
+    credentials_usable_from: dict[str, float] = attrs.field(factory=dict, repr=False)
+    #: A public client whose C{http://localhost} redirect URIs match on any port (the
+    #: path must still match), as Entra ID treats loopback redirects:
+    #: https://learn.microsoft.com/en-us/entra/identity-platform/reply-url
+    loopback_any_port: bool = False
+
+    def usable_secrets(self, now: float) -> list[str]:
+        return [s for s in self.client_secrets if self.credentials_usable_from.get(s, 0.0) <= now]
+
+    def usable_certificates(self, now: float) -> list[x509.Certificate]:
+        from cryptography.hazmat.primitives import hashes
+
+        return [c for c in self.certificates
+                if self.credentials_usable_from.get(c.fingerprint(hashes.SHA256()).hex(), 0.0) <= now]
+
+    def accepts_redirect(self, uri: str) -> bool:
+        if uri in self.redirect_uris:
+            return True
+        if not self.loopback_any_port:
+            return False
+        parts = urlsplit(uri)
+        if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1"):
+            return False
+        portless = urlunsplit((parts.scheme, parts.hostname, parts.path, parts.query, ""))
+        return portless in self.redirect_uris or portless.rstrip("/") in self.redirect_uris
 
     @property
     def client_secret(self) -> str | None:
@@ -575,7 +610,7 @@ class IdentityPlatform:
         """
         app = self._app(tenant_segment, params.get("client_id", ""))
         redirect_uri = params.get("redirect_uri", "")
-        if redirect_uri not in app.redirect_uris:
+        if not app.accepts_redirect(redirect_uri):
             raise TokenError(
                 "invalid_request", 50011,
                 f"The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{app.client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal. Navigate to https://aka.ms/redirectUriMismatchError to learn more about how to fix this.",
@@ -638,6 +673,14 @@ class IdentityPlatform:
     def _client_credentials(self, tenant_segment: str, form: dict[str, str]) -> dict[str, Any]:
         app = self._app(tenant_segment, form.get("client_id", ""))
         self._authenticate_client(app, form, required=True)
+        if not app.has_service_principal:
+            # As Entra ID words it for an app registration without an enterprise app in
+            # the tenant; listed at https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
+            raise TokenError(
+                "invalid_client", 7000229,
+                f"The client application {app.client_id} is missing service principal in the tenant {app.tenant.id}. See instructions here: https://go.microsoft.com/fwlink/?linkid=2225119",
+                401,
+            )
         scope = form.get("scope", "")
         if not scope:
             raise TokenError("invalid_request", 900144, "The request body must contain the following parameter: 'scope'.")
@@ -798,6 +841,8 @@ class IdentityPlatform:
             )
         app = self.apps.get(client_id)
         tenant = self._path_tenant(tenant_segment)
+        if app is not None and app.usable_from > self.now():
+            app = None  # created moments ago: not yet replicated to the token service
         if app is None or (tenant is not None and app.tenant.id != tenant.id):
             shown = tenant_segment if tenant is None else tenant.id
             raise TokenError(
@@ -826,7 +871,7 @@ class IdentityPlatform:
                     f"The provided client secret keys for app '{app.client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
                     401,
                 )
-            if not any(secrets.compare_digest(secret.encode(), s.encode()) for s in app.client_secrets):
+            if not any(secrets.compare_digest(secret.encode(), s.encode()) for s in app.usable_secrets(self.now())):
                 raise TokenError(
                     "invalid_client", 7000215,
                     f"Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
@@ -846,7 +891,7 @@ class IdentityPlatform:
         except webtoken.MalformedToken:
             raise TokenError("invalid_client", 50027, "JWT token is invalid or malformed.", 401) from None
         chosen = None
-        for cert in app.certificates:
+        for cert in app.usable_certificates(self.now()):
             # msal sends the thumbprints base64url with padding; Azure AD accepts both.
             if str(header.get("x5t#S256", "")).rstrip("=") == webtoken.b64url_encode(cert.fingerprint(hashes.SHA256())) or str(
                 header.get("x5t", "")

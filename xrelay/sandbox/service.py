@@ -22,15 +22,30 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.filepath import FilePath
 
 from .ca import SERVER_NAMES, CertificateAuthority, IssuedCertificate
+from .entra import (
+    APPLICATION_ADMIN, EXCHANGE_ADMIN, GLOBAL_ADMIN, GRAPH_CLI_CLIENT_ID, PRIVILEGED_ROLE_ADMIN, Directory,
+)
 from .exchange import ExchangeServer
+from .exchangeadmin import ExchangeAdmin
 from .google import GoogleIdentity
 from .graph import GraphMail
+from .graphadmin import GraphAdmin
 from .identity import App, IdentityPlatform
 from .mailbox import Mailbox
 from .web import QuietSite, SandboxResource
 
 DEFAULT_TENANT = "sandbox.onmicrosoft.com"
 DEFAULT_MAILBOX = "relay@sandbox.example"
+#: The sandbox tenant's people for the setup wizard: UPN -> (display name, directory roles).
+#: Their passwords are random per sandbox, in C{sandbox-users.txt} (mode 0600) beside
+#: the CA, and from L{Sandbox.password}.
+ADMIN_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "admin@sandbox.example": ("Global Admin", (GLOBAL_ADMIN,)),
+    "appadmin@sandbox.example": ("App Admin", (APPLICATION_ADMIN,)),
+    "roleadmin@sandbox.example": ("App and Role Admin", (APPLICATION_ADMIN, PRIVILEGED_ROLE_ADMIN)),
+    "exchangeadmin@sandbox.example": ("Exchange Admin", (EXCHANGE_ADMIN,)),
+    "user@sandbox.example": ("Plain User", ()),
+}
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -93,6 +108,9 @@ class Sandbox:
     exchange: ExchangeServer = attrs.field(init=False)
     gmail: ExchangeServer = attrs.field(init=False)
     graph: GraphMail = attrs.field(init=False)
+    entra: Directory = attrs.field(init=False)
+    graph_admin: GraphAdmin = attrs.field(init=False)
+    exchange_admin: ExchangeAdmin = attrs.field(init=False)
     default_app: App = attrs.field(init=False)
     _ports: list[IListeningPort] = attrs.field(init=False, factory=list)
     _https: _TrackingFactory | None = attrs.field(init=False, default=None)
@@ -114,6 +132,7 @@ class Sandbox:
         self.gmail = ExchangeServer(self.identity, self.mailbox, options, self.reactor, flavor="gmail")
         self.graph = GraphMail(self.identity, self.exchange, self.mailbox)
         self.identity.add_user(DEFAULT_TENANT, DEFAULT_MAILBOX, os.urandom(12).hex(), "Relay")
+        self._set_up_directory()
         self.default_app = self.identity.register_app(DEFAULT_TENANT, name="xrelay sandbox")
         self.exchange.grant_app_mailbox(self.default_app.client_id, DEFAULT_MAILBOX, send_as_anyone=True)
         secret = self.directory.child("sandbox-client-secret.txt")
@@ -125,13 +144,43 @@ class Sandbox:
         os.chmod(secret.path, 0o600)
         self._secret_file = secret.path
 
+    def _set_up_directory(self) -> None:
+        """The tenant's Entra directory, its admins, the setup's public client, Exchange admin."""
+        self.entra = Directory(self.identity, DEFAULT_TENANT)
+        self.graph_admin = GraphAdmin(self.identity, self.entra)
+        self.exchange_admin = ExchangeAdmin(self.identity, self.entra, self.exchange, self.reactor)
+        lines = []
+        for upn, (name, roles) in ADMIN_USERS.items():
+            password = os.urandom(12).hex()
+            self.identity.add_user(DEFAULT_TENANT, upn, password, name)
+            self.entra.assign_role(upn, *roles)
+            lines.append(f"{upn} {password} {','.join(roles) or '-'}\n")
+        # The Microsoft Graph Command Line Tools, a first-party public client: device code
+        # and http://localhost on any port.
+        cli = self.identity.register_app(DEFAULT_TENANT, client_id=GRAPH_CLI_CLIENT_ID, public_client=True,
+                                         redirect_uris=["http://localhost"], name="Microsoft Graph Command Line Tools")
+        cli.loopback_any_port = True
+        users = self.directory.child("sandbox-users.txt").path
+        fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, "".join(lines).encode())
+        finally:
+            os.close(fd)
+
+    def password(self, upn: str) -> str:
+        """The sign-in password of a sandbox user (for a test filling the sign-in page)."""
+        user = self.identity.user(upn)
+        if user is None:
+            raise KeyError(upn)
+        return user.password
+
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind every listener now (synchronously); ports are known on return."""
         if self._ports:
             raise RuntimeError("sandbox already started")
-        self._https = _TrackingFactory(QuietSite(SandboxResource(self.identity, self.graph)))
+        self._https = _TrackingFactory(QuietSite(SandboxResource(self.identity, self.graph, self.graph_admin, self.exchange_admin)))
         https = self.reactor.listenSSL(
             self.identity_port, self._https, self.server_certificate.server_options(), interface=self.host
         )
@@ -149,6 +198,7 @@ class Sandbox:
         """Close the listeners and every open connection; fires when all are closed."""
         ports, self._ports = self._ports, []
         waiting: list[defer.Deferred[Any]] = [defer.maybeDeferred(p.stopListening) for p in ports]
+        self.exchange_admin.cancel_pending()
         waiting.append(self.exchange.close_connections())
         waiting.append(self.gmail.close_connections())
         if self._https is not None:

@@ -64,8 +64,13 @@ def device_login_page(action: str, user_code: str = "", error: str | None = None
         f'<label for="user_code">Code</label><input id="user_code" name="otc" value="{escape(user_code)}">'
         '<label for="username">Email or phone</label><input id="username" name="login" type="email" autocomplete="username">'
         '<label for="password">Password</label><input id="password" name="passwd" type="password" autocomplete="current-password">'
-        '<button id="accept" name="action" value="accept" type="submit">Accept</button></form>',
+        '<button id="accept" name="action" value="accept" type="submit">Accept</button>'
+        '<button id="cancel" name="action" value="cancel" type="submit">Cancel</button></form>',
     )
+
+
+def device_declined_page() -> bytes:
+    return _page("Sign-in declined", '<p id="declined">You declined to sign in to the application on your device. You may now close this window.</p>')
 
 
 def device_done_page(app_name: str) -> bytes:

@@ -2,7 +2,9 @@
 The sandbox's HTTPS endpoints as one C{twisted.web} resource: the Microsoft identity
 platform (OpenID configuration, keys, token, devicecode, authorize, devicelogin), Google's
 token and authorization endpoints under C{/google} (C{/google/token},
-C{/google/o/oauth2/v2/auth}), and Graph under C{/v1.0}.
+C{/google/o/oauth2/v2/auth}), Graph under C{/v1.0} (mail, and app management through
+L{xrelay.sandbox.graphadmin}), and Exchange Online's admin API under C{/adminapi}
+(L{xrelay.sandbox.exchangeadmin}).
 
 This layer only parses requests and writes responses; the decisions live in
 L{xrelay.sandbox.identity}, L{xrelay.sandbox.google} and L{xrelay.sandbox.graph}.  Its
@@ -21,12 +23,30 @@ from twisted.web.server import Request, Site
 from . import signin
 from .errors import Response, TokenError
 from .google import GoogleAuthorizeError, GoogleSignInError
+from .exchangeadmin import ExchangeAdmin
 from .graph import GraphMail
+from .graphadmin import GraphAdmin
 from .identity import AuthorizeRequest, IdentityPlatform
 
 
 def _form(request: Request) -> dict[str, str]:
     return {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace") for k, v in (request.args or {}).items() if v}
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The query string alone (C{request.args} mixes in a form body)."""
+    from urllib.parse import parse_qsl
+
+    _, _, query = request.uri.decode("utf-8", "replace").partition("?")
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+def _json_body(request: Request) -> dict[str, object] | None:
+    try:
+        body = json.loads(request.content.read() if request.content else b"")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _header(request: Request, name: str) -> str | None:
@@ -39,10 +59,13 @@ class SandboxResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, identity: IdentityPlatform, graph: GraphMail) -> None:
+    def __init__(self, identity: IdentityPlatform, graph: GraphMail, graph_admin: GraphAdmin | None = None,
+                 exchange_admin: ExchangeAdmin | None = None) -> None:
         super().__init__()
         self.identity = identity
         self.graph = graph
+        self.graph_admin = graph_admin
+        self.exchange_admin = exchange_admin
 
     def render(self, request: Request) -> bytes:
         path = [unquote(s) for s in request.path.decode("utf-8", "replace").split("/")[1:]]
@@ -57,6 +80,14 @@ class SandboxResource(Resource):
                 request,
                 self.graph.send_mail(path[2], _header(request, "authorization"), _header(request, "content-type"), request.content.read() if request.content else b""),
             )
+        if path[:1] == ["v1.0"] and self.graph_admin is not None:
+            answer = self.graph_admin.handle(method, path, _query(request), _header(request, "authorization"),
+                                             request.content.read() if request.content else b"")
+            if answer is not None:
+                return self._json(request, answer)
+        if len(path) == 4 and path[:2] == ["adminapi", "beta"] and path[3] == "InvokeCommand" and method == "POST":
+            if self.exchange_admin is not None:
+                return self._json(request, self.exchange_admin.invoke(path[2], _header(request, "authorization"), _json_body(request)))
         if path and path[0] == "devicelogin":
             return self._device_login(request, method)
         if len(path) == 4 and path[1:] == ["v2.0", ".well-known", "openid-configuration"]:
@@ -145,6 +176,13 @@ class SandboxResource(Resource):
         if method != "POST":
             return self._html(request, signin.device_login_page(action))
         params = _form(request)
+        if params.get("action") == "cancel":
+            # The person declines: the client's next poll gets authorization_declined.
+            try:
+                self.identity.decline_device_code(params.get("otc", ""))
+            except KeyError:
+                return self._html(request, signin.device_login_page(action, params.get("otc", ""), "That code didn't work. Check the code and try again."))
+            return self._html(request, signin.device_declined_page())
         try:
             flow = self.identity.device_login(params.get("otc", ""), params.get("login", ""), params.get("passwd", ""))
         except TokenError as e:
