@@ -153,3 +153,14 @@ async def test_a_flood_of_new_clients_between_writes_is_cut_at_the_cap(
     finally:
         await collector.stopService()
     assert len(read_devices(collector.path)) == 100
+
+
+def test_both_sinks_provide_the_device_events_seam(tmp_path: Path) -> None:
+    from zope.interface.verify import verifyObject
+
+    from xrelay.devices import NullDevices
+    from xrelay.interfaces import IDeviceEvents
+
+    config = config_in(tmp_path)
+    assert verifyObject(IDeviceEvents, DeviceCollector(lambda: config, reactor))
+    assert verifyObject(IDeviceEvents, NullDevices())

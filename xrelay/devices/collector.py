@@ -31,9 +31,11 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from xrelay.devices.records import STATES, Device, Sighting
 from xrelay.devices.store import MAX_DEVICES, DeviceStore, devices_path
+from xrelay.interfaces import IDeviceEvents
 
 __all__ = ["DeviceCollector", "NullDevices", "sighting_of", "tls_version", "GATHER"]
 
@@ -98,6 +100,7 @@ def _never_raises(method: F) -> F:
     return guarded  # type: ignore[return-value]
 
 
+@implementer(IDeviceEvents)
 class NullDevices:
     """Keeps nothing: the inventory is off or not wired in."""
 
@@ -124,6 +127,7 @@ class NullDevices:
         return defer.succeed(None)
 
 
+@implementer(IDeviceEvents)
 class DeviceCollector(Service):
     """
     The relay's device inventory: events in, batched writes to C{state_dir}.
