@@ -164,3 +164,20 @@ def test_both_sinks_provide_the_device_events_seam(tmp_path: Path) -> None:
     config = config_in(tmp_path)
     assert verifyObject(IDeviceEvents, DeviceCollector(lambda: config, reactor))
     assert verifyObject(IDeviceEvents, NullDevices())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unwritable_inventory_never_stops_the_collector(tmp_path: Path) -> None:
+    (tmp_path / "devices.sqlite").mkdir()  # a folder where the file should be
+    config = config_in(tmp_path)
+    collector = DeviceCollector(lambda: config, reactor)
+    collector.startService()  # logs and goes on
+    collector.refused(Session("192.168.10.44"), "mail", 550, "5.7.1", "denied")
+    await collector.flush()
+    assert collector.store.failing
+    (tmp_path / "devices.sqlite").rmdir()
+    collector.refused(Session("192.168.10.45"), "mail", 550, "5.7.1", "denied")
+    await collector.flush()
+    await collector.stopService()
+    assert not collector.store.failing
+    assert [d.address for d in read_devices(collector.path)] == ["192.168.10.45"]

@@ -22,6 +22,7 @@ L{NullDevices} is what the inbound side has when the inventory is off
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from typing import Any, Callable, TypeVar
 
@@ -308,8 +309,18 @@ class DeviceCollector(Service):
     def startService(self) -> None:
         Service.startService(self)
         self.store.warn = lambda text: log.warn("{text}", text=text)  # the reactor's thread
-        self.store.open()
-        self.counts = self.store.merge([], self.clock(), self._days()) or self.counts
+        try:
+            self.store.open()
+        except (OSError, sqlite3.Error) as e:
+            # The relay starts anyway: the inventory is a convenience, never a reason
+            # for mail to stop.  Each write tries the file again.
+            log.warn("device inventory: cannot open {path} ({error}); mail is not "
+                     "affected, the inventory tries again with each write",
+                     path=self.path, error=str(e))
+            self.store.close()
+            self.store.failing = True
+        else:
+            self.counts = self.store.merge([], self.clock(), self._days()) or self.counts
         self.store.warn = self._warn
 
     def stopService(self) -> "Deferred[None]":

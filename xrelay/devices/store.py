@@ -72,6 +72,8 @@ class DeviceStore:
         self.warn = warn
         self.limit = limit
         self.db: sqlite3.Connection | None = None
+        #: A lost batch was reported and none has been written since: say it once.
+        self.failing = False
 
     def open(self) -> None:
         """Open (creating it, or setting a corrupt file aside) and check the file."""
@@ -129,11 +131,18 @@ class DeviceStore:
         try:
             if self.db is None:
                 self.open()
-            return self._merge(list(changes), now, days)
+            counts = self._merge(list(changes), now, days)
         except (sqlite3.Error, OSError, ValueError, TypeError) as e:
-            self.warn(f"device inventory: a batch of changes was lost ({e})")
+            if not self.failing:
+                self.warn(f"device inventory: changes are lost until {self.path} can be "
+                          f"written again ({e}); mail is not affected")
+            self.failing = True
             self.close()
             return {}
+        if self.failing:
+            self.warn(f"device inventory: {self.path} is written again")
+            self.failing = False
+        return counts
 
     def _merge(self, changes: list[Device], now: float, days: float) -> dict[str, int]:
         db = self.db
