@@ -14,7 +14,7 @@ C{twisted.web.template} tags, so every value is escaped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Protocol, Sequence
 from urllib.parse import urlencode
 
 from twisted.internet.threads import deferToThreadPool
@@ -31,7 +31,6 @@ from xrelay.history.query import local_time
 
 if TYPE_CHECKING:
     from xrelay.admin.sessions import Session
-    from xrelay.admin.web import AdminSite
 
 __all__ = ["DevicesPages", "devices_body", "row_id"]
 
@@ -165,10 +164,35 @@ def admitted_body(admitted: Admitted, reloaded: bool, device: str) -> list[Any]:
     return body
 
 
+class AdminPages(Protocol):
+    """
+    What the Devices page uses of the admin site (L{xrelay.admin.web.AdminSite}, which
+    routes to it): named here so that this module does not import the site above it.
+    """
+
+    relay: Any
+    reactor: Any
+
+    @property
+    def config(self) -> Any: ...
+
+    def _form(self, request: Any, name: str) -> str | None: ...
+
+    def _redirect(self, request: Any, location: str) -> None: ...
+
+    def _html(self, element: Any) -> Awaitable[bytes]: ...
+
+
+def _client(request: Any) -> str:
+    """The address the admin page was used from (for the change's log line)."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
 class DevicesPages:
     """The Devices page's routes, for L{xrelay.admin.web.AdminSite}."""
 
-    def __init__(self, site: "AdminSite") -> None:
+    def __init__(self, site: AdminPages) -> None:
         self.site = site
 
     @property
@@ -201,8 +225,6 @@ class DevicesPages:
             csrf=session.csrf_token, notice=notice, current="devices"))
 
     def _actor(self, request: Any) -> str:
-        from xrelay.admin.web import _client
-
         return f"the admin (admin page, from {_client(request)})"
 
     async def _reload(self) -> bool:
