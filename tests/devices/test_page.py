@@ -141,12 +141,24 @@ async def test_a_password_for_a_refused_device_is_shown_once_and_works(world) ->
     _, certs = await meet_the_devices(world)
     browser = await signed_in(world)
     token = await browser.csrf("/devices")
-    response, body = await browser.request("POST", "/devices/password", {
-        "csrf_token": token, "address": OUTSIDE, "user": ""})
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        response, body = await browser.request("POST", "/devices/password", {
+            "csrf_token": token, "address": OUTSIDE, "user": ""})
+    finally:
+        globalLogPublisher.removeObserver(observer)
     assert response.code == 200, body
     user = re.search(r'id="new-user">([^<]+)<', body)
     password = re.search(r'id="new-password">([^<]+)<', body)
     assert user and password, body
+    # Logged with who did it; the password itself nowhere but in this one answer.
+    assert any("the admin (admin page, from 127.0.0.1) set user device-127-0-0-3" in line
+               for line in lines), lines
+    assert not any(password.group(1) in line for line in lines)
+    changes = (world.state_dir / "managed" / "changes.log").read_text()
+    assert "set user device-127-0-0-3" in changes and password.group(1) not in changes
     assert user.group(1) == "device-127-0-0-3"
     managed = (world.state_dir / "managed" / "devices.toml").read_text()
     assert password.group(1) not in managed and "password_hash" in managed
