@@ -20,6 +20,7 @@ from tests.devices.scenario import (AUTHENTICATING, OUTSIDE, TRUSTED, by_device,
                                     devices_json, eventually, log_in_wrong_then_right,
                                     send_from, tls1_device, xrelay_json)
 from tests.inbound.tlsclient import OPENSSL
+from xrelay.devices import devices_path, read_devices
 
 
 async def meet_the_devices(world: Any) -> Any:
@@ -49,6 +50,14 @@ async def meet_the_devices(world: Any) -> Any:
     if OPENSSL is not None:
         run = await tls1_device(port, world.tmp)
         assert "queued as" not in run.output
+
+        # The relay tells the failed handshake when the connection is gone, which may
+        # be a moment after the client has ended: wait for it to be in the inventory.
+        async def handshake_counted() -> bool:
+            await relay.devices.flush()
+            return any(d.key == ("127.0.0.1", "") for d in read_devices(
+                devices_path(str(world.state_dir))))
+        await eventually(handshake_counted)
     await until(lambda: len(world.sandbox.mailbox.messages) == 2)
     return relay, certs
 
