@@ -168,6 +168,7 @@ def _load_command_modules() -> None:
     """Import the modules that register more subcommands (operations, sign-in)."""
     import xrelay.foreground  # noqa: F401
     import xrelay.operations.commands  # noqa: F401
+    import xrelay.operations.devices  # noqa: F401
     import xrelay.operations.makecert  # noqa: F401
     import xrelay.operations.trace  # noqa: F401
     import xrelay.setup.command  # noqa: F401

@@ -473,6 +473,15 @@ class RelayConfig:
         "doc": "Must be true for allow_networks to hold 0.0.0.0/0, ::/0 or any public "
                "range (an open relay through the account's identity otherwise); leave "
                "it false unless the relay sits behind something that filters clients."})
+    device_inventory: bool = attrs.field(
+        validator=_boolean, default=True, metadata={
+        "doc": "Keep the device inventory (`xrelay devices`, the admin page's Devices "
+               "page): per client address and AUTH user, its HELO names, TLS, senders, "
+               "counts and last refusal, in state_dir/devices.sqlite, at most 5000 "
+               "devices, each kept delivery.history_days after it was last seen (30 "
+               "when the history is off). false: nothing about clients is kept (a reload "
+               "that turns it off stops collecting at once; turning it on takes a "
+               "restart)."})
 
     def __attrs_post_init__(self) -> None:
         for i, network in enumerate(self.allow_networks):

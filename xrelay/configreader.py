@@ -362,7 +362,8 @@ class _Reader:
 
     def relay(self, raw: dict[str, Any]) -> RelayConfig:
         self.known_keys(raw, "relay", ["allow_networks", "senders", "default_account",
-                                       "bare_lf_end_of_data", "allow_public_networks"])
+                                       "bare_lf_end_of_data", "allow_public_networks",
+                                       "device_inventory"])
         values = self.scalars(raw, "relay", RelayConfig)
         networks = self.networks(raw, "allow_networks", "relay.allow_networks",
                                  '"192.168.10.0/24"')

@@ -428,3 +428,35 @@ class IRelayEvents(Interface):
         act) or "unavailable" (temporary, retried).
         """
 
+
+class IDeviceEvents(Interface):
+    """
+    Where the inbound side tells what each client did, for the device inventory
+    (L{xrelay.devices.DeviceCollector}; L{xrelay.devices.NullDevices} when it is off).
+
+    Unlike L{IRelayEvents}, these carry the client: each method gets the inbound
+    protocol (L{xrelay.inbound.protocol.ESMTPServer}), takes what it needs of it at
+    once (address, AUTH user, HELO name, TLS version, listener) and keeps nothing of
+    the connection.  Called on the reactor thread in the path of mail: an
+    implementation must return at once and never raise.  Never given a password.
+    """
+
+    def refused(protocol: Any, stage: str, code: int, enhanced: str, text: str,
+                sender: "str | None" = None) -> None:
+        """The client got this refusal at C{stage} ("connect", "mail", "rcpt", "data")."""
+
+    def accepted(protocol: Any, sender: str) -> None:
+        """A message from the client was accepted (durable, answered 250)."""
+
+    def authenticated(protocol: Any, mechanism: str) -> None:
+        """The client authenticated (C{protocol.user}) with this SASL mechanism."""
+
+    def auth_failed(protocol: Any, name: str, mechanism: str, code: int, enhanced: str,
+                    text: str) -> None:
+        """An AUTH with this user name was refused with this reply."""
+
+    def tls_failed(protocol: Any, why: str) -> None:
+        """The client's TLS handshake failed, for this reason (in words)."""
+
+    def flush() -> "Deferred[None]":
+        """Fires once everything told so far is stored (for readers of the store)."""

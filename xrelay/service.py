@@ -88,6 +88,9 @@ class RelayService(MultiService):
     metrics: Any = None
     #: The one L{xrelay.interfaces.IRelayEvents} sink its stages report to.
     events: Any = None
+    #: The device inventory's collector (L{xrelay.devices.DeviceCollector}), or
+    #: C{None} when C{relay.device_inventory} is false.
+    devices: Any = None
 
     def _transport_for(self, account: AccountConfig) -> Any:
         from xrelay.transport import timeouts_for, transport_for
@@ -369,6 +372,14 @@ def makeService(config: Config, reactor: Any = None,
     # stopping relay are still written.
     top.history = open_history(config, reactor)
     top.history.setServiceParent(top)
+    if config.relay.device_inventory:
+        from xrelay.devices import DeviceCollector
+
+        # Before the listeners, so stopped after them: their last events are written.
+        top.devices = DeviceCollector(
+            lambda: top.config, reactor,
+            known_user=lambda name: any(u.name == name for u in top.config.users))
+        top.devices.setServiceParent(top)
     top.delivery = DeliveryEngine(config, top.spool, top.transports, reactor=reactor,
                                   state_dir=config.server.state_dir, history=top.history,
                                   events=top.events)
@@ -383,6 +394,8 @@ def makeService(config: Config, reactor: Any = None,
                                  credentials_checker=credentials_checker,
                                  history=top.history, events=top.events,
                                  inbound_handler=inbound_handler)
+    if top.devices is not None:
+        top.inbound.devices = top.devices
     top.inbound.setServiceParent(top)
     top.metrics.watch_relay(top)
 

@@ -91,7 +91,7 @@ ul.plain li + li { margin-top: 0.3em; }
 .p10 { width: 10%; } .p11 { width: 11%; } .p12 { width: 12%; } .p13 { width: 13%; }
 .p14 { width: 14%; } .p15 { width: 15%; } .p16 { width: 16%; } .p17 { width: 17%; }
 .p18 { width: 18%; } .p20 { width: 20%; } .p24 { width: 24%; } .p30 { width: 30%; }
-.p23 { width: 23%; } .p36 { width: 36%; } .p37 { width: 37%; } .p48 { width: 48%; }
+.p23 { width: 23%; } .p28 { width: 28%; } .p36 { width: 36%; } .p37 { width: 37%; } .p48 { width: 48%; }
 """
 
 
@@ -143,6 +143,7 @@ class Page(Element):
                                           ("queue", "Queue", "/queue"),
                                           ("trace", "Trace", "/trace"),
                                           ("setup", "Add an account", "/setup"),
+                                          ("devices", "Devices", "/devices"),
                                           ("metrics", "Metrics", "/metrics"))]
         return tags.nav(*links, tags.form(method="post", action="/logout", class_="inline")(
             csrf_field(self._csrf), tags.button("Sign out", type="submit", id="logout")))
@@ -403,6 +404,7 @@ def _search_form(values: dict[str, str]) -> Tag:
         field("To", "to", "someone@example.net"),
         field("Subject", "subject", "text in the subject"),
         field("Since", "since", "2h, 3d, a date", 14),
+        field("Client", "client", "192.168.10.44", 14),
         tags.label("Status", tags.select(name="status", id="search-status")(*options)),
         tags.button("Search", type="submit", id="search"))
 

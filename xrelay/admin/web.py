@@ -121,6 +121,10 @@ class AdminSite(Resource):
         #: The "Add an account" wizard at /setup.
         self.setup_wizard = SetupWizard(self)
         self.failures = self.guard.failures
+        from xrelay.admin.devices import DevicesPages
+
+        #: The Devices page and its admit forms.
+        self.devices = DevicesPages(self)
         # The routes are built once, not per request.
         self.routes, self.authenticated = self._route_table()
 
@@ -183,6 +187,9 @@ class AdminSite(Resource):
             ("POST", "/setup/test"): self.setup_wizard.test,
             ("POST", "/setup/rotate"): self.setup_wizard.rotate,
             ("POST", "/setup/remove"): self.setup_wizard.remove,
+            ("GET", "/devices"): self.devices.page,
+            ("POST", "/devices/allow"): self.devices.allow,
+            ("POST", "/devices/password"): self.devices.password,
         }
         return routes, authenticated
 
@@ -490,13 +497,14 @@ class AdminSite(Resource):
         from xrelay.history import HistoryMissing, TraceQuery, parse_since, search
 
         values = {name: (self._form(request, name) or "").strip()
-                  for name in ("from", "to", "subject", "since", "status")}
+                  for name in ("from", "to", "subject", "since", "status", "client")}
         problem, messages = None, None
         try:
             since = parse_since(values["since"]) if values["since"] else None
             query = TraceQuery(sender=values["from"] or None, recipient=values["to"] or None,
                                subject=values["subject"] or None, since=since,
-                               status=values["status"] or None)
+                               status=values["status"] or None,
+                               client=values["client"] or None)
             messages = await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                                search, self._history_path(), query)
         except ValueError as e:

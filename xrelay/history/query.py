@@ -81,6 +81,8 @@ class TraceQuery:
     since: float | None = None
     status: str | None = None
     limit: int = DEFAULT_LIMIT
+    #: The client's address, exactly (a device's messages, from the Devices page).
+    client: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.status is not None and self.status not in STATUS_GROUPS:
@@ -100,6 +102,9 @@ class TraceQuery:
         if self.subject:
             clauses.append("m.subject LIKE ? ESCAPE '\\'")
             values.append(like_pattern(self.subject))
+        if self.client:
+            clauses.append("m.client = ?")
+            values.append(self.client)
         if self.since is not None:
             clauses.append("m.received_at >= ?")
             values.append(self.since)

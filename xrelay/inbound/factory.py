@@ -43,6 +43,7 @@ class ListenerHost(Protocol):
     connections: "ConnectionCounter"
     live: set[Any]
     acceptance_log: "AcceptanceLog"
+    devices: Any
 
     def starttls_options(self, listener: ListenerConfig) -> Any: ...
 
@@ -219,6 +220,11 @@ class InboundFactory(Factory):
     @property
     def events(self) -> Any:
         return self.service.events
+
+    @property
+    def devices(self) -> Any:
+        """The device inventory's collector (L{xrelay.devices.DeviceCollector})."""
+        return self.service.devices
 
     @property
     def tls_options(self) -> Any:

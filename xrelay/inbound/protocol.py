@@ -172,6 +172,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if isinstance(admission, Refusal):
             log.warn("inbound connection from {client} refused: {reply}",
                      client=self.client_address, reply=str(admission))
+            self.factory.devices.refused(self, "connect", admission.code,
+                                         admission.enhanced, admission.text)
             self.reply(admission.code, admission.enhanced, admission.text)
             self.close()
             return
@@ -196,6 +198,8 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if refusal is not None:
             log.warn("inbound connection from {client} refused by the inbound handler: "
                      "{reply}", client=self.client_address, reply=str(refusal))
+            self.factory.devices.refused(self, "connect", refusal.code,
+                                         refusal.enhanced, refusal.text)
             self.reply(refusal.code, refusal.enhanced, refusal.text)
             if refusal.code != 554:
                 self.close()

@@ -36,8 +36,9 @@ from xrelay.inbound.factory import ConnectionCounter, InboundFactory
 from xrelay.inbound.handler import PolicyHandler
 from xrelay.inbound.protocol import ESMTPServer
 from xrelay.inbound.tlsprofile import ListenerTLS, listener_tls
+from xrelay.devices.collector import NullDevices
 from xrelay.history.sink import NullHistory
-from xrelay.interfaces import IDelivery, IInboundHandler, IRelayEvents, ISpool
+from xrelay.interfaces import IDelivery, IDeviceEvents, IInboundHandler, IRelayEvents, ISpool
 from xrelay.events import guarded
 from xrelay.policy import AuthFailures, proxy_trusted
 from xrelay.twistedapi import HAProxyProtocolWrapper, HAProxyWrappingFactory, proxy_header_read
@@ -180,6 +181,9 @@ class InboundService(MultiService):
         self.history = history if history is not None else NullHistory()
         #: Where connections, failed AUTH and accepted messages are counted.
         self.events = guarded(events)
+        #: Where each client's refusals, messages, AUTH and TLS are kept (the device
+        #: inventory; makeService sets the relay's collector when it is on).
+        self.devices: IDeviceEvents = NullDevices()
         self.connections = ConnectionCounter()
         self.auth_failures = AuthFailures()
         self.live: set[ESMTPServer] = set()

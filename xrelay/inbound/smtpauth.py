@@ -189,26 +189,32 @@ class AuthCommands(_Base):
             # failing for, waits longer for every answer (right or wrong, so the wait
             # itself tells nothing).
             d.addCallback(lambda user: defer_later(self.clock, attempt.delay, user))
-        return d.addCallbacks(self._checked, self._undecided, callbackArgs=(mechanism,))
+        return d.addCallbacks(self._checked, self._undecided, callbackArgs=(mechanism, name))
 
-    def _checked(self, user: UserConfig | None, mechanism: str) -> None:
+    def _checked(self, user: UserConfig | None, mechanism: str, name: str = "") -> None:
         if self.state == CLOSED:
             return
         if user is not None:
             self.user = user
             log.info("inbound client {client} authenticated as {user} ({mechanism})",
                      client=self.client_address, user=user.name, mechanism=mechanism)
+            self.factory.devices.authenticated(self, mechanism)
             self.reply(235, "2.7.0", "Authentication successful")
             return
         self.auth_failures += 1
-        log.warn("inbound client {client}: authentication failed ({mechanism}), "
-                 "{count} on this connection", client=self.client_address,
-                 mechanism=mechanism, count=self.auth_failures)
+        # The name tried, never the password: which device has which wrong setting.
+        log.warn("inbound client {client}: authentication failed for user {user} "
+                 "({mechanism}), {count} on this connection", client=self.client_address,
+                 user=repr(name[:64]), mechanism=mechanism, count=self.auth_failures)
         self.factory.events.auth_failed(self.factory.listener.endpoint)
         if self.auth_failures >= self.config.server.max_auth_failures:
+            self.factory.devices.auth_failed(self, name, mechanism, 421, "4.7.0",
+                                             "Too many failed authentication attempts")
             self.reply(421, "4.7.0", "Too many failed authentication attempts")
             self.close()
             return
+        self.factory.devices.auth_failed(self, name, mechanism, 535, "5.7.8",
+                                         "Authentication credentials invalid")
         self.reply(535, "5.7.8", "Authentication credentials invalid")
 
     def _undecided(self, failure: Failure) -> None:

@@ -161,3 +161,6 @@ def report_failed_handshake(protocol: Any, reason: Failure | None) -> None:
     client = protocol.client_address or getattr(protocol.transport.getPeer(), "host", "?")
     log.warn("inbound client {client} on {listener}: TLS handshake failed: {why}",
              client=client, listener=listener.endpoint, why=why)
+    devices = getattr(protocol.factory, "devices", None)
+    if devices is not None:
+        devices.tls_failed(protocol, why)

@@ -152,6 +152,8 @@ class MailCommands(_Base):
                      "{reply}", client=self.client_address, sender=sender,
                      user=self.user.name if self.user else None, reply=str(refusal))
             assert refusal is not None
+            self.factory.devices.refused(self, "mail", refusal.code, refusal.enhanced,
+                                         refusal.text, sender=sender)
             self.refuse(refusal)
             return
         # The disk reserve (server.min_free_space): say so at MAIL already, as Postfix
@@ -202,6 +204,8 @@ class MailCommands(_Base):
         if self.state == CLOSED:
             return
         if refusal is not None:
+            self.factory.devices.refused(self, "rcpt", refusal.code,
+                                         refusal.enhanced, refusal.text)
             self.refuse(refusal)  # logged there, in summary once they repeat
             return
         if recipient.lower() not in (r.lower() for r in transaction.recipients):
@@ -421,6 +425,8 @@ class MailCommands(_Base):
                      "{code} {enhanced} {text}", message=transaction.id,
                      client=self.client_address, sender=transaction.sender, code=code,
                      enhanced=enhanced, text=text)
+            self.factory.devices.refused(self, "data", code, enhanced, text,
+                                         sender=transaction.sender)
             self.reply(code, enhanced, text)
             return None
         message = transaction.message
@@ -450,6 +456,8 @@ class MailCommands(_Base):
                      "{reply}", message=transaction.id, client=self.client_address,
                      user=self.user.name if self.user else None, reply=str(refusal))
             message.abort()
+            self.factory.devices.refused(self, "data", refusal.code, refusal.enhanced,
+                                         refusal.text, sender=transaction.sender)
             self.refuse(refusal)
             return None
         d = defer.maybeDeferred(message.commit)
@@ -482,6 +490,7 @@ class MailCommands(_Base):
         self.factory.history.received(AcceptedMessage.of(entry_id, transaction, self))
         self.conduct.message_accepted()
         self.factory.events.accepted(transaction.account.name)
+        self.factory.devices.accepted(self, transaction.sender)
         if not self.factory.listener.pass_through:
             if self.state != CLOSED:
                 self.reply(250, "2.0.0", f"Ok: queued as {entry_id}")

@@ -264,6 +264,12 @@ class ControlHandlers:
                  sender=entry.sender)
         return describe_entry(entry)
 
+    async def op_devices_flush(self, event: Any) -> bool:
+        """Write what the device inventory gathered, so `xrelay devices` reads it all."""
+        if self.relay.devices is not None:
+            await self.relay.devices.flush()
+        return True
+
     async def op_reload(self, event: Any) -> dict[str, Any]:
         if not self.relay.reload():
             raise ControlRefusal("configuration not reloaded; the daemon's log says why "

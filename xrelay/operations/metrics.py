@@ -137,6 +137,8 @@ class RelayMetrics:
         self.watch_tokens(lambda: relay.tokens.status().values())
         self.watch_accounts(lambda: relay.delivery.status().accounts.values())
         self.watch_expiries(lambda: relay.tokens.expiries())
+        if getattr(relay, "devices", None) is not None:
+            self.registry.register(DeviceStateCollector(lambda: relay.devices.counts))
 
     def watch_queue(self, spool: ISpool) -> None:
         """Report this spool's depth and oldest waiting entry at every scrape."""
@@ -215,6 +217,27 @@ class TokenCollector(Collector):
                 expires.add_metric([status.account], status.expires_at - self.clock())
         yield state
         yield expires
+
+
+class DeviceStateCollector(Collector):
+    """
+    C{xrelay_devices{state}}: devices in the inventory per state ("failing": the last
+    thing it tried was refused; "ok"), as of the inventory's last write.
+    """
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from xrelay.devices.records import STATES
+
+        family = GaugeMetricFamily("xrelay_devices", "Devices in the inventory per state "
+                                   "(failing: its last attempt was refused).",
+                                   labels=["state"])
+        counts = self.counts()
+        for state in STATES:
+            family.add_metric([state], float(counts.get(state, 0)))
+        yield family
 
 
 class AccountStateCollector(Collector):

@@ -33,6 +33,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="recipient", metavar="PATTERN",
                         help="a recipient: text it contains, or a pattern")
     parser.add_argument("--subject", metavar="TEXT", help="text the Subject: contains")
+    parser.add_argument("--client", metavar="ADDRESS",
+                        help="the client's address, exactly (a device's messages)")
     parser.add_argument("--since", metavar="WHEN", help="received since: 30m, 2h, 3d, 1w, "
                         "or a local date (2026-12-01, '2026-12-01 14:30')")
     parser.add_argument("--status", choices=tuple(STATUS_GROUPS),
@@ -55,7 +57,8 @@ def trace_command(args: argparse.Namespace) -> int:
     path = history_path(config.server.state_dir)
     try:
         if args.id:
-            if any((args.sender, args.recipient, args.subject, args.since, args.status)):
+            if any((args.sender, args.recipient, args.subject, args.since, args.status,
+                    args.client)):
                 return _problem("give either an entry id or search options, not both",
                                 EXIT_USAGE)
             found = story(path, args.id)
@@ -74,7 +77,7 @@ def trace_command(args: argparse.Namespace) -> int:
             return _problem(str(e), EXIT_USAGE)
         query = TraceQuery(sender=args.sender, recipient=args.recipient,
                            subject=args.subject, since=since, status=args.status,
-                           limit=args.limit)
+                           limit=args.limit, client=args.client)
         messages = search(path, query)
     except HistoryMissing as e:
         return _problem(str(e))
