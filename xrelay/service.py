@@ -350,8 +350,9 @@ def makeService(config: Config, reactor: Any = None,
     # queue ...` from editing the spool behind the daemon's back, before recovery.
     top.control = ControlService(top, reactor=reactor)
     top.control.setServiceParent(top)
-    # The listing of the queue is served from what the daemon remembers (issue 24).
-    top.spool = ListedSpool(spool if spool is not None else Spool(
+    # The listing of the queue is served from what the daemon remembers (issue 24); an
+    # embedder's own spool is used as it is.
+    top.spool = spool if spool is not None else ListedSpool(Spool(
         os.path.join(config.server.state_dir, "spool"), reactor=reactor))
     RecoveringSpoolService(top.spool).setServiceParent(top)
 

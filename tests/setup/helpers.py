@@ -88,8 +88,10 @@ class Terminal:
             self._read(0.2)
 
     def _read(self, wait: float) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], wait)
-        if not ready:
+        # poll, not select: a long test session may hold descriptors past FD_SETSIZE.
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        if not poller.poll(wait * 1000):
             return True
         try:
             data = os.read(self.fd, 65536)

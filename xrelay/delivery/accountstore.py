@@ -67,7 +67,9 @@ def _parse_line(line: str) -> Record | str | None:
         return None if _TORN.fullmatch(line.strip()) else "not a record"
     if not math.isfinite(at) or at < 0:
         return f"time {parts[0]!r} is not a time"
-    if not 0 <= n <= MAX_RECIPIENTS:
+    # A negative count is a refund: recipients of an earlier start the provider did not
+    # take (L{xrelay.delivery.scheduler.AccountPace.refund}).
+    if not -MAX_RECIPIENTS <= n <= MAX_RECIPIENTS:
         return f"count {parts[1]!r} is out of range"
     return at, n
 

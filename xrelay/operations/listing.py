@@ -85,13 +85,24 @@ class ListedSpool:
         memory without changing it: safe in a thread.
         """
         found: list[SpoolEntry] = []
+        # An entry found bad while listing is set aside into corrupt/, listed after:
+        # each id once, where it was found.
+        seen: set[str] = set()
         for s in (state,) if state else STATES + (CORRUPT,):
+            if s == CORRUPT:
+                # What was set aside is read from corrupt/ as the spool shows it (a
+                # second entry of the same name is C{ID~1}, no entry id to find).
+                found += [e for e in self.spool.entries(CORRUPT) if e.entry_id not in seen]
+                continue
             for entry_id in self.spool.ids(s):
+                if entry_id in seen:
+                    continue
                 entry = self._known.get(entry_id)
                 if entry is None or entry.state != s:
                     try:
                         entry = self.spool.find(entry_id)
                     except (UnknownEntry, NotAnEntryId):
                         continue  # moved on while we were listing
+                seen.add(entry_id)
                 found.append(entry)
         return found
