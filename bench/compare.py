@@ -569,12 +569,13 @@ async def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     m = r["machine"]
+    acc = r["acceptance"]
+    # --rounds 0: no acceptance rounds, only the end-to-end and printer runs.
+    rounds = len(next(iter(acc.values()))["runs"]) if acc else 0
     out = [f"{m['cpus']} CPUs, load average {m['load_average_before']} before, "
            f"{m.get('load_average_after', m.get('load_average_after_acceptance'))} after; "
-           f"acceptance: {r['load']}, medians of "
-           f"{len(next(iter(r['acceptance'].values()))['runs'])} alternating rounds", ""]
-    acc = r["acceptance"]
-    sink = acc["sink"]["median_msg_per_s"]
+           f"acceptance: {r['load']}, medians of {rounds} alternating rounds", ""]
+    sink = acc["sink"]["median_msg_per_s"] if acc else 0.0
     pf = acc.get("postfix", {}).get("median_msg_per_s")
     out.append("| durable acceptance | msg/s | x fsync sink | x Postfix | p50 ms | "
                "CPU s / 1,000 |")

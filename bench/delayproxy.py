@@ -11,6 +11,10 @@ next is sent is one each.  The delay is applied per direction in order (one queu
 one timer each way), and the connection to the target is opened one delay late, as a
 SYN would travel.  Writes C{{"port": ..., "stats_port": ...}} to INFO.json once it
 listens; a connection to C{stats_port} gets the counters as one JSON line.
+
+With C{DELAYPROXY_TRACE=PATH} in the environment, every chunk's arrival is written to
+C{PATH.<pid>} (connection, C or S, time, bytes; line-buffered, the proxy is killed at
+the end): C{bench/turns.py} turns that into the time each side took per turn.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+TRACE = (open(os.environ["DELAYPROXY_TRACE"] + f".{os.getpid()}", "w", buffering=1)
+         if os.environ.get("DELAYPROXY_TRACE") else None)
 STATS = {"connections": 0, "round_trips": 0, "client_bytes": 0, "server_bytes": 0}
 
 
@@ -69,6 +75,8 @@ class ServerSide(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         STATS["server_bytes"] += len(data)
+        if TRACE is not None:
+            TRACE.write(f"{id(self.pair)} S {reactor.seconds():.6f} {len(data)}\n")
         if self.pair.last == "client":
             STATS["round_trips"] += 1
         self.pair.last = "server"
@@ -103,6 +111,8 @@ class ClientSide(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         STATS["client_bytes"] += len(data)
+        if TRACE is not None:
+            TRACE.write(f"{id(self)} C {reactor.seconds():.6f} {len(data)}\n")
         self.last = "client"
         self.to_server.put(data)
 

@@ -13,12 +13,13 @@ import os
 import threading
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
 from tests.spool.test_spool import ENVELOPE, MESSAGE, files, receive
-from xrelay.spool import ACTIVE, QUEUED, Spool, SpoolFull, run_inline
+from xrelay.spool import ACTIVE, DEFERRED, QUEUED, Spool, SpoolFull, run_inline
 from xrelay.spool import spares as spares_module
 
 
@@ -274,4 +275,39 @@ async def test_removals_arriving_together_share_one_folder_fsync(tmp_path: Any,
         i + ".eml" for i in ids}
     # The first removal runs alone; the nine asked for meanwhile go together.
     assert synced == ["queued", "queued"]
+    spool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_taking_an_entry_for_an_attempt_waits_for_no_worker(tmp_path: Any) -> None:
+    """
+    The rename to active/ that starts a delivery attempt is done at once, not queued
+    on the spool's workers behind the fdatasyncs of messages being accepted: the
+    upstream connection it is for would wait idle (issue 28).  Every worker is held
+    busy here; the entry is active all the same, its record unchanged.
+    """
+    from twisted.internet import defer
+
+    from xrelay.spool.commit import WORKERS
+
+    spool = Spool(str(tmp_path / "spool"), reactor=reactor)
+    entry_id = await receive(spool)
+    entry = spool.get(entry_id)
+    gate = threading.Event()
+    busy = [spool._committer.in_thread(gate.wait, 60) for _ in range(WORKERS)]
+    try:
+        taken = spool.move(entry, ACTIVE)
+        assert taken.called, "taking an entry waited for the spool's workers"
+        active = taken.result
+        assert active.state == ACTIVE
+        assert spool.ids(ACTIVE) == [entry_id] and spool.ids(QUEUED) == []
+        assert spool.get(entry_id) == active
+        assert attrs.evolve(active, state=QUEUED) == entry
+    finally:
+        gate.set()
+        await defer.gatherResults(busy)
+    # A change of the record is durable work: it still goes through the workers.
+    deferred = spool.move(spool.get(entry_id), DEFERRED, next_attempt=1.0)
+    assert not deferred.called
+    assert (await deferred).state == DEFERRED
     spool.close()
