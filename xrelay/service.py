@@ -166,6 +166,10 @@ class RelayService(MultiService):
                 log.info("xrelay: SIGHUP not handled here; call RelayService.reload()")
 
 
+    def _sandbox_default(self) -> bool:
+        """Whether this relay runs on the sandbox default (no configuration file)."""
+        return self.config.path is None and self.config.sandbox_dir is not None
+
     def _all_listening(self) -> None:
         """
         All or nothing: a listener that could not be opened ends the process (TCP
@@ -178,7 +182,14 @@ class RelayService(MultiService):
         failures = [("server.listen", endpoint, failure)
                     for endpoint, failure in self.inbound.listen_failures]
         admin_failure = getattr(self.admin, "listen_failure", None)
-        if admin_failure is not None:  # so config.admin is set: only then is there an admin
+        if admin_failure is not None and self._sandbox_default():
+            # The sandbox default's admin page is a bonus to try the wizard: a port
+            # taken by something else must not stop the relay a new user is trying.
+            log.warn("xrelay: the sandbox's admin page could not listen on {listen} "
+                     "(the relay runs without it); set ${variable} to a free port to "
+                     "try the setup wizard", listen=self.config.admin.listen,  # type: ignore[union-attr]
+                     variable=SANDBOX_ADMIN_PORT_VARIABLE)
+        elif admin_failure is not None:  # so config.admin is set: only then is there one
             failures.append(("admin.listen", self.config.admin.listen,  # type: ignore[union-attr]
                              admin_failure))
         if failures:

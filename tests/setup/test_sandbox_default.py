@@ -51,3 +51,36 @@ def test_sandbox_default_serves_the_wizard(tmp_path, run_relay) -> None:
             timeout=10)
         plan = browser.get(f"{base}/setup", timeout=10).text
         assert "SMTP.SendAsApp" in plan and 'id="setup-signin"' in plan
+
+
+def test_a_taken_admin_port_does_not_stop_the_sandbox_relay(tmp_path, run_relay) -> None:
+    """
+    The admin page is a bonus of the sandbox default: with its port taken by something
+    else, the relay still starts and relays, and its log says how to move the page.
+    """
+    import smtplib
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    smtp_port = free_port()
+    try:
+        relay = run_relay(env={"XRELAY_SANDBOX_ADMIN_PORT": str(taken.getsockname()[1]),
+                               "XRELAY_SANDBOX_PORT": str(smtp_port)})
+        relay.wait_for_port(smtp_port)
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+            client.sendmail("printer@example.com", ["client@example.net"],
+                            b"Subject: still here\r\n\r\nhello\r\n")
+        deadline = time.monotonic() + 60
+        while "could not listen" not in relay.log():
+            assert time.monotonic() < deadline, relay.log()
+            time.sleep(0.2)
+        assert "XRELAY_SANDBOX_ADMIN_PORT" in relay.log()
+        mailbox = tmp_path / "xrelay-sandbox" / "mailbox"
+        while not list(mailbox.rglob("*.eml")):
+            assert time.monotonic() < deadline, relay.log()
+            time.sleep(0.2)
+        assert relay.process.poll() is None
+    finally:
+        taken.close()
