@@ -227,6 +227,13 @@ class AccountConfig:
         for field in ("authority", "smtp_host", "graph_url"):
             if getattr(self, field) == FROM_PROVIDER:  # frozen: set once, while built
                 object.__setattr__(self, field, derived[field])
+        # The rules between the fields, in this order: the first broken one is named.
+        self._check_provider()
+        self._check_credentials()
+        self._check_provider_only_fields()
+
+    def _check_provider(self) -> None:
+        """The transport, the flow and the tenant the provider allows or needs."""
         google = self.provider == "google"
         if google and self.transport == "graph":
             raise InvalidValue("transport", 'Graph is Microsoft only; write transport = '
@@ -238,6 +245,9 @@ class AccountConfig:
         if not google and not self.tenant:
             raise InvalidValue("tenant", 'is required for Microsoft accounts; write '
                                'tenant = "contoso.onmicrosoft.com" (or the tenant id)')
+
+    def _check_credentials(self) -> None:
+        """The client id, and a secret or a certificate where the flow needs one."""
         if not self.client_id:
             raise InvalidValue("client_id", "is required; write the application (client) "
                                "id of your app registration")
@@ -250,9 +260,13 @@ class AccountConfig:
             raise InvalidValue("client_secret_file", "client_credentials needs "
                                "client_secret_file = \"...\" or certificate_file and "
                                "certificate_key_file")
-        if google and self.client_secret_file is None:
+        if self.provider == "google" and self.client_secret_file is None:
             raise InvalidValue("client_secret_file", "Google's token endpoint needs the "
                                "OAuth client secret; write client_secret_file = \"...\"")
+
+    def _check_provider_only_fields(self) -> None:
+        """The fields one provider (or cloud) has and the other has not."""
+        google = self.provider == "google"
         if google and self.cloud != "global":
             raise InvalidValue("cloud", "is for Microsoft accounts; remove it")
         if (self.graph_large_messages == "upload_session"
