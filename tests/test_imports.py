@@ -23,7 +23,9 @@ PACKAGE = ROOT / "xrelay"
 #: the state-machine mechanism.  Each imports only from this set; L{xrelay.interfaces}
 #: imports nothing else of xrelay.
 BOTTOM = frozenset({
-    "xrelay.addresses", "xrelay.clouds", "xrelay.config", "xrelay.envelope",
+    "xrelay.addresses", "xrelay.clouds", "xrelay.config", "xrelay.config.accounts",
+    "xrelay.config.sandbox", "xrelay.config.validators", "xrelay.config.values",
+    "xrelay.config.warnings", "xrelay.config.whole", "xrelay.envelope",
     "xrelay.history.records", "xrelay.inbound.headers", "xrelay.lifecycle",
     "xrelay.passwords", "xrelay.records", "xrelay.statemachine",
 })

@@ -139,7 +139,7 @@ def _cell(text: str) -> str:
 def render() -> Iterator[str]:
     yield "# Configuration reference"
     yield ""
-    yield (f"<!-- Generated from xrelay/config.py by `{REGENERATE}`; "
+    yield (f"<!-- Generated from xrelay/config/ by `{REGENERATE}`; "
            "do not edit by hand. -->")
     yield ""
     yield ("xrelay reads one TOML file: `--config FILE`, else `$XRELAY_CONFIG`, else "

@@ -14,7 +14,7 @@ C{twisted.web.template} tags, so every value is escaped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import urlencode
 
 from twisted.internet.threads import deferToThreadPool
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web.template import Tag, tags
 
 from xrelay.admin import pages
+from xrelay.admin.http import AdminPages
 from xrelay.devices import Device, InventoryMissing, devices_path, read_devices
 from xrelay.devices.admit import (AdmitRefused, Admitted, allow_network, give_password,
                                   legacy_tls_listener, network_for)
@@ -162,25 +163,6 @@ def admitted_body(admitted: Admitted, reloaded: bool, device: str) -> list[Any]:
                            class_="bad"))
     body.append(tags.p(tags.a("Back to the devices", href="/devices", id="continue")))
     return body
-
-
-class AdminPages(Protocol):
-    """
-    What the Devices page uses of the admin site (L{xrelay.admin.web.AdminSite}, which
-    routes to it): named here so that this module does not import the site above it.
-    """
-
-    relay: Any
-    reactor: Any
-
-    @property
-    def config(self) -> Any: ...
-
-    def _form(self, request: Any, name: str) -> str | None: ...
-
-    def _redirect(self, request: Any, location: str) -> None: ...
-
-    def _html(self, element: Any) -> Awaitable[bytes]: ...
 
 
 def _client(request: Any) -> str:

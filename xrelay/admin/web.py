@@ -8,22 +8,18 @@ return needs a signed-in session; every POST needs the session's CSRF token in i
 body, and an C{Origin} of this site when the browser sends one.  A refused
 request gets a short page and a log line with the client's address, never a traceback.
 
-The browser sign-in ("Sign in with Microsoft" for delegated Microsoft accounts, "Sign in
-with Google" for Google accounts; authorization code with PKCE) is started by
-a POST (so that no other site can start one) and finished at C{/signin/callback}, which
-the identity platform redirects to.  That redirect is a cross-site navigation, on which
-browsers do not send C{SameSite=Strict} cookies; the callback is therefore authorised by
-the flow's unguessable C{state} (issued to a signed-in session moments before, single
-use, short-lived), not by the cookie.
+The pages themselves live beside it, one module per job: the accounts' browser sign-in
+(L{xrelay.admin.accountsignin}, started by a POST so that no other site can start one,
+its return authorised by the flow's state, not the cookie), the "Add an account" wizard
+(L{xrelay.admin.setup_wizard}), the Devices page (L{xrelay.admin.devices}); what every
+route uses of a request is L{xrelay.admin.http}'s.
 
 This module never logs a password, a session id, a CSRF token, a code or a token.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -34,9 +30,13 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import flattenString
 
 from xrelay.admin import pages
+from xrelay.admin.accountsignin import (AccountSignIn, callback_uri, can_sign_in,
+                                        sign_in_url)
 from xrelay.admin.glance import account_views, overall_line
 from xrelay.admin.lockout import (ADMIN_ACCOUNT, DEVICE_COOKIE, DEVICE_MAX_AGE,
                                   FAILURE_WINDOW, MAX_FAILURES, SignInGuard)
+from xrelay.admin.http import (Refused, client_address, client_in, form_body_field,
+                               origin_of, security_headers, text_of)
 from xrelay.admin.sessions import COOKIE_NAME, Session, SessionStore, cookie_name
 from xrelay.interfaces import ISpool, UnknownEntry
 from xrelay.operations.queue import QueueOperations, QueueProblem
@@ -44,49 +44,6 @@ from xrelay.operations.queue import QueueOperations, QueueProblem
 __all__ = ["AdminSite", "callback_uri", "security_headers"]
 
 log = Logger(namespace="xrelay.admin")
-
-#: Seconds a started browser sign-in may take before its state is forgotten.
-SIGN_IN_TIMEOUT = 15 * 60.0
-
-
-def security_headers(form_targets: list[str]) -> dict[bytes, bytes]:
-    """
-    The headers on every response.  C{form-action} lists the identity platforms too:
-    the sign-in form's redirect goes there, and browsers apply C{form-action} to it.
-    """
-    targets = " ".join(["'self'", *form_targets])
-    return {
-        b"content-security-policy": (
-            "default-src 'none'; style-src 'self'; img-src 'self'; "
-            f"form-action {targets}; frame-ancestors 'none'; base-uri 'none'"
-        ).encode("ascii"),
-        b"x-frame-options": b"DENY",
-        b"x-content-type-options": b"nosniff",
-        # same-origin, not no-referrer: under no-referrer browsers send "Origin: null"
-        # with the site's own forms, and _check_csrf wants their real Origin.
-        b"referrer-policy": b"same-origin",
-        b"cache-control": b"no-store",
-        b"cross-origin-opener-policy": b"same-origin",
-    }
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-class Refused(Exception):
-    """
-    A request answered with an error page: status, text for the person, and the
-    headers the status needs (C{Allow} with a 405, RFC 9110 15.5.6).
-    """
-
-    def __init__(self, code: int, text: str,
-                 headers: dict[bytes, bytes] | None = None) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = text
-        self.headers = headers or {}
 
 
 class AdminSite(Resource):
@@ -112,8 +69,8 @@ class AdminSite(Resource):
         self.reactor = reactor
         self.verify = verify or verify_password
         self.sessions = SessionStore(reactor)
-        #: state -> (account, msal flow, started at): browser sign-ins under way.
-        self.pending: dict[str, tuple[str, dict[str, Any], float]] = {}
+        #: The accounts' browser sign-in (its flows under way).
+        self.account_sign_in = AccountSignIn(self)
         #: Wrong passwords per source and for the account (L{SignInGuard}).
         self.guard = SignInGuard()
         from xrelay.admin.setup_wizard import SetupWizard
@@ -135,11 +92,11 @@ class AdminSite(Resource):
     # -- plumbing ----------------------------------------------------------------
 
     def render(self, request: Any) -> Any:
-        targets = {_origin(sign_in_url(a)) for a in self.config.accounts
-                   if self.can_sign_in(a)}
-        if _text(request.path).startswith("/setup"):
+        targets = {origin_of(sign_in_url(a)) for a in self.config.accounts
+                   if can_sign_in(a)}
+        if text_of(request.path).startswith("/setup"):
             # The wizard's admin sign-in form redirects to the setup's authority.
-            targets.add(_origin(self.config.setup.authority))
+            targets.add(origin_of(self.config.setup.authority))
         form_targets = sorted(targets)
         for name, value in security_headers(form_targets).items():
             request.setHeader(name, value)
@@ -149,7 +106,7 @@ class AdminSite(Resource):
 
     def _crashed(self, failure: Any, request: Any) -> None:
         log.failure("admin: {method} {path} failed", failure=failure,
-                    method=_text(request.method), path=_text(request.path))
+                    method=text_of(request.method), path=text_of(request.path))
         if not request.finished and not getattr(request, "_disconnected", False):
             request.setResponseCode(500)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -166,7 +123,7 @@ class AdminSite(Resource):
             ("GET", "/healthz"): self.healthz,
             ("GET", "/login"): self.login_form,
             ("POST", "/login"): self.login,
-            ("GET", "/signin/callback"): self.sign_in_callback,
+            ("GET", "/signin/callback"): self.account_sign_in.callback,
         }
         authenticated: dict[tuple[str, str], Callable[[Any, Session], Awaitable[Any]]] = {
             ("GET", "/"): self.status_page,
@@ -178,7 +135,7 @@ class AdminSite(Resource):
             ("POST", "/queue/retry"): self.queue_retry,
             ("POST", "/queue/delete"): self.queue_delete,
             ("POST", "/queue/retry-all"): self.queue_retry_all,
-            ("POST", "/signin"): self.sign_in_start,
+            ("POST", "/signin"): self.account_sign_in.start,
             ("GET", "/setup"): self.setup_wizard.page,
             ("POST", "/setup/plan"): self.setup_wizard.plan,
             ("POST", "/setup/signin"): self.setup_wizard.sign_in,
@@ -198,7 +155,7 @@ class AdminSite(Resource):
         return sorted({m for m, p in [*self.routes, *self.authenticated] if p == path})
 
     async def _dispatch(self, request: Any) -> None:
-        method, path = _text(request.method), _text(request.path)
+        method, path = text_of(request.method), text_of(request.path)
         routes, authenticated = self.routes, self.authenticated
         try:
             if (method, path) == ("GET", "/") and self.setup_wizard.owns(request):
@@ -212,7 +169,7 @@ class AdminSite(Resource):
                     if method == "GET":
                         return self._redirect(request, "/login")
                     log.warn("admin: unauthenticated {method} {path} from {client} refused",
-                             method=method, path=path, client=_client(request))
+                             method=method, path=path, client=client_address(request))
                     raise Refused(403, "Sign in first.")
                 if method == "POST":
                     self._check_csrf(request, session, path)
@@ -292,13 +249,13 @@ class AdminSite(Resource):
         origin = request.getHeader(b"origin")
         if origin is not None and origin not in self._own_origins(request):
             log.warn("admin: POST {path} from {client} refused: Origin {origin} is not "
-                     "this site", path=path, client=_client(request),
+                     "this site", path=path, client=client_address(request),
                      origin=origin.decode("ascii", "replace")[:200])
             raise Refused(403, "This form did not come from this site's page; open the "
                           "admin page at its own address and try again.")
         if not session.csrf_matches(form_body_field(request, "csrf_token")):
             log.warn("admin: POST {path} from {client} refused: CSRF token missing or "
-                     "wrong", path=path, client=_client(request))
+                     "wrong", path=path, client=client_address(request))
             raise Refused(403, "This form has expired or did not come from this page; "
                           "reload the page and try again.")
 
@@ -311,7 +268,7 @@ class AdminSite(Resource):
         own = {f"{'https' if request.isSecure() else 'http'}://".encode("ascii")
                + (request.getHeader(b"host") or b"")}
         if self.config.admin.public_url:
-            own.add(_origin(self.config.admin.public_url).encode("utf-8"))
+            own.add(origin_of(self.config.admin.public_url).encode("utf-8"))
         return own
 
     def may_monitor(self, request: Any) -> bool:
@@ -323,7 +280,11 @@ class AdminSite(Resource):
         if session is not None and session.authenticated:
             return True
         return client_in(getattr(self.config.admin, "monitoring_networks", ()),
-                         _client(request))
+                         client_address(request))
+
+    def _redirect_uri(self, request: Any) -> str:
+        """The sign-in redirect URI of this listener, for the wizard too."""
+        return self.account_sign_in.redirect_uri(request)
 
     # -- public pages --------------------------------------------------------------
 
@@ -336,7 +297,7 @@ class AdminSite(Resource):
 
         if not self.may_monitor(request):
             log.warn("admin: GET /metrics from {client} refused: not signed in and not "
-                     "in admin.monitoring_networks", client=_client(request))
+                     "in admin.monitoring_networks", client=client_address(request))
             raise Refused(403, "Sign in first, or add the monitoring server's network "
                           "to admin.monitoring_networks.")
         return CONTENT_TYPE.encode("ascii"), self.metrics.exposition()
@@ -371,11 +332,11 @@ class AdminSite(Resource):
         if session is None:
             # No session cookie: the form did not come from our page (or it expired).
             log.warn("admin: sign-in from {client} without a session refused",
-                     client=_client(request))
+                     client=client_address(request))
             request.setResponseCode(403)
             return await self.login_form(request, "Your session expired; try again.")
         self._check_csrf(request, session, "/login")
-        client = _client(request)
+        client = client_address(request)
         source = self.guard.source(client, request.getCookie(
             self._cookie(request, DEVICE_COOKIE)))
         # Counted from now, before the slow check: concurrent guesses share the limit.
@@ -422,17 +383,6 @@ class AdminSite(Resource):
                           httpOnly=True, sameSite="strict", secure=self._secure(request))
         self._redirect(request, "/login")
 
-    def can_sign_in(self, account: Any) -> bool:
-        """
-        Whether the status page offers the browser sign-in: delegated Microsoft
-        accounts, and every Google account (with a refresh token file too, so that a
-        revoked token can be replaced from here).
-        """
-        if account.provider == "google":
-            return True
-        return account.provider == "microsoft" and account.flow in ("auth_code",
-                                                                    "device_code")
-
     async def status_page(self, request: Any, session: Session) -> bytes:
         statuses = self.relay.tokens.status()
         engine = self.relay.delivery.status()
@@ -449,7 +399,7 @@ class AdminSite(Resource):
 
         def sign_in_for(name: str) -> Any:
             account = accounts.get(name)
-            return account if account is not None and self.can_sign_in(account) else None
+            return account if account is not None and can_sign_in(account) else None
         notice, session.notice = session.notice, None
         return await self._html(pages.Page("status", pages.status_body(
             overall, views, engine.counts, engine.oldest_age, engine.recent,
@@ -569,136 +519,3 @@ class AdminSite(Resource):
         count = await queue.retry_all()
         session.notice = " ".join([f"{count} entries are due now."] + queue.notes)
         self._redirect(request, "/queue")
-
-    # -- browser sign-in ---------------------------------------------------------------
-
-    def _redirect_uri(self, request: Any) -> str:
-        """The redirect URI this listener sends and shows (L{callback_uri})."""
-        host = request.getHost()
-        return callback_uri(self.config.admin.public_url, getattr(host, "host", ""),
-                            getattr(host, "port", 8025), request.isSecure())
-
-    async def sign_in_start(self, request: Any, session: Session) -> None:
-        name = self._form(request, "account") or ""
-        try:
-            account = self.config.account(name)
-        except KeyError:
-            raise Refused(404, "No such account.") from None
-        if not self.can_sign_in(account):
-            raise Refused(400, f"Account {name} does not sign in in the browser.")
-        from xrelay.tokens import SignInFailed
-
-        try:
-            url, flow = await self.relay.tokens.start_auth_code(
-                name, self._redirect_uri(request))
-        except SignInFailed as e:
-            session.notice = str(e)
-            return self._redirect(request, "/")
-        now = self.reactor.seconds()
-        self.pending = {s: p for s, p in self.pending.items()
-                        if now - p[2] < SIGN_IN_TIMEOUT}
-        state = flow.get("state") or secrets.token_urlsafe(16)
-        self.pending[state] = (name, flow, now)
-        log.info("admin: browser sign-in for account {account} started from {client}",
-                 account=name, client=_client(request))
-        self._redirect(request, url)
-
-    async def sign_in_callback(self, request: Any) -> bytes:
-        params = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
-                  for k, v in request.args.items() if v}
-        state = params.get("state", "")
-        pending = self.pending.pop(state, None)
-        if pending is None or self.reactor.seconds() - pending[2] > SIGN_IN_TIMEOUT:
-            log.warn("admin: sign-in return from {client} with an unknown or expired "
-                     "state refused", client=_client(request))
-            raise Refused(400, "This sign-in is unknown or has expired; start it again "
-                          "from the status page.")
-        name, flow, _ = pending
-        if "error" in params:
-            text = params.get("error_description") or params["error"]
-            log.warn("admin: browser sign-in for account {account} declined: {error}",
-                     account=name, error=text[:300])
-            raise Refused(400, f"Sign-in for {name} did not complete: {text[:300]}")
-        from xrelay.tokens import SignInFailed
-
-        try:
-            status = await self.relay.tokens.finish_auth_code(name, flow, params)
-        except SignInFailed as e:
-            log.warn("admin: browser sign-in for account {account} failed: {error}",
-                     account=name, error=str(e))
-            raise Refused(400, str(e)) from None
-        log.info("admin: account {account} signed in in the browser; token {state}",
-                 account=name, state=status.state)
-        return await self._html(pages.Page(
-            "signed in", pages.message_body(f"Account {name} is signed in ({status.state})."
-                                            " Its queued mail is on its way.",
-                                            "/", "Continue to the status page"),
-            refresh_to="/"))
-
-
-def callback_uri(public_url: str | None, address: str, port: int, secure: bool) -> str:
-    """
-    Where the identity platform sends the browser back, exactly as it must be
-    registered: C{admin.public_url}, else C{http://localhost:PORT} for a loopback
-    listener (Entra's portal accepts C{http://} only for C{localhost}, and a public
-    client's C{http://localhost} redirect matches any port:
-    U{https://learn.microsoft.com/en-us/entra/identity-platform/reply-url#localhost-exceptions}),
-    else the socket's own address (never the request's C{Host:}, which whoever sends the
-    request chooses).
-    """
-    import ipaddress
-
-    if public_url:
-        return f"{public_url.rstrip('/')}/signin/callback"
-    scheme = "https" if secure else "http"
-    try:
-        loopback = ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
-        return f"{scheme}://localhost:{port}/signin/callback"
-    host = f"[{address}]" if ":" in address else (address or "127.0.0.1")
-    return f"{scheme}://{host}:{port}/signin/callback"
-
-
-def sign_in_url(account: Any) -> str:
-    """Where the sign-in form's redirect takes the browser: the provider's sign-in page."""
-    if account.provider == "google":
-        from xrelay.config import GOOGLE_AUTHORIZATION_URL
-
-        return account.authorization_url or GOOGLE_AUTHORIZATION_URL
-    return account.authority
-
-
-def _text(value: bytes | None) -> str:
-    return (value or b"").decode("utf-8", "replace")
-
-
-def form_body_field(request: Any, name: str) -> str | None:
-    """
-    A field of the POST's form body only: Twisted's C{request.args} mixes the query
-    string in, so a field that is (also) in the query string is not taken at all.
-    """
-    query = urlsplit(request.uri or b"").query
-    if name.encode("ascii") in parse_qs(query, keep_blank_values=True):
-        return None
-    values = request.args.get(name.encode("ascii"))
-    return values[0].decode("utf-8", "replace") if values else None
-
-
-def client_in(networks: Any, address: str) -> bool:
-    """Whether a client address lies in one of these networks."""
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
-
-
-def _client(request: Any) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", str(address))

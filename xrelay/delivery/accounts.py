@@ -31,10 +31,12 @@ from twisted.logger import Logger
 from xrelay.clocksteps import ClockWatch, watch_for
 from xrelay.config import AccountConfig
 from xrelay.delivery.accountstore import DayBudget, HoldStore, run_here
+from xrelay.delivery.accounttrouble import (account_fix, account_trouble, delivered_any,
+                                            temporary)
 from xrelay.delivery.retry import RetryPolicy
 from xrelay.delivery.scheduler import DAY, FairQueue
-from xrelay.envelope import DeliveryResult, FailureKind, Outcome, RecipientResult, Reply
-from xrelay.replies import Decision, Hold, KnownReply, recognise
+from xrelay.envelope import DeliveryResult, FailureKind, Reply
+from xrelay.replies import Hold, KnownReply
 from xrelay.statemachine import NoTransition, StateTable
 from xrelay.statefiles import prepare_folder
 
@@ -306,39 +308,47 @@ class AccountStates:
         was_probe = hold.probe == entry_id
         if was_probe:
             hold.probe = None
-        kind, row, reply = self._account_trouble(account, result)
-        if kind is None and row is None:
-            if hold.state != OK and (was_probe or _delivered_any(result)):
-                self.resume(account.name, "the probe went through" if was_probe else
-                            "a message went through")
-            if _delivered_any(result):
-                self._sender_ok(account.name, sender)
-            return result
-        if kind is None and row is not None and not self.hold_refused_senders:
-            # Send As refused, and bounced (the default): the bounce names the fix.
+        kind, row, reply = account_trouble(account, result)
+        if kind is not None:
+            return self._held_by(account, hold, kind, row, reply, result, now, was_probe)
+        if row is not None:
+            return self._send_as_refused(account, hold, sender, row, reply, result,
+                                         was_probe)
+        if hold.state != OK and (was_probe or delivered_any(result)):
+            self.resume(account.name, "the probe went through" if was_probe else
+                        "a message went through")
+        if delivered_any(result):
+            self._sender_ok(account.name, sender)
+        return result
+
+    def _send_as_refused(self, account: AccountConfig, hold: AccountHold, sender: str,
+                         row: KnownReply, reply: Reply, result: DeliveryResult,
+                         was_probe: bool) -> DeliveryResult:
+        """Send As refused: bounced (the default; the bounce names the fix), or this
+        sender held.  Either way the probe reached the upstream."""
+        if not self.hold_refused_senders:
             if hold.state != OK and was_probe:
                 self.resume(account.name, "the probe reached the upstream")
             return result
-        if kind is None and row is not None:  # hold this sender
-            fix = row.advice(user=account.user, sender=sender, client_id=account.client_id
-                             or "", account=account.name)
-            self._hold_sender(account.name, sender, reply, fix)
-            if hold.state != OK and was_probe:
-                self.resume(account.name, "the probe reached the upstream")
-            return _temporary(result, FailureKind.SEND_AS_DENIED, fix)
-        assert kind is not None
-        fix = (row.advice(user=account.user, client_id=account.client_id or "",
-                          account=account.name) if row is not None else
-               _UNREACHABLE_FIX.format(where=f"{account.smtp_host}:{account.smtp_port}"
-                                       if account.transport == "smtp" else account.graph_url,
-                                       account=account.name))
+        fix = row.advice(user=account.user, sender=sender, client_id=account.client_id
+                         or "", account=account.name)
+        self._hold_sender(account.name, sender, reply, fix)
+        if hold.state != OK and was_probe:
+            self.resume(account.name, "the probe reached the upstream")
+        return temporary(result, FailureKind.SEND_AS_DENIED, fix)
+
+    def _held_by(self, account: AccountConfig, hold: AccountHold, kind: Hold,
+                 row: KnownReply | None, reply: Reply, result: DeliveryResult, now: float,
+                 was_probe: bool) -> DeliveryResult:
+        """The result is about the account: hold it (again), and keep its mail."""
+        fix = account_fix(account, row)
         if hold.state == OK or hold.state != kind.value or was_probe:
             self._enter(account.name, hold, kind, reply, fix, now, result.retry_after,
                         again=was_probe and hold.state == kind.value)
         failure = result.failure if result.failure is not FailureKind.NONE else \
             FailureKind.ACCOUNT_HELD
-        return _temporary(result, failure, f"{result.detail}  {fix}".strip()
-                          if fix not in result.detail else result.detail)
+        return temporary(result, failure, f"{result.detail}  {fix}".strip()
+                         if fix not in result.detail else result.detail)
 
     def resume(self, account: str, why: str) -> None:
         """The account works again: its whole queue is due now."""
@@ -480,30 +490,6 @@ class AccountStates:
             return f"{hold.state} (resumes at {clock_text(hold.until, now)})"
         return hold.state
 
-    def _account_trouble(self, account: AccountConfig, result: DeliveryResult
-                         ) -> tuple[Hold | None, KnownReply | None, Reply]:
-        """
-        (hold kind, row, reply) when the result is about the account; (None, row,
-        reply) for a Send As refusal; (None, None, ...) when the result is about the
-        message or its recipients only.
-        """
-        undelivered = [r for r in result.recipients if r.outcome is not Outcome.DELIVERED]
-        if not undelivered:
-            return None, None, Reply(250, "")
-        reply = undelivered[0].reply
-        app_only = account.flow == "client_credentials"
-        if result.failure is FailureKind.CONNECTION and _could_not_connect(reply):
-            return Hold.UNREACHABLE, None, reply
-        for r in undelivered:
-            row = recognise(r.reply, app_only)
-            if row is None:
-                continue
-            if row.decision is Decision.HOLD_ACCOUNT and row.hold is not None:
-                return row.hold, row, r.reply
-            if row.decision is Decision.HOLD_SENDER:
-                return None, row, r.reply
-        return None, None, reply
-
     def _enter(self, name: str, hold: AccountHold, kind: Hold, reply: Reply, fix: str,
                now: float, retry_after: float | None, again: bool) -> None:
         policy = self.policy()
@@ -570,41 +556,3 @@ def _in_thread(clock: Any) -> Any:
         return lambda f: threads.deferToThreadPool(clock, clock.getThreadPool(), f)
     return run_here
 
-
-_UNREACHABLE_FIX = (
-    "xrelay cannot reach {where}: check the network, DNS, a firewall or proxy in between, "
-    "and smtp_host/smtp_port (or graph_url) of account {account}.  The account backs off "
-    "as a whole: one probe connection per back-off step, the mail stays queued.")
-
-
-#: The steps of setting up an upstream connection, as the transport names them in its
-#: "4.4.2 Upstream <host>: <why> during <step>" replies (L{xrelay.transport.pool}).
-_SETUP_STEPS = ("connect", "TLS handshake", "greeting", "EHLO", "STARTTLS", "AUTH")
-
-
-def _could_not_connect(reply: Reply) -> bool:
-    """
-    The upstream cannot be reached or set up (refused, timed out, dropped before AUTH
-    was done): the account backs off as a whole.  A connection lost in the middle of a
-    transaction is that message's trouble; the token endpoint being down is the token
-    states' (its replies are 4.7.0, not 4.4.2).
-    """
-    if reply.enhanced != "4.4.2":
-        return False
-    step = reply.text.rsplit(" during ", 1)[-1].strip() if " during " in reply.text else ""
-    return step in _SETUP_STEPS or step.startswith("AUTH") or \
-        reply.text.startswith("4.4.2 Graph request")
-
-
-def _delivered_any(result: DeliveryResult) -> bool:
-    return any(r.outcome is Outcome.DELIVERED for r in result.recipients)
-
-
-def _temporary(result: DeliveryResult, failure: FailureKind, detail: str
-               ) -> DeliveryResult:
-    """The same result with nothing permanent: held mail waits, it is not bounced."""
-    recipients = tuple(
-        r if r.outcome is not Outcome.PERMANENT else
-        RecipientResult(r.recipient, Outcome.TEMPORARY, r.reply)
-        for r in result.recipients)
-    return attrs.evolve(result, recipients=recipients, failure=failure, detail=detail)

@@ -181,40 +181,12 @@ class SqliteHistory(_Recording, Service):
         self.reactor.callFromThread(log.warn, "message history: {problem}", problem=text)
 
     def _run(self) -> None:
-        try:
-            self.store.open()
-        except Exception as e:  # a file system that refuses us: keep trying per batch
-            self._failing = True
-            self._warn_from_thread(f"cannot open {self.path} ({e}); mail is not "
-                                   f"affected; records are kept in memory (up to "
-                                   f"{MAX_KEPT}) and written when it opens (check the "
-                                   "free space in server.state_dir)")
+        self._open()
         last_prune = self.clock() if self._failing else self._prune()
         stop = False
         while not stop:
-            try:
-                item = self._queue.get(timeout=RETRY_EVERY if self._kept else PRUNE_EVERY)
-            except queue.Empty:
-                item = None
-            records: list[tuple[str, tuple[Any, ...]]] = []
-            waiting: list[Deferred[None]] = []
-            if item is not None and item is not _STOP and not isinstance(item, Deferred):
-                time.sleep(GATHER)
-            while item is not None:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, Deferred):
-                    waiting.append(item)
-                else:
-                    records.append(item)
-                if len(records) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            if records or (self._kept and
-                           time.monotonic() - self._kept_since >= RETRY_EVERY):
+            records, waiting, stop = self._gather()
+            if records or self._retry_due():
                 started = time.thread_time()
                 self._write(records, final=stop)
                 self.cpu_seconds += time.thread_time() - started
@@ -226,6 +198,52 @@ class SqliteHistory(_Recording, Service):
         stopped = self._stopped
         if stopped is not None:
             self.reactor.callFromThread(stopped.callback, None)
+
+    def _open(self) -> None:
+        try:
+            self.store.open()
+        except Exception as e:  # a file system that refuses us: keep trying per batch
+            self._failing = True
+            self._warn_from_thread(f"cannot open {self.path} ({e}); mail is not "
+                                   f"affected; records are kept in memory (up to "
+                                   f"{MAX_KEPT}) and written when it opens (check the "
+                                   "free space in server.state_dir)")
+
+    def _gather(self) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Deferred[None]],
+                               bool]:
+        """
+        The next batch from the queue: (records, flushes waiting for them, whether the
+        sink was stopped).  Waits for the first item (up to the next retry or prune),
+        lets a record's companions arrive for L{GATHER} seconds, then takes what is
+        there, up to L{MAX_BATCH} records.
+        """
+        try:
+            item = self._queue.get(timeout=RETRY_EVERY if self._kept else PRUNE_EVERY)
+        except queue.Empty:
+            item = None
+        records: list[tuple[str, tuple[Any, ...]]] = []
+        waiting: list[Deferred[None]] = []
+        stop = False
+        if item is not None and item is not _STOP and not isinstance(item, Deferred):
+            time.sleep(GATHER)
+        while item is not None:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, Deferred):
+                waiting.append(item)
+            else:
+                records.append(item)
+            if len(records) >= MAX_BATCH:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                item = None
+        return records, waiting, stop
+
+    def _retry_due(self) -> bool:
+        """Records are kept from a failed write, and their next try is due."""
+        return bool(self._kept) and time.monotonic() - self._kept_since >= RETRY_EVERY
 
     def _write(self, records: list[tuple[str, tuple[Any, ...]]], final: bool) -> None:
         """

@@ -40,11 +40,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from xrelay.config import Config, UserConfig
-from xrelay.inbound.auth import MECHANISMS
 from xrelay.inbound.conduct import JUNK_COMMANDS, Conduct
-from xrelay.inbound.handler import connect_refusal, decided, session_of
-from xrelay.inbound.leniency import auth_without_tls, lenient_greeting
+from xrelay.inbound.handler import connect_refusal, session_of
 from xrelay.inbound.lines import Line, LineBuffer
+from xrelay.inbound.sessioncommands import SessionCommands
 from xrelay.inbound.smtpauth import AuthCommands
 from xrelay.inbound.states import (
     AUTH_LOGIN_PASSWORD,
@@ -59,7 +58,6 @@ from xrelay.inbound.mailtransaction import Transaction
 from xrelay.inbound.transaction import MailCommands, pass_through_reply
 from xrelay.inbound.tlsprofile import report_failed_handshake
 from xrelay.records import Refusal
-from xrelay.routing import largest_route_size
 from xrelay.streams import IStreamTransport
 
 if TYPE_CHECKING:
@@ -77,15 +75,14 @@ AUTH_RESERVE_SECONDS = 15
 #: Bytes buffered while waiting for an asynchronous decision before reading pauses.
 PAUSE_BUFFER = 256 * 1024
 
-_HELO_NAME = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class ESMTPServer(AuthCommands, MailCommands, Protocol):
+class ESMTPServer(SessionCommands, AuthCommands, MailCommands, Protocol):
     """
-    One client connection: the connection's life, the line loop, replies, timers and
-    the session commands; AUTH is in L{AuthCommands}, the mail transaction in
-    L{MailCommands}.  Built by L{xrelay.inbound.factory.InboundFactory}, whose
+    One client connection: the connection's life, the line loop, replies and timers;
+    HELO, EHLO, STARTTLS and the small commands are in L{SessionCommands}, AUTH is in
+    L{AuthCommands}, the mail transaction in L{MailCommands}.  Built by L{xrelay.inbound.factory.InboundFactory}, whose
     configuration snapshot it keeps for its whole life (a reload changes new
     connections only).
     """
@@ -516,110 +513,6 @@ class ESMTPServer(AuthCommands, MailCommands, Protocol):
         if verb == "RCPT" and self.transaction is not None and self.transaction.smtputf8:
             return text
         return None
-
-    # -- session commands ------------------------------------------------------
-
-    def do_HELO(self, argument: str) -> "Deferred[None] | None":
-        return self._hello(argument, esmtp=False)
-
-    def do_EHLO(self, argument: str) -> "Deferred[None] | None":
-        return self._hello(argument, esmtp=True)
-
-    def _hello(self, argument: str, esmtp: bool) -> "Deferred[None] | None":
-        if not _HELO_NAME.match(argument):
-            if not lenient_greeting(self.config, self.client_address):
-                self.error(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
-                return None
-            log.info("inbound client {client}: {verb} with the name {name!r} accepted (a "
-                     "device in relay.allow_networks)", client=self.client_address,
-                     verb="EHLO" if esmtp else "HELO", name=argument[:100])
-            argument = argument[:255]
-        refusal = decided(self.factory.handler.helo(session_of(self), argument),
-                          self.clock, "EHLO" if esmtp else "HELO", self.client_address)
-        if isinstance(refusal, Deferred):
-            return refusal.addCallback(self._helo_decided, argument, esmtp)
-        self._helo_decided(refusal, argument, esmtp)
-        return None
-
-    def _helo_decided(self, refusal: Refusal | None, argument: str, esmtp: bool) -> None:
-        if self.state == CLOSED:
-            return
-        if refusal is not None:
-            self.refuse(refusal)
-            return
-        self._drop_transaction("new EHLO")
-        if self.helo is None:  # the session's first greeting moves it forward, no other
-            self._useful_at = self.clock.seconds()
-        self.helo, self.esmtp = argument, esmtp
-        hostname = self.config.server.hostname
-        if not esmtp:
-            self.write_lines(250, [hostname])
-            return
-        lines = [hostname, "PIPELINING", f"SIZE {largest_route_size(self.config)}",
-                 "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
-        if self._starttls_available():
-            lines.append("STARTTLS")
-        if self._auth_advertised():
-            lines.append("AUTH " + " ".join(MECHANISMS))
-        lines.append("HELP")
-        self.write_lines(250, lines)
-
-    def _starttls_available(self) -> bool:
-        return self.tls_options is not None and not self.tls
-
-    def _auth_advertised(self) -> bool:
-        return (self.checker.offered and self.user is None
-                and (self.tls or auth_without_tls(self.config, self.factory.listener,
-                                                  self.client_address)))
-
-    def do_NOOP(self, argument: str) -> None:
-        self.reply(250, "2.0.0", "Ok")
-
-    def do_RSET(self, argument: str) -> None:
-        self._drop_transaction("RSET")
-        self.reply(250, "2.0.0", "Ok")
-
-    def do_QUIT(self, argument: str) -> None:
-        self.reply(221, "2.0.0", "Bye")
-        self.close()
-
-    def do_VRFY(self, argument: str) -> None:
-        self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt "
-                   "delivery")
-
-    def do_EXPN(self, argument: str) -> None:
-        self.reply(502, "5.5.1", "EXPN not available")
-
-    def do_HELP(self, argument: str) -> None:
-        self.reply(214, "2.0.0", "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET "
-                   "NOOP VRFY HELP QUIT\nxrelay relays mail from this network to the "
-                   "organisation's mail service")
-
-    def do_BDAT(self, argument: str) -> None:
-        self.error(502, "5.5.1", "BDAT not available; use DATA")
-
-    def do_STARTTLS(self, argument: str) -> None:
-        if self.tls_options is None or self.factory.implicit_tls:
-            self.error(502, "5.5.1", "STARTTLS not available")
-            return
-        if self.tls:
-            self.error(503, "5.5.1", "TLS already active")
-            return
-        if argument:
-            self.error(501, "5.5.4", "Syntax: STARTTLS")
-            return
-        self.reply(220, "2.0.0", "Ready to start TLS")
-        dropped = self.lines.clear()
-        if dropped:
-            # RFC 3207 section 6 (and CVE-2011-0411): bytes sent before the handshake
-            # are not protected by it and must not be taken as commands after it.
-            log.warn("inbound client {client} pipelined {count} bytes after STARTTLS; "
-                     "discarded", client=self.client_address, count=dropped)
-        self.transport.startTLS(self.tls_options)
-        self.tls = True
-        # A new session: everything learnt before TLS is forgotten (RFC 3207 4.2).
-        self.helo, self.esmtp, self.user = None, False, None
-        self._drop_transaction("STARTTLS")
 
 
 def canonical_address(host: str) -> str:

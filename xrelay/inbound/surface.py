@@ -1,6 +1,7 @@
 """
 What the command mixins (L{xrelay.inbound.smtpauth.AuthCommands},
-L{xrelay.inbound.transaction.MailCommands}) may use of their connection,
+L{xrelay.inbound.transaction.MailCommands},
+L{xrelay.inbound.sessioncommands.SessionCommands}) may use of their connection,
 L{xrelay.inbound.protocol.ESMTPServer}, for the type checker only.
 
 The mixins cannot name C{ESMTPServer} as their base (it inherits from them, a cycle
@@ -18,8 +19,10 @@ if TYPE_CHECKING:
     from xrelay.config import Config, UserConfig
     from xrelay.inbound.conduct import Conduct
     from xrelay.inbound.factory import InboundFactory
+    from xrelay.inbound.lines import LineBuffer
     from xrelay.inbound.mailtransaction import Transaction
     from xrelay.records import Refusal
+    from xrelay.streams import IStreamTransport
 
 __all__ = ["ServerSurface"]
 
@@ -31,6 +34,9 @@ class ServerSurface:
     config: Config
     clock: Any
     checker: Any
+    tls_options: Any
+    lines: LineBuffer
+    transport: IStreamTransport
     state: str
     client_address: str
     helo: str | None
@@ -53,4 +59,7 @@ class ServerSurface:
     def close(self) -> None: ...
 
     def _starttls_available(self) -> bool:
-        raise NotImplementedError  # ESMTPServer's
+        raise NotImplementedError  # SessionCommands'
+
+    def _drop_transaction(self, why: str) -> None:
+        raise NotImplementedError  # MailCommands'

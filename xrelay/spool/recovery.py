@@ -48,75 +48,15 @@ def recover(spool: SpoolHost) -> dict[str, list[SpoolEntry]]:
     read on the way, by state.
     """
     directory = spool.directory
-    tmp = os.path.join(directory, "tmp")
-    for name in os.listdir(tmp):
-        path = os.path.join(tmp, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            set_aside(directory, path, name, "a folder in tmp/")
-            continue
-        unlink_quietly(path)
-        log.info("discarded incomplete spool file {name}", name=name)
+    _clear_tmp(directory)
     _warn_about_strangers(directory)
-    moved = 0
-    for name in os.listdir(os.path.join(directory, ACTIVE)):
-        if name.endswith(".json"):
-            _allow(ACTIVE, QUEUED, name[:-5])
-            os.rename(os.path.join(directory, ACTIVE, name),
-                      os.path.join(directory, QUEUED, name))
-            moved += 1
+    moved = _requeue_interrupted(directory)
     data_sizes = _data_sizes(directory)
     found: dict[str, SpoolEntry] = {}
     for state in STATES:
-        folder = os.path.join(directory, state)
-        for item in os.scandir(folder):
-            name = item.name
-            if name.endswith(".json.tmp"):
-                unlink_quietly(item.path)
-                continue
-            if not name.endswith(".json"):
-                log.warn("spool: {path} is not a spool record; left alone", path=item.path)
-                continue
-            entry_id = name[:-5]
-            if entry_id in found:
-                # A crash between the two renames of a transition: keep one.
-                quarantine(spool, state, entry_id, f"a second record of {entry_id} "
-                           f"(the one in {found[entry_id].state}/ is kept)",
-                           with_data=False)
-                continue
-            try:
-                entry, figures = spool._read_record(state, entry_id, data_sizes)
-                if state == QUEUED and figures:
-                    why = data_matches(entry.data_path, figures,
-                                       data_sizes.get(entry_id, 0))
-                    if why is not None:
-                        raise InterruptedCommit(why)
-            except InterruptedCommit as e:
-                if state != QUEUED:
-                    quarantine(spool, state, entry_id, str(e))
-                    continue
-                size = data_sizes.pop(entry_id, 0)
-                unlink_quietly(item.path)
-                unlink_quietly(spool._data_path(entry_id))
-                if size or not str(e).startswith("empty record"):
-                    log.info("spool: removed {entry_id}: {reason}; it was never "
-                             "acknowledged, so nobody is owed it", entry_id=entry_id,
-                             reason=str(e))
-                # else: an unused spare pair (both files empty)
-                continue
-            except CorruptEntry as e:
-                quarantine(spool, state, entry_id, str(e))
-                continue
-            found[entry_id] = entry
-    for stem, size in data_sizes.items():
-        if stem in found:
-            continue
-        unlink_quietly(spool._data_path(stem))
-        if size:
-            # Data is written before its record exists and removed after it: what has
-            # no record was never acknowledged, or was delivered already.
-            log.info("spool: removed data/{stem}.eml: message data without a record "
-                     "(never acknowledged, or already delivered), owed to nobody",
-                     stem=stem)
+        for item in os.scandir(os.path.join(directory, state)):
+            _recover_record(spool, state, item, data_sizes, found)
+    _remove_unowned_data(spool, data_sizes, found)
     _withdraw_unreleased_bounces(spool, found)
     for sub in ("data", QUEUED, CORRUPT):
         fsync_directory(os.path.join(directory, sub))
@@ -128,6 +68,104 @@ def recover(spool: SpoolHost) -> dict[str, list[SpoolEntry]]:
     if moved:
         log.info("{count} interrupted deliveries back in the queue", count=moved)
     return by_state
+
+
+def _clear_tmp(directory: str) -> None:
+    """Remove what C{tmp/} holds (never acknowledged); set a folder there aside."""
+    tmp = os.path.join(directory, "tmp")
+    for name in os.listdir(tmp):
+        path = os.path.join(tmp, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            set_aside(directory, path, name, "a folder in tmp/")
+            continue
+        unlink_quietly(path)
+        log.info("discarded incomplete spool file {name}", name=name)
+
+
+def _requeue_interrupted(directory: str) -> int:
+    """Put the attempts a crash interrupted back in C{queued/}; how many there were."""
+    moved = 0
+    for name in os.listdir(os.path.join(directory, ACTIVE)):
+        if name.endswith(".json"):
+            _allow(ACTIVE, QUEUED, name[:-5])
+            os.rename(os.path.join(directory, ACTIVE, name),
+                      os.path.join(directory, QUEUED, name))
+            moved += 1
+    return moved
+
+
+def _recover_record(spool: SpoolHost, state: str, item: os.DirEntry[str],
+                    data_sizes: dict[str, int], found: dict[str, SpoolEntry]) -> None:
+    """
+    One file of a state folder: a record read into C{found}, or a leftover removed, an
+    interrupted commit discarded, a second record or a corrupt one set aside.
+    """
+    name = item.name
+    if name.endswith(".json.tmp"):
+        unlink_quietly(item.path)
+        return
+    if not name.endswith(".json"):
+        log.warn("spool: {path} is not a spool record; left alone", path=item.path)
+        return
+    entry_id = name[:-5]
+    if entry_id in found:
+        # A crash between the two renames of a transition: keep one.
+        quarantine(spool, state, entry_id, f"a second record of {entry_id} "
+                   f"(the one in {found[entry_id].state}/ is kept)",
+                   with_data=False)
+        return
+    try:
+        entry = _read_checked(spool, state, entry_id, data_sizes)
+    except InterruptedCommit as e:
+        _discard_interrupted(spool, state, entry_id, item.path, e, data_sizes)
+        return
+    except CorruptEntry as e:
+        quarantine(spool, state, entry_id, str(e))
+        return
+    found[entry_id] = entry
+
+
+def _read_checked(spool: SpoolHost, state: str, entry_id: str,
+                  data_sizes: dict[str, int]) -> SpoolEntry:
+    """A record, its queued data checked against its check line."""
+    entry, figures = spool._read_record(state, entry_id, data_sizes)
+    if state == QUEUED and figures:
+        why = data_matches(entry.data_path, figures, data_sizes.get(entry_id, 0))
+        if why is not None:
+            raise InterruptedCommit(why)
+    return entry
+
+
+def _discard_interrupted(spool: SpoolHost, state: str, entry_id: str, path: str,
+                         e: InterruptedCommit, data_sizes: dict[str, int]) -> None:
+    """A commit that never finished (never acknowledged): removed from C{queued/};
+    anywhere else it cannot be, so it is set aside."""
+    if state != QUEUED:
+        quarantine(spool, state, entry_id, str(e))
+        return
+    size = data_sizes.pop(entry_id, 0)
+    unlink_quietly(path)
+    unlink_quietly(spool._data_path(entry_id))
+    if size or not str(e).startswith("empty record"):
+        log.info("spool: removed {entry_id}: {reason}; it was never "
+                 "acknowledged, so nobody is owed it", entry_id=entry_id,
+                 reason=str(e))
+    # else: an unused spare pair (both files empty)
+
+
+def _remove_unowned_data(spool: SpoolHost, data_sizes: dict[str, int],
+                         found: dict[str, SpoolEntry]) -> None:
+    """Remove message data that no record owns."""
+    for stem, size in data_sizes.items():
+        if stem in found:
+            continue
+        unlink_quietly(spool._data_path(stem))
+        if size:
+            # Data is written before its record exists and removed after it: what has
+            # no record was never acknowledged, or was delivered already.
+            log.info("spool: removed data/{stem}.eml: message data without a record "
+                     "(never acknowledged, or already delivered), owed to nobody",
+                     stem=stem)
 
 
 def _data_sizes(directory: str) -> dict[str, int]:

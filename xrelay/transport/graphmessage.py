@@ -45,35 +45,54 @@ def with_envelope_recipients(data: bytes, recipients: "tuple[str, ...]") -> byte
     head = data[: end + 2] if end >= 0 else data
     wanted = {r.lower() for r in recipients}
     fields = _header_fields(head)
-    named: set[str] = set()
-    for field in fields:
-        if field[0].split(b":", 1)[0].strip().lower() in (b"to", b"cc", b"bcc"):
-            named.update(a.lower() for _, a in _addresses(field) if a)
-    if named == wanted:
+    if _named(fields) == wanted:
         return data
     kept: list[bytes] = []
     shown: set[str] = set()
     for field in fields:
-        name = field[0].split(b":", 1)[0].strip()
-        if name.lower() == b"bcc":
-            continue
-        if name.lower() not in (b"to", b"cc"):
-            kept.append(b"\r\n".join(field))
-            continue
-        entries = _addresses(field)
-        if not any(a for _, a in entries):
-            kept.append(b"\r\n".join(field))  # a group with no address ("undisclosed")
-            continue
-        keep = [(n, a) for n, a in entries if a and a.lower() in wanted
-                and a.lower() not in shown]
-        shown.update(a.lower() for _, a in keep)
-        if keep:
-            value = ", ".join(email.utils.formataddr(entry) for entry in keep)
-            kept.append(name + b": " + value.encode("utf-8"))
+        rewritten = _kept_field(field, wanted, shown)
+        if rewritten is not None:
+            kept.append(rewritten)
     hidden = [r for r in dict.fromkeys(recipients) if r.lower() not in shown]
     if hidden:
         kept.insert(0, b"Bcc: " + ", ".join(hidden).encode("utf-8"))
     return b"\r\n".join(kept) + b"\r\n" + data[len(head):]
+
+
+def _field_name(field: list[bytes]) -> bytes:
+    return field[0].split(b":", 1)[0].strip()
+
+
+def _named(fields: list[list[bytes]]) -> set[str]:
+    """The addresses To, Cc and Bcc name, in lower case."""
+    named: set[str] = set()
+    for field in fields:
+        if _field_name(field).lower() in (b"to", b"cc", b"bcc"):
+            named.update(a.lower() for _, a in _addresses(field) if a)
+    return named
+
+
+def _kept_field(field: list[bytes], wanted: set[str], shown: set[str]) -> bytes | None:
+    """
+    One header field as the rewritten message has it, C{None} when it goes: Bcc goes
+    (it is rebuilt), To and Cc keep the wanted addresses not yet C{shown} (which this
+    adds to), other fields and address-less groups stay as they are.
+    """
+    name = _field_name(field)
+    if name.lower() == b"bcc":
+        return None
+    if name.lower() not in (b"to", b"cc"):
+        return b"\r\n".join(field)
+    entries = _addresses(field)
+    if not any(a for _, a in entries):
+        return b"\r\n".join(field)  # a group with no address ("undisclosed")
+    keep = [(n, a) for n, a in entries if a and a.lower() in wanted
+            and a.lower() not in shown]
+    shown.update(a.lower() for _, a in keep)
+    if not keep:
+        return None
+    value = ", ".join(email.utils.formataddr(entry) for entry in keep)
+    return name + b": " + value.encode("utf-8")
 
 
 class GraphStop(Exception):
