@@ -22,6 +22,13 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, payload: bytes) -> None:
+    """Write every byte to C{fd}: C{os.write} may write fewer than it was given."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_durably(path: str, payload: bytes, exclusive: bool = False) -> None:
     """
     Write a whole small file with mode 0600 and fsync it (not its folder).
@@ -33,9 +40,7 @@ def write_durably(path: str, payload: bytes, exclusive: bool = False) -> None:
     fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         os.fchmod(fd, 0o600)
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, payload)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from xrelay.durable import write_all
+
 __all__ = ["write_new_file", "KEY_MODE", "CERTIFICATE_MODE"]
 
 #: A private key: the owner only.
@@ -44,9 +46,7 @@ def write_new_file(path: str, data: bytes, mode: int, replace: bool = True) -> N
     try:
         try:
             os.fchmod(fd, mode)  # exactly this mode, whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from xrelay.delivery.scheduler import DAY
+from xrelay.durable import write_all, write_durably
 from xrelay.statefiles import is_full, regular_file_problem, set_aside
 
 log = Logger()
@@ -182,10 +183,7 @@ class DayBudget:
         pending.append((at, recipients))
         try:
             fd = self._open(account)
-            payload = "".join(f"{t:.3f} {n}\n" for t, n in pending).encode("ascii")
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, "".join(f"{t:.3f} {n}\n" for t, n in pending).encode("ascii"))
         except OSError as e:
             self.close(account)
             if account not in self.unwritten:
@@ -217,15 +215,7 @@ class DayBudget:
 
         def write() -> None:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                payload = "".join(f"{t:.3f} {n}\n" for t, n in snapshot).encode("ascii")
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_durably(tmp, "".join(f"{t:.3f} {n}\n" for t, n in snapshot).encode("ascii"))
 
         def swap(_: object) -> bool:
             extra = self._compacting.pop(account, [])
@@ -338,15 +328,7 @@ class HoldStore:
         tmp = self.path + ".tmp"
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                payload = json.dumps(data).encode("utf-8")
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_durably(tmp, json.dumps(data).encode("utf-8"))
             os.replace(tmp, self.path)
         except OSError as e:
             try:

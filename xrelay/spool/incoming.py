@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from xrelay.durable import write_durably
+from xrelay.durable import write_all, write_durably
 from xrelay.envelope import Envelope
 from xrelay.interfaces import IIncomingMessage, SpoolFull
 from xrelay.spool.entry import SpoolEntry
@@ -135,9 +135,7 @@ class Incoming:
         payload = self.record()
         fd = os.open(self.json_tmp, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, payload)
             os.fdatasync(fd)
         finally:
             os.close(fd)
