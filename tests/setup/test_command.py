@@ -109,8 +109,11 @@ async def _spool_test(relay: Any, account: str) -> str:
 async def test_setup_graph_and_delegated_in_a_terminal(sandbox_relay, method,
                                                        mailbox) -> None:
     def run() -> tuple[int, str]:
+        # graph: with the large-message path (Mail.ReadWrite and upload sessions).
+        large = ["--large-messages"] if method == "graph" else []
         terminal = run_in_terminal(["setup", "microsoft", "--mailbox", mailbox,
-                                    "--method", method, "--yes"], sandbox_relay.folder)
+                                    "--method", method, *large, "--yes"],
+                                   sandbox_relay.folder)
         url, code = device_code_shown(terminal)
         approve_device_code(sandbox_relay.sandbox, url, code, ADMIN)
         if method == "delegated":
@@ -126,5 +129,7 @@ async def test_setup_graph_and_delegated_in_a_terminal(sandbox_relay, method,
     name = mailbox.split("@")[0]
     account = sandbox_relay.relay.config.account(name)
     assert account.transport == ("graph" if method == "graph" else "smtp")
+    assert account.graph_large_messages == ("upload_session" if method == "graph"
+                                            else "refuse")
     assert account.flow == ("device_code" if method == "delegated"
                             else "client_credentials")

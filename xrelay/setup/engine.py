@@ -282,6 +282,10 @@ class SetupEngine:
         else:
             table["flow"] = "client_credentials"
             table["transport"] = "graph" if request.method == "graph" else "smtp"
+        if request.method == "graph" and request.large_messages:
+            # The app was granted Mail.ReadWrite for this: without the key the account
+            # would still refuse what one sendMail request cannot carry (over 3 MB).
+            table["graph_large_messages"] = "upload_session"
         if setup.cloud != "global":
             table["cloud"] = setup.cloud
         cloud = self.plan.cloud
