@@ -13,11 +13,8 @@ growth of this process (VmHWM, after a warm-up message) and the time, as one JSO
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Processes, rss_kib  # noqa: E402
+from run import Processes, measure_in_folder, rss_kib  # noqa: E402
 
 
 def write_message(path: Path, megabytes: int) -> int:
@@ -96,23 +93,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=150)
     parser.add_argument("--dir", default="/var/tmp")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="xrelay-bdat-", dir=args.dir))
-    from twisted.internet import defer
-    from twisted.internet.task import react
-
-    out: dict[str, Any] = {}
-
-    def go(reactor: Any) -> Any:
-        return defer.ensureDeferred(measure(args, work)).addCallback(out.update)
-
-    try:
-        react(go)
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(out))
+    measure_in_folder(measure, args, "xrelay-bdat-")
 
 
 if __name__ == "__main__":

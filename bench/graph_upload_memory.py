@@ -18,10 +18,8 @@ import argparse
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import rss_kib, wait_for  # noqa: E402
+from run import measure_in_folder, rss_kib, wait_for  # noqa: E402
 
 
 def write_scan(path: Path, megabytes: float) -> int:
@@ -131,23 +129,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=150)
     parser.add_argument("--dir", default="/var/tmp")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="xrelay-graph-", dir=args.dir))
-    from twisted.internet import defer
-    from twisted.internet.task import react
-
-    out: dict[str, Any] = {}
-
-    def go(reactor: Any) -> Any:
-        return defer.ensureDeferred(measure(args, work)).addCallback(out.update)
-
-    try:
-        react(go)
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(out))
+    measure_in_folder(measure, args, "xrelay-graph-")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,31 @@ def helper(script: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_in_folder(measure: Any, args: Any, prefix: str) -> None:
+    """
+    Run C{measure(args, folder)} (a coroutine) under a reactor in a new folder under
+    C{args.dir}, remove the folder, and print its figures as one JSON line: the
+    harness of the memory benches.
+    """
+    from twisted.internet import defer
+    from twisted.internet.task import react
+
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=args.dir))
+    out: dict[str, Any] = {}
+
+    def go(reactor: Any) -> Any:
+        return defer.ensureDeferred(measure(args, work)).addCallback(out.update)
+
+    try:
+        react(go)
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(out))
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
