@@ -39,6 +39,27 @@ def receive(spool: Spool, subject: str) -> str:
     return incoming.commit().result
 
 
+def restart_after(directory: Path, damage: Callable[[Path], None]
+                  ) -> tuple[list[str], Spool, ScriptedTransport, DeliveryEngine]:
+    """
+    Two good messages spooled, C{damage} done to the spool's folder, then a restart:
+    the spool recovers and the engine runs once.  Returns the good ids, the new spool,
+    what the transport was sent and the engine (still running: the caller stops it).
+    """
+    first = Spool(str(directory), run_blocking=run_inline)
+    good = [receive(first, "one"), receive(first, "two")]
+    damage(directory)
+    clock = task.Clock()
+    clock.advance(START)
+    spool = Spool(str(directory), run_blocking=run_inline)
+    transport = ScriptedTransport()
+    engine = DeliveryEngine(config(), spool, {"main": transport}, clock=clock,
+                            random=lambda: 0.5)
+    engine.startService()
+    clock.advance(1)
+    return good, spool, transport, engine
+
+
 def record(entry_id: str, **changes: Any) -> dict[str, Any]:
     base = {"id": entry_id, "sender": "scanner@example.com", "recipients":
             ["a@example.org"], "size": 24, "account": "main", "received_at": START}
@@ -176,19 +197,8 @@ def test_each_corrupt_kind_is_set_aside_and_the_rest_delivered(
         tmp_path: Path, kind: str, log_lines: list[str]) -> None:
     plant, reason = KINDS[kind]
     directory = tmp_path / "state" / "spool"
-    first = Spool(str(directory), run_blocking=run_inline)
-    good = [receive(first, "one"), receive(first, "two")]
-    plant(directory)
-
     # A restart: the spool recovers, the engine starts and delivers the good ones.
-    clock = task.Clock()
-    clock.advance(START)
-    spool = Spool(str(directory), run_blocking=run_inline)
-    transport = ScriptedTransport()
-    engine = DeliveryEngine(config(), spool, {"main": transport}, clock=clock,
-                            random=lambda: 0.5)
-    engine.startService()
-    clock.advance(1)
+    good, spool, transport, engine = restart_after(directory, plant)
     assert sorted(s.message.entry_id for s in transport.sent) == good
     assert spool.counts()[CORRUPT] == 1
     assert [e.entry_id for e in spool.entries(QUEUED)] == []

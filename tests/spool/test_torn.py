@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.delivery.delivery_harness import START, config
-from xrelay.delivery import DeliveryEngine
-from xrelay.delivery.testing import ScriptedTransport
+from tests.delivery.delivery_harness import START
+from tests.spool.test_corrupt import receive, restart_after
 from xrelay.envelope import Envelope
 from xrelay.spool import CORRUPT, QUEUED, Spool, SpoolEntry, run_inline
 from xrelay.spool.record import encode_record, split_record
@@ -74,30 +72,12 @@ def log_lines():
     globalLogPublisher.removeObserver(observe)
 
 
-def receive(spool: Spool, subject: str) -> str:
-    incoming = spool.incoming(Envelope("scanner@example.com", ("a@example.org",),
-                                       account="main", received_at=START))
-    incoming.write(f"Subject: {subject}\r\n\r\nbody\r\n".encode())
-    return incoming.commit().result
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_interrupted_commit_is_removed_never_delivered_never_corrupt(
         tmp_path: Path, case: str, log_lines: list[tuple[str, str]]) -> None:
     make, reason = CASES[case]
     directory = tmp_path / "spool"
-    first = Spool(str(directory), run_blocking=run_inline)
-    good = [receive(first, "one"), receive(first, "two")]
-    make(directory)
-
-    clock = task.Clock()
-    clock.advance(START)
-    spool = Spool(str(directory), run_blocking=run_inline)
-    transport = ScriptedTransport()
-    engine = DeliveryEngine(config(), spool, {"main": transport}, clock=clock,
-                            random=lambda: 0.5)
-    engine.startService()
-    clock.advance(1)
+    good, _, transport, engine = restart_after(directory, make)
     engine.stopService()
     assert sorted(s.message.entry_id for s in transport.sent) == good  # never the torn one
     assert os.listdir(directory / CORRUPT) == []
