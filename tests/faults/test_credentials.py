@@ -35,15 +35,22 @@ def wait_for_log(relay, text: str, timeout: float = 60):
         yield deferLater(reactor, 0.2, lambda: None)
 
 
-@pytest.mark.parametrize("content", ["", "  \n\n"], ids=["empty", "whitespace"])
-@pytest_twisted.inlineCallbacks
-def test_an_empty_secret_is_refused_locally_and_the_token_kept(
-        world: World, tmp_path: Path, content: str) -> None:
+def own_secret_file(world: World, tmp_path: Path) -> Path:
+    """The sandbox app's client secret in a file of the test's own (0600), configured:
+    the test may then empty it, rewrite it or put a folder in its place."""
     secret = tmp_path / "secret.txt"
     secret.write_text(Path(world.sandbox.default_account()["client_secret_file"])
                       .read_text())
     secret.chmod(0o600)
     world.write_config(client_secret_file=str(secret))
+    return secret
+
+
+@pytest.mark.parametrize("content", ["", "  \n\n"], ids=["empty", "whitespace"])
+@pytest_twisted.inlineCallbacks
+def test_an_empty_secret_is_refused_locally_and_the_token_kept(
+        world: World, tmp_path: Path, content: str) -> None:
+    secret = own_secret_file(world, tmp_path)
     relay = world.start()
     yield world.listening(relay)
     yield deferToThread(send, world.port, "before")
@@ -88,11 +95,7 @@ def test_an_answer_that_is_not_json_leaves_no_fragment_and_no_traceback(
 @pytest_twisted.inlineCallbacks
 def test_a_folder_where_the_secret_file_was_keeps_the_token(world: World,
                                                             tmp_path: Path) -> None:
-    secret = tmp_path / "secret.txt"
-    secret.write_text(Path(world.sandbox.default_account()["client_secret_file"])
-                      .read_text())
-    secret.chmod(0o600)
-    world.write_config(client_secret_file=str(secret))
+    secret = own_secret_file(world, tmp_path)
     relay = world.start()
     yield world.listening(relay)
     yield deferToThread(send, world.port, "before")
